@@ -1,0 +1,160 @@
+//! Blocklists merged into one lookup-ready policy.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::{Problem, Report, normalize};
+use crate::blocklist::{Blocklist, Entry};
+use crate::common::ObjectRef;
+use crate::config::{AddressBlock, BlockRule, DnsblConfig, DomainBlock, IpBlock, PolicyConfig};
+
+pub(super) fn compile_blocklists(
+    selected: &[&Blocklist],
+    problems: &mut Vec<Problem>,
+) -> PolicyConfig {
+    // Rules in their final order first, so entries can point at them:
+    // rejecting lists before tempfailing ones, then by identity.
+    let mut lists: Vec<(BlockRule, &Blocklist)> = selected
+        .iter()
+        .map(|bl| {
+            let source = ObjectRef::of(*bl);
+            let mut r = Report {
+                object: &source,
+                problems,
+            };
+            let message = bl
+                .spec
+                .message
+                .as_deref()
+                .and_then(|m| r.check("spec.message", normalize::reply_text(m)))
+                .filter(|m| !m.is_empty());
+            (
+                BlockRule {
+                    action: bl.spec.action,
+                    source: source.clone(),
+                    message,
+                },
+                *bl,
+            )
+        })
+        .collect();
+    lists.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut ips: BTreeMap<(IpNet, u32), Option<i64>> = BTreeMap::new();
+    let mut domains: BTreeMap<(String, bool, u32), Option<i64>> = BTreeMap::new();
+    let mut senders: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
+    let mut dnsbl: BTreeMap<(String, u32), DnsblConfig> = BTreeMap::new();
+
+    for (index, (rule, bl)) in lists.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let mut r = Report {
+            object: &rule.source,
+            problems,
+        };
+        for (i, e) in bl.spec.ips.iter().enumerate() {
+            if let Some(net) = r.check(format!("spec.ips[{i}].value"), normalize::network(&e.value))
+            {
+                keep_longest(&mut ips, (net, index), expiry(e));
+            }
+        }
+        for (i, e) in bl.spec.domains.iter().enumerate() {
+            let (name, wildcard) = match e.value.strip_prefix("*.") {
+                Some(rest) => (rest, true),
+                None => (e.value.as_str(), false),
+            };
+            if let Some(name) = r.check(
+                format!("spec.domains[{i}].value"),
+                normalize::domain_name(name),
+            ) {
+                keep_longest(&mut domains, (name, wildcard, index), expiry(e));
+            }
+        }
+        for (i, e) in bl.spec.senders.iter().enumerate() {
+            if let Some(address) = r.check(
+                format!("spec.senders[{i}].value"),
+                normalize::address(&e.value),
+            ) {
+                keep_longest(&mut senders, (address, index), expiry(e));
+            }
+        }
+        for (i, z) in bl.spec.dnsbl.iter().enumerate() {
+            let field = format!("spec.dnsbl[{i}]");
+            let Some(zone) = r.check(format!("{field}.zone"), normalize::domain_name(&z.zone))
+            else {
+                continue;
+            };
+            let mut codes: Vec<IpNet> = z
+                .return_codes
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| {
+                    r.check(format!("{field}.returnCodes[{j}]"), normalize::network(c))
+                })
+                .collect();
+            if z.return_codes.is_empty() {
+                codes = normalize::default_dnsbl_codes();
+            } else if codes.is_empty() {
+                // Every code was invalid: querying would block nobody or
+                // everybody, so the zone is left out (and reported above).
+                continue;
+            }
+            codes.sort();
+            codes.dedup();
+            let message = z
+                .message
+                .as_deref()
+                .and_then(|m| r.check(format!("{field}.message"), normalize::reply_text(m)))
+                .filter(|m| !m.is_empty());
+            dnsbl.entry((zone.clone(), index)).or_insert(DnsblConfig {
+                zone,
+                return_codes: codes,
+                message,
+                rule: index,
+            });
+        }
+    }
+
+    PolicyConfig {
+        rules: lists.into_iter().map(|(rule, _)| rule).collect(),
+        ips: ips
+            .into_iter()
+            .map(|((net, rule), expires)| IpBlock { net, rule, expires })
+            .collect(),
+        domains: domains
+            .into_iter()
+            .map(|((name, wildcard, rule), expires)| DomainBlock {
+                name,
+                wildcard,
+                rule,
+                expires,
+            })
+            .collect(),
+        senders: senders
+            .into_iter()
+            .map(|((address, rule), expires)| AddressBlock {
+                address,
+                rule,
+                expires,
+            })
+            .collect(),
+        dnsbl: dnsbl.into_values().collect(),
+    }
+}
+
+fn expiry(e: &Entry) -> Option<i64> {
+    e.expires.as_ref().map(|t| t.0.as_second())
+}
+
+/// The same entry listed twice under one rule is kept once, for as long as
+/// the longer-lived listing says (no expiry outlives any).
+fn keep_longest<K: Ord>(map: &mut BTreeMap<K, Option<i64>>, key: K, expires: Option<i64>) {
+    map.entry(key)
+        .and_modify(|cur| {
+            *cur = match (*cur, expires) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            }
+        })
+        .or_insert(expires);
+}

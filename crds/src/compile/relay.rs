@@ -1,0 +1,403 @@
+//! The Relay's own part of the config. Every problem here is fatal.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use super::normalize;
+use super::selector::Selector;
+use super::{Problem, Report, namespace_of};
+use crate::common::{ObjectRef, SecretKeyRef};
+use crate::config::{
+    AutoscalingConfig, CONFIG_VERSION, DEFAULT_SECRETS_DIR, DnsConfig, LimitsConfig,
+    ListenerConfig, PolicyConfig, QueueConfig, QueueStorageConfig, RelayConfig, ScalingConfig,
+    SecretFile, SmarthostConfig, TlsFiles,
+};
+use crate::relay::{ListenerName, Relay, RelaySpec};
+
+pub(super) struct Base {
+    pub config: RelayConfig,
+    pub domain_selector: Selector,
+    pub blocklist_selector: Selector,
+}
+
+pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
+    let object = ObjectRef::new(
+        "Relay",
+        namespace_of(relay),
+        relay.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let mut problems = Vec::new();
+    let mut r = Report {
+        object: &object,
+        problems: &mut problems,
+    };
+    let spec = &relay.spec;
+
+    if object.name.is_empty() {
+        r.add("metadata.name", "a Relay needs a name");
+    }
+    let hostname = r.check("spec.hostname", normalize::domain_name(&spec.hostname));
+    let domain_selector = r.selector("spec.domainSelector", spec.domain_selector.as_ref());
+    let blocklist_selector = r.selector("spec.blocklistSelector", spec.blocklist_selector.as_ref());
+    let listeners = r.listeners(spec);
+    let tls = spec.tls.as_ref().and_then(|tls| {
+        r.check(
+            "spec.tls.secretName",
+            normalize::object_name(&tls.secret_name),
+        )
+        .map(|()| TlsFiles {
+            cert: SecretFile::new(&tls.secret_name, "tls.crt"),
+            key: SecretFile::new(&tls.secret_name, "tls.key"),
+        })
+    });
+    let trusted_networks = r.networks("spec.trustedNetworks", &spec.trusted_networks);
+    if spec.relay_from_trusted_networks && spec.trusted_networks.is_empty() {
+        r.add(
+            "spec.trustedNetworks",
+            "relayFromTrustedNetworks needs at least one trusted network",
+        );
+    }
+    if trusted_networks.iter().any(|n| n.prefix_len() == 0) && spec.relay_from_trusted_networks {
+        r.add(
+            "spec.trustedNetworks",
+            "a /0 network with relayFromTrustedNetworks would make an open relay",
+        );
+    }
+    let limits = r.limits(spec);
+    let queue = r.queue(spec);
+    let smarthost = r.smarthost(spec);
+    let dns = r.dns(spec);
+    let scaling = r.scaling(spec);
+
+    match (
+        hostname,
+        domain_selector,
+        blocklist_selector,
+        limits,
+        queue,
+        dns,
+        scaling,
+    ) {
+        (
+            Some(hostname),
+            Some(domain_selector),
+            Some(blocklist_selector),
+            Some(limits),
+            Some(queue),
+            Some(dns),
+            Some(scaling),
+        ) if problems.is_empty() => Ok(Base {
+            config: RelayConfig {
+                version: CONFIG_VERSION,
+                relay: object,
+                hostname,
+                listeners,
+                tls,
+                secrets_dir: DEFAULT_SECRETS_DIR.to_string(),
+                trusted_networks,
+                relay_from_trusted_networks: spec.relay_from_trusted_networks,
+                limits,
+                domains: Vec::new(),
+                policy: PolicyConfig::default(),
+                queue,
+                smarthost: smarthost.flatten(),
+                dns,
+                scaling,
+            },
+            domain_selector,
+            blocklist_selector,
+        }),
+        _ => {
+            problems.sort();
+            Err(problems)
+        }
+    }
+}
+
+impl Report<'_> {
+    fn selector(
+        &mut self,
+        field: &str,
+        s: Option<&crate::common::LabelSelector>,
+    ) -> Option<Selector> {
+        Selector::parse(s)
+            .map_err(|(sub, why)| self.add(format!("{field}.{sub}"), why))
+            .ok()
+    }
+
+    fn networks(&mut self, field: &str, list: &[String]) -> Vec<IpNet> {
+        let set: BTreeSet<IpNet> = list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.check(format!("{field}[{i}]"), normalize::network(n)))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    fn port(&mut self, field: String, port: i32) -> Option<u16> {
+        let ok = u16::try_from(port).ok().filter(|p| *p != 0);
+        if ok.is_none() {
+            self.add(field, format!("{port} is not a port from 1 to 65535"));
+        }
+        ok
+    }
+
+    fn listeners(&mut self, spec: &RelaySpec) -> Vec<ListenerConfig> {
+        if spec.listeners.is_empty() {
+            self.add("spec.listeners", "a Relay needs at least one listener");
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, l) in spec.listeners.iter().enumerate() {
+            let field = format!("spec.listeners[{i}]");
+            if !seen.insert(l.name) {
+                self.add(
+                    format!("{field}.name"),
+                    format!("listener {} is listed twice", l.name),
+                );
+                continue;
+            }
+            if l.name != ListenerName::Smtp && spec.tls.is_none() {
+                self.add(
+                    "spec.tls",
+                    format!(
+                        "the {} listener needs spec.tls: AUTH is only offered over TLS",
+                        l.name
+                    ),
+                );
+            }
+            let port = match l.port {
+                Some(p) => self.port(format!("{field}.port"), p),
+                None => Some(l.name.default_port()),
+            };
+            let service_port = match l.service_port {
+                Some(p) => self.port(format!("{field}.servicePort"), p),
+                None => Some(l.name.default_service_port()),
+            };
+            let proxy_protocol = l.proxy_protocol.as_ref().map(|p| {
+                if p.trusted_networks.is_empty() {
+                    self.add(
+                        format!("{field}.proxyProtocol.trustedNetworks"),
+                        "PROXY protocol needs the load balancers' networks",
+                    );
+                }
+                self.networks(
+                    &format!("{field}.proxyProtocol.trustedNetworks"),
+                    &p.trusted_networks,
+                )
+            });
+            if let (Some(port), Some(service_port)) = (port, service_port) {
+                out.push(ListenerConfig {
+                    name: l.name,
+                    address: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                    service_port,
+                    proxy_protocol,
+                });
+            }
+        }
+        let mut ports = BTreeSet::new();
+        for l in &out {
+            if !ports.insert(l.address.port()) {
+                self.add(
+                    "spec.listeners",
+                    format!("port {} is used by two listeners", l.address.port()),
+                );
+            }
+        }
+        out.sort_by_key(|l| l.name);
+        out
+    }
+
+    fn secs(&mut self, field: &str, text: &str) -> Option<u64> {
+        self.check(field, normalize::duration(text))
+            .map(|d| d.as_secs())
+    }
+
+    fn positive_secs(&mut self, field: &str, text: &str) -> Option<u64> {
+        match self.secs(field, text)? {
+            0 => {
+                self.add(field, format!("{text:?} must be longer than 0 seconds"));
+                None
+            }
+            s => Some(s),
+        }
+    }
+
+    fn count(&mut self, field: &str, value: i32, min: u32) -> Option<u32> {
+        let ok = u32::try_from(value).ok().filter(|v| *v >= min);
+        if ok.is_none() {
+            self.add(field, format!("{value} is less than {min}"));
+        }
+        ok
+    }
+
+    fn limits(&mut self, spec: &RelaySpec) -> Option<LimitsConfig> {
+        let l = &spec.limits;
+        let max_message_size = self.check(
+            "spec.limits.maxMessageSize",
+            normalize::size(&l.max_message_size),
+        );
+        let t = &l.timeouts;
+        let limits = LimitsConfig {
+            max_message_size: max_message_size?,
+            // RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+            max_recipients: self.count("spec.limits.maxRecipients", l.max_recipients, 100)?,
+            max_connections: self.count("spec.limits.maxConnections", l.max_connections, 1)?,
+            max_connections_per_ip: self.count(
+                "spec.limits.maxConnectionsPerIp",
+                l.max_connections_per_ip,
+                1,
+            )?,
+            messages_per_minute_per_ip: self.count(
+                "spec.limits.messagesPerMinutePerIp",
+                l.messages_per_minute_per_ip,
+                1,
+            )?,
+            max_auth_failures_per_ip: self.count(
+                "spec.limits.maxAuthFailuresPerIp",
+                l.max_auth_failures_per_ip,
+                1,
+            )?,
+            command_timeout_secs: self.positive_secs("spec.limits.timeouts.command", &t.command)?,
+            data_timeout_secs: self.positive_secs("spec.limits.timeouts.data", &t.data)?,
+            session_timeout_secs: self.positive_secs("spec.limits.timeouts.session", &t.session)?,
+        };
+        if limits.max_message_size < 1024 {
+            self.add("spec.limits.maxMessageSize", "must be at least 1Ki");
+        }
+        Some(limits)
+    }
+
+    fn queue(&mut self, spec: &RelaySpec) -> Option<QueueConfig> {
+        let q = &spec.queue;
+        if q.retry_schedule.is_empty() {
+            self.add("spec.queue.retrySchedule", "needs at least one wait");
+        }
+        let schedule: Vec<Option<u64>> = q
+            .retry_schedule
+            .iter()
+            .enumerate()
+            .map(|(i, d)| self.positive_secs(&format!("spec.queue.retrySchedule[{i}]"), d))
+            .collect();
+        let jitter_percent = u8::try_from(q.jitter_percent).ok().filter(|j| *j <= 100);
+        if jitter_percent.is_none() {
+            self.add("spec.queue.jitterPercent", "must be from 0 to 100");
+        }
+        let lifetime_secs = self.positive_secs("spec.queue.lifetime", &q.lifetime);
+        let delay_warning = self.secs("spec.queue.delayWarning", &q.delay_warning);
+        let storage = q.storage.as_ref().map(|s| {
+            self.check("spec.queue.storage.size", normalize::size(&s.size));
+            QueueStorageConfig {
+                size: s.size.clone(),
+                storage_class_name: s.storage_class_name.clone(),
+            }
+        });
+        Some(QueueConfig {
+            retry_schedule_secs: schedule.into_iter().collect::<Option<Vec<_>>>()?,
+            jitter_percent: jitter_percent?,
+            lifetime_secs: lifetime_secs?,
+            delay_warning_secs: delay_warning.filter(|s| *s > 0),
+            storage,
+        })
+    }
+
+    fn secret(&mut self, field: &str, r: &SecretKeyRef) -> Option<SecretFile> {
+        let name = self.check(format!("{field}.name"), normalize::object_name(&r.name));
+        let key = self.check(format!("{field}.key"), normalize::secret_key(&r.key));
+        name.and(key).map(|()| SecretFile::new(&r.name, &r.key))
+    }
+
+    /// `Some(None)`: no smarthost; `None`: a broken one.
+    fn smarthost(&mut self, spec: &RelaySpec) -> Option<Option<SmarthostConfig>> {
+        let Some(s) = &spec.smarthost else {
+            return Some(None);
+        };
+        let host = self.check("spec.smarthost.host", normalize::host(&s.host));
+        let port = self.port("spec.smarthost.port".into(), s.port);
+        let (username, password) = match &s.credentials {
+            Some(c) => (
+                self.secret("spec.smarthost.credentials.username", &c.username),
+                self.secret("spec.smarthost.credentials.password", &c.password),
+            ),
+            None => (None, None),
+        };
+        if s.credentials.is_some() && s.tls == crate::maildomain::TlsMode::None {
+            self.add(
+                "spec.smarthost.tls",
+                "credentials are never sent without TLS: use Required or Implicit",
+            );
+        }
+        Some(Some(SmarthostConfig {
+            host: host?,
+            port: port?,
+            tls: s.tls,
+            username,
+            password,
+        }))
+    }
+
+    fn dns(&mut self, spec: &RelaySpec) -> Option<DnsConfig> {
+        let nameservers: Vec<_> = spec
+            .dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                self.check(
+                    format!("spec.dns.nameservers[{i}]"),
+                    normalize::nameserver(n),
+                )
+            })
+            .collect();
+        let timeout = self.check("spec.dns.timeout", normalize::duration(&spec.dns.timeout))?;
+        if timeout.is_zero() {
+            self.add("spec.dns.timeout", "must be longer than 0");
+        }
+        Some(DnsConfig {
+            nameservers,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn scaling(&mut self, spec: &RelaySpec) -> Option<ScalingConfig> {
+        let replicas = match spec.replicas {
+            Some(r) => self.count("spec.replicas", r, 0)?,
+            None => 1,
+        };
+        let autoscaling = match &spec.autoscaling {
+            None => None,
+            Some(a) => {
+                let min = self.count("spec.autoscaling.minReplicas", a.min_replicas, 1)?;
+                let max = self.count("spec.autoscaling.maxReplicas", a.max_replicas, 1)?;
+                if min > max {
+                    self.add(
+                        "spec.autoscaling.minReplicas",
+                        format!("minReplicas ({min}) must not be greater than maxReplicas ({max})"),
+                    );
+                }
+                let cpu = self.count(
+                    "spec.autoscaling.targetCpuUtilization",
+                    a.target_cpu_utilization,
+                    1,
+                )?;
+                let depth = match a.target_queue_depth {
+                    Some(d) => Some(self.count("spec.autoscaling.targetQueueDepth", d, 1)?),
+                    None => None,
+                };
+                Some(AutoscalingConfig {
+                    engine: a.engine,
+                    min_replicas: min,
+                    max_replicas: max,
+                    target_cpu_utilization: cpu,
+                    target_queue_depth: depth,
+                })
+            }
+        };
+        Some(ScalingConfig {
+            replicas,
+            autoscaling,
+        })
+    }
+}

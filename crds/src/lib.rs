@@ -1,0 +1,25 @@
+//! The mailrelay.io API.
+//!
+//! - [`MailDomain`], [`Relay`] and [`Blocklist`]: the custom resources users
+//!   apply (group `mailrelay.io`, version `v1alpha1`).
+//! - [`RelayConfig`]: everything one relay pod needs, compiled and
+//!   normalised, so the data plane never parses user text.
+//! - [`compile`]: the pure function from the resources to a `RelayConfig`,
+//!   shared by the operator and by the relay's standalone mode.
+//! - [`manifests`]: reading the YAML a user would `kubectl apply`.
+
+pub mod blocklist;
+pub mod common;
+pub mod compile;
+pub mod config;
+pub mod crdgen;
+mod defaults;
+pub mod maildomain;
+pub mod manifests;
+pub mod relay;
+
+pub use blocklist::{Blocklist, BlocklistSpec, BlocklistStatus};
+pub use compile::{Compiled, Problem, compile};
+pub use config::RelayConfig;
+pub use maildomain::{MailDomain, MailDomainSpec, MailDomainStatus};
+pub use relay::{Relay, RelaySpec, RelayStatus};

@@ -1,0 +1,297 @@
+//! `MailDomain`: one hosted domain, where its mail goes and who may send as it.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretKeyRef};
+
+/// A mail domain hosted by mailrelay: the relays that select it accept mail
+/// for it on their `smtp` listener and deliver that mail to its mailbox
+/// server; its accounts may send through their submission listeners.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mailrelay.io",
+    version = "v1alpha1",
+    kind = "MailDomain",
+    plural = "maildomains",
+    shortname = "md",
+    category = "mailrelay",
+    namespaced,
+    status = "MailDomainStatus",
+    derive = "PartialEq",
+    cel,
+    doc = "A mail domain hosted by mailrelay: where its mail is delivered and who may send as it.",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Relays",
+        type_ = "string",
+        json_path = ".status.relays",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainSpec {
+    /// The domain name, for example `example.com`. Internationalised names
+    /// are accepted and used in their ASCII (A-label) form; case and a
+    /// trailing dot are ignored.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('@') && !self.startsWith('*') && !self.contains(' ')").message("must be a domain name such as example.com, without '@', spaces or wildcards"))]
+    pub domain: String,
+
+    /// Other names for the same domain. Mail to `user@alias` is handled as
+    /// mail to `user@domain`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
+    pub aliases: Vec<String>,
+
+    /// Which recipients the `smtp` listener accepts for this domain.
+    /// Recipients are checked while the client sends RCPT, so mail for an
+    /// unknown user is refused rather than accepted and bounced later.
+    #[serde(default)]
+    pub inbound: Inbound,
+
+    /// Where accepted mail for this domain is delivered.
+    pub delivery: Delivery,
+
+    /// Accounts that may authenticate on the submission listeners and send
+    /// as addresses of this domain. Without it, nobody can send as this domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<Submission>,
+
+    /// DKIM signing of mail sent from this domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<Dkim>,
+}
+
+/// Which recipients are accepted for the domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("!self.enabled || self.catchAll || size(self.localParts) > 0").message("inbound mail is enabled but no recipient is accepted: list spec.inbound.localParts or set spec.inbound.catchAll")
+)]
+pub struct Inbound {
+    /// Accept mail for this domain on the `smtp` listener. When false, only
+    /// submission clients can send to it.
+    #[serde(default = "crate::defaults::r#true")]
+    pub enabled: bool,
+
+    /// Local parts (the part before `@`) that are accepted, for example
+    /// `alice` or `postmaster`. Compared case-insensitively.
+    #[serde(default)]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 64)))]
+    pub local_parts: Vec<String>,
+
+    /// Accept every local part. The mailbox server then decides, after
+    /// the message was accepted, which can cause bounces: prefer listing
+    /// `localParts`.
+    #[serde(default)]
+    pub catch_all: bool,
+
+    /// Sub-addressing separator: with `+`, `alice+news@` is accepted as
+    /// `alice@`. Empty turns sub-addressing off.
+    #[serde(default = "crate::defaults::recipient_delimiter")]
+    #[schemars(length(max = 1))]
+    pub recipient_delimiter: String,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            local_parts: Vec::new(),
+            catch_all: false,
+            recipient_delimiter: crate::defaults::recipient_delimiter(),
+        }
+    }
+}
+
+/// Where mail for the domain goes: exactly one of `lmtp`, `smtp` and `maildir`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("[has(self.lmtp), has(self.smtp), has(self.maildir)].filter(x, x).size() == 1").message("set exactly one of lmtp, smtp and maildir")
+)]
+pub struct Delivery {
+    /// Deliver over LMTP (RFC 2033), for example to Dovecot's LMTP service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmtp: Option<LmtpTarget>,
+    /// Deliver over SMTP to a mailbox server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpTarget>,
+    /// Write each message into a maildir on a volume the relay mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maildir: Option<MaildirTarget>,
+}
+
+/// An LMTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("has(self.port)").message("LMTP has no well-known port: set the port of the LMTP service, for example 24").field_path(".port").reason(kube::core::Reason::FieldValueRequired)
+)]
+pub struct LmtpTarget {
+    /// Host name or IP address of the LMTP server (a Service name works).
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TCP port of the LMTP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// An SMTP mailbox server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpTarget {
+    /// Host name or IP address of the server.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TCP port of the server.
+    #[serde(default = "crate::defaults::smtp_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Whether to use STARTTLS: `Opportunistic` (default), `Required` or `None`.
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+/// How an outbound connection uses TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TlsMode {
+    /// STARTTLS when the server offers it, plain text otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS is required; the message is deferred when TLS fails.
+    Required,
+    /// TLS from the first byte (SMTPS, port 465).
+    Implicit,
+    /// Never use TLS.
+    None,
+}
+
+/// A maildir on a mounted volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaildirTarget {
+    /// Directory under which each user's maildir lives, as `PATH/LOCALPART/`
+    /// with `tmp/`, `new/` and `cur/` inside: the layout Dovecot reads with
+    /// `mail_location = maildir:PATH/%n`.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    pub path: String,
+    /// Name of a PersistentVolumeClaim the relay pods mount at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+}
+
+/// Accounts allowed to send as the domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Submission {
+    /// Secret key holding the accounts, one per line as `LOGIN:HASH`, where
+    /// LOGIN is the account's address (`alice@example.com`) and HASH an
+    /// argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) password hash.
+    pub accounts: SecretKeyRef,
+    /// Logins that are suspended: authentication is refused with a reply
+    /// that says so. Mail to them is still accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 320)))]
+    pub suspended: Vec<String>,
+    /// Extra sender addresses per account. Every account may always send as
+    /// its own login address; a pattern `*@example.com` allows any address
+    /// of a domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub senders: Vec<SenderGrant>,
+}
+
+/// Addresses an account may use in MAIL FROM and From:.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderGrant {
+    /// The account's login.
+    #[schemars(length(min = 1, max = 320))]
+    pub account: String,
+    /// Addresses (`sales@example.com`) or patterns (`*@example.com`).
+    #[schemars(length(min = 1), inner(length(min = 1, max = 320)))]
+    pub addresses: Vec<String>,
+}
+
+/// DKIM signing key and selector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dkim {
+    /// The selector: the public key is published at `SELECTOR._domainkey.DOMAIN`.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$')").message("must be a single DNS label"))]
+    pub selector: String,
+    /// Signing algorithm.
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+    /// Secret key holding the private key in PEM (PKCS#8).
+    pub private_key: SecretKeyRef,
+    /// Let the operator create the key in that Secret when it does not
+    /// exist. An existing key is never overwritten.
+    #[serde(default)]
+    pub generate: bool,
+}
+
+/// DKIM signing algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DkimAlgorithm {
+    /// RSA 2048 with SHA-256, understood by every verifier.
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 with SHA-256 (RFC 8463).
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+/// Observed state of a MailDomain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Names of the Relays that serve this domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+    /// What the domain's MX records point at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
+    /// The DNS TXT record to publish for DKIM, when a key is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim_record: Option<String>,
+    /// `Ready`, `Accepted` (served by at least one Relay), `DnsConfigured`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Result of the periodic MX check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsCheck {
+    /// MX hosts found, in preference order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mx: Vec<String>,
+    /// Whether an MX host resolves to the external address of a serving Relay.
+    pub points_at_relay: bool,
+    /// What was found, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
