@@ -227,9 +227,13 @@ fn typed<T: DeserializeOwned>(
     let result: Result<T, _> =
         serde_ignored::deserialize(doc.clone(), |path| unknown.push(path.to_string()));
     match result {
-        Ok(object) => match unknown.first() {
-            // `status` is written by the operator; a manifest may carry it.
-            Some(path) if !path.starts_with("status") => Err(error(
+        // apiVersion and kind were checked by the caller; `status` is the
+        // operator's, and a manifest exported from a cluster may carry it.
+        Ok(object) => match unknown
+            .iter()
+            .find(|p| !matches!(p.as_str(), "apiVersion" | "kind") && !p.starts_with("status"))
+        {
+            Some(path) => Err(error(
                 path,
                 "unknown field (a typo?); the API server would drop it".into(),
             )),
@@ -269,7 +273,8 @@ mod tests {
             m.blocklists[0].object.metadata.namespace.as_deref(),
             Some("default")
         );
-        assert_eq!(m.blocklists[0].source.document, 2);
+        assert_eq!(m.blocklists[0].source.document, 1);
+        assert_eq!(m.secrets[0].source.document, 2);
         assert_eq!(
             m.secrets[0].object.metadata.namespace.as_deref(),
             Some("mail")

@@ -48,7 +48,7 @@ use crate::maildomain::TlsMode;
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = kube::core::Rule::new("self.listeners.all(l, l.name == 'smtp') || has(self.tls)").message("the submission and submissions listeners need spec.tls: AUTH is only offered over TLS").field_path(".tls").reason(kube::core::Reason::FieldValueRequired),
-    validation = kube::core::Rule::new("!self.relayFromTrustedNetworks || size(self.trustedNetworks) > 0").message("relayFromTrustedNetworks needs at least one entry in trustedNetworks").field_path(".trustedNetworks")
+    validation = kube::core::Rule::new("!self.relayFromTrustedNetworks || (has(self.trustedNetworks) && size(self.trustedNetworks) > 0)").message("relayFromTrustedNetworks needs at least one entry in trustedNetworks").field_path(".trustedNetworks")
 )]
 pub struct RelaySpec {
     /// Number of relay pods. Ignored while `autoscaling` is set: the
