@@ -235,39 +235,48 @@ impl Report<'_> {
 
     fn limits(&mut self, spec: &RelaySpec) -> Option<LimitsConfig> {
         let l = &spec.limits;
-        let max_message_size = self.check(
+        let t = &l.timeouts;
+        // Every field is checked before any is given up on, so one run
+        // reports all the problems.
+        let size = self.check(
             "spec.limits.maxMessageSize",
             normalize::size(&l.max_message_size),
         );
-        let t = &l.timeouts;
-        let limits = LimitsConfig {
-            max_message_size: max_message_size?,
-            // RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
-            max_recipients: self.count("spec.limits.maxRecipients", l.max_recipients, 100)?,
-            max_connections: self.count("spec.limits.maxConnections", l.max_connections, 1)?,
-            max_connections_per_ip: self.count(
-                "spec.limits.maxConnectionsPerIp",
-                l.max_connections_per_ip,
-                1,
-            )?,
-            messages_per_minute_per_ip: self.count(
-                "spec.limits.messagesPerMinutePerIp",
-                l.messages_per_minute_per_ip,
-                1,
-            )?,
-            max_auth_failures_per_ip: self.count(
-                "spec.limits.maxAuthFailuresPerIp",
-                l.max_auth_failures_per_ip,
-                1,
-            )?,
-            command_timeout_secs: self.positive_secs("spec.limits.timeouts.command", &t.command)?,
-            data_timeout_secs: self.positive_secs("spec.limits.timeouts.data", &t.data)?,
-            session_timeout_secs: self.positive_secs("spec.limits.timeouts.session", &t.session)?,
-        };
-        if limits.max_message_size < 1024 {
+        if size.is_some_and(|s| s < 1024) {
             self.add("spec.limits.maxMessageSize", "must be at least 1Ki");
         }
-        Some(limits)
+        // RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+        let recipients = self.count("spec.limits.maxRecipients", l.max_recipients, 100);
+        let connections = self.count("spec.limits.maxConnections", l.max_connections, 1);
+        let per_ip = self.count(
+            "spec.limits.maxConnectionsPerIp",
+            l.max_connections_per_ip,
+            1,
+        );
+        let rate = self.count(
+            "spec.limits.messagesPerMinutePerIp",
+            l.messages_per_minute_per_ip,
+            1,
+        );
+        let auth = self.count(
+            "spec.limits.maxAuthFailuresPerIp",
+            l.max_auth_failures_per_ip,
+            1,
+        );
+        let command = self.positive_secs("spec.limits.timeouts.command", &t.command);
+        let data = self.positive_secs("spec.limits.timeouts.data", &t.data);
+        let session = self.positive_secs("spec.limits.timeouts.session", &t.session);
+        Some(LimitsConfig {
+            max_message_size: size?,
+            max_recipients: recipients?,
+            max_connections: connections?,
+            max_connections_per_ip: per_ip?,
+            messages_per_minute_per_ip: rate?,
+            max_auth_failures_per_ip: auth?,
+            command_timeout_secs: command?,
+            data_timeout_secs: data?,
+            session_timeout_secs: session?,
+        })
     }
 
     fn queue(&mut self, spec: &RelaySpec) -> Option<QueueConfig> {
