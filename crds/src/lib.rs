@@ -8,6 +8,10 @@
 //!   shared by the operator and by the relay's standalone mode.
 //! - [`manifests`]: reading the YAML a user would `kubectl apply`.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` once per column, which
+// clippy mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod blocklist;
 pub mod common;
 pub mod compile;

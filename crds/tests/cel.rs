@@ -2,6 +2,8 @@
 //! offline with kube's CEL evaluator on a passing and a failing object.
 //! The last test fails when a rule is added without a case here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: panics are its failures
+
 use std::collections::BTreeSet;
 
 use kube::CustomResourceExt;

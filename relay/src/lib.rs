@@ -1,0 +1,3 @@
+//! The mailrelay data plane.
+
+pub mod check;

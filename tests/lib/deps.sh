@@ -1,0 +1,43 @@
+# Installs what the test suite needs and is missing: Debian packages for the
+# real peers (Postfix, Dovecot, dnsmasq, swaks) and a Python venv with the
+# schema validator. Sourced by tests/run.
+
+# Debian package -> a file it installs that the tests use.
+declare -A PEERS=(
+  [postfix]=/usr/sbin/smtp-sink
+  [swaks]=/usr/bin/swaks
+  [dnsmasq]=/usr/sbin/dnsmasq
+  [dovecot-lmtpd]=/usr/lib/dovecot/lmtp
+  [dovecot-imapd]=/usr/lib/dovecot/imap
+  [dovecot-pop3d]=/usr/lib/dovecot/pop3
+  [dnsutils]=/usr/bin/dig
+)
+
+install_peers() {
+  local missing=()
+  for pkg in "${!PEERS[@]}"; do
+    [ -e "${PEERS[$pkg]}" ] || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run: missing packages ${missing[*]}; run as root or install them" >&2
+    return 1
+  fi
+  echo "tests/run: installing ${missing[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  for pkg in "${missing[@]}"; do
+    [ -e "${PEERS[$pkg]}" ] || { echo "tests/run: $pkg did not install ${PEERS[$pkg]}" >&2; return 1; }
+  done
+}
+
+# A venv under target/ (made by this run when absent; never committed).
+install_python_tools() {
+  VENV="$ROOT/target/tests-venv"
+  if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+  fi
+  export PATH="$VENV/bin:$PATH"
+}
