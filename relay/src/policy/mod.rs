@@ -1,0 +1,1 @@
+//! Blocklist lookups (being written).
