@@ -30,6 +30,7 @@ fn every_example_reads_into_the_typed_structs() {
     assert_eq!(m.domains.len(), 2);
     assert_eq!(m.blocklists.len(), 2);
     assert!(m.ignored.is_empty(), "unexpected kinds: {:?}", m.ignored);
+    assert_eq!(m.secrets.len(), 1);
 }
 
 #[test]

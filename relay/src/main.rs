@@ -1,9 +1,12 @@
 //! `mailrelay`: the relay's command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mailrelay::app::{RunOptions, Source};
+use mailrelay_crds::relay::ListenerName;
 
 #[derive(Parser)]
 #[command(name = "mailrelay", version, about = "A Kubernetes-native mail relay")]
@@ -24,6 +27,57 @@ enum Command {
         #[arg(long)]
         relay: Option<String>,
     },
+    /// Run the relay: from manifests (standalone, on loopback) or from a
+    /// config compiled by the operator.
+    Run {
+        /// Directory of YAML manifests to compile and run.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        manifests: Option<PathBuf>,
+        /// The Relay to run when the manifests hold several.
+        #[arg(long, requires = "manifests")]
+        relay: Option<String>,
+        /// A compiled RelayConfig (JSON), as the operator writes it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Replace a listener's address: smtp=ADDR, submission=ADDR or submissions=ADDR.
+        #[arg(long, value_parser = parse_listen)]
+        listen: Vec<(ListenerName, SocketAddr)>,
+        /// Spool directory (default ./mailrelay-spool standalone, /var/spool/mailrelay otherwise).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9725 standalone, 0.0.0.0:9090 otherwise).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// DNS server to use instead of the configured or system ones (ADDR:PORT).
+        #[arg(long)]
+        dns: Option<SocketAddr>,
+        /// Log as JSON lines (the default with --config, as in a pod).
+        #[arg(long)]
+        json_logs: bool,
+    },
+}
+
+fn parse_listen(s: &str) -> Result<(ListenerName, SocketAddr), String> {
+    let (name, addr) = s.split_once('=').ok_or("expected NAME=ADDR, for example smtp=127.0.0.1:2525")?;
+    let name = match name {
+        "smtp" => ListenerName::Smtp,
+        "submission" => ListenerName::Submission,
+        "submissions" => ListenerName::Submissions,
+        other => return Err(format!("{other:?} is not smtp, submission or submissions")),
+    };
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((name, addr))
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
@@ -41,6 +95,28 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("{} problem(s) found", report.problems.len());
                 ExitCode::FAILURE
+            }
+        }
+        Command::Run { manifests, relay, config, listen, spool, http, dns, json_logs } => {
+            let source = match (manifests, config) {
+                (Some(dir), _) => Source::Manifests { dir, relay },
+                (None, Some(file)) => Source::Config(file),
+                (None, None) => unreachable!("clap requires --manifests or --config"),
+            };
+            init_logs(json_logs || matches!(source, Source::Config(_)));
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mailrelay: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(mailrelay::app::run(RunOptions { source, listen, spool, http, dns })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mailrelay: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
     }

@@ -1,0 +1,202 @@
+//! `mailrelay run`: wires config, spool, listeners and HTTP together and
+//! runs until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailrelay_crds::config::RelayConfig;
+use mailrelay_crds::relay::ListenerName;
+use tokio::net::TcpListener;
+
+use crate::http::{self, Health};
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::policy::{self, DnsblChecker};
+use crate::runtime::Runtime;
+use crate::server::conn::ConnCtx;
+use crate::server::listener::{Current, Shared, accept_loop};
+use crate::server::tls::Tls;
+use crate::spool::Spool;
+use crate::standalone;
+
+/// Where the config comes from.
+pub enum Source {
+    /// YAML manifests, compiled here (standalone mode).
+    Manifests { dir: PathBuf, relay: Option<String> },
+    /// A `RelayConfig` compiled by the operator (in a pod).
+    Config(PathBuf),
+}
+
+pub struct RunOptions {
+    pub source: Source,
+    pub listen: Vec<(ListenerName, SocketAddr)>,
+    pub spool: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Standalone(#[from] standalone::StandaloneError),
+    #[error("{}: {source}", path.display())]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Config { path: PathBuf, source: mailrelay_crds::config::ConfigError },
+    #[error("--listen {0}: the Relay has no such listener")]
+    NoSuchListener(ListenerName),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
+    #[error("DNS: {0}")]
+    Dns(#[from] policy::ResolverError),
+    #[error("cannot create {}: {source}", path.display())]
+    Dir { path: PathBuf, source: std::io::Error },
+}
+
+/// Load the config and apply the command-line overrides. The guard keeps a
+/// standalone run's private secrets directory alive.
+fn load(opts: &RunOptions) -> Result<(RelayConfig, Vec<String>, Option<tempfile::TempDir>), RunError> {
+    let (mut config, warnings, guard) = match &opts.source {
+        Source::Manifests { dir, relay } => {
+            let secrets = tempfile::Builder::new()
+                .prefix("mailrelay-secrets-")
+                .tempdir()
+                .map_err(|source| RunError::Dir { path: std::env::temp_dir(), source })?;
+            let p = standalone::prepare(dir, relay.as_deref(), secrets.path())?;
+            (p.config, p.warnings, Some(secrets))
+        }
+        Source::Config(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| RunError::ReadConfig { path: path.clone(), source })?;
+            let config = RelayConfig::from_json(&text)
+                .map_err(|source| RunError::Config { path: path.clone(), source })?;
+            (config, Vec::new(), None)
+        }
+    };
+    for (name, addr) in &opts.listen {
+        let listener = config
+            .listeners
+            .iter_mut()
+            .find(|l| l.name == *name)
+            .ok_or(RunError::NoSuchListener(*name))?;
+        listener.address = *addr;
+    }
+    Ok((config, warnings, guard))
+}
+
+fn default_spool(source: &Source) -> PathBuf {
+    match source {
+        Source::Manifests { .. } => PathBuf::from("mailrelay-spool"),
+        Source::Config(_) => PathBuf::from("/var/spool/mailrelay"),
+    }
+}
+
+fn default_http(source: &Source) -> SocketAddr {
+    match source {
+        Source::Manifests { .. } => SocketAddr::from(([127, 0, 0, 1], 9725)),
+        Source::Config(_) => SocketAddr::from(([0, 0, 0, 0], 9090)),
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let (config, warnings, _secrets) = load(&opts)?;
+    let spool_dir = opts.spool.clone().unwrap_or_else(|| default_spool(&opts.source));
+    let http_addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
+    let dns = policy::resolver(&config.dns, opts.dns)?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Tls::new(&files.cert.path(&config.secrets_dir), &files.key.path(&config.secrets_dir))?;
+            tls.clone().watch(Duration::from_secs(10));
+            Some(tls)
+        }
+        None => None,
+    };
+    let listeners_config = config.listeners.clone();
+    let (runtime, runtime_warnings) = Runtime::build(config, jiff::Timestamp::now().as_second());
+    for w in warnings.iter().chain(&runtime_warnings) {
+        tracing::warn!("{w}");
+    }
+    let hostname = runtime.config.hostname.clone();
+    let (spool, recovery) = Spool::open(&spool_dir).await?;
+    tracing::info!(
+        spool = %spool_dir.display(),
+        messages = recovery.messages,
+        truncated_bytes = recovery.truncated_bytes,
+        "spool loaded"
+    );
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let shared = Shared {
+        current: Current::new(runtime),
+        limiter: Limiter::system(),
+        conn: ConnCtx { spool: spool.clone(), tls, metrics: Arc::clone(&metrics) },
+        dnsbl: Arc::new(DnsblChecker::new(dns, 100_000)),
+    };
+    let mut accepting = Vec::new();
+    for l in listeners_config {
+        let listener = TcpListener::bind(l.address).await.map_err(|source| RunError::Bind {
+            name: l.name.to_string(),
+            addr: l.address,
+            source,
+        })?;
+        tracing::info!(listener = %l.name, address = %l.address, "listening");
+        accepting.push(tokio::spawn(accept_loop(listener, l, shared.clone())));
+    }
+    let http_listener = http::bind(http_addr).await.map_err(|source| RunError::Bind {
+        name: "http".into(),
+        addr: http_addr,
+        source,
+    })?;
+    tracing::info!(address = %http_addr, "serving /metrics, /healthz, /readyz");
+    // Health and metrics keep answering while sessions drain.
+    let _http = tokio::spawn(http::serve(http_listener, Arc::clone(&metrics), health.clone()));
+    let _gauges = tokio::spawn(spool_gauges(spool, Arc::clone(&metrics)));
+    health.set_ready(true);
+    tracing::info!(hostname = %hostname, "mailrelay ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; waiting for open sessions");
+    health.set_ready(false);
+    let open = || shared.limiter.open_connections();
+    for task in &accepting {
+        task.abort();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(open_sessions = open(), "stopped");
+    Ok(())
+}
+
+async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let s = spool.stats();
+        metrics.spool_messages.set(i64::try_from(s.messages).unwrap_or(i64::MAX));
+        metrics.spool_bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C through tokio's fallback.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! TLS for STARTTLS and implicit TLS: the certificate and key come from
+//! files (a mounted `kubernetes.io/tls` Secret) and are re-read when they
+//! change, so cert-manager's rotations apply without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: no certificate in the file", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: no private key in the file", .0.display())]
+    NoKey(PathBuf),
+    #[error("certificate and key do not make a TLS configuration: {0}")]
+    Config(#[from] tokio_rustls::rustls::Error),
+    #[error("cannot create a self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+/// Build a rustls server configuration from PEM files.
+pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read { path: cert.to_path_buf(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|source| TlsError::Read { path: key.to_path_buf(), source })?
+        .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Write a self-signed certificate for `hostname` (standalone try-outs
+/// only: real deployments mount a Secret).
+pub fn write_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
+    let write = |path: &Path, data: String| {
+        std::fs::write(path, data).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    };
+    write(cert, generated.cert.pem())?;
+    write(key, generated.signing_key.serialize_pem())
+}
+
+/// The current acceptor, swapped when the files change.
+#[derive(Clone)]
+pub struct Tls {
+    inner: Arc<RwLock<(TlsAcceptor, Option<SystemTime>)>>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Tls {
+    pub fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let config = load(cert, key)?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new((TlsAcceptor::from(config), modified(cert).max(modified(key))))),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        match self.inner.read() {
+            Ok(g) => g.0.clone(),
+            Err(p) => p.into_inner().0.clone(),
+        }
+    }
+
+    /// Re-read the files if they changed. A broken new pair is logged and
+    /// the old one kept: a bad rotation must not take TLS down.
+    pub fn refresh(&self) {
+        let stamp = modified(&self.cert).max(modified(&self.key));
+        let current = match self.inner.read() {
+            Ok(g) => g.1,
+            Err(p) => p.into_inner().1,
+        };
+        if stamp == current {
+            return;
+        }
+        match load(&self.cert, &self.key) {
+            Ok(config) => {
+                if let Ok(mut g) = self.inner.write() {
+                    *g = (TlsAcceptor::from(config), stamp);
+                }
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "new TLS certificate not usable; keeping the previous one"),
+        }
+    }
+
+    /// Refresh every `period` until the task is dropped.
+    pub fn watch(self, period: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                self.refresh();
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_pair_loads_and_reloads_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        write_self_signed("mx.test", &cert, &key).unwrap();
+        let tls = Tls::new(&cert, &key).unwrap();
+        std::fs::write(&cert, "garbage").unwrap();
+        tls.refresh(); // keeps the old acceptor, logs
+        let _ = tls.acceptor();
+        assert!(matches!(load(&cert, &key), Err(TlsError::NoCertificate(_))));
+        assert!(matches!(load(&dir.path().join("missing"), &key), Err(TlsError::Read { .. })));
+    }
+}
