@@ -36,7 +36,12 @@ impl Accounts {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut fail = |reason: &str| bad.push(BadLine { line: i + 1, reason: reason.to_string() });
+            let mut fail = |reason: &str| {
+                bad.push(BadLine {
+                    line: i + 1,
+                    reason: reason.to_string(),
+                })
+            };
             let Some((login, hash)) = line.split_once(':') else {
                 fail("expected LOGIN:HASH");
                 continue;
@@ -54,13 +59,22 @@ impl Accounts {
                 fail("the hash must be argon2 ($argon2id$...) or bcrypt ($2b$...)");
                 continue;
             }
-            self.by_login.insert(login, Account { hash: hash.to_string() });
+            self.by_login.insert(
+                login,
+                Account {
+                    hash: hash.to_string(),
+                },
+            );
         }
         bad
     }
 
     /// Read one accounts file.
-    pub fn load_file(&mut self, path: &Path, domains: &[&str]) -> Result<Vec<BadLine>, std::io::Error> {
+    pub fn load_file(
+        &mut self,
+        path: &Path,
+        domains: &[&str],
+    ) -> Result<Vec<BadLine>, std::io::Error> {
         let text = std::fs::read_to_string(path)?;
         Ok(self.parse_into(&text, domains))
     }
@@ -93,7 +107,11 @@ pub fn verify(hash: Option<&str>, password: &str) -> bool {
         bcrypt::verify(password, hash).unwrap_or(false)
     } else {
         PasswordHash::new(hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     };
     ok && known
@@ -107,7 +125,10 @@ mod tests {
 
     fn argon2_hash(password: &str) -> String {
         let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        Argon2::default().hash_password(password.as_bytes(), &salt).unwrap().to_string()
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -42,13 +42,23 @@ pub enum RunError {
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
     #[error("{}: {source}", path.display())]
-    ReadConfig { path: PathBuf, source: std::io::Error },
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
-    Config { path: PathBuf, source: mailrelay_crds::config::ConfigError },
+    Config {
+        path: PathBuf,
+        source: mailrelay_crds::config::ConfigError,
+    },
     #[error("--listen {0}: the Relay has no such listener")]
     NoSuchListener(ListenerName),
     #[error("cannot listen on {addr} ({name}): {source}")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
     #[error("TLS: {0}")]
@@ -56,26 +66,38 @@ pub enum RunError {
     #[error("DNS: {0}")]
     Dns(#[from] policy::ResolverError),
     #[error("cannot create {}: {source}", path.display())]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Load the config and apply the command-line overrides. The guard keeps a
 /// standalone run's private secrets directory alive.
-fn load(opts: &RunOptions) -> Result<(RelayConfig, Vec<String>, Option<tempfile::TempDir>), RunError> {
+fn load(
+    opts: &RunOptions,
+) -> Result<(RelayConfig, Vec<String>, Option<tempfile::TempDir>), RunError> {
     let (mut config, warnings, guard) = match &opts.source {
         Source::Manifests { dir, relay } => {
             let secrets = tempfile::Builder::new()
                 .prefix("mailrelay-secrets-")
                 .tempdir()
-                .map_err(|source| RunError::Dir { path: std::env::temp_dir(), source })?;
+                .map_err(|source| RunError::Dir {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
             let p = standalone::prepare(dir, relay.as_deref(), secrets.path())?;
             (p.config, p.warnings, Some(secrets))
         }
         Source::Config(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| RunError::ReadConfig { path: path.clone(), source })?;
-            let config = RelayConfig::from_json(&text)
-                .map_err(|source| RunError::Config { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| RunError::ReadConfig {
+                path: path.clone(),
+                source,
+            })?;
+            let config = RelayConfig::from_json(&text).map_err(|source| RunError::Config {
+                path: path.clone(),
+                source,
+            })?;
             (config, Vec::new(), None)
         }
     };
@@ -106,19 +128,26 @@ fn default_http(source: &Source) -> SocketAddr {
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (config, warnings, _secrets) = load(&opts)?;
-    let spool_dir = opts.spool.clone().unwrap_or_else(|| default_spool(&opts.source));
+    let spool_dir = opts
+        .spool
+        .clone()
+        .unwrap_or_else(|| default_spool(&opts.source));
     let http_addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
     let dns = policy::resolver(&config.dns, opts.dns)?;
     let tls = match &config.tls {
         Some(files) => {
-            let tls = Tls::new(&files.cert.path(&config.secrets_dir), &files.key.path(&config.secrets_dir))?;
+            let tls = Tls::new(
+                &files.cert.path(&config.secrets_dir),
+                &files.key.path(&config.secrets_dir),
+            )?;
             tls.clone().watch(Duration::from_secs(10));
             Some(tls)
         }
         None => None,
     };
     let listeners_config = config.listeners.clone();
-    let (runtime, runtime_warnings) = Runtime::build(config, jiff::Timestamp::now().as_second());
+    let (runtime, runtime_warnings) =
+        Runtime::build(config.clone(), jiff::Timestamp::now().as_second());
     for w in warnings.iter().chain(&runtime_warnings) {
         tracing::warn!("{w}");
     }
@@ -135,28 +164,41 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let shared = Shared {
         current: Current::new(runtime),
         limiter: Limiter::system(),
-        conn: ConnCtx { spool: spool.clone(), tls, metrics: Arc::clone(&metrics) },
+        conn: ConnCtx {
+            spool: spool.clone(),
+            tls,
+            metrics: Arc::clone(&metrics),
+        },
         dnsbl: Arc::new(DnsblChecker::new(dns, 100_000)),
     };
     let mut accepting = Vec::new();
     for l in listeners_config {
-        let listener = TcpListener::bind(l.address).await.map_err(|source| RunError::Bind {
-            name: l.name.to_string(),
-            addr: l.address,
-            source,
-        })?;
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| RunError::Bind {
+                name: l.name.to_string(),
+                addr: l.address,
+                source,
+            })?;
         tracing::info!(listener = %l.name, address = %l.address, "listening");
         accepting.push(tokio::spawn(accept_loop(listener, l, shared.clone())));
     }
-    let http_listener = http::bind(http_addr).await.map_err(|source| RunError::Bind {
-        name: "http".into(),
-        addr: http_addr,
-        source,
-    })?;
+    let http_listener = http::bind(http_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            name: "http".into(),
+            addr: http_addr,
+            source,
+        })?;
     tracing::info!(address = %http_addr, "serving /metrics, /healthz, /readyz");
     // Health and metrics keep answering while sessions drain.
-    let _http = tokio::spawn(http::serve(http_listener, Arc::clone(&metrics), health.clone()));
+    let _http = tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(&metrics),
+        health.clone(),
+    ));
     let _gauges = tokio::spawn(spool_gauges(spool, Arc::clone(&metrics)));
+    let _expiry = tokio::spawn(expire_entries(config, shared.current.clone()));
     health.set_ready(true);
     tracing::info!(hostname = %hostname, "mailrelay ready");
 
@@ -175,19 +217,43 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Blocklist entries with an expiry stop applying on time: rebuild the
+/// runtime when the next one is due.
+async fn expire_entries(config: RelayConfig, current: Current) {
+    loop {
+        let Some(next) = current.get().policy.next_expiry() else {
+            return;
+        };
+        let wait = next
+            .saturating_sub(jiff::Timestamp::now().as_second())
+            .max(1);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(1))).await;
+        let (rt, _) = Runtime::build(config.clone(), jiff::Timestamp::now().as_second());
+        current.set(rt);
+        tracing::info!("expired blocklist entries removed");
+    }
+}
+
 async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
         let s = spool.stats();
-        metrics.spool_messages.set(i64::try_from(s.messages).unwrap_or(i64::MAX));
-        metrics.spool_bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        metrics
+            .spool_messages
+            .set(i64::try_from(s.messages).unwrap_or(i64::MAX));
+        metrics
+            .spool_bytes
+            .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
     }
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

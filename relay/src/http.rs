@@ -49,7 +49,11 @@ fn route(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>
         ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if health.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
+        "/readyz" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -70,7 +74,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health)
                 let response = route(req.uri().path(), &metrics, &health);
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "http connection ended");
             }
         });
@@ -88,13 +95,19 @@ mod tests {
     #[test]
     fn readiness_follows_the_flag() {
         let (m, h) = (Metrics::new(), Health::default());
-        assert_eq!(route("/readyz", &m, &h).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            route("/readyz", &m, &h).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         h.set_ready(true);
         assert_eq!(route("/readyz", &m, &h).status(), StatusCode::OK);
         assert_eq!(route("/healthz", &m, &h).status(), StatusCode::OK);
         assert_eq!(route("/nope", &m, &h).status(), StatusCode::NOT_FOUND);
         m.messages_accepted.inc();
         let text = m.encode();
-        assert!(text.contains("mailrelay_messages_accepted_total 1"), "{text}");
+        assert!(
+            text.contains("mailrelay_messages_accepted_total 1"),
+            "{text}"
+        );
     }
 }

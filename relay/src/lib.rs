@@ -1,6 +1,20 @@
 //! The mailrelay data plane.
 
+pub mod accounts;
+pub mod app;
 pub mod check;
+pub mod delivery;
+pub mod http;
+pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
+pub mod runtime;
+pub mod server;
+pub mod smtp;
 pub mod spool;
+pub mod standalone;
+
+#[cfg(test)]
+mod testutil;

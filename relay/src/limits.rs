@@ -75,7 +75,10 @@ impl Limiter {
     pub fn new(clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             clock,
-            state: Mutex::new(State { total: 0, by_ip: HashMap::new() }),
+            state: Mutex::new(State {
+                total: 0,
+                by_ip: HashMap::new(),
+            }),
         })
     }
 
@@ -100,7 +103,10 @@ impl Limiter {
         }
         p.connections += 1;
         s.total += 1;
-        Ok(ConnSlot { limiter: Arc::clone(self), ip })
+        Ok(ConnSlot {
+            limiter: Arc::clone(self),
+            ip,
+        })
     }
 
     /// Count a message from `ip`; false when over the per-minute limit.
@@ -124,14 +130,22 @@ impl Limiter {
     pub fn auth_allowed(&self, ip: IpAddr, l: &LimitSettings) -> bool {
         let now = (self.clock)();
         let mut s = self.lock();
-        let Some(p) = s.by_ip.get_mut(&ip) else { return true };
-        p.auth_failures.retain(|t| now.duration_since(*t) < AUTH_WINDOW);
+        let Some(p) = s.by_ip.get_mut(&ip) else {
+            return true;
+        };
+        p.auth_failures
+            .retain(|t| now.duration_since(*t) < AUTH_WINDOW);
         p.auth_failures.len() < l.max_auth_failures_per_ip as usize
     }
 
     pub fn auth_failed(&self, ip: IpAddr) {
         let now = (self.clock)();
-        self.lock().by_ip.entry(ip).or_default().auth_failures.push(now);
+        self.lock()
+            .by_ip
+            .entry(ip)
+            .or_default()
+            .auth_failures
+            .push(now);
     }
 
     pub fn open_connections(&self) -> u32 {

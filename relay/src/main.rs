@@ -58,7 +58,9 @@ enum Command {
 }
 
 fn parse_listen(s: &str) -> Result<(ListenerName, SocketAddr), String> {
-    let (name, addr) = s.split_once('=').ok_or("expected NAME=ADDR, for example smtp=127.0.0.1:2525")?;
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or("expected NAME=ADDR, for example smtp=127.0.0.1:2525")?;
     let name = match name {
         "smtp" => ListenerName::Smtp,
         "submission" => ListenerName::Submission,
@@ -72,7 +74,9 @@ fn parse_listen(s: &str) -> Result<(ListenerName, SocketAddr), String> {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -97,21 +101,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run { manifests, relay, config, listen, spool, http, dns, json_logs } => {
+        Command::Run {
+            manifests,
+            relay,
+            config,
+            listen,
+            spool,
+            http,
+            dns,
+            json_logs,
+        } => {
             let source = match (manifests, config) {
                 (Some(dir), _) => Source::Manifests { dir, relay },
                 (None, Some(file)) => Source::Config(file),
-                (None, None) => unreachable!("clap requires --manifests or --config"),
+                (None, None) => {
+                    eprintln!("mailrelay run: give --manifests DIR or --config FILE");
+                    return ExitCode::from(2);
+                }
             };
             init_logs(json_logs || matches!(source, Source::Config(_)));
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("mailrelay: cannot start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(mailrelay::app::run(RunOptions { source, listen, spool, http, dns })) {
+            match runtime.block_on(mailrelay::app::run(RunOptions {
+                source,
+                listen,
+                spool,
+                http,
+                dns,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mailrelay: {e}");

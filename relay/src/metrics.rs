@@ -43,9 +43,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mailrelay");
         let sessions = Family::<ListenerLabel, Counter>::default();
-        registry.register("smtp_sessions", "SMTP sessions started, by listener", sessions.clone());
+        registry.register(
+            "smtp_sessions",
+            "SMTP sessions started, by listener",
+            sessions.clone(),
+        );
         let sessions_open = Gauge::default();
-        registry.register("smtp_sessions_open", "SMTP sessions open now", sessions_open.clone());
+        registry.register(
+            "smtp_sessions_open",
+            "SMTP sessions open now",
+            sessions_open.clone(),
+        );
         let connections_refused = Family::<ResultLabel, Counter>::default();
         registry.register(
             "smtp_connections_refused",
@@ -53,19 +61,47 @@ impl Metrics {
             connections_refused.clone(),
         );
         let replies = Family::<ReplyLabel, Counter>::default();
-        registry.register("smtp_replies", "SMTP replies sent, by class and enhanced status code", replies.clone());
+        registry.register(
+            "smtp_replies",
+            "SMTP replies sent, by class and enhanced status code",
+            replies.clone(),
+        );
         let messages_accepted = Counter::default();
-        registry.register("messages_accepted", "Messages accepted into the spool", messages_accepted.clone());
+        registry.register(
+            "messages_accepted",
+            "Messages accepted into the spool",
+            messages_accepted.clone(),
+        );
         let message_bytes = Counter::default();
-        registry.register("message_bytes", "Bytes of messages accepted into the spool", message_bytes.clone());
+        registry.register(
+            "message_bytes",
+            "Bytes of messages accepted into the spool",
+            message_bytes.clone(),
+        );
         let tls_handshakes = Family::<ResultLabel, Counter>::default();
-        registry.register("tls_handshakes", "TLS handshakes, by result", tls_handshakes.clone());
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, by result",
+            tls_handshakes.clone(),
+        );
         let auth_failures = Counter::default();
-        registry.register("auth_failures", "Failed AUTH attempts", auth_failures.clone());
+        registry.register(
+            "auth_failures",
+            "Failed AUTH attempts",
+            auth_failures.clone(),
+        );
         let spool_messages = Gauge::default();
-        registry.register("spool_messages", "Messages in the spool", spool_messages.clone());
+        registry.register(
+            "spool_messages",
+            "Messages in the spool",
+            spool_messages.clone(),
+        );
         let spool_bytes = Gauge::default();
-        registry.register("spool_bytes", "Bytes of messages in the spool", spool_bytes.clone());
+        registry.register(
+            "spool_bytes",
+            "Bytes of messages in the spool",
+            spool_bytes.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -88,7 +124,10 @@ impl Metrics {
             _ => "5xx",
         };
         self.replies
-            .get_or_create(&ReplyLabel { class, enhanced: enhanced.unwrap_or("none") })
+            .get_or_create(&ReplyLabel {
+                class,
+                enhanced: enhanced.unwrap_or("none"),
+            })
             .inc();
     }
 

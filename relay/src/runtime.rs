@@ -59,9 +59,10 @@ impl Runtime {
                 .chain(d.aliases.iter().map(String::as_str))
                 .collect();
             match accounts.load_file(&path, &names) {
-                Ok(bad) => warnings.extend(bad.into_iter().map(|b| {
-                    format!("{}: line {}: {}", path.display(), b.line, b.reason)
-                })),
+                Ok(bad) => warnings.extend(
+                    bad.into_iter()
+                        .map(|b| format!("{}: line {}: {}", path.display(), b.line, b.reason)),
+                ),
                 Err(e) => warnings.push(format!(
                     "{}: {e}; nobody can authenticate for {}",
                     path.display(),
@@ -94,7 +95,10 @@ impl Runtime {
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = normalize::unmap_addr(ip);
-        self.config.trusted_networks.iter().any(|n: &IpNet| n.contains(&ip))
+        self.config
+            .trusted_networks
+            .iter()
+            .any(|n: &IpNet| n.contains(&ip))
     }
 
     pub fn recipient(&self, to: &Address) -> Recipient<'_> {
@@ -107,7 +111,12 @@ impl Runtime {
         }
         let local = to.local.to_lowercase();
         let base = base_local_part(&local, inbound.recipient_delimiter);
-        if inbound.catch_all || inbound.local_parts.binary_search_by(|p| p.as_str().cmp(base)).is_ok() {
+        if inbound.catch_all
+            || inbound
+                .local_parts
+                .binary_search_by(|p| p.as_str().cmp(base))
+                .is_ok()
+        {
             Recipient::Hosted(domain)
         } else {
             Recipient::UnknownUser(domain)

@@ -7,9 +7,9 @@
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use mailrelay_crds::compile;
 use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::manifests::{Manifests, load_dir};
-use mailrelay_crds::compile;
 
 use crate::server::tls;
 
@@ -26,13 +26,19 @@ pub enum StandaloneError {
     #[error("the Relay does not compile:\n{0}")]
     Compile(String),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StandaloneError + '_ {
-    move |source| StandaloneError::Io { path: path.to_path_buf(), source }
+    move |source| StandaloneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The config to run, and problems of other objects to show as warnings.
@@ -42,9 +48,19 @@ pub struct Prepared {
 }
 
 /// Compile the Relay in `dir` (or the one named `relay`).
-pub fn prepare(dir: &Path, relay: Option<&str>, secrets_dir: &Path) -> Result<Prepared, StandaloneError> {
+pub fn prepare(
+    dir: &Path,
+    relay: Option<&str>,
+    secrets_dir: &Path,
+) -> Result<Prepared, StandaloneError> {
     let manifests = load_dir(dir).map_err(|errors| {
-        StandaloneError::Manifests(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        StandaloneError::Manifests(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     let dir_text = dir.display().to_string();
     let chosen = match relay {
@@ -52,26 +68,48 @@ pub fn prepare(dir: &Path, relay: Option<&str>, secrets_dir: &Path) -> Result<Pr
             .relays
             .iter()
             .find(|r| r.object.metadata.name.as_deref() == Some(name))
-            .ok_or_else(|| StandaloneError::UnknownRelay { dir: dir_text.clone(), name: name.into() })?,
+            .ok_or_else(|| StandaloneError::UnknownRelay {
+                dir: dir_text.clone(),
+                name: name.into(),
+            })?,
         None => match manifests.relays.as_slice() {
             [] => return Err(StandaloneError::NoRelay { dir: dir_text }),
             [one] => one,
             many => {
-                let names: Vec<_> = many.iter().filter_map(|r| r.object.metadata.name.clone()).collect();
-                return Err(StandaloneError::SeveralRelays { dir: dir_text, names: names.join(", ") });
+                let names: Vec<_> = many
+                    .iter()
+                    .filter_map(|r| r.object.metadata.name.clone())
+                    .collect();
+                return Err(StandaloneError::SeveralRelays {
+                    dir: dir_text,
+                    names: names.join(", "),
+                });
             }
         },
     };
-    let compiled = compile(&chosen.object, &manifests.domain_objects(), &manifests.blocklist_objects())
-        .map_err(|problems| {
-            StandaloneError::Compile(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-        })?;
+    let compiled = compile(
+        &chosen.object,
+        &manifests.domain_objects(),
+        &manifests.blocklist_objects(),
+    )
+    .map_err(|problems| {
+        StandaloneError::Compile(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
     let mut warnings: Vec<String> = compiled.problems.iter().map(ToString::to_string).collect();
     let mut config = compiled.config;
     write_secrets(&manifests, &config.relay.namespace, secrets_dir)?;
     config.secrets_dir = secrets_dir.to_string_lossy().into_owned();
     if let Some(files) = &config.tls {
-        let (cert, key) = (files.cert.path(&config.secrets_dir), files.key.path(&config.secrets_dir));
+        let (cert, key) = (
+            files.cert.path(&config.secrets_dir),
+            files.key.path(&config.secrets_dir),
+        );
         if !cert.exists() || !key.exists() {
             if let Some(parent) = cert.parent() {
                 private_dir(parent)?;
@@ -84,13 +122,19 @@ pub fn prepare(dir: &Path, relay: Option<&str>, secrets_dir: &Path) -> Result<Pr
         }
     }
     for listener in &mut config.listeners {
-        listener.address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        listener
+            .address
+            .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     Ok(Prepared { config, warnings })
 }
 
 fn private_dir(path: &Path) -> Result<(), StandaloneError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(path))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io(path))
 }
 
 /// Write the Secrets of `namespace` as `DIR/NAME/KEY`, readable by us only.
@@ -101,14 +145,24 @@ fn write_secrets(m: &Manifests, namespace: &str, dir: &Path) -> Result<(), Stand
         if secret.metadata.namespace.as_deref().unwrap_or_default() != namespace {
             continue;
         }
-        let Some(name) = secret.metadata.name.as_deref() else { continue };
+        let Some(name) = secret.metadata.name.as_deref() else {
+            continue;
+        };
         if compile::normalize::object_name(name).is_err() {
             continue;
         }
         let sdir = dir.join(name);
         private_dir(&sdir)?;
-        let data = secret.data.iter().flatten().map(|(k, v)| (k, v.0.as_slice()));
-        let string_data = secret.string_data.iter().flatten().map(|(k, v)| (k, v.as_bytes()));
+        let data = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.0.as_slice()));
+        let string_data = secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.as_bytes()));
         for (key, value) in data.chain(string_data) {
             if compile::normalize::secret_key(key).is_err() {
                 continue;
@@ -137,10 +191,22 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
         let secrets = tempfile::tempdir().unwrap();
         let p = prepare(&dir, None, secrets.path()).unwrap();
-        assert!(p.config.listeners.iter().all(|l| l.address.ip().is_loopback()));
-        assert!(p.warnings.iter().any(|w| w.contains("self-signed")), "{:?}", p.warnings);
+        assert!(
+            p.config
+                .listeners
+                .iter()
+                .all(|l| l.address.ip().is_loopback())
+        );
+        assert!(
+            p.warnings.iter().any(|w| w.contains("self-signed")),
+            "{:?}",
+            p.warnings
+        );
         let tls = p.config.tls.as_ref().unwrap();
         assert!(tls.cert.path(&p.config.secrets_dir).exists());
-        assert!(secrets.path().join("example-com-accounts/passwd").exists(), "the accounts Secret is written");
+        assert!(
+            secrets.path().join("example-com-accounts/passwd").exists(),
+            "the accounts Secret is written"
+        );
     }
 }

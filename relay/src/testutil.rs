@@ -35,9 +35,19 @@ spec:
 pub fn runtime() -> (Runtime, tempfile::TempDir) {
     let mut m = Manifests::default();
     let mut errors = Vec::new();
-    load_text(std::path::Path::new("test.yaml"), MANIFESTS, &mut m, &mut errors);
+    load_text(
+        std::path::Path::new("test.yaml"),
+        MANIFESTS,
+        &mut m,
+        &mut errors,
+    );
     assert!(errors.is_empty(), "{errors:?}");
-    let compiled = compile(&m.relays[0].object, &m.domain_objects(), &m.blocklist_objects()).expect("test relay compiles");
+    let compiled = compile(
+        &m.relays[0].object,
+        &m.domain_objects(),
+        &m.blocklist_objects(),
+    )
+    .expect("test relay compiles");
     assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
     let dir = tempfile::tempdir().expect("tempdir");
     let accounts = dir.path().join("accounts");

@@ -11,6 +11,9 @@ declare -A PEERS=(
   [dovecot-imapd]=/usr/lib/dovecot/imap
   [dovecot-pop3d]=/usr/lib/dovecot/pop3
   [dnsutils]=/usr/bin/dig
+  # swaks needs these for --tls and --tls-on-connect
+  [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
+  [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
 )
 
 install_peers() {

@@ -65,8 +65,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             return Ok(());
         }
         let out = std::mem::take(&mut self.outbuf);
-        timeout(self.command_timeout, self.stream.write_all(&out)).await.map_err(|_| ConnError::Timeout)??;
-        timeout(self.command_timeout, self.stream.flush()).await.map_err(|_| ConnError::Timeout)??;
+        timeout(self.command_timeout, self.stream.write_all(&out))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
+        timeout(self.command_timeout, self.stream.flush())
+            .await
+            .map_err(|_| ConnError::Timeout)??;
         Ok(())
     }
 
@@ -74,7 +78,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn fill(&mut self, wait: Duration) -> Result<(), ConnError> {
         let mut chunk = [0u8; READ_CHUNK];
         let read = timeout_at(self.deadline, timeout(wait, self.stream.read(&mut chunk)));
-        let n = read.await.map_err(|_| ConnError::Deadline)?.map_err(|_| ConnError::Timeout)??;
+        let n = read
+            .await
+            .map_err(|_| ConnError::Deadline)?
+            .map_err(|_| ConnError::Timeout)??;
         if n == 0 {
             return Err(ConnError::Closed);
         }
@@ -164,12 +171,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     loop {
-        let max = if session.in_auth() { MAX_AUTH_LINE } else { MAX_COMMAND };
+        let max = if session.in_auth() {
+            MAX_AUTH_LINE
+        } else {
+            MAX_COMMAND
+        };
         let outcome = match conn.line(max).await? {
             Ok(line) => session.line(&line),
             Err(_) => session.line_too_long(),
         };
         if let Some(reply) = &outcome.reply {
+            if reply.code >= 400 {
+                // Like Postfix's NOQUEUE lines: refusals before a message exists.
+                tracing::info!(client = %session.conn.client_ip, listener = %session.conn.listener, reply = %reply, "refused");
+            }
             conn.queue(reply);
         }
         match outcome.effect {
@@ -234,33 +249,51 @@ where
     }
 }
 
-async fn start_tls<S>(conn: &mut Conn<S>, session: &mut Session, ctx: &ConnCtx) -> Result<(), ConnError>
+async fn start_tls<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    ctx: &ConnCtx,
+) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Some(tls) = &ctx.tls else {
-        return Err(ConnError::Tls(std::io::Error::other("no certificate loaded")));
+        return Err(ConnError::Tls(std::io::Error::other(
+            "no certificate loaded",
+        )));
     };
     // RFC 3207 §4.2 / CVE-2011-0411: anything the client pipelined after
     // STARTTLS arrived in plain text and must not be acted on.
     conn.inbuf.clear();
     let plain = std::mem::replace(&mut conn.stream, Stream::Closed);
     let Stream::Plain(inner) = plain else {
-        return Err(ConnError::Tls(std::io::Error::other("TLS is already active")));
+        return Err(ConnError::Tls(std::io::Error::other(
+            "TLS is already active",
+        )));
     };
     let handshake = timeout(conn.command_timeout, tls.acceptor().accept(inner)).await;
     let tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            ctx.metrics.tls_handshakes.get_or_create(&crate::metrics::ResultLabel { result: "failed" }).inc();
+            ctx.metrics
+                .tls_handshakes
+                .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
+                .inc();
             return Err(ConnError::Tls(e));
         }
         Err(_) => return Err(ConnError::Timeout),
     };
-    ctx.metrics.tls_handshakes.get_or_create(&crate::metrics::ResultLabel { result: "ok" }).inc();
+    ctx.metrics
+        .tls_handshakes
+        .get_or_create(&crate::metrics::ResultLabel { result: "ok" })
+        .inc();
     let (_, state) = tls_stream.get_ref();
     let info = match (state.protocol_version(), state.negotiated_cipher_suite()) {
-        (Some(v), Some(c)) => Some(format!("{} with cipher {:?}", v.as_str().unwrap_or("TLS"), c.suite())),
+        (Some(v), Some(c)) => Some(format!(
+            "{} with cipher {:?}",
+            v.as_str().unwrap_or("TLS"),
+            c.suite()
+        )),
         _ => None,
     };
     conn.stream = Stream::Tls(Box::new(tls_stream));
@@ -289,7 +322,11 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     body.extend_from_slice(header.as_bytes());
     body.extend_from_slice(&accepted.content);
     let envelope = Envelope {
-        sender: tx.sender.as_ref().map(|a| a.as_string()).unwrap_or_default(),
+        sender: tx
+            .sender
+            .as_ref()
+            .map(|a| a.as_string())
+            .unwrap_or_default(),
         recipients: tx.recipients.iter().map(|a| a.as_string()).collect(),
         received_at: jiff::Timestamp::now().as_second(),
         client_ip: session.conn.client_ip,

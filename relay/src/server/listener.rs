@@ -98,8 +98,15 @@ async fn handle(
             }
             Err(reason) => {
                 tracing::info!(%peer, reason, "PROXY header refused");
-                metrics.connections_refused.get_or_create(&ResultLabel { result: "proxy" }).inc();
-                let reply = Reply::new(421, "4.7.0", "PROXY protocol header required from a trusted load balancer");
+                metrics
+                    .connections_refused
+                    .get_or_create(&ResultLabel { result: "proxy" })
+                    .inc();
+                let reply = Reply::new(
+                    421,
+                    "4.7.0",
+                    "PROXY protocol header required from a trusted load balancer",
+                );
                 let _ = stream.write_all(&reply.to_bytes()).await;
                 return Ok(());
             }
@@ -118,15 +125,26 @@ async fn handle(
         Err(why) => {
             let (label, text) = match why {
                 ConnRefused::Total => ("total", "Too many connections; try again later"),
-                ConnRefused::PerIp => ("per_ip", "Too many connections from your address; try again later"),
+                ConnRefused::PerIp => (
+                    "per_ip",
+                    "Too many connections from your address; try again later",
+                ),
             };
-            metrics.connections_refused.get_or_create(&ResultLabel { result: label }).inc();
+            metrics
+                .connections_refused
+                .get_or_create(&ResultLabel { result: label })
+                .inc();
             let reply = Reply::new(421, "4.7.0", format!("{} {text}", rt.config.hostname));
             let _ = stream.write_all(&reply.to_bytes()).await;
             return Ok(());
         }
     };
-    metrics.sessions.get_or_create(&ListenerLabel { listener: config.name.as_str() }).inc();
+    metrics
+        .sessions
+        .get_or_create(&ListenerLabel {
+            listener: config.name.as_str(),
+        })
+        .inc();
     metrics.sessions_open.inc();
     let (client_name, connect_block) = connect_checks(&rt, shared, config.name, client_ip).await;
     let conn = ConnInfo {
@@ -137,7 +155,12 @@ async fn handle(
         tls_info: None,
         connect_block,
     };
-    let session = Session::new(Arc::clone(&rt), Arc::clone(&shared.limiter), conn, shared.conn.tls.is_some());
+    let session = Session::new(
+        Arc::clone(&rt),
+        Arc::clone(&shared.limiter),
+        conn,
+        shared.conn.tls.is_some(),
+    );
     let implicit_tls = config.name == ListenerName::Submissions;
     let result = serve(stream, session, &shared.conn, implicit_tls, initial).await;
     metrics.sessions_open.dec();
@@ -165,7 +188,11 @@ async fn connect_checks(
     let zones = rt.policy.dnsbl_zones();
     let (listing, name) = tokio::join!(
         async {
-            if zones.is_empty() { Ok(None) } else { shared.dnsbl.check(zones, ip).await }
+            if zones.is_empty() {
+                Ok(None)
+            } else {
+                shared.dnsbl.check(zones, ip).await
+            }
         },
         reverse_name(shared.dnsbl.dns(), ip)
     );
@@ -195,7 +222,9 @@ async fn read_proxy(
     let read = async {
         loop {
             match proxy::parse(&buf) {
-                Ok(ProxyParse::Complete { source, consumed }) => return Ok((source, buf[consumed..].to_vec())),
+                Ok(ProxyParse::Complete { source, consumed }) => {
+                    return Ok((source, buf[consumed..].to_vec()));
+                }
                 Ok(ProxyParse::Incomplete) => {}
                 Err(_) => return Err("malformed PROXY header"),
             }
@@ -206,5 +235,7 @@ async fn read_proxy(
             }
         }
     };
-    tokio::time::timeout(PROXY_TIMEOUT, read).await.unwrap_or(Err("PROXY header timed out"))
+    tokio::time::timeout(PROXY_TIMEOUT, read)
+        .await
+        .unwrap_or(Err("PROXY header timed out"))
 }

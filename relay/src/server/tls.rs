@@ -13,7 +13,10 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: no certificate in the file", .0.display())]
     NoCertificate(PathBuf),
     #[error("{}: no private key in the file", .0.display())]
@@ -25,7 +28,10 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Build a rustls server configuration from PEM files.
@@ -34,17 +40,25 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let key_pem = read(key)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read { path: cert.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Read {
+            path: cert.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read { path: key.to_path_buf(), source })?
+        .map_err(|source| TlsError::Read {
+            path: key.to_path_buf(),
+            source,
+        })?
         .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
-    let config = ServerConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
 }
 
@@ -53,7 +67,10 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn write_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
     let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
     let write = |path: &Path, data: String| {
-        std::fs::write(path, data).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+        std::fs::write(path, data).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     write(cert, generated.cert.pem())?;
     write(key, generated.signing_key.serialize_pem())
@@ -75,7 +92,10 @@ impl Tls {
     pub fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let config = load(cert, key)?;
         Ok(Self {
-            inner: Arc::new(RwLock::new((TlsAcceptor::from(config), modified(cert).max(modified(key))))),
+            inner: Arc::new(RwLock::new((
+                TlsAcceptor::from(config),
+                modified(cert).max(modified(key)),
+            ))),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
         })
@@ -106,7 +126,9 @@ impl Tls {
                 }
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
             }
-            Err(e) => tracing::warn!(error = %e, "new TLS certificate not usable; keeping the previous one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS certificate not usable; keeping the previous one")
+            }
         }
     }
 
@@ -136,6 +158,9 @@ mod tests {
         tls.refresh(); // keeps the old acceptor, logs
         let _ = tls.acceptor();
         assert!(matches!(load(&cert, &key), Err(TlsError::NoCertificate(_))));
-        assert!(matches!(load(&dir.path().join("missing"), &key), Err(TlsError::Read { .. })));
+        assert!(matches!(
+            load(&dir.path().join("missing"), &key),
+            Err(TlsError::Read { .. })
+        ));
     }
 }

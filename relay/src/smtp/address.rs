@@ -51,7 +51,9 @@ impl AddressError {
 /// forward path; we refuse it instead, as its only modern use is abuse.
 pub fn parse(path: &str) -> Result<Address, AddressError> {
     if path.bytes().any(|b| b.is_ascii_control()) {
-        return Err(AddressError::Syntax("control characters are not allowed in an address"));
+        return Err(AddressError::Syntax(
+            "control characters are not allowed in an address",
+        ));
     }
     if path.starts_with('@') {
         return Err(AddressError::Routing("source routes are not accepted"));
@@ -61,27 +63,42 @@ pub fn parse(path: &str) -> Result<Address, AddressError> {
     }
     let Some((local, domain)) = path.rsplit_once('@') else {
         if path.contains('!') {
-            return Err(AddressError::Routing("UUCP-style (!) addresses are not accepted"));
+            return Err(AddressError::Routing(
+                "UUCP-style (!) addresses are not accepted",
+            ));
         }
-        return Err(AddressError::Syntax("an address needs a domain (user@example.com)"));
+        return Err(AddressError::Syntax(
+            "an address needs a domain (user@example.com)",
+        ));
     };
     if local.is_empty() || local.len() > 64 {
-        return Err(AddressError::Syntax("the local part must have 1 to 64 octets"));
+        return Err(AddressError::Syntax(
+            "the local part must have 1 to 64 octets",
+        ));
     }
     if local.contains('@') {
         return Err(AddressError::Routing("more than one @ is not accepted"));
     }
     if local.contains('%') || local.contains('!') {
-        return Err(AddressError::Routing("% and ! routing in the local part is not accepted"));
+        return Err(AddressError::Routing(
+            "% and ! routing in the local part is not accepted",
+        ));
     }
-    if local.bytes().any(|b| b == b' ' || b == b'"' || b == b'\\' || b == b'<' || b == b'>') {
-        return Err(AddressError::Syntax("the local part holds a character that needs quoting"));
+    if local
+        .bytes()
+        .any(|b| b == b' ' || b == b'"' || b == b'\\' || b == b'<' || b == b'>')
+    {
+        return Err(AddressError::Syntax(
+            "the local part holds a character that needs quoting",
+        ));
     }
     if domain.starts_with('[') {
         return Err(AddressError::Routing("address literals are not accepted"));
     }
     if domain.ends_with('.') {
-        return Err(AddressError::Routing("a domain with a trailing dot is not accepted"));
+        return Err(AddressError::Routing(
+            "a domain with a trailing dot is not accepted",
+        ));
     }
     let domain = normalize::domain_name(domain)
         .map_err(|_| AddressError::Syntax("the domain is not a valid domain name"))?;
@@ -123,13 +140,24 @@ mod tests {
             "user@remote.example.",
             "user@[192.0.2.1]",
         ] {
-            assert!(matches!(parse(trick), Err(AddressError::Routing(_))), "{trick} must be refused");
+            assert!(
+                matches!(parse(trick), Err(AddressError::Routing(_))),
+                "{trick} must be refused"
+            );
         }
     }
 
     #[test]
     fn malformed_addresses_are_syntax_errors() {
-        for bad in ["", "user", "@", "user@", "a b@x.example", "a\r\n@x.example", "user@exa mple.com"] {
+        for bad in [
+            "",
+            "user",
+            "@",
+            "user@",
+            "a b@x.example",
+            "a\r\n@x.example",
+            "user@exa mple.com",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -35,7 +35,8 @@ pub fn decode(line: &str) -> Result<Vec<u8>, SaslError> {
 /// the login itself is refused: nobody may act as another account.
 pub fn plain(response: &[u8]) -> Result<Credentials, SaslError> {
     let mut parts = response.split(|b| *b == 0);
-    let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(authz), Some(authc), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(SaslError::Malformed);
     };
@@ -63,9 +64,18 @@ mod tests {
     #[test]
     fn plain_responses() {
         let ok = plain(b"\0alice@example.com\0pw").unwrap();
-        assert_eq!(ok, Credentials { login: "alice@example.com".into(), password: "pw".into() });
+        assert_eq!(
+            ok,
+            Credentials {
+                login: "alice@example.com".into(),
+                password: "pw".into()
+            }
+        );
         assert!(plain(b"alice@example.com\0alice@example.com\0pw").is_ok());
-        assert_eq!(plain(b"bob@example.com\0alice@example.com\0pw"), Err(SaslError::Malformed));
+        assert_eq!(
+            plain(b"bob@example.com\0alice@example.com\0pw"),
+            Err(SaslError::Malformed)
+        );
         assert_eq!(plain(b"\0\0pw"), Err(SaslError::Malformed));
         assert_eq!(plain(b"no-nuls"), Err(SaslError::Malformed));
         assert_eq!(plain(b"\0a\0b\0c"), Err(SaslError::Malformed));

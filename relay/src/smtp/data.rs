@@ -237,9 +237,12 @@ mod tests {
         (None, r.finish())
     }
 
+    /// Input, where the data ends, and the body (or error).
+    type Case<'a> = (&'a [u8], Option<usize>, Result<&'a [u8], ContentError>);
+
     #[test]
     fn end_of_data_and_dot_stuffing() {
-        let cases: &[(&[u8], Option<usize>, Result<&[u8], ContentError>)] = &[
+        let cases: &[Case] = &[
             (b".\r\n", Some(3), Ok(b"")),
             (b"a\r\n.\r\n", Some(6), Ok(b"a\r\n")),
             (b"..a\r\n.\r\nMAIL", Some(8), Ok(b".a\r\n")),
@@ -251,7 +254,12 @@ mod tests {
             for step in [1, 2, 3, 1024] {
                 let (e, b) = read(input, step);
                 assert_eq!(e, *end, "{:?} step {step}", String::from_utf8_lossy(input));
-                assert_eq!(b.as_deref(), body.as_deref(), "{:?} step {step}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    b.as_deref(),
+                    body.as_deref(),
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(input)
+                );
             }
         }
     }
@@ -275,7 +283,11 @@ mod tests {
             input.extend_from_slice(b"\r\n.\r\n");
             for step in [1, 7, 4096] {
                 let (end, body) = read(&input, step);
-                assert_eq!(end, Some(input.len()), "{sep:?} step {step}: data must end only at the final CRLF.CRLF");
+                assert_eq!(
+                    end,
+                    Some(input.len()),
+                    "{sep:?} step {step}: data must end only at the final CRLF.CRLF"
+                );
                 assert_eq!(body, Err(err), "{sep:?} step {step}");
             }
         }
@@ -290,7 +302,10 @@ mod tests {
 
         let mut long = vec![b'a'; MAX_LINE];
         long.extend_from_slice(b"\r\n.\r\n");
-        assert!(read(&long, 100).1.is_ok(), "998 octets plus CRLF is allowed");
+        assert!(
+            read(&long, 100).1.is_ok(),
+            "998 octets plus CRLF is allowed"
+        );
         let mut long = vec![b'a'; MAX_LINE + 1];
         long.extend_from_slice(b"\r\n.\r\n");
         assert_eq!(read(&long, 100).1, Err(ContentError::LineTooLong));

@@ -25,7 +25,11 @@ pub fn header(t: &Trace) -> String {
     if t.smtputf8 {
         proto.push_str("UTF8");
     }
-    proto.push_str(if t.esmtp || t.smtputf8 { "ESMTP" } else { "SMTP" });
+    proto.push_str(if t.esmtp || t.smtputf8 {
+        "ESMTP"
+    } else {
+        "SMTP"
+    });
     if t.smtputf8 && !t.esmtp {
         proto = "UTF8SMTP".into();
     }
@@ -36,7 +40,12 @@ pub fn header(t: &Trace) -> String {
         proto.push('A');
     }
     let name = t.conn.client_name.as_deref().unwrap_or("unknown");
-    let helo: String = t.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect();
     let mut h = format!(
         "Received: from {helo} ({name} [{ip}])\r\n\tby {host} (mailrelay) with {proto}",
         ip = t.conn.client_ip,
@@ -71,7 +80,10 @@ mod tests {
             tls_info: Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into()),
             connect_block: None,
         };
-        let to = [Address { local: "bob".into(), domain: "example.com".into() }];
+        let to = [Address {
+            local: "bob".into(),
+            domain: "example.com".into(),
+        }];
         let h = header(&Trace {
             conn: &conn,
             helo: "laptop",

@@ -93,9 +93,18 @@ mod tests {
 
     #[test]
     fn single_and_multi_line_replies() {
-        assert_eq!(Reply::new(250, "2.1.0", "Ok").to_bytes(), b"250 2.1.0 Ok\r\n");
-        let ehlo = Reply::multiline(250, vec!["mx.example".into(), "PIPELINING".into(), "SIZE 100".into()]);
-        assert_eq!(ehlo.to_bytes(), b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+        assert_eq!(
+            Reply::new(250, "2.1.0", "Ok").to_bytes(),
+            b"250 2.1.0 Ok\r\n"
+        );
+        let ehlo = Reply::multiline(
+            250,
+            vec!["mx.example".into(), "PIPELINING".into(), "SIZE 100".into()],
+        );
+        assert_eq!(
+            ehlo.to_bytes(),
+            b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@ pub enum Effect {
     ReceiveData(Box<DataReader>),
     /// Read exactly `size` bytes into [`Session::bdat_data`], then call
     /// [`Session::bdat_done`].
-    ReceiveBdat { size: usize, last: bool },
+    ReceiveBdat {
+        size: usize,
+        last: bool,
+    },
     /// Check a password off the async runtime, then call [`Session::auth_result`].
     Verify(Credentials),
     Close,
@@ -42,8 +45,15 @@ pub struct Outcome {
 
 impl Outcome {
     fn reply(reply: Reply) -> Self {
-        let effect = if reply.close { Effect::Close } else { Effect::None };
-        Self { reply: Some(reply), effect }
+        let effect = if reply.close {
+            Effect::Close
+        } else {
+            Effect::None
+        };
+        Self {
+            reply: Some(reply),
+            effect,
+        }
     }
 }
 
@@ -91,7 +101,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(rt: Arc<Runtime>, limiter: Arc<Limiter>, conn: ConnInfo, tls_available: bool) -> Self {
+    pub fn new(
+        rt: Arc<Runtime>,
+        limiter: Arc<Limiter>,
+        conn: ConnInfo,
+        tls_available: bool,
+    ) -> Self {
         Self {
             rt,
             limiter,
@@ -141,9 +156,13 @@ impl Session {
     fn error(&mut self, reply: Reply) -> Outcome {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
-            return Reply::new(421, "4.7.0", format!("{} Too many errors, closing", self.hostname()))
-                .and_close()
-                .into();
+            return Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Too many errors, closing", self.hostname()),
+            )
+            .and_close()
+            .into();
         }
         reply.into()
     }
@@ -171,7 +190,12 @@ impl Session {
     fn command(&mut self, line: &[u8]) -> Outcome {
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
-            Err(e) => return self.parse_error(e),
+            Err(e) => {
+                if let Some(reply) = routing_trick(line) {
+                    return reply.into();
+                }
+                return self.parse_error(e);
+            }
         };
         match request {
             Request::Ehlo { host } => self.hello(&host, true),
@@ -180,19 +204,29 @@ impl Session {
             Request::Mail { from } => self.mail(&from.address, from.flags, from.size),
             Request::Rcpt { to } => self.rcpt(&to.address),
             Request::Data => self.data(),
-            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
             Request::Rset => {
                 self.reset();
                 Reply::new(250, "2.0.0", "Ok").into()
             }
             Request::Noop { .. } => Reply::new(250, "2.0.0", "Ok").into(),
-            Request::Quit => Reply::new(221, "2.0.0", format!("{} Bye", self.hostname())).and_close().into(),
+            Request::Quit => Reply::new(221, "2.0.0", format!("{} Bye", self.hostname()))
+                .and_close()
+                .into(),
             // RFC 5321 §3.5.3: 252 says nothing about whether a user exists.
-            Request::Vrfy { .. } => Reply::new(252, "2.5.0", "Cannot VRFY user; send mail and see").into(),
+            Request::Vrfy { .. } => {
+                Reply::new(252, "2.5.0", "Cannot VRFY user; send mail and see").into()
+            }
             Request::Expn { .. } => Reply::new(502, "5.5.1", "EXPN is not supported").into(),
             Request::Help { .. } => Reply::new(214, "2.0.0", "See RFC 5321").into(),
             Request::StartTls => self.starttls(),
-            Request::Auth { mechanism, initial_response } => self.auth(mechanism, &initial_response),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.error(Reply::new(502, "5.5.1", "Command not implemented"))
             }
@@ -206,7 +240,9 @@ impl Session {
             E::InvalidSenderAddress => Reply::new(553, "5.1.7", "Bad sender address syntax"),
             E::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
             E::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
-            E::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid {param} parameter")),
+            E::InvalidParameter { param } => {
+                Reply::new(501, "5.5.4", format!("Invalid {param} parameter"))
+            }
             E::UnsupportedParameter { .. } => Reply::new(555, "5.5.4", "Unsupported parameter"),
             _ => Reply::new(500, "5.5.2", "Syntax error"),
         };
@@ -262,35 +298,63 @@ impl Session {
         {
             return block.into();
         }
-        if let Some(hit) = self.helo.as_deref().and_then(|h| self.rt.policy.check_name(NameRole::Helo, h)) {
+        if let Some(hit) = self
+            .helo
+            .as_deref()
+            .and_then(|h| self.rt.policy.check_name(NameRole::Helo, h))
+        {
             return super::policy_reply(&hit.reply()).into();
         }
         let max = self.rt.config.limits.max_message_size;
         if size as u64 > max {
-            return Reply::new(552, "5.3.4", format!("Message size exceeds the limit of {max} bytes")).into();
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("Message size exceeds the limit of {max} bytes"),
+            )
+            .into();
         }
         let sender = if path.is_empty() {
             None
         } else {
             match address::parse(path) {
                 Ok(a) => Some(a),
-                Err(e) => return Reply::new(553, "5.1.7", format!("Sender address refused: {}", e.reason())).into(),
+                Err(e) => {
+                    return Reply::new(
+                        553,
+                        "5.1.7",
+                        format!("Sender address refused: {}", e.reason()),
+                    )
+                    .into();
+                }
             }
         };
         if let Some(s) = &sender {
-            let hit = self.rt.policy.check_sender(&s.normalised()).or_else(|| self.rt.policy.check_name(NameRole::SenderDomain, &s.domain));
+            let hit = self
+                .rt
+                .policy
+                .check_sender(&s.normalised())
+                .or_else(|| self.rt.policy.check_name(NameRole::SenderDomain, &s.domain));
             if let Some(hit) = hit {
                 return super::policy_reply(&hit.reply()).into();
             }
         }
         if let Some(login) = &self.auth {
-            let owned = sender.as_ref().is_some_and(|s| self.rt.may_send_as(login, s));
+            let owned = sender
+                .as_ref()
+                .is_some_and(|s| self.rt.may_send_as(login, s));
             if !owned {
-                return Reply::new(553, "5.7.1", format!("Sender address not owned by {login}")).into();
+                return Reply::new(553, "5.7.1", format!("Sender address not owned by {login}"))
+                    .into();
             }
         }
         if !self.limiter.message(self.conn.client_ip, &self.limits()) {
-            return Reply::new(450, "4.7.1", "Too many messages from your address; try again later").into();
+            return Reply::new(
+                450,
+                "4.7.1",
+                "Too many messages from your address; try again later",
+            )
+            .into();
         }
         self.tx = Some(Transaction {
             sender,
@@ -315,16 +379,26 @@ impl Session {
         let to = match address::parse(path) {
             Ok(a) => a,
             Err(e @ AddressError::Routing(_)) => {
-                return Reply::new(550, "5.7.1", format!("Relay access denied: {}", e.reason())).into();
+                return Reply::new(550, "5.7.1", format!("Relay access denied: {}", e.reason()))
+                    .into();
             }
-            Err(e) => return Reply::new(501, "5.1.3", format!("Bad recipient address: {}", e.reason())).into(),
+            Err(e) => {
+                return Reply::new(
+                    501,
+                    "5.1.3",
+                    format!("Bad recipient address: {}", e.reason()),
+                )
+                .into();
+            }
         };
         let reply = match self.rt.recipient(&to) {
             Recipient::Hosted(_) => None,
             Recipient::InboundDisabled(_) if may_relay => None,
-            Recipient::InboundDisabled(d) => {
-                Some(Reply::new(550, "5.7.1", format!("{} does not accept mail from outside", d.name)))
-            }
+            Recipient::InboundDisabled(d) => Some(Reply::new(
+                550,
+                "5.7.1",
+                format!("{} does not accept mail from outside", d.name),
+            )),
             Recipient::UnknownUser(_) => Some(Reply::new(550, "5.1.1", "No such user here")),
             Recipient::Remote if may_relay => None,
             Recipient::Remote => Some(Reply::new(550, "5.7.1", "Relay access denied")),
@@ -344,10 +418,13 @@ impl Session {
         }
         match &self.tx {
             None => self.error(Reply::new(503, "5.5.1", "Need MAIL command")),
-            Some(tx) if tx.recipients.is_empty() => self.error(Reply::new(554, "5.5.1", "No valid recipients")),
+            Some(tx) if tx.recipients.is_empty() => {
+                self.error(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
             Some(_) => {
                 self.expect = Expect::Content;
-                let max = usize::try_from(self.rt.config.limits.max_message_size).unwrap_or(usize::MAX);
+                let max =
+                    usize::try_from(self.rt.config.limits.max_message_size).unwrap_or(usize::MAX);
                 Outcome {
                     reply: Some(Reply::plain(354, "End data with <CR><LF>.<CR><LF>")),
                     effect: Effect::ReceiveData(Box::new(DataReader::new(max))),
@@ -362,7 +439,10 @@ impl Session {
         let tx = self.tx.take();
         let content = content.map_err(|e| self.content_error(e))?;
         let transaction = tx.ok_or_else(|| Reply::new(503, "5.5.1", "No transaction"))?;
-        Ok(Accepted { transaction, content })
+        Ok(Accepted {
+            transaction,
+            content,
+        })
     }
 
     fn content_error(&self, e: ContentError) -> Reply {
@@ -370,12 +450,23 @@ impl Session {
             ContentError::TooLarge => Reply::new(
                 552,
                 "5.3.4",
-                format!("Message size exceeds the limit of {} bytes", self.rt.config.limits.max_message_size),
+                format!(
+                    "Message size exceeds the limit of {} bytes",
+                    self.rt.config.limits.max_message_size
+                ),
             ),
             // RFC 5321 §2.3.8: lines end with CRLF and nothing else.
-            ContentError::BareLf => Reply::new(554, "5.6.0", "Bare <LF> in message content is not accepted"),
-            ContentError::BareCr => Reply::new(554, "5.6.0", "Bare <CR> in message content is not accepted"),
-            ContentError::LineTooLong => Reply::new(554, "5.6.0", "A line in the message is longer than 998 octets"),
+            ContentError::BareLf => {
+                Reply::new(554, "5.6.0", "Bare <LF> in message content is not accepted")
+            }
+            ContentError::BareCr => {
+                Reply::new(554, "5.6.0", "Bare <CR> in message content is not accepted")
+            }
+            ContentError::LineTooLong => Reply::new(
+                554,
+                "5.6.0",
+                "A line in the message is longer than 998 octets",
+            ),
         }
     }
 
@@ -386,7 +477,10 @@ impl Session {
             let max = usize::try_from(self.rt.config.limits.max_message_size).unwrap_or(usize::MAX);
             self.bdat = Some(BdatCollector::new(max));
         }
-        Outcome { reply: None, effect: Effect::ReceiveBdat { size, last } }
+        Outcome {
+            reply: None,
+            effect: Effect::ReceiveBdat { size, last },
+        }
     }
 
     /// Part of a BDAT chunk's bytes, as they arrive.
@@ -407,7 +501,11 @@ impl Session {
         if !last {
             return Ok(None);
         }
-        let content = self.bdat.take().map(BdatCollector::finish).unwrap_or(Ok(Vec::new()));
+        let content = self
+            .bdat
+            .take()
+            .map(BdatCollector::finish)
+            .unwrap_or(Ok(Vec::new()));
         self.data_end(content).map(Some)
     }
 
@@ -418,7 +516,10 @@ impl Session {
         if !self.tls_available {
             return self.error(Reply::new(454, "4.7.0", "TLS not available"));
         }
-        Outcome { reply: Some(Reply::new(220, "2.0.0", "Ready to start TLS")), effect: Effect::StartTls }
+        Outcome {
+            reply: Some(Reply::new(220, "2.0.0", "Ready to start TLS")),
+            effect: Effect::StartTls,
+        }
     }
 
     /// TLS is up: RFC 3207 §4.2 — forget everything said in plain text.
@@ -433,10 +534,19 @@ impl Session {
 
     fn auth(&mut self, mechanism: u64, initial: &str) -> Outcome {
         if !self.is_submission() {
-            return self.error(Reply::new(503, "5.5.1", "AUTH is offered on the submission ports"));
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH is offered on the submission ports",
+            ));
         }
         if !self.conn.tls {
-            return Reply::new(538, "5.7.11", "Encryption required for requested authentication mechanism").into();
+            return Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            )
+            .into();
         }
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "Send EHLO first"));
@@ -445,10 +555,22 @@ impl Session {
             return self.error(Reply::new(503, "5.5.1", "Already authenticated"));
         }
         if self.tx.is_some() {
-            return self.error(Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction"));
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not allowed during a mail transaction",
+            ));
         }
-        if !self.limiter.auth_allowed(self.conn.client_ip, &self.limits()) {
-            return Reply::new(454, "4.7.0", "Too many failed authentications; try again later").into();
+        if !self
+            .limiter
+            .auth_allowed(self.conn.client_ip, &self.limits())
+        {
+            return Reply::new(
+                454,
+                "4.7.0",
+                "Too many failed authentications; try again later",
+            )
+            .into();
         }
         match mechanism {
             smtp_proto::AUTH_PLAIN if initial.is_empty() => {
@@ -492,14 +614,20 @@ impl Session {
 
     fn sasl_login_password(&mut self, user: String, line: &[u8]) -> Outcome {
         match auth::decode(&String::from_utf8_lossy(line)).and_then(|r| auth::login_text(&r)) {
-            Ok(password) => self.verify(Credentials { login: user, password }),
+            Ok(password) => self.verify(Credentials {
+                login: user,
+                password,
+            }),
             Err(e) => self.sasl_fail(e),
         }
     }
 
     fn verify(&mut self, c: Credentials) -> Outcome {
         self.expect = Expect::Verifying(c.login.clone());
-        Outcome { reply: None, effect: Effect::Verify(c) }
+        Outcome {
+            reply: None,
+            effect: Effect::Verify(c),
+        }
     }
 
     /// The password check is done.
@@ -521,6 +649,26 @@ impl Session {
     }
 }
 
+/// A RCPT the parser refused may still be a routing trick (`a@b@c`,
+/// `host!user`, `user@[IP]`): answer it as the relay refusal it is.
+fn routing_trick(line: &[u8]) -> Option<Reply> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (verb, rest) = text.split_at_checked(8)?;
+    if !verb.eq_ignore_ascii_case("RCPT TO:") {
+        return None;
+    }
+    let path = rest.trim().strip_prefix('<')?;
+    let path = &path[..path.rfind('>')?];
+    match address::parse(path) {
+        Err(e @ AddressError::Routing(_)) => Some(Reply::new(
+            550,
+            "5.7.1",
+            format!("Relay access denied: {}", e.reason()),
+        )),
+        _ => None,
+    }
+}
+
 /// What was said, for logs and the Received: header; what the loop needs.
 impl Session {
     pub fn runtime(&self) -> &Runtime {
@@ -533,7 +681,10 @@ impl Session {
 
     /// Waiting for an AUTH response line (longer lines are allowed).
     pub fn in_auth(&self) -> bool {
-        matches!(self.expect, Expect::AuthPlain | Expect::LoginUser | Expect::LoginPassword(_))
+        matches!(
+            self.expect,
+            Expect::AuthPlain | Expect::LoginUser | Expect::LoginPassword(_)
+        )
     }
 
     pub fn helo(&self) -> Option<&str> {

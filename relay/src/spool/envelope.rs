@@ -1,0 +1,29 @@
+//! The envelope: what SMTP said about a message, as opposed to the message.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the session learned about a message besides its bytes. It is
+/// stored as JSON next to the body so an operator can read a segment with
+/// `strings` and so fields can be added without a format change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The MAIL FROM address; "" is the null sender `<>` (never bounced to).
+    pub sender: String,
+    /// RCPT TO addresses, in the order the client gave them.
+    pub recipients: Vec<String>,
+    /// When the message was accepted, unix seconds.
+    pub received_at: i64,
+    pub client_ip: IpAddr,
+    pub helo: String,
+    /// The authenticated login, if the client used AUTH.
+    pub auth: Option<String>,
+    pub tls: bool,
+    /// Body bytes.
+    pub size: u64,
+    /// The client asked for SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// The client declared BODY=8BITMIME (RFC 6152).
+    pub body_8bit: bool,
+}

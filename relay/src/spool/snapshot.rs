@@ -1,0 +1,50 @@
+//! Read-only access for admin commands (`mailrelay queue list`), on a
+//! stopped relay or beside a running one: recovery without repairs, no
+//! lock, no writes.
+
+use std::path::Path;
+
+use super::envelope::Envelope;
+use super::error::SpoolError;
+use super::id::QueueId;
+use super::recover::{self, Access};
+use super::state::State;
+use super::{Recovery, SpoolStats};
+
+/// The queue as it was on disk when read. Against a running relay it may
+/// show a torn tail (a batch being written) as `truncated_bytes`; nothing
+/// is cut.
+#[derive(Debug)]
+pub struct SpoolSnapshot {
+    state: State,
+    recovery: Recovery,
+}
+
+pub fn open_readonly(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
+    let loaded = recover::load(&dir.join("queue"), Access::ReadOnly)?;
+    Ok(SpoolSnapshot {
+        state: loaded.state,
+        recovery: loaded.recovery,
+    })
+}
+
+impl SpoolSnapshot {
+    /// Sorted by id.
+    pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
+        self.state.index.messages()
+    }
+
+    /// What a writable open would repair.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Messages, bytes and segments; commits and syncs are zero.
+    pub fn stats(&self) -> SpoolStats {
+        super::stats_of(&self.state)
+    }
+
+    pub fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.state.body_ref(id)?.read()
+    }
+}

@@ -1,0 +1,115 @@
+//! What the writer and the readers share: the index plus an open handle
+//! per segment, behind one mutex held only for bookkeeping, never for I/O.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::error::SpoolError;
+use super::id::QueueId;
+use super::index::{Index, Location};
+use super::record::{self, Frame, HEADER_LEN, Record};
+
+/// An open segment. Readers keep their own `Arc`, so a body can still be
+/// read while the collector unlinks the file.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentHandle {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub salt: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub index: Index,
+    pub files: BTreeMap<u64, SegmentHandle>,
+}
+
+impl State {
+    pub fn add_segment(&mut self, number: u64, handle: SegmentHandle, bytes: u64) {
+        self.files.insert(number, handle);
+        self.index.add_segment(number, bytes);
+    }
+
+    pub fn drop_segment(&mut self, number: u64) {
+        self.files.remove(&number);
+        self.index.drop_segment(number);
+    }
+
+    /// Where to read `id`'s body from, without holding the lock to read it.
+    pub fn body_ref(&self, id: &QueueId) -> Result<BodyRef, SpoolError> {
+        let entry = self.index.get(id).ok_or(SpoolError::NotFound { id: *id })?;
+        let segment = self
+            .files
+            .get(&entry.location.segment)
+            .ok_or(SpoolError::NotFound { id: *id })?;
+        Ok(BodyRef {
+            id: *id,
+            segment: segment.clone(),
+            location: entry.location,
+        })
+    }
+}
+
+pub(crate) struct BodyRef {
+    id: QueueId,
+    segment: SegmentHandle,
+    location: Location,
+}
+
+impl BodyRef {
+    /// Read the whole frame back and verify it again, so a body damaged on
+    /// disk since recovery is an error rather than a delivered corruption.
+    pub fn read(self) -> Result<Vec<u8>, SpoolError> {
+        let path = &self.segment.path;
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path.clone(),
+            offset: self.location.offset,
+            reason,
+        };
+        let len = usize::try_from(self.location.len).map_err(|e| corrupt(e.to_string()))?;
+        let mut frame = vec![0; len];
+        self.segment
+            .file
+            .read_exact_at(&mut frame, self.location.offset)
+            .map_err(|e| SpoolError::io("read", path, e))?;
+        let Frame::Complete { kind, payload } = record::decode_frame(&frame, self.segment.salt)
+        else {
+            return Err(corrupt("the record no longer verifies".into()));
+        };
+        if HEADER_LEN + payload.len() != frame.len() {
+            return Err(corrupt("the record changed length".into()));
+        }
+        match record::parse_record(kind, payload) {
+            Ok(Record::Message { id, body, .. }) if id == self.id => Ok(body.to_vec()),
+            Ok(_) => Err(corrupt(format!("the record is not message {}", self.id))),
+            Err(e) => Err(corrupt(e.to_string())),
+        }
+    }
+}
+
+/// Counters and state shared by the `Spool` handles and the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub commits: AtomicU64,
+    pub syncs: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Shared {
+        Shared {
+            state: Mutex::new(state),
+            ..Shared::default()
+        }
+    }
+
+    /// The state is consistent between statements that touch it, so a
+    /// panic elsewhere while it was held does not make it unusable.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,364 @@
+//! The single writer thread: group commit, segment rotation, collection.
+//!
+//! Every commit and removal becomes a request on a channel. The writer
+//! takes whatever is queued, checks it against the index, appends all of
+//! it with one write, makes it durable with one fdatasync and only then
+//! updates the index and wakes each waiter. While one fdatasync runs the
+//! next batch queues up, so the number of syncs falls as concurrency
+//! rises (and `linger` merges the groups that would otherwise alternate).
+//! Rotation and segment deletion also happen before the waiters wake, so
+//! what a caller observes after `remove` returns is already on disk. A
+//! failed append or sync is cut back to the last durable offset, so the
+//! file never holds a record nobody was told about.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::disk::Disk;
+use super::envelope::Envelope;
+use super::error::SpoolError;
+use super::id::QueueId;
+use super::index::{Entry, Location};
+use super::linger::Linger;
+use super::segment::{self, SEGMENT_HEADER_LEN};
+use super::state::{SegmentHandle, Shared};
+
+/// Stop adding to a batch past this: bounds the writer's buffer and the
+/// overshoot past the segment size.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+pub(crate) enum Op {
+    Commit {
+        id: QueueId,
+        envelope: Envelope,
+        body_len: u64,
+        frame: Vec<u8>,
+    },
+    Remove {
+        id: QueueId,
+        frame: Vec<u8>,
+    },
+}
+
+impl Op {
+    fn frame(&self) -> &[u8] {
+        match self {
+            Op::Commit { frame, .. } | Op::Remove { frame, .. } => frame,
+        }
+    }
+}
+
+pub(crate) struct Request {
+    pub op: Op,
+    pub done: Waiter,
+}
+
+type Waiter = oneshot::Sender<Result<(), SpoolError>>;
+
+/// A batch on disk (or not): who to wake, and with what.
+struct Written {
+    waiters: Vec<Waiter>,
+    outcome: Result<(), SpoolError>,
+    removed: bool,
+}
+
+/// The segment being appended to.
+pub(crate) struct Active {
+    pub number: u64,
+    pub handle: SegmentHandle,
+    /// Durable length: everything before it is synced records.
+    pub len: u64,
+}
+
+pub(crate) struct Writer {
+    rx: Receiver<Request>,
+    shared: Arc<Shared>,
+    disk: Arc<dyn Disk>,
+    queue_dir: PathBuf,
+    segment_bytes: u64,
+    active: Active,
+    next_number: u64,
+    /// A failed append left bytes past `active.len` that could not be cut
+    /// off yet; nothing is appended until they are.
+    dirty: bool,
+    buf: Vec<u8>,
+    linger: Linger,
+}
+
+impl Writer {
+    pub fn new(
+        rx: Receiver<Request>,
+        shared: Arc<Shared>,
+        disk: Arc<dyn Disk>,
+        queue_dir: PathBuf,
+        segment_bytes: u64,
+        active: Active,
+        next_number: u64,
+    ) -> Writer {
+        Writer {
+            rx,
+            shared,
+            disk,
+            queue_dir,
+            segment_bytes,
+            active,
+            next_number,
+            dirty: false,
+            buf: Vec::new(),
+            linger: Linger::default(),
+        }
+    }
+
+    /// Until every `Spool` handle is gone.
+    pub fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            let written = self.write_batch(batch);
+            // Before waking anyone, so that a caller who sees `remove`
+            // return also sees the segment it emptied gone.
+            if self.active.len >= self.segment_bytes {
+                self.rotate();
+                self.collect();
+            } else if written.removed {
+                self.collect();
+            }
+            for waiter in written.waiters {
+                // The caller may have given up waiting; the record stays.
+                let _ = waiter.send(written.outcome.clone());
+            }
+        }
+    }
+
+    fn next_batch(&self) -> Option<Vec<Request>> {
+        let first = self.rx.recv().ok()?;
+        let mut bytes = first.op.frame().len();
+        let mut batch = vec![first];
+        while bytes < MAX_BATCH_BYTES {
+            let Ok(request) = self.rx.try_recv() else {
+                break;
+            };
+            bytes += request.op.frame().len();
+            batch.push(request);
+        }
+        if let Some((most, gap)) = self.linger.budget() {
+            let deadline = Instant::now() + most;
+            while bytes < MAX_BATCH_BYTES {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(request) = self.rx.recv_timeout(left.min(gap)) else {
+                    break;
+                };
+                bytes += request.op.frame().len();
+                batch.push(request);
+            }
+        }
+        Some(batch)
+    }
+
+    fn write_batch(&mut self, batch: Vec<Request>) -> Written {
+        let accepted = self.accept(batch);
+        let mut written = Written {
+            waiters: Vec::with_capacity(accepted.len()),
+            outcome: Ok(()),
+            removed: false,
+        };
+        if accepted.is_empty() {
+            return written;
+        }
+        let base = self.active.len;
+        self.buf.clear();
+        let mut offsets = Vec::with_capacity(accepted.len());
+        for request in &accepted {
+            offsets.push(base + self.buf.len() as u64);
+            self.buf.extend_from_slice(request.op.frame());
+        }
+        if let Err(e) = self.append(base) {
+            written.outcome = Err(e);
+            written.waiters = accepted.into_iter().map(|r| r.done).collect();
+            return written;
+        }
+        self.active.len = base + self.buf.len() as u64;
+        let segment = self.active.number;
+        let mut commits = 0;
+        let mut state = self.shared.lock();
+        state.index.set_segment_bytes(segment, self.active.len);
+        for (request, offset) in accepted.into_iter().zip(offsets) {
+            match request.op {
+                Op::Commit {
+                    id,
+                    envelope,
+                    body_len,
+                    frame,
+                } => {
+                    let len = frame.len() as u64;
+                    let location = Location {
+                        segment,
+                        offset,
+                        len,
+                    };
+                    let entry = Entry {
+                        envelope,
+                        location,
+                        body_len,
+                    };
+                    state.index.insert(id, entry);
+                    commits += 1;
+                }
+                Op::Remove { id, .. } => {
+                    state.index.remove(&id, segment);
+                    written.removed = true;
+                }
+            }
+            written.waiters.push(request.done);
+        }
+        drop(state);
+        self.shared.commits.fetch_add(commits, Ordering::Relaxed);
+        written
+    }
+
+    /// Answer the requests the index rules out; keep the rest, in order.
+    fn accept(&self, batch: Vec<Request>) -> Vec<Request> {
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        {
+            let state = self.shared.lock();
+            let mut added = HashSet::new();
+            let mut removed = HashSet::new();
+            for request in batch {
+                let verdict = match &request.op {
+                    Op::Commit { id, .. } => {
+                        if state.index.contains(id) || !added.insert(*id) {
+                            Err(SpoolError::Duplicate { id: *id })
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Op::Remove { id, .. } => {
+                        let queued = state.index.contains(id) || added.contains(id);
+                        if queued && removed.insert(*id) {
+                            Ok(())
+                        } else {
+                            Err(SpoolError::NotFound { id: *id })
+                        }
+                    }
+                };
+                match verdict {
+                    Ok(()) => accepted.push(request),
+                    Err(e) => rejected.push((request.done, e)),
+                }
+            }
+        }
+        for (done, error) in rejected {
+            let _ = done.send(Err(error));
+        }
+        accepted
+    }
+
+    /// Write and sync `self.buf` at `base`; on failure cut the file back.
+    fn append(&mut self, base: u64) -> Result<(), SpoolError> {
+        if self.dirty {
+            self.cut_back()?;
+        }
+        let file = Arc::clone(&self.active.handle.file);
+        let path = &self.active.handle.path;
+        let result = self
+            .disk
+            .write_at(&file, &self.buf, base)
+            .map_err(|e| SpoolError::io("append to", path, e))
+            .and_then(|()| {
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let synced = self.disk.sync_data(&file);
+                self.linger.record_sync(started.elapsed());
+                synced.map_err(|e| SpoolError::io("fdatasync", path, e))
+            });
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "spool: append failed; cutting the segment back");
+            self.dirty = true;
+            if let Err(e) = self.cut_back() {
+                tracing::warn!(error = %e, "spool: cannot cut the segment back yet; will retry before the next append");
+            }
+        }
+        result
+    }
+
+    fn cut_back(&mut self) -> Result<(), SpoolError> {
+        let handle = &self.active.handle;
+        handle
+            .file
+            .set_len(self.active.len)
+            .map_err(|e| SpoolError::io("truncate", &handle.path, e))?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.disk
+            .sync_data(&handle.file)
+            .map_err(|e| SpoolError::io("fdatasync", &handle.path, e))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        let number = self.next_number;
+        let salt = self.active.handle.salt;
+        match segment::create(&self.queue_dir, number, salt) {
+            Ok((file, path)) => {
+                let handle = SegmentHandle {
+                    file: Arc::new(file),
+                    path,
+                    salt,
+                };
+                let len = SEGMENT_HEADER_LEN as u64;
+                self.shared.lock().add_segment(number, handle.clone(), len);
+                self.active = Active {
+                    number,
+                    handle,
+                    len,
+                };
+                self.next_number = number + 1;
+                self.dirty = false;
+                tracing::debug!(segment = number, "spool: started a new segment");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "spool: cannot start a new segment; appending to the current one");
+            }
+        }
+    }
+
+    /// Delete every segment the index no longer needs, oldest first, each
+    /// deletion made durable before the next so none can be undone by a
+    /// crash after a later one (see `index` for why order matters).
+    pub fn collect(&mut self) {
+        loop {
+            let (number, path) = {
+                let mut state = self.shared.lock();
+                let Some(number) = state.index.collectable(self.active.number) else {
+                    return;
+                };
+                let Some(handle) = state.files.get(&number) else {
+                    state.drop_segment(number);
+                    continue;
+                };
+                (number, handle.path.clone())
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "spool: cannot delete a spent segment");
+                    return;
+                }
+            }
+            if let Err(e) = segment::sync_dir(&self.queue_dir) {
+                tracing::warn!(error = %e, "spool: cannot make a segment deletion durable");
+                return;
+            }
+            self.shared.lock().drop_segment(number);
+            tracing::debug!(segment = number, "spool: deleted a spent segment");
+        }
+    }
+}

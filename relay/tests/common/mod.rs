@@ -1,0 +1,267 @@
+//! The end-to-end harness: the real `mailrelay` binary run on its own
+//! temporary directory, free loopback ports and a dnsmasq of its own, and
+//! the real peers that talk to it. Every process is killed and reaped when
+//! its guard drops.
+
+// A panic in the harness is a test failure, with its message: unwrap and
+// expect are how these helpers fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test file uses its part of the harness.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod manifests;
+pub mod peers;
+pub mod process;
+pub mod smtp;
+pub mod spool;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dns::{Dnsmasq, SilentDns};
+use manifests::Setup;
+use process::{Guard, free_ports};
+use smtp::Smtp;
+
+/// The binary under test.
+pub const MAILRELAY: &str = env!("CARGO_BIN_EXE_mailrelay");
+
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A loopback source address of the test's choosing: `127.0.0.N`.
+pub fn client_ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// The addresses a relay listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub smtp: SocketAddr,
+    pub submission: SocketAddr,
+    pub submissions: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Addrs {
+    /// Free ports on loopback; smtp on `smtp_ip`.
+    pub fn free(smtp_ip: IpAddr) -> Addrs {
+        let ports = free_ports(&[smtp_ip, LOCALHOST, LOCALHOST, LOCALHOST]);
+        Addrs {
+            smtp: SocketAddr::new(smtp_ip, ports[0]),
+            submission: SocketAddr::new(LOCALHOST, ports[1]),
+            submissions: SocketAddr::new(LOCALHOST, ports[2]),
+            http: SocketAddr::new(LOCALHOST, ports[3]),
+        }
+    }
+}
+
+/// A running `mailrelay run`.
+pub struct RelayProcess {
+    process: Guard,
+    pub addrs: Addrs,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    /// Start the relay (the `n`th on this directory) on `dir/manifests`
+    /// and `dir/spool`, logging to `dir/relay-N-ATTEMPT.log`, with smtp on `smtp_ip` and the rest on 127.0.0.1,
+    /// and wait until /readyz answers 200 and the smtp listener greets.
+    /// Its temporary files (the Secrets it writes) go into `dir` too, so
+    /// they are removed with it even after a SIGKILL.
+    ///
+    /// A free port can be taken by another process between our probe and
+    /// the relay's bind: then the relay says so and exits, and it is
+    /// started again on other ports.
+    pub fn start(dir: &Path, n: usize, smtp_ip: IpAddr, dns: SocketAddr) -> RelayProcess {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let log = dir.join(format!("relay-{n}-{attempt}.log"));
+            let mut relay = RelayProcess::spawn(dir, &log, Addrs::free(smtp_ip), dns);
+            match relay.wait_ready() {
+                Ok(()) => return relay,
+                Err(status) if attempt < ATTEMPTS && relay.log_text().contains("cannot listen") => {
+                    eprintln!("mailrelay exited ({status}): a port was taken; trying other ports");
+                }
+                Err(status) => panic!(
+                    "mailrelay exited ({status}) before it was ready:\n{}",
+                    relay.log_text()
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(dir: &Path, log: &Path, addrs: Addrs, dns: SocketAddr) -> RelayProcess {
+        let log_file = std::fs::File::create(log).expect("relay log file");
+        let mut command = Command::new(MAILRELAY);
+        command
+            .arg("run")
+            .arg("--manifests")
+            .arg(dir.join("manifests"))
+            .arg("--listen")
+            .arg(format!("smtp={}", addrs.smtp))
+            .arg("--listen")
+            .arg(format!("submission={}", addrs.submission))
+            .arg("--listen")
+            .arg(format!("submissions={}", addrs.submissions))
+            .arg("--spool")
+            .arg(dir.join("spool"))
+            .arg("--http")
+            .arg(addrs.http.to_string())
+            .arg("--dns")
+            .arg(dns.to_string())
+            .env("TMPDIR", dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file);
+        RelayProcess {
+            process: Guard::spawn("mailrelay", &mut command),
+            addrs,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// `Err(status)` when the relay exited first.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.process.exited() {
+                return Err(status);
+            }
+            if http_status(self.addrs.http, "/readyz") == Some(200) && greets(self.addrs.smtp) {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mailrelay was not ready within 60 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flushing; what was acknowledged must survive.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The status code of `GET path`, or `None` when nothing answers.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.strip_prefix("HTTP/1.1 ")?.get(..3)?;
+    status.parse().ok()
+}
+
+/// The SMTP listener at `addr` sends a 220 greeting.
+fn greets(addr: SocketAddr) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let mut smtp = Smtp::from_stream(stream, addr);
+    match smtp.next_reply() {
+        Some(r) if r.code == 220 => {
+            // End the session politely, so it does not linger in limits.
+            smtp.send("QUIT\r\n");
+            let _ = smtp.next_reply();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The DNS server a test's relay asks.
+pub enum DnsServer {
+    Dnsmasq(Dnsmasq),
+    Silent(SilentDns),
+}
+
+impl DnsServer {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            DnsServer::Dnsmasq(d) => d.addr,
+            DnsServer::Silent(s) => s.addr,
+        }
+    }
+}
+
+/// One test's relay, with its directory and DNS. Fields drop in order:
+/// the relay first, the directory last.
+pub struct Env {
+    pub relay: RelayProcess,
+    pub dns: DnsServer,
+    pub setup: Setup,
+    starts: usize,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn start(setup: Setup) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("mailrelay-e2e-")
+            .tempdir()
+            .expect("a temporary directory");
+        setup.write(&dir.path().join("manifests"));
+        let dns = if setup.silent_dns {
+            DnsServer::Silent(SilentDns::bind())
+        } else {
+            DnsServer::Dnsmasq(Dnsmasq::start(dir.path(), &setup.dns_records))
+        };
+        let relay = Env::launch(dir.path(), &setup, dns.addr(), 0);
+        Env {
+            relay,
+            dns,
+            setup,
+            starts: 1,
+            dir,
+        }
+    }
+
+    fn launch(dir: &Path, setup: &Setup, dns: SocketAddr, n: usize) -> RelayProcess {
+        let smtp_ip = if setup.smtp_on_ipv6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            LOCALHOST
+        };
+        RelayProcess::start(dir, n, smtp_ip, dns)
+    }
+
+    /// Kill the relay if it still runs and start a new one on the same
+    /// spool (on new ports).
+    pub fn restart(&mut self) {
+        self.relay.kill();
+        self.relay = Env::launch(self.dir.path(), &self.setup, self.dns.addr(), self.starts);
+        self.starts += 1;
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn spool(&self) -> Vec<spool::Queued> {
+        spool::messages(&self.spool_dir())
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.relay.addrs
+    }
+
+    /// A session on the smtp listener from `source`, greeted and past EHLO.
+    pub fn smtp_from(&self, source: IpAddr) -> Smtp {
+        Smtp::hello(source, self.relay.addrs.smtp)
+    }
+}
