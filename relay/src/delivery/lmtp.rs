@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, timeout};
 
-use super::wire::{Reply, StepError, check_address, encode_data, read_reply};
+use super::wire::{Reply, StepError, check_address, encode_data, fill_missing, finish, read_reply};
 use super::{Outcome, Timeouts};
 
 /// One open LMTP connection, reusable for several messages.
@@ -105,16 +105,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
             .map(|r| check_address(r).err().map(|e| Outcome::perm(e.to_string())))
             .collect();
         if let Some(why) = &self.broken {
-            fill(&mut outcomes, &Outcome::temp(why.clone()));
+            fill_missing(&mut outcomes, &Outcome::temp(why.clone()));
         } else if let Err(e) = check_address(sender) {
-            fill(&mut outcomes, &Outcome::perm(e.to_string()));
+            fill_missing(&mut outcomes, &Outcome::perm(e.to_string()));
         } else {
             self.transaction(sender, &rcpts, body, &mut outcomes).await;
         }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::temp("not attempted")))
-            .collect();
+        let outcomes = finish(outcomes);
         for (rcpt, outcome) in rcpts.iter().zip(&outcomes) {
             tracing::info!(peer = %self.peer, recipient = rcpt, outcome = outcome.kind(),
                 reply = outcome.text(), "LMTP delivery result");
@@ -140,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
         }
         let mail = format!("MAIL FROM:<{sender}>{params}\r\n");
         if let Err(e) = self.command("MAIL FROM", mail, limit).await {
-            return fill(outcomes, &e.into_outcome());
+            return fill_missing(outcomes, &e.into_outcome());
         }
         let mut accepted = Vec::new();
         for (i, rcpt) in rcpts.iter().enumerate() {
@@ -153,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
             {
                 Ok(_) => accepted.push(i),
                 Err(e @ StepError::Reply { .. }) => outcomes[i] = Some(e.into_outcome()),
-                Err(e) => return fill(outcomes, &e.into_outcome()),
+                Err(e) => return fill_missing(outcomes, &e.into_outcome()),
             }
         }
         if accepted.is_empty() {
@@ -172,13 +169,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
             return;
         }
         // RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
+        // Once the connection is lost, the rest share that outcome (their
+        // mail may or may not have been delivered; RFC 2033 §5 accepts the
+        // duplicate a retry may make).
         for &i in &accepted {
-            outcomes[i] = Some(
-                match self.reply("end of data", self.timeouts.data_end).await {
-                    Ok(reply) => Outcome::from_reply(reply.code, reply.text()),
-                    Err(e) => e.into_outcome(),
-                },
-            );
+            match self.reply("end of data", self.timeouts.data_end).await {
+                Ok(reply) => outcomes[i] = Some(Outcome::from_reply(reply.code, reply.text())),
+                Err(e) => return fill_missing(outcomes, &e.into_outcome()),
+            }
         }
     }
 
@@ -188,10 +186,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
             .command("DATA", "DATA\r\n".into(), self.timeouts.data_start)
             .await?;
         if go_ahead.code != 354 {
-            return Err(StepError::Reply {
-                code: go_ahead.code,
-                text: go_ahead.text(),
-            });
+            // A 2xx here is not a delivery: the server and we disagree
+            // about where we are, so this connection is done.
+            let why = format!(
+                "unexpected reply to DATA from {}: {}",
+                self.peer,
+                go_ahead.text()
+            );
+            self.broken = Some(why.clone());
+            return Err(StepError::Lost(why));
         }
         let data = encode_data(body);
         let write = async {
@@ -271,12 +274,5 @@ fn unexpected(reply: Reply) -> Outcome {
     match reply.code / 100 {
         4 | 5 => Outcome::from_reply(reply.code, reply.text()),
         _ => Outcome::temp(format!("unexpected reply: {}", reply.text())),
-    }
-}
-
-/// Every recipient without an outcome yet gets `outcome`.
-fn fill(outcomes: &mut [Option<Outcome>], outcome: &Outcome) {
-    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-        *o = Some(outcome.clone());
     }
 }

@@ -101,7 +101,9 @@ fn lookup_error(rtype: &'static str, name: &str, e: DnsError) -> RouteError {
 }
 
 /// The hosts to try for `domain`, in order, each address with `port`
-/// (25 in production; tests use a high port).
+/// (25 in production; tests use a high port). `rng` orders equal
+/// preferences; it lives across the lookups, so the future is `Send` when
+/// the generator is (`StdRng`, not `ThreadRng`).
 pub async fn route<D: MxDns, R: Rng + ?Sized>(
     dns: &D,
     domain: &str,

@@ -1,13 +1,14 @@
 //! Routing with an in-memory DNS: preference order, shuffling among
 //! equals, implicit and null MX, and which failures are permanent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::Outcome;
-use super::mx::*;
+use super::mx::{DnsError, MxDns, RouteError, Target, resolve_host, route};
 
 /// An in-memory DNS: unknown names are NXDOMAIN.
 #[derive(Default)]
@@ -100,7 +101,7 @@ async fn equal_preferences_are_shuffled_but_stay_behind_better_ones() {
         .host("b.x.test", Ok(vec!["192.0.2.2"]))
         .host("first.x.test", Ok(vec!["192.0.2.5"]))
         .host("last.x.test", Ok(vec!["192.0.2.9"]));
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for seed in 0..32 {
         let hosts: Vec<String> = route_seeded(&dns, "x.test", seed)
             .await

@@ -13,7 +13,7 @@ use mailrelay_crds::maildomain::TlsMode;
 
 use super::outbound::{CertCheck, tls_parameters};
 use super::smtp_steps::{Stage, peer, response_text, run};
-use super::wire::{StepError, check_address, normalize_crlf};
+use super::wire::{StepError, check_address, fill_missing, finish, normalize_crlf};
 use super::{OutboundConfig, Outcome, Security, Target, Timeouts};
 
 /// One open SMTP connection, reusable for several messages.
@@ -88,7 +88,7 @@ impl SmtpClient {
             self.security,
             Security::Clear | Security::ClearAfterTlsFailure { .. }
         ) {
-            self.conn.abort().await;
+            abort(&mut self.conn, self.timeouts.command).await;
             return Err(Outcome::temp(format!(
                 "not sending credentials to {} over a connection without TLS",
                 peer(&self.target)
@@ -103,7 +103,7 @@ impl SmtpClient {
         match run(&self.target, Stage::Auth, limit, auth).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.conn.abort().await;
+                abort(&mut self.conn, self.timeouts.command).await;
                 Err(Outcome::temp(e.text()))
             }
         }
@@ -162,10 +162,7 @@ impl SmtpClient {
             })
             .collect();
         self.transaction(sender, &rcpts, body, &mut outcomes).await;
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::temp("not attempted")))
-            .collect();
+        let outcomes = finish(outcomes);
         for (rcpt, outcome) in rcpts.iter().zip(&outcomes) {
             tracing::info!(host = %self.target.host, addr = %self.target.addr, recipient = rcpt,
                 outcome = outcome.kind(), reply = outcome.text(), "SMTP delivery result");
@@ -181,24 +178,24 @@ impl SmtpClient {
         body: &[u8],
         outcomes: &mut [Option<Outcome>],
     ) {
-        let fill = |outcomes: &mut [Option<Outcome>], outcome: &Outcome| {
-            for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *o = Some(outcome.clone());
-            }
-        };
         let info = self.conn.server_info();
         let mut params = String::new();
         // RFC 6152: say so when the body is 8-bit and the server knows how.
+        // A server without 8BITMIME gets the body as it is (we do not
+        // downgrade to quoted-printable; nearly every server has it).
         if !body.is_ascii() && info.supports_feature(Extension::EightBitMime) {
             params.push_str(" BODY=8BITMIME");
         }
-        if !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) {
+        // RFC 6531 §3.4. Without the extension, UTF-8 addresses were
+        // refused before this point.
+        let utf8 = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+        if utf8 && info.supports_feature(Extension::SmtpUtfEight) {
             params.push_str(" SMTPUTF8");
         }
         let mail = format!("MAIL FROM:<{sender}>{params}\r\n");
         if let Err(e) = self.step(Stage::Mail, mail).await {
             // Transaction-level: every recipient of the attempt gets it.
-            return fill(outcomes, &e.into_outcome());
+            return fill_missing(outcomes, &e.into_outcome());
         }
         let mut accepted = Vec::new();
         for (i, rcpt) in rcpts.iter().enumerate() {
@@ -211,7 +208,7 @@ impl SmtpClient {
             {
                 Ok(_) => accepted.push(i),
                 Err(e @ StepError::Reply { .. }) => outcomes[i] = Some(e.into_outcome()),
-                Err(e) => return fill(outcomes, &e.into_outcome()),
+                Err(e) => return fill_missing(outcomes, &e.into_outcome()),
             }
         }
         if accepted.is_empty() {
@@ -254,7 +251,8 @@ impl SmtpClient {
     /// The body after a 354. lettre dot-stuffs (RFC 5321 §4.5.2) and
     /// appends `CRLF . CRLF`; it recognises line starts only after CRLF,
     /// so line endings are made CRLF first, and the body's own final CRLF
-    /// is left to lettre's terminator.
+    /// is left to lettre's terminator. (An empty body therefore arrives as
+    /// one empty line: lettre cannot send zero bytes of data.)
     async fn message(&mut self, body: &[u8]) -> Result<String, StepError> {
         let mut data = normalize_crlf(body);
         if data.ends_with(b"\r\n") {
@@ -285,6 +283,12 @@ impl SmtpClient {
             tracing::debug!(host = %self.target.host, error = e.text(), "QUIT failed");
         }
     }
+}
+
+/// QUIT and close, for a connection we give up on. lettre's `abort`
+/// waits for the QUIT reply without a limit, so it gets one.
+async fn abort(conn: &mut AsyncSmtpConnection, limit: std::time::Duration) {
+    let _ = tokio::time::timeout(limit, conn.abort()).await;
 }
 
 /// Connect, greeting, EHLO, and STARTTLS per `plan`.
@@ -338,7 +342,7 @@ async fn open(
             };
         } else if plan == Plan::RequiredStartTls {
             // RFC 3207 §4: a client that requires TLS must not go on.
-            conn.abort().await;
+            abort(&mut conn, t.command).await;
             return Err(OpenError::Failed(Outcome::temp(format!(
                 "TLS is required but {} does not offer STARTTLS",
                 peer(target)

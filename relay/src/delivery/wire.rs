@@ -32,16 +32,14 @@ impl Reply {
         text
     }
 
-    /// The lines after the first, lower-cased: the extensions of an EHLO or
-    /// LHLO reply (RFC 5321 §4.1.1.1), keyword first.
-    pub fn extensions(&self) -> impl Iterator<Item = String> + '_ {
-        self.lines.iter().skip(1).map(|l| l.to_ascii_lowercase())
-    }
-
-    /// Whether an EHLO/LHLO reply lists `keyword` (case-insensitive).
+    /// Whether an EHLO/LHLO reply lists `keyword`: the first word of a
+    /// line after the first, compared without case (RFC 5321 §4.1.1.1).
     pub fn has_extension(&self, keyword: &str) -> bool {
-        self.extensions()
-            .any(|l| l.split_whitespace().next() == Some(&keyword.to_ascii_lowercase()[..]))
+        self.lines.iter().skip(1).any(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|word| word.eq_ignore_ascii_case(keyword))
+        })
     }
 }
 
@@ -182,6 +180,24 @@ impl StepError {
             StepError::Lost(reason) => Outcome::temp(reason),
         }
     }
+}
+
+/// Every recipient without an outcome yet gets `outcome`: a
+/// transaction-level failure (MAIL, DATA, a lost connection) applies to
+/// every recipient of the attempt.
+pub fn fill_missing(outcomes: &mut [Option<Outcome>], outcome: &Outcome) {
+    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
+        *o = Some(outcome.clone());
+    }
+}
+
+/// The outcomes of a finished attempt. Every path fills each slot; a gap
+/// would be our bug, and retrying is the safe reading of it.
+pub fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::temp("internal error: recipient not attempted")))
+        .collect()
 }
 
 /// Why an address cannot go into a MAIL or RCPT command.
