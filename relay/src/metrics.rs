@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +26,19 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    /// `lmtp`, `smtp`, `maildir`, `smarthost` or `mx`.
+    pub route: &'static str,
+    /// `delivered`, `deferred` or `bounced`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub sessions: Family<ListenerLabel, Counter>,
@@ -37,6 +51,10 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub spool_messages: Gauge,
     pub spool_bytes: Gauge,
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    pub delivery_latency: Histogram,
+    pub queue_recipients: Family<StateLabel, Gauge>,
+    pub oldest_message_age: Gauge,
 }
 
 impl Metrics {
@@ -102,8 +120,25 @@ impl Metrics {
             "Bytes of messages in the spool",
             spool_bytes.clone(),
         );
+        let deliveries = Family::<DeliveryLabel, Counter>::default();
+        registry.register("deliveries", "Delivery results per recipient, by route and result", deliveries.clone());
+        // Seconds from acceptance to a final result: 1 s to about 4.5 days.
+        let delivery_latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12));
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from acceptance to a recipient's final result",
+            delivery_latency.clone(),
+        );
+        let queue_recipients = Family::<StateLabel, Gauge>::default();
+        registry.register("queue_recipients", "Queued recipients by state (held counts messages)", queue_recipients.clone());
+        let oldest_message_age = Gauge::default();
+        registry.register("queue_oldest_message_age_seconds", "Age of the oldest queued message", oldest_message_age.clone());
         Self {
             registry,
+            deliveries,
+            delivery_latency,
+            queue_recipients,
+            oldest_message_age,
             sessions,
             sessions_open,
             connections_refused,
@@ -129,6 +164,23 @@ impl Metrics {
                 enhanced: enhanced.unwrap_or("none"),
             })
             .inc();
+    }
+
+    /// One recipient's attempt: `result` is `delivered`, `deferred` or
+    /// `bounced`; `age` is seconds since the message arrived.
+    pub fn delivery(&self, route: &'static str, result: &'static str, age: i64) {
+        self.deliveries.get_or_create(&DeliveryLabel { route, result }).inc();
+        if result != "deferred" {
+            self.delivery_latency.observe(age as f64);
+        }
+    }
+
+    pub fn queue_state(&self, by_state: &std::collections::BTreeMap<&'static str, i64>, oldest: i64) {
+        for state in ["pending", "deferred", "delivered", "failed", "held"] {
+            let n = by_state.get(state).copied().unwrap_or(0);
+            self.queue_recipients.get_or_create(&StateLabel { state }).set(n);
+        }
+        self.oldest_message_age.set(oldest);
     }
 
     /// The Prometheus text exposition.

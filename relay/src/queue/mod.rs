@@ -1,8 +1,10 @@
-//! The delivery side of the queue, as pure logic: when to try a message
-//! again ([`schedule`]) and what to tell its sender when it cannot be
-//! delivered ([`dsn`]). Neither reads the clock or does I/O; the scheduler
-//! and delivery loops pass time and randomness in, so both are tested to
-//! exact values.
+//! The delivery side of the queue, split by role: where a recipient's mail
+//! goes ([`router`]), when to try again ([`schedule`]), what an outcome
+//! makes of a recipient ([`decide`]), what to tell a sender when mail
+//! cannot be delivered ([`dsn`]) — all pure, time and randomness passed
+//! in — and the I/O around them: one attempt over a transport
+//! ([`attempt`]) and the loop that drives the spool ([`manager`]).
 
 pub mod dsn;
+pub mod router;
 pub mod schedule;

@@ -1,0 +1,91 @@
+//! Where a recipient's mail goes (DESIGN.md §1 step 4). Pure: the decision
+//! from the compiled config alone; DNS and connections come after.
+
+use mailrelay_crds::config::{DeliveryConfig, RelayConfig, SmarthostConfig};
+use mailrelay_crds::maildomain::TlsMode;
+
+/// One destination: recipients with the same route go out together.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// A hosted domain's LMTP server.
+    Lmtp { host: String, port: u16 },
+    /// A hosted domain's SMTP mailbox server.
+    Smtp { host: String, port: u16, tls: TlsMode },
+    /// A hosted domain's maildir root.
+    Maildir { path: String },
+    /// Every remote domain through the Relay's smarthost.
+    Smarthost,
+    /// A remote domain by its MX records.
+    Mx { domain: String },
+}
+
+impl Route {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Lmtp { .. } => "lmtp",
+            Route::Smtp { .. } => "smtp",
+            Route::Maildir { .. } => "maildir",
+            Route::Smarthost => "smarthost",
+            Route::Mx { .. } => "mx",
+        }
+    }
+}
+
+/// The route for a recipient whose domain (lower-case A-labels) is `domain`.
+pub fn route(config: &RelayConfig, domain: &str) -> Route {
+    let hosted = config
+        .domains
+        .iter()
+        .find(|d| d.name == domain || d.aliases.iter().any(|a| a == domain));
+    match hosted.map(|d| &d.delivery) {
+        Some(DeliveryConfig::Lmtp { host, port }) => Route::Lmtp { host: host.clone(), port: *port },
+        Some(DeliveryConfig::Smtp { host, port, tls }) => Route::Smtp { host: host.clone(), port: *port, tls: *tls },
+        Some(DeliveryConfig::Maildir { path }) => Route::Maildir { path: path.clone() },
+        None if config.smarthost.is_some() => Route::Smarthost,
+        None => Route::Mx { domain: domain.to_string() },
+    }
+}
+
+/// The smarthost, when the route says so.
+pub fn smarthost(config: &RelayConfig) -> Option<&SmarthostConfig> {
+    config.smarthost.as_ref()
+}
+
+/// The domain of an address (`local@domain`), lower-cased.
+pub fn domain_of(address: &str) -> String {
+    address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(smarthost: bool) -> RelayConfig {
+        let (rt, _dir) = crate::testutil::runtime();
+        let mut c = rt.config.clone();
+        c.domains[0].aliases = vec!["alias.example".into()];
+        if smarthost {
+            c.smarthost = Some(SmarthostConfig {
+                host: "relay.isp.example".into(),
+                port: 587,
+                tls: TlsMode::Required,
+                username: None,
+                password: None,
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn hosted_domains_go_to_their_mailbox_server_and_the_rest_by_mx_or_smarthost() {
+        let c = config(false);
+        assert_eq!(route(&c, "hosted.example"), Route::Lmtp { host: "127.0.0.1".into(), port: 24 });
+        assert_eq!(route(&c, "alias.example"), Route::Lmtp { host: "127.0.0.1".into(), port: 24 });
+        assert_eq!(route(&c, "remote.example"), Route::Mx { domain: "remote.example".into() });
+        let c = config(true);
+        assert_eq!(route(&c, "remote.example"), Route::Smarthost);
+        assert_eq!(route(&c, "hosted.example").kind(), "lmtp");
+        assert_eq!(domain_of("Bob@Remote.Example"), "remote.example");
+    }
+}
