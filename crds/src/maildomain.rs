@@ -171,7 +171,18 @@ pub struct SmtpTarget {
 
 /// How an outbound connection uses TLS.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 pub enum TlsMode {
     /// STARTTLS when the server offers it, plain text otherwise.

@@ -14,6 +14,7 @@ use crate::http::{self, Health};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::{self, DnsblChecker};
+use crate::queue::manager::{Concurrency, Manager};
 use crate::runtime::Runtime;
 use crate::server::conn::ConnCtx;
 use crate::server::listener::{Current, Shared, accept_loop};
@@ -22,6 +23,9 @@ use crate::spool::Spool;
 use crate::standalone;
 
 /// Where the config comes from.
+/// Remote MX hosts listen here (RFC 5321 §4.5.4.2 / IANA).
+const SMTP_PORT: u16 = 25;
+
 pub enum Source {
     /// YAML manifests, compiled here (standalone mode).
     Manifests { dir: PathBuf, relay: Option<String> },
@@ -169,7 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             tls,
             metrics: Arc::clone(&metrics),
         },
-        dnsbl: Arc::new(DnsblChecker::new(dns, 100_000)),
+        dnsbl: Arc::new(DnsblChecker::new(dns.clone(), 100_000)),
     };
     let mut accepting = Vec::new();
     for l in listeners_config {
@@ -197,8 +201,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Arc::clone(&metrics),
         health.clone(),
     ));
-    let _gauges = tokio::spawn(spool_gauges(spool, Arc::clone(&metrics)));
+    let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
     let _expiry = tokio::spawn(expire_entries(config, shared.current.clone()));
+    let manager = Manager::new(
+        spool.clone(),
+        shared.current.clone(),
+        dns,
+        Arc::clone(&metrics),
+        SMTP_PORT,
+        Concurrency::default(),
+    );
+    let _delivery = tokio::spawn(manager.run());
     health.set_ready(true);
     tracing::info!(hostname = %hostname, "mailrelay ready");
 

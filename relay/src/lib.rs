@@ -1,6 +1,7 @@
 //! The mailrelay data plane.
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod check;
 pub mod delivery;

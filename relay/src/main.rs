@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mailrelay::admin::{QueueCommand, execute};
 use mailrelay::app::{RunOptions, Source};
+use mailrelay::spool::QueueId;
 use mailrelay_crds::relay::ListenerName;
 
 #[derive(Parser)]
@@ -26,6 +28,15 @@ enum Command {
         /// Check only the Relay of this name.
         #[arg(long)]
         relay: Option<String>,
+    },
+    /// Look at or change the queue of a relay (a stopped one; for a running
+    /// relay `list` and `show` work, changes go through its HTTP endpoint).
+    Queue {
+        /// Spool directory of the relay.
+        #[arg(long, default_value = "mailrelay-spool")]
+        spool: PathBuf,
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Run the relay: from manifests (standalone, on loopback) or from a
     /// config compiled by the operator.
@@ -55,6 +66,35 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Every queued message with each recipient's state (like postqueue -p).
+    List,
+    /// One message: envelope, recipient states and headers.
+    Show { id: QueueId },
+    /// Make deferred recipients due now: one message, or all.
+    Flush { id: Option<QueueId> },
+    /// Remove a message without bouncing it.
+    Delete { id: QueueId },
+    /// Keep a message from being delivered until released.
+    Hold { id: QueueId },
+    /// Let a held message be delivered again.
+    Release { id: QueueId },
+}
+
+impl From<QueueAction> for QueueCommand {
+    fn from(a: QueueAction) -> Self {
+        match a {
+            QueueAction::List => QueueCommand::List,
+            QueueAction::Show { id } => QueueCommand::Show(id),
+            QueueAction::Flush { id } => QueueCommand::Flush(id),
+            QueueAction::Delete { id } => QueueCommand::Delete(id),
+            QueueAction::Hold { id } => QueueCommand::Hold(id),
+            QueueAction::Release { id } => QueueCommand::Release(id),
+        }
+    }
 }
 
 fn parse_listen(s: &str) -> Result<(ListenerName, SocketAddr), String> {
@@ -99,6 +139,29 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("{} problem(s) found", report.problems.len());
                 ExitCode::FAILURE
+            }
+        }
+        Command::Queue { spool, action } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mailrelay: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let now = jiff::Timestamp::now().as_second();
+            match runtime.block_on(execute(&spool, &action.into(), now)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailrelay queue: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Run {

@@ -121,18 +121,32 @@ impl Metrics {
             spool_bytes.clone(),
         );
         let deliveries = Family::<DeliveryLabel, Counter>::default();
-        registry.register("deliveries", "Delivery results per recipient, by route and result", deliveries.clone());
+        registry.register(
+            "deliveries",
+            "Delivery results per recipient, by route and result",
+            deliveries.clone(),
+        );
         // Seconds from acceptance to a final result: 1 s to about 4.5 days.
-        let delivery_latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12));
+        let delivery_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12),
+        );
         registry.register(
             "delivery_latency_seconds",
             "Time from acceptance to a recipient's final result",
             delivery_latency.clone(),
         );
         let queue_recipients = Family::<StateLabel, Gauge>::default();
-        registry.register("queue_recipients", "Queued recipients by state (held counts messages)", queue_recipients.clone());
+        registry.register(
+            "queue_recipients",
+            "Queued recipients by state (held counts messages)",
+            queue_recipients.clone(),
+        );
         let oldest_message_age = Gauge::default();
-        registry.register("queue_oldest_message_age_seconds", "Age of the oldest queued message", oldest_message_age.clone());
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest queued message",
+            oldest_message_age.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -169,16 +183,24 @@ impl Metrics {
     /// One recipient's attempt: `result` is `delivered`, `deferred` or
     /// `bounced`; `age` is seconds since the message arrived.
     pub fn delivery(&self, route: &'static str, result: &'static str, age: i64) {
-        self.deliveries.get_or_create(&DeliveryLabel { route, result }).inc();
+        self.deliveries
+            .get_or_create(&DeliveryLabel { route, result })
+            .inc();
         if result != "deferred" {
             self.delivery_latency.observe(age as f64);
         }
     }
 
-    pub fn queue_state(&self, by_state: &std::collections::BTreeMap<&'static str, i64>, oldest: i64) {
+    pub fn queue_state(
+        &self,
+        by_state: &std::collections::BTreeMap<&'static str, i64>,
+        oldest: i64,
+    ) {
         for state in ["pending", "deferred", "delivered", "failed", "held"] {
             let n = by_state.get(state).copied().unwrap_or(0);
-            self.queue_recipients.get_or_create(&StateLabel { state }).set(n);
+            self.queue_recipients
+                .get_or_create(&StateLabel { state })
+                .set(n);
         }
         self.oldest_message_age.set(oldest);
     }

@@ -5,6 +5,9 @@
 //! in — and the I/O around them: one attempt over a transport
 //! ([`attempt`]) and the loop that drives the spool ([`manager`]).
 
+pub mod attempt;
+pub mod decide;
 pub mod dsn;
+pub mod manager;
 pub mod router;
 pub mod schedule;

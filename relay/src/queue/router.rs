@@ -10,7 +10,11 @@ pub enum Route {
     /// A hosted domain's LMTP server.
     Lmtp { host: String, port: u16 },
     /// A hosted domain's SMTP mailbox server.
-    Smtp { host: String, port: u16, tls: TlsMode },
+    Smtp {
+        host: String,
+        port: u16,
+        tls: TlsMode,
+    },
     /// A hosted domain's maildir root.
     Maildir { path: String },
     /// Every remote domain through the Relay's smarthost.
@@ -39,11 +43,20 @@ pub fn route(config: &RelayConfig, domain: &str) -> Route {
         .iter()
         .find(|d| d.name == domain || d.aliases.iter().any(|a| a == domain));
     match hosted.map(|d| &d.delivery) {
-        Some(DeliveryConfig::Lmtp { host, port }) => Route::Lmtp { host: host.clone(), port: *port },
-        Some(DeliveryConfig::Smtp { host, port, tls }) => Route::Smtp { host: host.clone(), port: *port, tls: *tls },
+        Some(DeliveryConfig::Lmtp { host, port }) => Route::Lmtp {
+            host: host.clone(),
+            port: *port,
+        },
+        Some(DeliveryConfig::Smtp { host, port, tls }) => Route::Smtp {
+            host: host.clone(),
+            port: *port,
+            tls: *tls,
+        },
         Some(DeliveryConfig::Maildir { path }) => Route::Maildir { path: path.clone() },
         None if config.smarthost.is_some() => Route::Smarthost,
-        None => Route::Mx { domain: domain.to_string() },
+        None => Route::Mx {
+            domain: domain.to_string(),
+        },
     }
 }
 
@@ -54,7 +67,10 @@ pub fn smarthost(config: &RelayConfig) -> Option<&SmarthostConfig> {
 
 /// The domain of an address (`local@domain`), lower-cased.
 pub fn domain_of(address: &str) -> String {
-    address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -80,9 +96,26 @@ mod tests {
     #[test]
     fn hosted_domains_go_to_their_mailbox_server_and_the_rest_by_mx_or_smarthost() {
         let c = config(false);
-        assert_eq!(route(&c, "hosted.example"), Route::Lmtp { host: "127.0.0.1".into(), port: 24 });
-        assert_eq!(route(&c, "alias.example"), Route::Lmtp { host: "127.0.0.1".into(), port: 24 });
-        assert_eq!(route(&c, "remote.example"), Route::Mx { domain: "remote.example".into() });
+        assert_eq!(
+            route(&c, "hosted.example"),
+            Route::Lmtp {
+                host: "127.0.0.1".into(),
+                port: 24
+            }
+        );
+        assert_eq!(
+            route(&c, "alias.example"),
+            Route::Lmtp {
+                host: "127.0.0.1".into(),
+                port: 24
+            }
+        );
+        assert_eq!(
+            route(&c, "remote.example"),
+            Route::Mx {
+                domain: "remote.example".into()
+            }
+        );
         let c = config(true);
         assert_eq!(route(&c, "remote.example"), Route::Smarthost);
         assert_eq!(route(&c, "hosted.example").kind(), "lmtp");

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Everything the session learned about a message besides its bytes. It is
 /// stored as JSON next to the body so an operator can read a segment with
 /// `strings` and so fields can be added without a format change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The MAIL FROM address; "" is the null sender `<>` (never bounced to).
     pub sender: String,

@@ -31,6 +31,13 @@ pub enum SpoolError {
     },
     #[error("spool: message {id} is not queued")]
     NotFound { id: QueueId },
+    /// A state update named a recipient the message does not have.
+    #[error("spool: message {id} has {recipients} recipient(s); there is no recipient #{index}")]
+    NoSuchRecipient {
+        id: QueueId,
+        index: usize,
+        recipients: usize,
+    },
     #[error("spool: message {id} is already queued")]
     Duplicate { id: QueueId },
     /// A record's payload length must fit the u32 length field.

@@ -1,17 +1,29 @@
-//! The in-memory index: which messages are queued, where their records
-//! are, and which segments can be deleted. Pure bookkeeping, no I/O.
+//! The in-memory index: which messages are queued, their delivery state,
+//! where their records are, and which segments can be deleted. Pure
+//! bookkeeping, no I/O.
 //!
-//! A segment may be deleted when no queued message has a record in it and
-//! none of its removal records still matters. A removal record matters
-//! while the segment holding the message it removes exists: delete the
-//! removal first and the message would come back at the next recovery.
-//! Removals always sit in the same or a later segment than their message
-//! (only the newest segment is appended to), so this never deadlocks.
+//! A segment may be deleted when no queued message needs a record in it
+//! and none of its removal records still matters. A queued message needs
+//! its message record and the latest of each kind of state it has: one
+//! state record per recipient, the latest hold record, the notice that
+//! marked it warned. Older states it has outgrown do not pin their
+//! segment: replay lets the later record win whether or not the earlier
+//! one is still there. State records of a message that is gone pin
+//! nothing and replay to nothing, since they never create an entry.
+//!
+//! A removal record (and a bounce notice, which removes the message it is
+//! about) matters while the segment holding the message it removes
+//! exists: delete the removal first and the message would come back at the
+//! next recovery. Removals always sit in the same or a later segment than
+//! their message (only the newest segment is appended to), so this never
+//! deadlocks.
 
 use std::collections::BTreeMap;
+use std::iter;
 
 use super::envelope::Envelope;
 use super::id::QueueId;
+use super::queued::{Notice, Queued, RecipientState};
 use super::record::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,25 +38,98 @@ pub(crate) struct Location {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {
     pub envelope: Envelope,
+    /// The message record (the body is read back from it).
     pub location: Location,
     pub body_len: u64,
+    /// Parallel to `envelope.recipients`.
+    pub recipients: Vec<RecipientState>,
+    pub held: bool,
+    pub warned: bool,
+    pins: Pins,
+}
+
+/// The segments holding the latest state records of one message.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Pins {
+    recipients: Vec<Option<u64>>,
+    held: Option<u64>,
+    warned: Option<u64>,
+}
+
+impl Entry {
+    /// A freshly committed message: every recipient pending.
+    pub fn new(envelope: Envelope, location: Location, body_len: u64) -> Entry {
+        let count = envelope.recipients.len();
+        Entry {
+            recipients: vec![RecipientState::Pending; count],
+            held: false,
+            warned: false,
+            pins: Pins {
+                recipients: vec![None; count],
+                ..Pins::default()
+            },
+            envelope,
+            location,
+            body_len,
+        }
+    }
+
+    /// Every segment this entry needs, once per record it needs there.
+    fn segments(&self) -> impl Iterator<Item = u64> + '_ {
+        iter::once(self.location.segment)
+            .chain(self.pins.recipients.iter().flatten().copied())
+            .chain(self.pins.held)
+            .chain(self.pins.warned)
+    }
+
+    fn queued(&self, id: QueueId) -> Queued {
+        Queued {
+            id,
+            envelope: self.envelope.clone(),
+            recipients: self.recipients.clone(),
+            held: self.held,
+            warned: self.warned,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Ledger {
     /// Bytes in the file that are records or the header.
     bytes: u64,
-    /// Queued messages whose records are here.
+    /// Records here that queued messages need (see `Entry::segments`).
     live: u64,
     /// For removal records here: older segment -> how many removals of
     /// messages in it.
     removals_of: BTreeMap<u64, u64>,
 }
 
+type Ledgers = BTreeMap<u64, Ledger>;
+
+fn pin(segments: &mut Ledgers, number: u64) {
+    if let Some(ledger) = segments.get_mut(&number) {
+        ledger.live += 1;
+    }
+}
+
+fn unpin(segments: &mut Ledgers, number: u64) {
+    if let Some(ledger) = segments.get_mut(&number) {
+        ledger.live = ledger.live.saturating_sub(1);
+    }
+}
+
+/// The latest record of one kind moved to segment `to`.
+fn repin(segments: &mut Ledgers, slot: &mut Option<u64>, to: u64) {
+    if let Some(from) = slot.replace(to) {
+        unpin(segments, from);
+    }
+    pin(segments, to);
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     entries: BTreeMap<QueueId, Entry>,
-    segments: BTreeMap<u64, Ledger>,
+    segments: Ledgers,
     body_bytes: u64,
 }
 
@@ -61,28 +146,33 @@ impl Index {
 
     /// Replay one record found at `location`, in write order.
     pub fn apply(&mut self, location: Location, record: Record<'_>) {
+        let at = location.segment;
         match record {
             Record::Message { id, envelope, body } => {
-                let body_len = body.len() as u64;
-                self.insert(
-                    id,
-                    Entry {
-                        envelope,
-                        location,
-                        body_len,
-                    },
-                );
+                self.insert(id, Entry::new(envelope, location, body.len() as u64));
             }
             Record::Removed { id } => {
-                self.remove(&id, location.segment);
+                self.remove(&id, at);
+            }
+            Record::States { id, updates } => self.set_states(&id, updates, at),
+            Record::Held { id, held } => self.set_held(&id, held, at),
+            Record::Notice {
+                id,
+                envelope,
+                body,
+                about,
+                notice,
+            } => {
+                self.insert(id, Entry::new(envelope, location, body.len() as u64));
+                self.notice(&about, notice, at);
             }
         }
     }
 
     /// A later record for the same id wins, as replay order demands.
     pub fn insert(&mut self, id: QueueId, entry: Entry) {
-        if let Some(ledger) = self.segments.get_mut(&entry.location.segment) {
-            ledger.live += 1;
+        for number in entry.segments() {
+            pin(&mut self.segments, number);
         }
         self.body_bytes += entry.body_len;
         if let Some(old) = self.entries.insert(id, entry) {
@@ -103,10 +193,52 @@ impl Index {
         Some(entry)
     }
 
+    /// What a notice (in segment `at`) does to the message it is about.
+    pub fn notice(&mut self, about: &QueueId, notice: Notice, at: u64) {
+        match notice {
+            Notice::Bounce => {
+                self.remove(about, at);
+            }
+            Notice::DelayWarning => {
+                if let Some(entry) = self.entries.get_mut(about) {
+                    entry.warned = true;
+                    repin(&mut self.segments, &mut entry.pins.warned, at);
+                }
+            }
+        }
+    }
+
+    /// New states from a record in segment `at`. A message that is gone
+    /// stays gone: states never create an entry.
+    pub fn set_states(&mut self, id: &QueueId, updates: Vec<(usize, RecipientState)>, at: u64) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        for (index, state) in updates {
+            // The writer refuses out-of-range updates, so one here can only
+            // come from a record damaged in a way the CRC did not catch.
+            let (Some(slot), Some(pinned)) = (
+                entry.recipients.get_mut(index),
+                entry.pins.recipients.get_mut(index),
+            ) else {
+                continue;
+            };
+            *slot = state;
+            repin(&mut self.segments, pinned, at);
+        }
+    }
+
+    pub fn set_held(&mut self, id: &QueueId, held: bool, at: u64) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.held = held;
+            repin(&mut self.segments, &mut entry.pins.held, at);
+        }
+    }
+
     fn forget(&mut self, entry: &Entry) {
         self.body_bytes = self.body_bytes.saturating_sub(entry.body_len);
-        if let Some(ledger) = self.segments.get_mut(&entry.location.segment) {
-            ledger.live = ledger.live.saturating_sub(1);
+        for number in entry.segments() {
+            unpin(&mut self.segments, number);
         }
     }
 
@@ -123,6 +255,17 @@ impl Index {
             .iter()
             .map(|(id, entry)| (*id, entry.envelope.clone()))
             .collect()
+    }
+
+    pub fn queued(&self) -> Vec<Queued> {
+        self.entries
+            .iter()
+            .map(|(id, entry)| entry.queued(*id))
+            .collect()
+    }
+
+    pub fn queued_one(&self, id: &QueueId) -> Option<Queued> {
+        self.entries.get(id).map(|entry| entry.queued(*id))
     }
 
     pub fn len(&self) -> usize {
@@ -183,14 +326,7 @@ mod tests {
             offset: 16,
             len: 100,
         };
-        index.insert(
-            id(n),
-            Entry {
-                envelope: envelope(1),
-                location,
-                body_len: 10,
-            },
-        );
+        index.insert(id(n), Entry::new(envelope(1), location, 10));
     }
 
     fn index_with_segments(count: u64) -> Index {
@@ -244,6 +380,68 @@ mod tests {
         assert_eq!(index.body_bytes(), 10);
         assert_eq!(index.get(&id(1)).map(|e| e.location.segment), Some(2));
         assert_eq!(index.collectable(2), Some(1));
+    }
+
+    fn delivered() -> RecipientState {
+        RecipientState::Delivered {
+            reply: "250".into(),
+        }
+    }
+
+    #[test]
+    fn the_latest_state_records_of_a_queued_message_pin_their_segments() {
+        // Message in 1, a state in 2, a hold in 3, a delay warning in 4.
+        let mut index = index_with_segments(5);
+        message(&mut index, 1, 1);
+        index.set_states(&id(1), vec![(0, delivered())], 2);
+        index.set_held(&id(1), true, 3);
+        index.notice(&id(1), Notice::DelayWarning, 4);
+        assert_eq!(index.collectable(5), None);
+        let entry = index.get(&id(1)).unwrap();
+        assert_eq!(
+            entry.recipients,
+            [delivered(), RecipientState::Pending],
+            "{entry:?}"
+        );
+        assert!(entry.held && entry.warned);
+
+        // Outgrown records pin nothing.
+        index.set_states(&id(1), vec![(0, RecipientState::Pending)], 5);
+        assert_eq!(index.collectable(5), Some(2));
+        index.drop_segment(2);
+        index.set_held(&id(1), false, 5);
+        assert_eq!(index.collectable(5), Some(3));
+        index.drop_segment(3);
+        // Gone: everything it pinned is free, and states bring nothing back.
+        index.remove(&id(1), 5);
+        index.set_states(&id(1), vec![(0, delivered())], 4);
+        index.set_held(&id(1), true, 4);
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.collectable(5), Some(1));
+        index.drop_segment(1);
+        assert_eq!(index.collectable(5), Some(4));
+    }
+
+    #[test]
+    fn an_update_for_a_recipient_the_message_lacks_is_ignored() {
+        let mut index = index_with_segments(3);
+        message(&mut index, 1, 1);
+        index.set_states(&id(1), vec![(2, delivered()), (1, delivered())], 2);
+        let entry = index.get(&id(1)).unwrap();
+        assert_eq!(entry.recipients, [RecipientState::Pending, delivered()]);
+    }
+
+    #[test]
+    fn a_bounce_is_a_removal_of_the_message_it_is_about() {
+        // Segment 1: A and C. Segment 2: the bounce of A (itself queued).
+        let mut index = index_with_segments(3);
+        message(&mut index, 1, 1);
+        message(&mut index, 3, 1);
+        message(&mut index, 2, 2);
+        index.notice(&id(1), Notice::Bounce, 2);
+        assert_eq!(index.len(), 2);
+        index.remove(&id(2), 3);
+        assert_eq!(index.collectable(3), None, "C pins 1, so 2 must stay");
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //! and a sequence of frames `[magic u32][kind u8][len u32][crc32 u32]
 //! [payload]` (little-endian; the CRC covers salt, kind, len and payload;
 //! see `record`). Kinds: 1 = message (`[id][envelope JSON len u32]
-//! [envelope JSON][body]`), 2 = removed (`[id]`). Every payload starts
-//! with the queue id, so later kinds (per-recipient delivery state) are
-//! one more `Record` variant and one more `Index::apply` arm, replayed in
-//! order like the rest; their segments must then also be pinned while the
-//! message lives, like message records are (see `index`).
+//! [envelope JSON][body]`), 2 = removed (`[id]`), 3 = recipient states
+//! (`[id][JSON [[index, state], ...]]`), 4 = held (`[id][0|1]`), 5 =
+//! notice (a message the relay generated, plus the id it is about and
+//! whether it bounces it or marks it warned, in one frame). Every payload
+//! starts with the queue id and records replay in order, so a later state
+//! for a recipient wins. The segments holding the latest states of a
+//! queued message are pinned like its message record (see `index`).
 //!
 //! # Why this shape
 //!
@@ -39,19 +41,23 @@
 //!   skipped by searching for the next frame that verifies; the salt in
 //!   the CRC stops a message body that contains frame-like bytes from
 //!   being taken for records. One bad record never fails the spool.
-//! - **Space comes back.** When no queued message has a record in a
-//!   closed segment (and its removal records no longer matter), the file
-//!   is deleted. Segments roll over at `SpoolOptions::segment_bytes`.
+//! - **Space comes back.** When no queued message needs a record in a
+//!   closed segment (its message, or its latest states) and its removal
+//!   records no longer matter, the file is deleted. Segments roll over at `SpoolOptions::segment_bytes`.
 //!
-//! The index of queued messages (envelope and record location) lives in
-//! memory; bodies are read back from the segments on demand.
+//! The index of queued messages (envelope, delivery state and record
+//! locations) lives in memory; bodies are read back from the segments on
+//! demand. The delivery-state API (`queued`, `record`, `set_held`,
+//! `commit_notice`, `changed`) is in `queued`.
 
+mod admit;
 mod disk;
 mod envelope;
 mod error;
 mod id;
 mod index;
 mod linger;
+mod queued;
 mod record;
 mod recover;
 mod segment;
@@ -82,6 +88,7 @@ pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
+pub use self::queued::{Notice, Queued, RecipientState};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
 
 /// Segments roll over past this size.
@@ -226,6 +233,7 @@ impl Spool {
             envelope: envelope.clone(),
             body_len: body.len() as u64,
             frame,
+            notice: None,
         })
         .await
     }
@@ -254,7 +262,8 @@ impl Spool {
         }
     }
 
-    /// What is queued, sorted by id (so by arrival).
+    /// What is queued, sorted by id (so by arrival); `queued` adds the
+    /// delivery state.
     pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
         self.inner.shared.lock().index.messages()
     }

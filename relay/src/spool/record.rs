@@ -15,21 +15,34 @@
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
+use super::queued::{Notice, RecipientState};
 
 /// Not valid UTF-8 in any byte order (0xF0 must be followed by a
 /// continuation byte), so it never occurs in a text body.
 pub(crate) const MAGIC: [u8; 4] = 0xC3D2_E1F0u32.to_le_bytes();
 pub(crate) const HEADER_LEN: usize = 13;
 
-/// Record kinds. Per-recipient delivery state will be kinds 3 and up;
-/// recovery skips kinds it does not know (with a warning) so a downgrade
-/// keeps the messages.
+/// Record kinds. Recovery skips kinds it does not know (with a warning)
+/// so a downgrade keeps the messages, if not their delivery state.
 pub(crate) mod kind {
     /// `[id][envelope JSON len u32][envelope JSON][body]`
     pub const MESSAGE: u8 = 1;
     /// `[id]`: the message is gone (delivered, bounced or deleted).
     pub const REMOVED: u8 = 2;
+    /// `[id][JSON [[recipient index, state], ...]]`: new delivery states
+    /// for some recipients; a later state for a recipient wins.
+    pub const STATES: u8 = 3;
+    /// `[id][0 | 1]`: released / held.
+    pub const HELD: u8 = 4;
+    /// `[id][about id][notice u8][envelope JSON len u32][envelope JSON]
+    /// [body]`: a message the relay generated about message `about`, and
+    /// what it does to `about` (1 = bounce: removes it, 2 = delay warning:
+    /// marks it warned). One frame, so both effects land or neither does.
+    pub const NOTICE: u8 = 5;
 }
+
+const NOTICE_BOUNCE: u8 = 1;
+const NOTICE_DELAY_WARNING: u8 = 2;
 
 /// What the bytes at the start of a buffer are.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,6 +116,21 @@ pub(crate) enum Record<'a> {
     Removed {
         id: QueueId,
     },
+    States {
+        id: QueueId,
+        updates: Vec<(usize, RecipientState)>,
+    },
+    Held {
+        id: QueueId,
+        held: bool,
+    },
+    Notice {
+        id: QueueId,
+        envelope: Envelope,
+        body: &'a [u8],
+        about: QueueId,
+        notice: Notice,
+    },
 }
 
 /// Why a payload with a good CRC still cannot be used.
@@ -116,11 +144,44 @@ pub(crate) enum PayloadError {
     BadId,
     #[error("bad envelope: {0}")]
     BadEnvelope(serde_json::Error),
+    #[error("bad recipient states: {0}")]
+    BadStates(serde_json::Error),
+    #[error("bad flag byte {0}")]
+    BadFlag(u8),
 }
 
 pub(crate) fn encode_message(
     salt: u64,
     id: &QueueId,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<Vec<u8>, SpoolError> {
+    encode_with_body(salt, kind::MESSAGE, id, &[], envelope, body)
+}
+
+pub(crate) fn encode_notice(
+    salt: u64,
+    id: &QueueId,
+    envelope: &Envelope,
+    body: &[u8],
+    about: &QueueId,
+    notice: Notice,
+) -> Result<Vec<u8>, SpoolError> {
+    let about_text = about.to_string();
+    let code = match notice {
+        Notice::Bounce => NOTICE_BOUNCE,
+        Notice::DelayWarning => NOTICE_DELAY_WARNING,
+    };
+    let extra: [&[u8]; 3] = [&[id_len(&about_text)], about_text.as_bytes(), &[code]];
+    encode_with_body(salt, kind::NOTICE, id, &extra, envelope, body)
+}
+
+/// `[id][extra...][envelope JSON len u32][envelope JSON][body]`
+fn encode_with_body(
+    salt: u64,
+    kind: u8,
+    id: &QueueId,
+    extra: &[&[u8]],
     envelope: &Envelope,
     body: &[u8],
 ) -> Result<Vec<u8>, SpoolError> {
@@ -132,29 +193,47 @@ pub(crate) fn encode_message(
         id: *id,
         bytes: (json.len() + body.len()) as u64,
     };
-    let json_len = u32::try_from(json.len()).map_err(|_| too_large())?;
+    let json_len = u32::try_from(json.len())
+        .map_err(|_| too_large())?
+        .to_le_bytes();
     let id_text = id.to_string();
-    let parts: [&[u8]; 5] = [
-        &[id_len(&id_text)],
-        id_text.as_bytes(),
-        &json_len.to_le_bytes(),
-        &json,
-        body,
-    ];
-    encode_frame(salt, kind::MESSAGE, &parts).ok_or_else(too_large)
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(5 + extra.len());
+    let id_len = [id_len(&id_text)];
+    parts.extend([&id_len[..], id_text.as_bytes()]);
+    parts.extend_from_slice(extra);
+    parts.extend([&json_len[..], &json, body]);
+    encode_frame(salt, kind, &parts).ok_or_else(too_large)
+}
+
+pub(crate) fn encode_states(
+    salt: u64,
+    id: &QueueId,
+    updates: &[(usize, RecipientState)],
+) -> Result<Vec<u8>, SpoolError> {
+    let json = serde_json::to_vec(updates).map_err(|e| SpoolError::Encode {
+        id: *id,
+        source: e.into(),
+    })?;
+    encode_small(salt, kind::STATES, id, &json)
+}
+
+pub(crate) fn encode_held(salt: u64, id: &QueueId, held: bool) -> Result<Vec<u8>, SpoolError> {
+    encode_small(salt, kind::HELD, id, &[u8::from(held)])
+}
+
+/// `[id][rest]`
+fn encode_small(salt: u64, kind: u8, id: &QueueId, rest: &[u8]) -> Result<Vec<u8>, SpoolError> {
+    let id_text = id.to_string();
+    encode_frame(salt, kind, &[&[id_len(&id_text)], id_text.as_bytes(), rest]).ok_or(
+        SpoolError::TooLarge {
+            id: *id,
+            bytes: rest.len() as u64,
+        },
+    )
 }
 
 pub(crate) fn encode_removed(salt: u64, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
-    let id_text = id.to_string();
-    encode_frame(
-        salt,
-        kind::REMOVED,
-        &[&[id_len(&id_text)], id_text.as_bytes()],
-    )
-    .ok_or(SpoolError::TooLarge {
-        id: *id,
-        bytes: id_text.len() as u64,
-    })
+    encode_small(salt, kind::REMOVED, id, &[])
 }
 
 fn id_len(id_text: &str) -> u8 {
@@ -166,18 +245,51 @@ pub(crate) fn parse_record(kind: u8, payload: &[u8]) -> Result<Record<'_>, Paylo
     let (id, rest) = split_id(payload)?;
     match kind {
         kind::MESSAGE => {
-            let (len, rest) = split_at_checked(rest, 4)?;
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
-            let (json, body) = split_at_checked(
-                rest,
-                usize::try_from(len).map_err(|_| PayloadError::Truncated)?,
-            )?;
-            let envelope = serde_json::from_slice(json).map_err(PayloadError::BadEnvelope)?;
+            let (envelope, body) = split_message(rest)?;
             Ok(Record::Message { id, envelope, body })
         }
         kind::REMOVED => Ok(Record::Removed { id }),
+        kind::STATES => {
+            let updates = serde_json::from_slice(rest).map_err(PayloadError::BadStates)?;
+            Ok(Record::States { id, updates })
+        }
+        kind::HELD => match rest {
+            [0] => Ok(Record::Held { id, held: false }),
+            [1] => Ok(Record::Held { id, held: true }),
+            [other] => Err(PayloadError::BadFlag(*other)),
+            _ => Err(PayloadError::Truncated),
+        },
+        kind::NOTICE => {
+            let (about, rest) = split_id(rest)?;
+            let (&code, rest) = rest.split_first().ok_or(PayloadError::Truncated)?;
+            let notice = match code {
+                NOTICE_BOUNCE => Notice::Bounce,
+                NOTICE_DELAY_WARNING => Notice::DelayWarning,
+                other => return Err(PayloadError::BadFlag(other)),
+            };
+            let (envelope, body) = split_message(rest)?;
+            Ok(Record::Notice {
+                id,
+                envelope,
+                body,
+                about,
+                notice,
+            })
+        }
         other => Err(PayloadError::UnknownKind(other)),
     }
+}
+
+/// `[envelope JSON len u32][envelope JSON][body]`
+fn split_message(rest: &[u8]) -> Result<(Envelope, &[u8]), PayloadError> {
+    let (len, rest) = split_at_checked(rest, 4)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+    let (json, body) = split_at_checked(
+        rest,
+        usize::try_from(len).map_err(|_| PayloadError::Truncated)?,
+    )?;
+    let envelope = serde_json::from_slice(json).map_err(PayloadError::BadEnvelope)?;
+    Ok((envelope, body))
 }
 
 fn split_id(payload: &[u8]) -> Result<(QueueId, &[u8]), PayloadError> {
@@ -195,156 +307,5 @@ fn split_at_checked(buf: &[u8], at: usize) -> Result<(&[u8], &[u8]), PayloadErro
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::spool::tests::envelope;
-
-    const SALT: u64 = 0x5EED;
-
-    fn id() -> QueueId {
-        QueueId::from_parts(1_700_000_000_000, 7, 42)
-    }
-
-    #[test]
-    fn a_message_round_trips() {
-        let env = envelope(3);
-        let frame = encode_message(SALT, &id(), &env, b"Subject: x\r\n\r\nhi\r\n").unwrap();
-        let Frame::Complete { kind, payload } = decode_frame(&frame, SALT) else {
-            panic!("frame does not decode");
-        };
-        assert_eq!(HEADER_LEN + payload.len(), frame.len());
-        assert_eq!(
-            parse_record(kind, payload).unwrap(),
-            Record::Message {
-                id: id(),
-                envelope: env,
-                body: b"Subject: x\r\n\r\nhi\r\n"
-            }
-        );
-    }
-
-    #[test]
-    fn a_removal_round_trips() {
-        let frame = encode_removed(SALT, &id()).unwrap();
-        let Frame::Complete { kind, payload } = decode_frame(&frame, SALT) else {
-            panic!("frame does not decode");
-        };
-        assert_eq!(
-            parse_record(kind, payload).unwrap(),
-            Record::Removed { id: id() }
-        );
-    }
-
-    #[test]
-    fn damaged_frames_are_classified() {
-        let good = encode_frame(SALT, kind::REMOVED, &[b"0123456789"]).unwrap();
-        let flip = |at: usize| {
-            let mut f = good.clone();
-            f[at] ^= 0x01;
-            f
-        };
-        let mut longer = good.clone();
-        longer.extend_from_slice(b"next record");
-        let cases: Vec<(&str, Vec<u8>, u64, Frame<'_>)> = vec![
-            ("empty", vec![], SALT, Frame::Short),
-            ("two magic bytes", good[..2].to_vec(), SALT, Frame::Short),
-            (
-                "header only",
-                good[..HEADER_LEN].to_vec(),
-                SALT,
-                Frame::Short,
-            ),
-            (
-                "one byte short",
-                good[..good.len() - 1].to_vec(),
-                SALT,
-                Frame::Short,
-            ),
-            ("zeros", vec![0; 40], SALT, Frame::BadMagic),
-            ("first magic byte wrong", flip(0), SALT, Frame::BadMagic),
-            ("kind flipped", flip(4), SALT, Frame::BadCrc),
-            ("length grown", flip(5), SALT, Frame::Short),
-            ("crc flipped", flip(9), SALT, Frame::BadCrc),
-            ("payload flipped", flip(HEADER_LEN + 3), SALT, Frame::BadCrc),
-            (
-                "another segment's salt",
-                good.clone(),
-                SALT + 1,
-                Frame::BadCrc,
-            ),
-        ];
-        for (name, bytes, salt, want) in cases {
-            assert_eq!(decode_frame(&bytes, salt), want, "{name}");
-        }
-        let Frame::Complete { payload, .. } = decode_frame(&longer, SALT) else {
-            panic!("trailing bytes belong to the next frame");
-        };
-        assert_eq!(payload, b"0123456789");
-    }
-
-    #[test]
-    fn a_shrunk_length_fails_the_crc() {
-        let mut frame = encode_frame(SALT, kind::REMOVED, &[b"0123456789"]).unwrap();
-        frame[5] = 4;
-        assert_eq!(decode_frame(&frame, SALT), Frame::BadCrc);
-    }
-
-    #[test]
-    fn bad_payloads_are_errors_not_panics() {
-        let cases: Vec<(&str, u8, Vec<u8>)> = vec![
-            ("empty", kind::REMOVED, vec![]),
-            ("id cut", kind::REMOVED, b"\x15ABC".to_vec()),
-            ("id not base32", kind::REMOVED, b"\x03!!!".to_vec()),
-            (
-                "no envelope length",
-                kind::MESSAGE,
-                message_payload(&[])[..23].to_vec(),
-            ),
-            (
-                "envelope cut",
-                kind::MESSAGE,
-                message_payload(&[])[..40].to_vec(),
-            ),
-            ("unknown kind", 9, message_payload(&[])),
-        ];
-        for (name, kind, payload) in cases {
-            assert!(parse_record(kind, &payload).is_err(), "{name}");
-        }
-        let mut bad_json = message_payload(b"body");
-        bad_json[26] = b'!';
-        assert!(matches!(
-            parse_record(kind::MESSAGE, &bad_json),
-            Err(PayloadError::BadEnvelope(_))
-        ));
-    }
-
-    fn message_payload(body: &[u8]) -> Vec<u8> {
-        let frame = encode_message(SALT, &id(), &envelope(1), body).unwrap();
-        frame[HEADER_LEN..].to_vec()
-    }
-
-    proptest! {
-        #[test]
-        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64), kind in any::<u8>()) {
-            let _ = decode_frame(&bytes, SALT);
-            let _ = parse_record(kind, &bytes);
-            let mut framed = MAGIC.to_vec();
-            framed.extend_from_slice(&bytes);
-            let _ = decode_frame(&framed, SALT);
-        }
-
-        #[test]
-        fn any_body_round_trips(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let frame = encode_message(SALT, &id(), &envelope(2), &body).unwrap();
-            let Frame::Complete { kind, payload } = decode_frame(&frame, SALT) else {
-                panic!("frame does not decode");
-            };
-            let Record::Message { body: got, .. } = parse_record(kind, payload).unwrap() else {
-                panic!("not a message");
-            };
-            prop_assert_eq!(got, &body[..]);
-        }
-    }
-}
+#[path = "record_tests.rs"]
+mod tests;

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
+use super::queued::Queued;
 use super::recover::{self, Access};
 use super::state::State;
 use super::{Recovery, SpoolStats};
@@ -29,9 +30,18 @@ pub fn open_readonly(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
 }
 
 impl SpoolSnapshot {
-    /// Sorted by id.
+    /// Sorted by id; `queued` adds the delivery state.
     pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
         self.state.index.messages()
+    }
+
+    /// All queued messages with their state, sorted by id.
+    pub fn queued(&self) -> Vec<Queued> {
+        self.state.index.queued()
+    }
+
+    pub fn queued_one(&self, id: &QueueId) -> Option<Queued> {
+        self.state.index.queued_one(id)
     }
 
     /// What a writable open would repair.

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::Notify;
+
 use super::error::SpoolError;
 use super::id::QueueId;
 use super::index::{Index, Location};
@@ -84,7 +86,11 @@ impl BodyRef {
             return Err(corrupt("the record changed length".into()));
         }
         match record::parse_record(kind, payload) {
-            Ok(Record::Message { id, body, .. }) if id == self.id => Ok(body.to_vec()),
+            Ok(Record::Message { id, body, .. } | Record::Notice { id, body, .. })
+                if id == self.id =>
+            {
+                Ok(body.to_vec())
+            }
             Ok(_) => Err(corrupt(format!("the record is not message {}", self.id))),
             Err(e) => Err(corrupt(e.to_string())),
         }
@@ -97,6 +103,8 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub commits: AtomicU64,
     pub syncs: AtomicU64,
+    /// Notified by the writer after every batch that changed the queue.
+    pub changed: Arc<Notify>,
 }
 
 impl Shared {

@@ -1,6 +1,7 @@
 //! The single writer thread: group commit, segment rotation, collection.
 //!
-//! Every commit and removal becomes a request on a channel. The writer
+//! Every commit, removal, state and hold change becomes a request on a
+//! channel. The writer
 //! takes whatever is queued, checks it against the index, appends all of
 //! it with one write, makes it durable with one fdatasync and only then
 //! updates the index and wakes each waiter. While one fdatasync runs the
@@ -9,9 +10,9 @@
 //! Rotation and segment deletion also happen before the waiters wake, so
 //! what a caller observes after `remove` returns is already on disk. A
 //! failed append or sync is cut back to the last durable offset, so the
-//! file never holds a record nobody was told about.
+//! file never holds a record nobody was told about. After a batch that
+//! changed anything, whoever waits in `Spool::changed` is woken.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -22,12 +23,14 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::admit::Ahead;
 use super::disk::Disk;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
 use super::index::{Entry, Location};
 use super::linger::Linger;
+use super::queued::{Notice, RecipientState};
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, Shared};
 
@@ -41,9 +44,21 @@ pub(crate) enum Op {
         envelope: Envelope,
         body_len: u64,
         frame: Vec<u8>,
+        /// A notice: the message it is about and what it does to it.
+        notice: Option<(QueueId, Notice)>,
     },
     Remove {
         id: QueueId,
+        frame: Vec<u8>,
+    },
+    States {
+        id: QueueId,
+        updates: Vec<(usize, RecipientState)>,
+        frame: Vec<u8>,
+    },
+    Held {
+        id: QueueId,
+        held: bool,
         frame: Vec<u8>,
     },
 }
@@ -51,7 +66,10 @@ pub(crate) enum Op {
 impl Op {
     fn frame(&self) -> &[u8] {
         match self {
-            Op::Commit { frame, .. } | Op::Remove { frame, .. } => frame,
+            Op::Commit { frame, .. }
+            | Op::Remove { frame, .. }
+            | Op::States { frame, .. }
+            | Op::Held { frame, .. } => frame,
         }
     }
 }
@@ -67,7 +85,8 @@ type Waiter = oneshot::Sender<Result<(), SpoolError>>;
 struct Written {
     waiters: Vec<Waiter>,
     outcome: Result<(), SpoolError>,
-    removed: bool,
+    /// Something other than a plain commit: a segment may be spent now.
+    released: bool,
 }
 
 /// The segment being appended to.
@@ -126,12 +145,16 @@ impl Writer {
             if self.active.len >= self.segment_bytes {
                 self.rotate();
                 self.collect();
-            } else if written.removed {
+            } else if written.released {
                 self.collect();
             }
+            let changed = written.outcome.is_ok() && !written.waiters.is_empty();
             for waiter in written.waiters {
                 // The caller may have given up waiting; the record stays.
                 let _ = waiter.send(written.outcome.clone());
+            }
+            if changed {
+                self.shared.changed.notify_waiters();
             }
         }
     }
@@ -166,7 +189,7 @@ impl Writer {
         let mut written = Written {
             waiters: Vec::with_capacity(accepted.len()),
             outcome: Ok(()),
-            removed: false,
+            released: false,
         };
         if accepted.is_empty() {
             return written;
@@ -195,6 +218,7 @@ impl Writer {
                     envelope,
                     body_len,
                     frame,
+                    notice,
                 } => {
                     let len = frame.len() as u64;
                     let location = Location {
@@ -202,17 +226,26 @@ impl Writer {
                         offset,
                         len,
                     };
-                    let entry = Entry {
-                        envelope,
-                        location,
-                        body_len,
-                    };
-                    state.index.insert(id, entry);
+                    state
+                        .index
+                        .insert(id, Entry::new(envelope, location, body_len));
+                    if let Some((about, notice)) = notice {
+                        state.index.notice(&about, notice, segment);
+                        written.released = true;
+                    }
                     commits += 1;
                 }
                 Op::Remove { id, .. } => {
                     state.index.remove(&id, segment);
-                    written.removed = true;
+                    written.released = true;
+                }
+                Op::States { id, updates, .. } => {
+                    state.index.set_states(&id, updates, segment);
+                    written.released = true;
+                }
+                Op::Held { id, held, .. } => {
+                    state.index.set_held(&id, held, segment);
+                    written.released = true;
                 }
             }
             written.waiters.push(request.done);
@@ -228,27 +261,9 @@ impl Writer {
         let mut rejected = Vec::new();
         {
             let state = self.shared.lock();
-            let mut added = HashSet::new();
-            let mut removed = HashSet::new();
+            let mut ahead = Ahead::new(&state.index);
             for request in batch {
-                let verdict = match &request.op {
-                    Op::Commit { id, .. } => {
-                        if state.index.contains(id) || !added.insert(*id) {
-                            Err(SpoolError::Duplicate { id: *id })
-                        } else {
-                            Ok(())
-                        }
-                    }
-                    Op::Remove { id, .. } => {
-                        let queued = state.index.contains(id) || added.contains(id);
-                        if queued && removed.insert(*id) {
-                            Ok(())
-                        } else {
-                            Err(SpoolError::NotFound { id: *id })
-                        }
-                    }
-                };
-                match verdict {
+                match ahead.admit(&request.op) {
                     Ok(()) => accepted.push(request),
                     Err(e) => rejected.push((request.done, e)),
                 }

@@ -27,7 +27,9 @@ impl Dnsmasq {
     /// file lines, such as `address=/6.0.0.127.bl.test/127.0.0.2`), and
     /// wait until it answers. Every `.test` name it does not know, and
     /// every reverse (PTR) name, gets NXDOMAIN from it: no lookup of the
-    /// relay leaves the machine or waits on a missing server.
+    /// relay leaves the machine or waits on a missing server. `remote.test`
+    /// has an MX on 127.0.0.254, where nothing listens: mail to it is
+    /// deferred (connection refused) and stays queued for the tests to see.
     pub fn start(dir: &Path, records: &str) -> Dnsmasq {
         require(DNSMASQ, "dnsmasq");
         let conf = dir.join("dnsmasq.conf");
@@ -36,6 +38,8 @@ impl Dnsmasq {
              local=/test/\n\
              local=/in-addr.arpa/\n\
              local=/ip6.arpa/\n\
+             mx-host=remote.test,mx.remote.test,10\n\
+             host-record=mx.remote.test,127.0.0.254\n\
              {records}\n"
         );
         std::fs::write(&conf, text).expect("write dnsmasq.conf");

@@ -5,7 +5,9 @@
 mod collect;
 mod commit;
 mod faults;
+mod notice;
 mod recovery;
+mod state;
 mod throughput;
 
 use std::net::IpAddr;

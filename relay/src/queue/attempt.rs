@@ -1,0 +1,161 @@
+//! One delivery attempt: recipients that share a route, over the transport
+//! that route calls for. Every recipient gets its own [`Outcome`].
+
+use std::path::Path;
+
+use mailrelay_crds::config::RelayConfig;
+use mailrelay_crds::maildomain::TlsMode;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::router::Route;
+use crate::delivery::{
+    Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, SmtpClient, Target, Timeouts,
+    resolve_host, route as mx_route,
+};
+use crate::smtp::address::base_local_part;
+
+/// What an attempt needs besides the message.
+pub struct AttemptCtx<'a, D> {
+    pub config: &'a RelayConfig,
+    pub dns: &'a D,
+    pub timeouts: Timeouts,
+    /// Port of remote MX hosts: 25, except in tests on loopback.
+    pub mx_port: u16,
+}
+
+/// Deliver `body` from `sender` to `recipients` (all on `route`).
+pub async fn attempt<D: MxDns>(
+    ctx: &AttemptCtx<'_, D>,
+    route: &Route,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+) -> Vec<Outcome> {
+    let hostname = &ctx.config.hostname;
+    let all = |o: Outcome| vec![o; recipients.len()];
+    match route {
+        Route::Lmtp { host, port } => {
+            match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
+                Ok(mut client) => {
+                    let out = client.send(sender, recipients, body).await;
+                    client.quit().await;
+                    out
+                }
+                Err(o) => all(o),
+            }
+        }
+        Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
+            Ok(targets) => {
+                let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
+                try_targets(&targets, &cfg, sender, recipients, body).await
+            }
+            Err(e) => all(e.into()),
+        },
+        Route::Maildir { path } => maildir(ctx.config, path, sender, recipients, body).await,
+        Route::Smarthost => {
+            let Some(s) = &ctx.config.smarthost else {
+                return all(Outcome::temp(
+                    "smarthost route without a smarthost in the config",
+                ));
+            };
+            let mut cfg = OutboundConfig::new(hostname.clone(), s.tls).with_timeouts(ctx.timeouts);
+            match smarthost_credentials(ctx.config) {
+                Ok(Some(c)) => cfg = cfg.with_auth(c),
+                Ok(None) => {}
+                Err(reason) => return all(Outcome::temp(reason)),
+            }
+            match resolve_host(ctx.dns, &s.host, s.port).await {
+                Ok(targets) => try_targets(&targets, &cfg, sender, recipients, body).await,
+                Err(e) => all(e.into()),
+            }
+        }
+        Route::Mx { domain } => {
+            let mut rng = StdRng::from_os_rng();
+            match mx_route(ctx.dns, domain, ctx.mx_port, &mut rng).await {
+                Ok(targets) => {
+                    let cfg = OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
+                        .with_timeouts(ctx.timeouts);
+                    try_targets(&targets, &cfg, sender, recipients, body).await
+                }
+                Err(e) => all(e.into()),
+            }
+        }
+    }
+}
+
+/// Try each target in order until one takes the transaction (RFC 5321
+/// §5.1: every address of every MX before giving up for now).
+async fn try_targets(
+    targets: &[Target],
+    cfg: &OutboundConfig,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+) -> Vec<Outcome> {
+    let mut last = Outcome::temp("no address to connect to");
+    for target in targets {
+        match SmtpClient::connect(target, cfg).await {
+            Ok(mut client) => {
+                let out = client.send(sender, recipients, body).await;
+                client.quit().await;
+                return out;
+            }
+            Err(outcome) => {
+                tracing::info!(host = %target.host, addr = %target.addr, reason = %outcome, "connection failed; trying the next host");
+                last = outcome;
+            }
+        }
+    }
+    // A host that refused us is not the domain refusing the mail: retry later.
+    let reason = match last {
+        Outcome::PermFail { reason } | Outcome::TempFail { reason } => reason,
+        Outcome::Delivered { reply } => reply,
+    };
+    vec![Outcome::temp(reason); recipients.len()]
+}
+
+async fn maildir(
+    config: &RelayConfig,
+    path: &str,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+) -> Vec<Outcome> {
+    let maildir = Maildir::new(path, &config.hostname);
+    let mut out = Vec::with_capacity(recipients.len());
+    for rcpt in recipients {
+        let Some((local, domain)) = rcpt.rsplit_once('@') else {
+            out.push(Outcome::perm(format!("550 5.1.3 {rcpt} is not an address")));
+            continue;
+        };
+        let delimiter = config
+            .domain(domain)
+            .and_then(|d| d.inbound.recipient_delimiter);
+        let local = local.to_lowercase();
+        out.push(
+            maildir
+                .deliver(sender, base_local_part(&local, delimiter), body)
+                .await,
+        );
+    }
+    out
+}
+
+fn smarthost_credentials(config: &RelayConfig) -> Result<Option<Credentials>, String> {
+    let Some(s) = &config.smarthost else {
+        return Ok(None);
+    };
+    let (Some(user), Some(pass)) = (&s.username, &s.password) else {
+        return Ok(None);
+    };
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("cannot read smarthost credentials {}: {e}", p.display()))
+    };
+    Ok(Some(Credentials {
+        username: read(&user.path(&config.secrets_dir))?,
+        password: read(&pass.path(&config.secrets_dir))?,
+    }))
+}
