@@ -41,7 +41,7 @@ pub enum AdminError {
     #[error("no message {id} in {}: `mailrelay queue list` shows what is queued", .dir.display())]
     NoSuchMessage { id: QueueId, dir: PathBuf },
     #[error(
-        "the spool in {} is in use by a running relay: change its queue through that relay's HTTP admin endpoint (the --http address of `mailrelay run`), or stop the relay first; list and show work while it runs",
+        "the spool in {} is in use by a running relay: change its queue through that relay's HTTP endpoint from the same host (`curl -X POST http://127.0.0.1:PORT/queue/ID/hold`, likewise release, flush, delete, and /queue/flush; PORT is its --http port), or stop the relay first; list and show work while it runs",
         .dir.display()
     )]
     InUse { dir: PathBuf },
@@ -81,12 +81,41 @@ pub async fn execute(
             let body = snapshot.read_body(id).map_err(|e| errors.spool(e))?;
             Ok(format_show(&queued, &body[..body.len().min(HEAD_BYTES)]))
         }
-        QueueCommand::Flush(target) => {
+        changing => {
             let spool = open(spool_dir).await?;
-            flush(&spool, target.as_ref(), now_unix, &errors).await
+            change(&spool, changing, now_unix, &errors).await
         }
+    }
+}
+
+/// Run a command on the open spool of a running relay (its HTTP endpoint).
+pub async fn execute_live(
+    spool: &Spool,
+    command: &QueueCommand,
+    now_unix: i64,
+) -> Result<String, AdminError> {
+    let errors = Errors { dir: spool.dir() };
+    match command {
+        QueueCommand::List => Ok(format_list(&spool.queued(), now_unix)),
+        QueueCommand::Show(id) => {
+            let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
+            let body = spool.read_body(id).await.map_err(|e| errors.spool(e))?;
+            Ok(format_show(&queued, &body[..body.len().min(HEAD_BYTES)]))
+        }
+        changing => change(spool, changing, now_unix, &errors).await,
+    }
+}
+
+/// The commands that change the queue.
+async fn change(
+    spool: &Spool,
+    command: &QueueCommand,
+    now_unix: i64,
+    errors: &Errors<'_>,
+) -> Result<String, AdminError> {
+    match command {
+        QueueCommand::Flush(target) => flush(spool, target.as_ref(), now_unix, errors).await,
         QueueCommand::Delete(id) => {
-            let spool = open(spool_dir).await?;
             let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
             spool.remove(id).await.map_err(|e| errors.spool(e))?;
             Ok(format!(
@@ -94,8 +123,9 @@ pub async fn execute(
                 sender(&queued.envelope.sender)
             ))
         }
-        QueueCommand::Hold(id) => set_held(spool_dir, id, true, &errors).await,
-        QueueCommand::Release(id) => set_held(spool_dir, id, false, &errors).await,
+        QueueCommand::Hold(id) => set_held(spool, id, true, errors).await,
+        QueueCommand::Release(id) => set_held(spool, id, false, errors).await,
+        QueueCommand::List | QueueCommand::Show(_) => Ok(String::new()),
     }
 }
 
@@ -144,12 +174,11 @@ async fn open(dir: &Path) -> Result<Spool, AdminError> {
 }
 
 async fn set_held(
-    dir: &Path,
+    spool: &Spool,
     id: &QueueId,
     held: bool,
     errors: &Errors<'_>,
 ) -> Result<String, AdminError> {
-    let spool = open(dir).await?;
     let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
     let text = match (queued.held, held) {
         (true, true) => format!("{id}: already on hold\n"),
@@ -733,7 +762,7 @@ mod tests {
             assert!(matches!(error, AdminError::InUse { .. }), "{error}");
             let text = error.to_string();
             assert!(text.contains("in use by a running relay"), "{text}");
-            assert!(text.contains("HTTP admin endpoint"), "{text}");
+            assert!(text.contains("/queue/ID/hold"), "{text}");
             assert!(text.contains(&dir.path().display().to_string()), "{text}");
         }
         assert!(!relay.queued_one(&a).unwrap().held);

@@ -200,6 +200,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         http_listener,
         Arc::clone(&metrics),
         health.clone(),
+        spool.clone(),
     ));
     let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
     let _expiry = tokio::spawn(expire_entries(config, shared.current.clone()));

@@ -13,7 +13,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::admin::{self, QueueCommand};
 use crate::metrics::Metrics;
+use crate::spool::Spool;
 
 /// Readiness: set once the spool is loaded, cleared when draining.
 #[derive(Clone, Default)]
@@ -58,21 +60,79 @@ fn route(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>
     }
 }
 
+/// A queue command from `METHOD /queue[/ID[/ACTION]]`, or `None`.
+fn queue_command(method: &hyper::Method, path: &str) -> Option<Result<QueueCommand, String>> {
+    let rest = path.strip_prefix("/queue")?;
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let id = |s: &str| s.parse().map_err(|_| format!("{s:?} is not a queue id"));
+    let get = method == hyper::Method::GET;
+    let post = method == hyper::Method::POST;
+    Some(match parts.as_slice() {
+        [] if get => Ok(QueueCommand::List),
+        ["flush"] if post => Ok(QueueCommand::Flush(None)),
+        [one] if get => id(one).map(QueueCommand::Show),
+        [one, "flush"] if post => id(one).map(|i| QueueCommand::Flush(Some(i))),
+        [one, "hold"] if post => id(one).map(QueueCommand::Hold),
+        [one, "release"] if post => id(one).map(QueueCommand::Release),
+        [one, "delete"] if post => id(one).map(QueueCommand::Delete),
+        _ => Err("use GET /queue, GET /queue/ID, POST /queue/flush or POST /queue/ID/{flush,hold,release,delete}".into()),
+    })
+}
+
+async fn queue(
+    spool: &Spool,
+    peer: std::net::SocketAddr,
+    command: Result<QueueCommand, String>,
+) -> Response<Full<Bytes>> {
+    // The queue holds people's addresses and mail: only from inside the pod
+    // (kubectl port-forward arrives on loopback too), never from the network.
+    if !peer.ip().is_loopback() {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "the queue endpoints answer on loopback only\n".into(),
+        );
+    }
+    let command = match command {
+        Ok(c) => c,
+        Err(e) => return respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    match admin::execute_live(spool, &command, jiff::Timestamp::now().as_second()).await {
+        Ok(text) => respond(StatusCode::OK, "text/plain", text),
+        Err(e @ admin::AdminError::NoSuchMessage { .. }) => {
+            respond(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n"))
+        }
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
 /// Serve until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health, spool: Spool) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
                 continue;
             }
         };
-        let (metrics, health) = (Arc::clone(&metrics), health.clone());
+        let (metrics, health, spool) = (Arc::clone(&metrics), health.clone(), spool.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = route(req.uri().path(), &metrics, &health);
-                async move { Ok::<_, Infallible>(response) }
+                let (metrics, health, spool) =
+                    (Arc::clone(&metrics), health.clone(), spool.clone());
+                async move {
+                    let path = req.uri().path();
+                    let response = match queue_command(req.method(), path) {
+                        Some(command) => queue(&spool, peer, command).await,
+                        None => route(path, &metrics, &health),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
