@@ -8,6 +8,7 @@ use mailrelay_crds::maildomain::TlsMode;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::pool::{Client, Pool};
 use super::router::Route;
 use crate::delivery::{
     Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, SmtpClient, Target, Timeouts,
@@ -22,6 +23,8 @@ pub struct AttemptCtx<'a, D> {
     pub timeouts: Timeouts,
     /// Port of remote MX hosts: 25, except in tests on loopback.
     pub mx_port: u16,
+    /// Connections kept from earlier messages.
+    pub pool: &'a Pool,
 }
 
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
@@ -32,6 +35,9 @@ pub async fn attempt<D: MxDns>(
     recipients: &[String],
     body: &[u8],
 ) -> Vec<Outcome> {
+    if let Some(out) = reuse(ctx.pool, route, sender, recipients, body).await {
+        return out;
+    }
     let hostname = &ctx.config.hostname;
     let all = |o: Outcome| vec![o; recipients.len()];
     match route {
@@ -39,7 +45,7 @@ pub async fn attempt<D: MxDns>(
             match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
                 Ok(mut client) => {
                     let out = client.send(sender, recipients, body).await;
-                    client.quit().await;
+                    ctx.pool.put(route, Client::Lmtp(client));
                     out
                 }
                 Err(o) => all(o),
@@ -48,7 +54,7 @@ pub async fn attempt<D: MxDns>(
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
             Ok(targets) => {
                 let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
-                try_targets(&targets, &cfg, sender, recipients, body).await
+                try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
             }
             Err(e) => all(e.into()),
         },
@@ -66,7 +72,9 @@ pub async fn attempt<D: MxDns>(
                 Err(reason) => return all(Outcome::temp(reason)),
             }
             match resolve_host(ctx.dns, &s.host, s.port).await {
-                Ok(targets) => try_targets(&targets, &cfg, sender, recipients, body).await,
+                Ok(targets) => {
+                    try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
+                }
                 Err(e) => all(e.into()),
             }
         }
@@ -76,7 +84,7 @@ pub async fn attempt<D: MxDns>(
                 Ok(targets) => {
                     let cfg = OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
                         .with_timeouts(ctx.timeouts);
-                    try_targets(&targets, &cfg, sender, recipients, body).await
+                    try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
                 }
                 Err(e) => all(e.into()),
             }
@@ -84,9 +92,47 @@ pub async fn attempt<D: MxDns>(
     }
 }
 
+/// Send over a kept connection, if there is one. A connection the server
+/// closed while it sat idle fails the whole transaction before anything
+/// was accepted: then `None`, and the caller connects afresh.
+async fn reuse(
+    pool: &Pool,
+    route: &Route,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+) -> Option<Vec<Outcome>> {
+    let out = match pool.take(route)? {
+        Client::Smtp(mut c) => {
+            let out = c.send(sender, recipients, body).await;
+            let broken = c.broken().is_some();
+            pool.put(route, Client::Smtp(c));
+            (out, broken)
+        }
+        Client::Lmtp(mut c) => {
+            let out = c.send(sender, recipients, body).await;
+            let broken = c.broken().is_some();
+            pool.put(route, Client::Lmtp(c));
+            (out, broken)
+        }
+    };
+    match out {
+        (outcomes, true)
+            if outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::TempFail { .. })) =>
+        {
+            None
+        }
+        (outcomes, _) => Some(outcomes),
+    }
+}
+
 /// Try each target in order until one takes the transaction (RFC 5321
 /// §5.1: every address of every MX before giving up for now).
 async fn try_targets(
+    pool: &Pool,
+    route: &Route,
     targets: &[Target],
     cfg: &OutboundConfig,
     sender: &str,
@@ -98,7 +144,7 @@ async fn try_targets(
         match SmtpClient::connect(target, cfg).await {
             Ok(mut client) => {
                 let out = client.send(sender, recipients, body).await;
-                client.quit().await;
+                pool.put(route, Client::Smtp(client));
                 return out;
             }
             Err(outcome) => {

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use super::attempt::{AttemptCtx, attempt};
 use super::decide;
 use super::dsn::{self, DsnInput};
+use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
 use crate::delivery::{Outcome, Timeouts};
@@ -53,6 +54,7 @@ pub struct Manager {
     per_destination: usize,
     destinations: Mutex<HashMap<Route, Arc<Semaphore>>>,
     in_flight: Mutex<HashSet<QueueId>>,
+    pool: Pool,
     /// A delivery finished: its message may now be final.
     done: tokio::sync::Notify,
 }
@@ -79,6 +81,7 @@ impl Manager {
             per_destination: concurrency.per_destination.max(1),
             destinations: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            pool: Pool::new(concurrency.per_destination.max(1), concurrency.total.max(1)),
             done: tokio::sync::Notify::new(),
         })
     }
@@ -88,6 +91,7 @@ impl Manager {
         loop {
             // Armed before the pass, so a commit during it is not missed.
             let changed = self.spool.changed();
+            self.pool.expire();
             let next = self.pass().await;
             let wait = next
                 .map(|at| {
@@ -123,8 +127,20 @@ impl Manager {
         let mut next: Option<i64> = None;
         let queued = self.spool.queued();
         self.gauges(&queued, now);
-        for q in queued {
-            if q.held || self.lock_flight().contains(&q.id) {
+        for listed in queued {
+            // The listing may be older than a delivery that just finished:
+            // decide on the state as it is now. A delivery records its
+            // results before it leaves `in_flight`, so a message found
+            // outside `in_flight` has its latest state in the spool.
+            let fresh = {
+                let flight = self.lock_flight();
+                if flight.contains(&listed.id) {
+                    continue;
+                }
+                self.spool.queued_one(&listed.id)
+            };
+            let Some(q) = fresh else { continue };
+            if q.held {
                 continue;
             }
             let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
@@ -190,6 +206,7 @@ impl Manager {
             dns: &self.dns,
             timeouts: Timeouts::default(),
             mx_port: self.mx_port,
+            pool: &self.pool,
         };
         let received =
             Timestamp::from_second(q.envelope.received_at).unwrap_or_else(|_| Timestamp::now());

@@ -9,5 +9,6 @@ pub mod attempt;
 pub mod decide;
 pub mod dsn;
 pub mod manager;
+pub mod pool;
 pub mod router;
 pub mod schedule;
