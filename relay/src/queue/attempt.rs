@@ -45,7 +45,7 @@ pub async fn attempt<D: MxDns>(
             match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
                 Ok(mut client) => {
                     let out = client.send(sender, recipients, body).await;
-                    ctx.pool.put(route, Client::Lmtp(client));
+                    ctx.pool.put(route, Client::Lmtp(Box::new(client)));
                     out
                 }
                 Err(o) => all(o),
@@ -144,7 +144,7 @@ async fn try_targets(
         match SmtpClient::connect(target, cfg).await {
             Ok(mut client) => {
                 let out = client.send(sender, recipients, body).await;
-                pool.put(route, Client::Smtp(client));
+                pool.put(route, Client::Smtp(Box::new(client)));
                 return out;
             }
             Err(outcome) => {

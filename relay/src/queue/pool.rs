@@ -18,8 +18,9 @@ use crate::delivery::{LmtpClient, SmtpClient};
 pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 
 pub enum Client {
-    Smtp(SmtpClient),
-    Lmtp(LmtpClient<TcpStream>),
+    // Boxed: both clients carry large buffers, and pools hold many of these.
+    Smtp(Box<SmtpClient>),
+    Lmtp(Box<LmtpClient<TcpStream>>),
 }
 
 impl Client {
