@@ -23,7 +23,7 @@ fn clients() -> String {
     blocklist(
         "clients",
         &format!(
-            "action: Reject\nmessage: \"{CLIENTS_MESSAGE}\"\nips:\n  - value: 127.0.0.4/30\n  - value: \"::1\""
+            "action: Reject\nmessage: \"{CLIENTS_MESSAGE}\"\nips:\n  - value: 127.0.0.4/30\n  - value: \"::/127\""
         ),
     )
 }
