@@ -55,6 +55,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub queue_recipients: Family<StateLabel, Gauge>,
     pub oldest_message_age: Gauge,
+    pub dns_failures: Counter,
+    pub outbound_connections: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -147,8 +149,22 @@ impl Metrics {
             "Age of the oldest queued message",
             oldest_message_age.clone(),
         );
+        let dns_failures = Counter::default();
+        registry.register(
+            "dns_failures",
+            "Delivery DNS lookups that failed temporarily",
+            dns_failures.clone(),
+        );
+        let outbound_connections = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "outbound_connections",
+            "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
+            outbound_connections.clone(),
+        );
         Self {
             registry,
+            dns_failures,
+            outbound_connections,
             deliveries,
             delivery_latency,
             queue_recipients,

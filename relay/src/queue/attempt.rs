@@ -11,9 +11,10 @@ use rand::rngs::StdRng;
 use super::pool::{Client, Pool};
 use super::router::Route;
 use crate::delivery::{
-    Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, SmtpClient, Target, Timeouts,
-    resolve_host, route as mx_route,
+    Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, Security, SmtpClient, Target,
+    Timeouts, resolve_host, route as mx_route,
 };
+use crate::metrics::{Metrics, ResultLabel};
 use crate::smtp::address::base_local_part;
 
 /// What an attempt needs besides the message.
@@ -25,6 +26,7 @@ pub struct AttemptCtx<'a, D> {
     pub mx_port: u16,
     /// Connections kept from earlier messages.
     pub pool: &'a Pool,
+    pub metrics: &'a Metrics,
 }
 
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
@@ -54,9 +56,19 @@ pub async fn attempt<D: MxDns>(
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
             Ok(targets) => {
                 let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
-                try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
+                try_targets(
+                    ctx.metrics,
+                    ctx.pool,
+                    route,
+                    &targets,
+                    &cfg,
+                    sender,
+                    recipients,
+                    body,
+                )
+                .await
             }
-            Err(e) => all(e.into()),
+            Err(e) => all(route_failed(ctx.metrics, e)),
         },
         Route::Maildir { path } => maildir(ctx.config, path, sender, recipients, body).await,
         Route::Smarthost => {
@@ -73,9 +85,19 @@ pub async fn attempt<D: MxDns>(
             }
             match resolve_host(ctx.dns, &s.host, s.port).await {
                 Ok(targets) => {
-                    try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
+                    try_targets(
+                        ctx.metrics,
+                        ctx.pool,
+                        route,
+                        &targets,
+                        &cfg,
+                        sender,
+                        recipients,
+                        body,
+                    )
+                    .await
                 }
-                Err(e) => all(e.into()),
+                Err(e) => all(route_failed(ctx.metrics, e)),
             }
         }
         Route::Mx { domain } => {
@@ -84,12 +106,43 @@ pub async fn attempt<D: MxDns>(
                 Ok(targets) => {
                     let cfg = OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
                         .with_timeouts(ctx.timeouts);
-                    try_targets(ctx.pool, route, &targets, &cfg, sender, recipients, body).await
+                    try_targets(
+                        ctx.metrics,
+                        ctx.pool,
+                        route,
+                        &targets,
+                        &cfg,
+                        sender,
+                        recipients,
+                        body,
+                    )
+                    .await
                 }
-                Err(e) => all(e.into()),
+                Err(e) => all(route_failed(ctx.metrics, e)),
             }
         }
     }
+}
+
+fn route_failed(metrics: &Metrics, e: crate::delivery::RouteError) -> Outcome {
+    let outcome: Outcome = e.into();
+    if matches!(outcome, Outcome::TempFail { .. }) {
+        metrics.dns_failures.inc();
+    }
+    outcome
+}
+
+fn count_security(metrics: &Metrics, security: &Security) {
+    let result = match security {
+        Security::Clear => "clear",
+        Security::ClearAfterTlsFailure { .. } => "clear_after_tls_failure",
+        Security::Encrypted => "encrypted",
+        Security::Verified => "verified",
+    };
+    metrics
+        .outbound_connections
+        .get_or_create(&ResultLabel { result })
+        .inc();
 }
 
 /// Send over a kept connection, if there is one. A connection the server
@@ -131,6 +184,7 @@ async fn reuse(
 /// Try each target in order until one takes the transaction (RFC 5321
 /// §5.1: every address of every MX before giving up for now).
 async fn try_targets(
+    metrics: &Metrics,
     pool: &Pool,
     route: &Route,
     targets: &[Target],
@@ -143,6 +197,7 @@ async fn try_targets(
     for target in targets {
         match SmtpClient::connect(target, cfg).await {
             Ok(mut client) => {
+                count_security(metrics, client.security());
                 let out = client.send(sender, recipients, body).await;
                 pool.put(route, Client::Smtp(Box::new(client)));
                 return out;

@@ -207,6 +207,7 @@ impl Manager {
             timeouts: Timeouts::default(),
             mx_port: self.mx_port,
             pool: &self.pool,
+            metrics: &self.metrics,
         };
         let received =
             Timestamp::from_second(q.envelope.received_at).unwrap_or_else(|_| Timestamp::now());
