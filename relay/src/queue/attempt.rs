@@ -56,17 +56,7 @@ pub async fn attempt<D: MxDns>(
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
             Ok(targets) => {
                 let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
-                try_targets(
-                    ctx.metrics,
-                    ctx.pool,
-                    route,
-                    &targets,
-                    &cfg,
-                    sender,
-                    recipients,
-                    body,
-                )
-                .await
+                try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
@@ -85,17 +75,7 @@ pub async fn attempt<D: MxDns>(
             }
             match resolve_host(ctx.dns, &s.host, s.port).await {
                 Ok(targets) => {
-                    try_targets(
-                        ctx.metrics,
-                        ctx.pool,
-                        route,
-                        &targets,
-                        &cfg,
-                        sender,
-                        recipients,
-                        body,
-                    )
-                    .await
+                    try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -106,17 +86,7 @@ pub async fn attempt<D: MxDns>(
                 Ok(targets) => {
                     let cfg = OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
                         .with_timeouts(ctx.timeouts);
-                    try_targets(
-                        ctx.metrics,
-                        ctx.pool,
-                        route,
-                        &targets,
-                        &cfg,
-                        sender,
-                        recipients,
-                        body,
-                    )
-                    .await
+                    try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -183,9 +153,8 @@ async fn reuse(
 
 /// Try each target in order until one takes the transaction (RFC 5321
 /// §5.1: every address of every MX before giving up for now).
-async fn try_targets(
-    metrics: &Metrics,
-    pool: &Pool,
+async fn try_targets<D: MxDns>(
+    ctx: &AttemptCtx<'_, D>,
     route: &Route,
     targets: &[Target],
     cfg: &OutboundConfig,
@@ -197,9 +166,9 @@ async fn try_targets(
     for target in targets {
         match SmtpClient::connect(target, cfg).await {
             Ok(mut client) => {
-                count_security(metrics, client.security());
+                count_security(ctx.metrics, client.security());
                 let out = client.send(sender, recipients, body).await;
-                pool.put(route, Client::Smtp(Box::new(client)));
+                ctx.pool.put(route, Client::Smtp(Box::new(client)));
                 return out;
             }
             Err(outcome) => {
