@@ -45,16 +45,8 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
-    #[error("{}: {source}", path.display())]
-    ReadConfig {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Config {
-        path: PathBuf,
-        source: mailrelay_crds::config::ConfigError,
-    },
+    #[error(transparent)]
+    Config(#[from] crate::reload::ReloadError),
     #[error("--listen {0}: the Relay has no such listener")]
     NoSuchListener(ListenerName),
     #[error("cannot listen on {addr} ({name}): {source}")]
@@ -94,18 +86,20 @@ fn load(
             (p.config, p.warnings, Some(secrets))
         }
         Source::Config(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| RunError::ReadConfig {
-                path: path.clone(),
-                source,
-            })?;
-            let config = RelayConfig::from_json(&text).map_err(|source| RunError::Config {
-                path: path.clone(),
-                source,
-            })?;
+            let (config, _) = crate::reload::load(path)?;
             (config, Vec::new(), None)
         }
     };
-    for (name, addr) in &opts.listen {
+    apply_listen(&mut config, &opts.listen)?;
+    Ok((config, warnings, guard))
+}
+
+/// Replace listener addresses as `--listen` says.
+fn apply_listen(
+    config: &mut RelayConfig,
+    listen: &[(ListenerName, SocketAddr)],
+) -> Result<(), RunError> {
+    for (name, addr) in listen {
         let listener = config
             .listeners
             .iter_mut()
@@ -113,7 +107,7 @@ fn load(
             .ok_or(RunError::NoSuchListener(*name))?;
         listener.address = *addr;
     }
-    Ok((config, warnings, guard))
+    Ok(())
 }
 
 fn default_spool(source: &Source) -> PathBuf {
@@ -203,7 +197,22 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         spool.clone(),
     ));
     let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
-    let _expiry = tokio::spawn(expire_entries(config, shared.current.clone()));
+    let _expiry = tokio::spawn(expire_entries(shared.current.clone()));
+    if let Source::Config(path) = &opts.source {
+        let hash = crate::reload::load(path)
+            .map(|(_, h)| h)
+            .unwrap_or_default();
+        let listen = opts.listen.clone();
+        let adjust = move |c: &mut RelayConfig| {
+            let _ = apply_listen(c, &listen);
+        };
+        tokio::spawn(crate::reload::watch(
+            path.clone(),
+            shared.current.clone(),
+            hash,
+            adjust,
+        ));
+    }
     let manager = Manager::new(
         spool.clone(),
         shared.current.clone(),
@@ -233,18 +242,26 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
 /// Blocklist entries with an expiry stop applying on time: rebuild the
 /// runtime when the next one is due.
-async fn expire_entries(config: RelayConfig, current: Current) {
+async fn expire_entries(current: Current) {
     loop {
-        let Some(next) = current.get().policy.next_expiry() else {
-            return;
+        // Looked at again every minute: a reload may bring new expiries.
+        let wait = match current.get().policy.next_expiry() {
+            Some(next) => next
+                .saturating_sub(jiff::Timestamp::now().as_second())
+                .clamp(1, 60),
+            None => 60,
         };
-        let wait = next
-            .saturating_sub(jiff::Timestamp::now().as_second())
-            .max(1);
-        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(1))).await;
-        let (rt, _) = Runtime::build(config.clone(), jiff::Timestamp::now().as_second());
-        current.set(rt);
-        tracing::info!("expired blocklist entries removed");
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(60))).await;
+        let rt = current.get();
+        if rt
+            .policy
+            .next_expiry()
+            .is_some_and(|next| next <= jiff::Timestamp::now().as_second())
+        {
+            let (fresh, _) = Runtime::build(rt.config.clone(), jiff::Timestamp::now().as_second());
+            current.set(fresh);
+            tracing::info!("expired blocklist entries removed");
+        }
     }
 }
 

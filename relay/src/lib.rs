@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod queue;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod smtp;
