@@ -1,6 +1,6 @@
 //! The manifests a test runs the relay with, written into its own
 //! directory: one Relay, the hosted domain `hosted.test` with an account,
-//! and the test's Blocklists.
+//! the test's other MailDomains and its Blocklists.
 
 use std::path::Path;
 
@@ -30,6 +30,15 @@ pub struct Setup {
     pub silent_dns: bool,
     /// Listen for smtp on `[::1]` instead of 127.0.0.1.
     pub smtp_on_ipv6: bool,
+    /// More fields of the Relay's spec, as YAML lines already indented
+    /// for it (`  queue: {retrySchedule: [1s]}`).
+    pub relay_spec: String,
+    /// Where `hosted.test` delivers, as a YAML flow mapping.
+    pub hosted_delivery: String,
+    /// The local parts `hosted.test` accepts.
+    pub hosted_local_parts: Vec<String>,
+    /// More MailDomain manifests (YAML documents).
+    pub domains: Vec<String>,
 }
 
 impl Default for Setup {
@@ -43,6 +52,12 @@ impl Default for Setup {
             dns_records: String::new(),
             silent_dns: false,
             smtp_on_ipv6: false,
+            relay_spec: String::new(),
+            // A closed loopback port: whatever is accepted for hosted.test
+            // stays in the spool (deferred) while the test looks at it.
+            hosted_delivery: "{lmtp: {host: 127.0.0.1, port: 9}}".into(),
+            hosted_local_parts: ["alice", "bob", "postmaster"].map(String::from).to_vec(),
+            domains: Vec::new(),
         }
     }
 }
@@ -79,6 +94,40 @@ impl Setup {
         self
     }
 
+    /// Add fields to the Relay's spec: YAML lines as they would be written
+    /// at the top level of the spec (`queue: {retrySchedule: [1s]}`).
+    pub fn relay_spec(mut self, lines: &str) -> Setup {
+        for line in lines.lines() {
+            self.relay_spec.push_str("  ");
+            self.relay_spec.push_str(line);
+            self.relay_spec.push('\n');
+        }
+        self
+    }
+
+    /// Let every loopback client relay to any domain without AUTH.
+    pub fn relay_from_loopback(self) -> Setup {
+        self.relay_spec("trustedNetworks: [127.0.0.0/8]\nrelayFromTrustedNetworks: true")
+    }
+
+    /// Deliver `hosted.test` there (a YAML flow mapping, such as
+    /// `{lmtp: {host: 127.0.0.1, port: 2424}}`).
+    pub fn hosted_delivery(mut self, yaml_flow_mapping: &str) -> Setup {
+        self.hosted_delivery = yaml_flow_mapping.to_string();
+        self
+    }
+
+    pub fn hosted_local_parts(mut self, local_parts: &[&str]) -> Setup {
+        self.hosted_local_parts = local_parts.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Another hosted domain: a MailDomain manifest (see [`maildomain`]).
+    pub fn domain(mut self, manifest: &str) -> Setup {
+        self.domains.push(manifest.to_string());
+        self
+    }
+
     /// Write the manifests into `dir`.
     pub fn write(&self, dir: &Path) {
         std::fs::create_dir_all(dir).expect("create the manifests directory");
@@ -86,7 +135,10 @@ impl Setup {
             std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
         };
         write("relay.yaml", &self.relay());
-        write("maildomain.yaml", MAILDOMAIN);
+        write("maildomain.yaml", &self.hosted());
+        for (i, domain) in self.domains.iter().enumerate() {
+            write(&format!("maildomain-{i}.yaml"), domain);
+        }
         write("secret-accounts.yaml", &accounts_secret());
         for (i, blocklist) in self.blocklists.iter().enumerate() {
             write(&format!("blocklist-{i}.yaml"), blocklist);
@@ -111,34 +163,55 @@ spec:
   limits: {limits}
   dns:
     timeout: {timeout}
-",
+{extra}",
             limits = self.limits,
             timeout = self.dns_timeout,
+            extra = self.relay_spec,
         )
     }
-}
 
-/// `hosted.test`: three mailboxes, delivered over LMTP to a closed
-/// loopback port, so whatever is accepted stays in the spool (deferred)
-/// while the test looks at it.
-const MAILDOMAIN: &str = "apiVersion: mailrelay.io/v1alpha1
+    /// `hosted.test`, with alice's account.
+    fn hosted(&self) -> String {
+        format!(
+            "apiVersion: mailrelay.io/v1alpha1
 kind: MailDomain
 metadata:
   name: hosted
 spec:
-  domain: hosted.test
+  domain: {HOSTED}
   inbound:
-    localParts: [alice, bob, postmaster]
+    localParts: [{local_parts}]
     recipientDelimiter: \"+\"
-  delivery:
-    lmtp:
-      host: 127.0.0.1
-      port: 9
+  delivery: {delivery}
   submission:
     accounts:
       name: hosted-accounts
       key: passwd
-";
+",
+            local_parts = self.hosted_local_parts.join(", "),
+            delivery = self.hosted_delivery,
+        )
+    }
+}
+
+/// A MailDomain manifest for `domain` (named after it), accepting
+/// `local_parts` and delivering as `delivery` says (a YAML flow mapping).
+pub fn maildomain(domain: &str, local_parts: &[&str], delivery: &str) -> String {
+    format!(
+        "apiVersion: mailrelay.io/v1alpha1
+kind: MailDomain
+metadata:
+  name: {name}
+spec:
+  domain: {domain}
+  inbound:
+    localParts: [{local_parts}]
+  delivery: {delivery}
+",
+        name = domain.replace('.', "-"),
+        local_parts = local_parts.join(", "),
+    )
+}
 
 /// Alice's account, with a bcrypt hash of cost 4 (fast to check).
 fn accounts_secret() -> String {

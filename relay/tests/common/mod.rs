@@ -10,9 +10,12 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dovecot;
+pub mod mailbox;
 pub mod manifests;
 pub mod peers;
 pub mod process;
+pub mod sink;
 pub mod smtp;
 pub mod spool;
 
@@ -184,6 +187,27 @@ fn greets(addr: SocketAddr) -> bool {
     }
 }
 
+/// Poll `probe` every 20 ms until it gives a value, for up to `within`;
+/// then fail with what `explain` says. For waiting on real peers: the
+/// deadline is generous and never asserted as a timing.
+#[track_caller]
+pub fn wait_for<T>(
+    within: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("not within {within:?}: {}", explain());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The DNS server a test's relay asks.
 pub enum DnsServer {
     Dnsmasq(Dnsmasq),
@@ -254,6 +278,20 @@ impl Env {
 
     pub fn spool(&self) -> Vec<spool::Queued> {
         spool::messages(&self.spool_dir())
+    }
+
+    /// Wait until the spool is empty (every message delivered or bounced,
+    /// and every bounce delivered), for up to `within`.
+    #[track_caller]
+    pub fn wait_until_spool_is_empty(&self, within: Duration) {
+        wait_for(
+            within,
+            || self.spool().is_empty().then_some(()),
+            || {
+                let left = spool::states(&self.spool_dir());
+                format!("the spool still holds {left:#?}\n{}", self.relay.log_text())
+            },
+        );
     }
 
     pub fn addrs(&self) -> Addrs {

@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// A child process in its own process group.
 pub struct Guard {
@@ -64,6 +65,40 @@ impl Guard {
             Err(e) => eprintln!("cannot reap {}: {e}", self.name),
         }
         self.reaped
+    }
+}
+
+impl Guard {
+    /// SIGTERM the leader and give it `grace` to end (a master process such
+    /// as Dovecot's then stops and reaps its own children, which would
+    /// otherwise be left as zombies under our PID 1), then SIGKILL whatever
+    /// is left of the group and reap the leader. Never panics.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if self.reaped.is_some() {
+            return self.reaped;
+        }
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Reaped: a member left behind still holds the group id
+                // (Linux reuses no id while its group has members), so the
+                // group signal reaches only our processes, or none.
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                self.reaped = Some(status);
+                return self.reaped;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill()
     }
 }
 

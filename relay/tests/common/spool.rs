@@ -53,3 +53,10 @@ pub fn messages(dir: &Path) -> Vec<Queued> {
 pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
+
+/// The queued messages with each recipient's delivery state, sorted by id.
+pub fn states(dir: &Path) -> Vec<mailrelay::spool::Queued> {
+    open_readonly(dir)
+        .unwrap_or_else(|e| panic!("spool {} cannot be read: {e}", dir.display()))
+        .queued()
+}
