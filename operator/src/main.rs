@@ -1,9 +1,12 @@
-//! `mailrelay-operator`: the control plane's command line.
+//! `mailrelay-operator`: the control plane's command line. Parses the
+//! arguments and wires them to the library; nothing else.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mailrelay_operator::render::render_dir;
+use mailrelay_operator::{Settings, model};
 
 #[derive(Parser)]
 #[command(name = "mailrelay-operator", version, about = "The mailrelay operator")]
@@ -20,6 +23,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print every object the operator would create for every Relay in a
+    /// manifest directory, as multi-document YAML (like `helm template`).
+    Render {
+        /// Directory of YAML manifests (Relay, MailDomain, Blocklist, Secret).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Relay image for Relays that name none.
+        #[arg(long, default_value_t = Settings::default().default_image)]
+        image: String,
+        /// Prometheus URL for KEDA's queue-depth trigger.
+        #[arg(long, default_value = model::DEFAULT_PROMETHEUS_URL)]
+        prometheus_url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +47,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Render {
+            manifests,
+            image,
+            prometheus_url,
+        } => {
+            let settings = Settings {
+                default_image: image,
+                prometheus_url,
+            };
+            match render_dir(&manifests, &settings) {
+                Ok(rendered) => {
+                    for w in &rendered.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    print!("{}", rendered.yaml);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    for line in e.to_string().lines() {
+                        eprintln!("error: {line}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,136 @@
+//! The NetworkPolicy of the relay pods: only what the relay does is allowed.
+//!
+//! Ingress: the listeners from anywhere (mail comes from the internet;
+//! policy is the relay's job), and the HTTP port (/metrics, probes) from
+//! inside the cluster. Kubelet probes come from the node, which network
+//! plugins let through regardless.
+//!
+//! Egress: DNS (resolver, MX and DNSBL lookups); SMTP port 25 to any MX
+//! host, unless a smarthost takes all outgoing mail; the smarthost; the
+//! mailbox servers' LMTP/SMTP ports; the peers' listeners for queue
+//! hand-off. Nothing else — in particular not the Kubernetes API.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mailrelay_crds::config::{DeliveryConfig, RelayConfig};
+
+use super::{object_meta, pod, pod_selector};
+use crate::model::Model;
+
+/// RFC 5321 §4.5.4.2 / IANA: where remote MX hosts listen.
+const SMTP_PORT: u16 = 25;
+const DNS_PORT: u16 = 53;
+
+/// The Relay's NetworkPolicy.
+pub fn build(model: &Model) -> NetworkPolicy {
+    let config = &model.config;
+    let listener_ports: Vec<NetworkPolicyPort> = config
+        .listeners
+        .iter()
+        .map(|l| tcp(l.address.port()))
+        .collect();
+    let ingress = vec![
+        NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(listener_ports.clone()),
+        },
+        NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![port("TCP", IntOrString::Int(pod::HTTP_PORT))]),
+        },
+    ];
+    let mut egress = vec![NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(vec![udp(DNS_PORT), tcp(DNS_PORT)]),
+    }];
+    egress.extend(nameserver_rules(&config.dns.nameservers));
+    egress.push(NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(delivery_ports(config).into_iter().map(tcp).collect()),
+    });
+    egress.push(NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(pod_selector(model)),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(listener_ports),
+    });
+    NetworkPolicy {
+        metadata: object_meta(model, &model.relay.name),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector(model)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    }
+}
+
+/// TCP ports the relay delivers to, sorted.
+pub fn delivery_ports(config: &RelayConfig) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    match &config.smarthost {
+        Some(s) => {
+            ports.insert(s.port);
+        }
+        None => {
+            ports.insert(SMTP_PORT);
+        }
+    }
+    for d in &config.domains {
+        match &d.delivery {
+            DeliveryConfig::Lmtp { port, .. } | DeliveryConfig::Smtp { port, .. } => {
+                ports.insert(*port);
+            }
+            DeliveryConfig::Maildir { .. } => {}
+        }
+    }
+    ports
+}
+
+/// Configured resolvers on other ports than 53, each to its own address.
+fn nameserver_rules(nameservers: &[SocketAddr]) -> Vec<NetworkPolicyEgressRule> {
+    nameservers
+        .iter()
+        .filter(|a| a.port() != DNS_PORT)
+        .map(|a| {
+            let bits = if a.is_ipv4() { 32 } else { 128 };
+            NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: format!("{}/{bits}", a.ip()),
+                        except: None,
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![udp(a.port()), tcp(a.port())]),
+            }
+        })
+        .collect()
+}
+
+fn tcp(p: u16) -> NetworkPolicyPort {
+    port("TCP", IntOrString::Int(i32::from(p)))
+}
+
+fn udp(p: u16) -> NetworkPolicyPort {
+    port("UDP", IntOrString::Int(i32::from(p)))
+}
+
+fn port(protocol: &str, p: IntOrString) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(p),
+        protocol: Some(protocol.into()),
+        end_port: None,
+    }
+}

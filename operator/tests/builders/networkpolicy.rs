@@ -1,0 +1,101 @@
+use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::common::{Fixture, LMTP_DOMAIN, MINIMAL, WITH_TLS};
+
+fn ports(list: &Option<Vec<NetworkPolicyPort>>) -> Vec<(String, i32)> {
+    list.iter()
+        .flatten()
+        .map(|p| {
+            let IntOrString::Int(n) = p.port.clone().unwrap() else {
+                panic!("numeric port expected")
+            };
+            (p.protocol.clone().unwrap(), n)
+        })
+        .collect()
+}
+
+fn open_egress(rules: &[NetworkPolicyEgressRule]) -> Vec<(String, i32)> {
+    rules
+        .iter()
+        .filter(|r| r.to.is_none())
+        .flat_map(|r| ports(&r.ports))
+        .collect()
+}
+
+#[test]
+fn listeners_are_open_to_all_and_metrics_to_the_cluster() {
+    let np = Fixture::relay(WITH_TLS).objects().network_policy;
+    let spec = np.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+    let ingress = spec.ingress.unwrap();
+    assert!(ingress[0].from.is_none());
+    assert_eq!(
+        ports(&ingress[0].ports),
+        [
+            ("TCP".into(), 2525),
+            ("TCP".into(), 5870),
+            ("TCP".into(), 4650)
+        ]
+    );
+    let from = ingress[1].from.as_ref().unwrap();
+    assert!(from[0].namespace_selector.is_some() && from[0].ip_block.is_none());
+    assert_eq!(ports(&ingress[1].ports), [("TCP".into(), 9090)]);
+}
+
+#[test]
+fn egress_allows_dns_mx_delivery_and_peers_and_nothing_else() {
+    let np = Fixture::relay(MINIMAL)
+        .domain("example", LMTP_DOMAIN)
+        .objects()
+        .network_policy;
+    let egress = np.spec.unwrap().egress.unwrap();
+    assert_eq!(
+        open_egress(&egress),
+        [
+            ("UDP".into(), 53),
+            ("TCP".into(), 53),
+            ("TCP".into(), 24),
+            ("TCP".into(), 25)
+        ]
+    );
+    let peers = egress.iter().find(|r| r.to.is_some()).unwrap();
+    assert!(peers.to.as_ref().unwrap()[0].pod_selector.is_some());
+    assert_eq!(ports(&peers.ports), [("TCP".into(), 2525)]);
+    assert!(
+        !open_egress(&egress).contains(&("TCP".into(), 443)),
+        "no API access"
+    );
+}
+
+#[test]
+fn a_smarthost_replaces_port_25_and_a_resolver_on_another_port_gets_its_own_rule() {
+    let np = Fixture::relay(
+        "hostname: mx.example.com
+smarthost: {host: smtp.provider.example, port: 2587}
+dns: {nameservers: [\"10.0.0.10:5353\", \"10.0.0.11\"]}",
+    )
+    .objects()
+    .network_policy;
+    let egress = np.spec.unwrap().egress.unwrap();
+    assert_eq!(
+        open_egress(&egress),
+        [("UDP".into(), 53), ("TCP".into(), 53), ("TCP".into(), 2587)]
+    );
+    let resolver = egress
+        .iter()
+        .find(|r| r.to.as_ref().is_some_and(|t| t[0].ip_block.is_some()))
+        .unwrap();
+    assert_eq!(
+        resolver.to.as_ref().unwrap()[0]
+            .ip_block
+            .as_ref()
+            .unwrap()
+            .cidr,
+        "10.0.0.10/32"
+    );
+    assert_eq!(
+        ports(&resolver.ports),
+        [("UDP".into(), 5353), ("TCP".into(), 5353)]
+    );
+}
