@@ -95,11 +95,22 @@ pub async fn attempt<D: MxDns>(
 }
 
 fn route_failed(metrics: &Metrics, e: crate::delivery::RouteError) -> Outcome {
-    let outcome: Outcome = e.into();
-    if matches!(outcome, Outcome::TempFail { .. }) {
-        metrics.dns_failures.inc();
+    use crate::delivery::RouteError as R;
+    // The enhanced code goes first so the DSN's Status says what happened
+    // (RFC 7505 §4.2: 5.1.10 for a null MX; RFC 3463: 5.1.2 bad domain).
+    let code = match &e {
+        R::NullMx { .. } => Some("5.1.10"),
+        R::NoSuchDomain { .. } | R::NoAddress { .. } => Some("5.1.2"),
+        _ => None,
+    };
+    match (Outcome::from(e), code) {
+        (Outcome::PermFail { reason }, Some(code)) => Outcome::perm(format!("{code} {reason}")),
+        (outcome @ Outcome::TempFail { .. }, _) => {
+            metrics.dns_failures.inc();
+            outcome
+        }
+        (outcome, _) => outcome,
     }
-    outcome
 }
 
 fn count_security(metrics: &Metrics, security: &Security) {

@@ -223,6 +223,10 @@ mod tests {
         assert_eq!(status_of("550 5.1.1 <bob@x>: unknown", true), "5.1.1");
         assert_eq!(status_of("550 user unknown", true), "5.0.0");
         assert_eq!(status_of("4.4.7 message expired", true), "4.4.7");
+        assert_eq!(
+            status_of("5.1.10 x.test: domain does not accept mail", true),
+            "5.1.10"
+        );
         assert_eq!(status_of("connection refused", false), "4.0.0");
     }
 }
