@@ -16,6 +16,7 @@ pub mod blocklist;
 pub mod common;
 pub mod compile;
 pub mod config;
+pub mod configformat;
 pub mod crdgen;
 mod defaults;
 pub mod maildomain;

@@ -13,7 +13,6 @@
 //! the operator applies.
 
 pub mod builders;
-pub mod configformat;
 pub mod model;
 pub mod render;
 

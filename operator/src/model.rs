@@ -14,9 +14,8 @@ use mailrelay_crds::common::ObjectRef;
 use mailrelay_crds::config::{DeliveryConfig, RelayConfig};
 use mailrelay_crds::relay::RelayService;
 use mailrelay_crds::{MailDomain, Relay};
-use sha2::{Digest, Sha256};
 
-use crate::configformat;
+use mailrelay_crds::configformat;
 
 /// Where the relay image comes from when the Relay names none; the tag is
 /// the operator's own version, so an operator upgrade moves the fleet.
@@ -304,12 +303,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Lower-case hex SHA-256.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use mailrelay_crds::configformat::hex_sha256;
 
 /// The claims to mount for the maildir domains of `config`, one per path.
 fn maildir_mounts(

@@ -6,11 +6,16 @@
 //! Content, not modification time, decides: the kubelet updates a
 //! ConfigMap volume by swapping a symlink, which leaves mtimes unreliable.
 //! A config that does not load is logged and ignored; the running one stays.
+//! The file may come plain, gzipped or in gzipped shards with a hash beside
+//! it: `mailrelay_crds::configformat` is the contract with the operator.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use mailrelay_crds::config::RelayConfig;
+use mailrelay_crds::configformat;
 use sha2::{Digest, Sha256};
 
 use crate::runtime::Runtime;
@@ -28,21 +33,57 @@ pub enum ReloadError {
         source: std::io::Error,
     },
     #[error("{}: {source}", path.display())]
+    Assemble {
+        path: PathBuf,
+        source: configformat::AssembleError,
+    },
+    #[error("{}: {source}", path.display())]
     Parse {
         path: PathBuf,
         source: mailrelay_crds::config::ConfigError,
     },
 }
 
-/// The config in `path` and the hash of its bytes.
+/// The files of the config set named by `path` (`relay.json`, or its
+/// compressed or sharded forms beside it, and the hash), by key name.
+fn read_set(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ReloadError> {
+    let read_err = |source| ReloadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        // Other files in the directory are not ours.
+        if file != name && !file.starts_with(&format!("{name}.")) {
+            continue;
+        }
+        // Mapped to the operator's key names, whatever --config calls the file.
+        let key = file.replacen(&name, configformat::JSON_KEY, 1);
+        let bytes = std::fs::read(entry.path()).map_err(read_err)?;
+        files.insert(key, bytes);
+    }
+    Ok(files)
+}
+
+/// The config named by `path` and the hash of its JSON.
 pub fn load(path: &Path) -> Result<(RelayConfig, [u8; 32]), ReloadError> {
-    let bytes = std::fs::read(path).map_err(|source| ReloadError::Read {
+    let files = read_set(path)?;
+    let json = configformat::assemble(&files).map_err(|source| ReloadError::Assemble {
         path: path.to_path_buf(),
         source,
     })?;
-    let hash: [u8; 32] = Sha256::digest(&bytes).into();
-    let text = String::from_utf8_lossy(&bytes);
-    let config = RelayConfig::from_json(&text).map_err(|source| ReloadError::Parse {
+    let hash: [u8; 32] = Sha256::digest(json.as_bytes()).into();
+    let config = RelayConfig::from_json(&json).map_err(|source| ReloadError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
@@ -101,5 +142,49 @@ pub async fn watch(
         let domains = rt.config.domains.len();
         current.set(rt);
         tracing::info!(domains, blocklist_entries = entries, "config reloaded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_json() -> String {
+        let (rt, _dir) = crate::testutil::runtime();
+        rt.config.to_json().unwrap()
+    }
+
+    #[test]
+    fn plain_compressed_and_sharded_configs_load_alike() {
+        let json = config_json();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.json");
+        std::fs::write(&path, &json).unwrap();
+        let (plain, hash) = load(&path).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.json");
+        let gz = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(json.as_bytes()).unwrap();
+            e.finish().unwrap()
+        };
+        let (a, b) = gz.split_at(gz.len() / 2);
+        std::fs::write(dir.path().join("relay.json.gz.000"), a).unwrap();
+        std::fs::write(dir.path().join("relay.json.gz.001"), b).unwrap();
+        std::fs::write(
+            dir.path().join("relay.json.sha256"),
+            configformat::hex_sha256(json.as_bytes()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("unrelated.txt"), "x").unwrap();
+        let (sharded, hash2) = load(&path).unwrap();
+        assert_eq!(plain, sharded);
+        assert_eq!(hash, hash2);
+
+        // A torn set (the hash of another config) is refused.
+        std::fs::write(dir.path().join("relay.json.sha256"), "00").unwrap();
+        assert!(matches!(load(&path), Err(ReloadError::Assemble { .. })));
     }
 }

@@ -1,5 +1,5 @@
 //! The compiled config as ConfigMaps, in the format of
-//! [`crate::configformat`] (format and loader):
+//! [`mailrelay_crds::configformat`] (format and loader):
 //!
 //! - plain or compressed: one ConfigMap `RELAY-config` with data key
 //!   `relay.json`, or binaryData key `relay.json.gz`;
@@ -20,8 +20,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::object_meta;
-use crate::configformat::{self, FormatError, GZIP_KEY, HASH_KEY, JSON_KEY, Payload};
 use crate::model::Model;
+use mailrelay_crds::configformat::{self, FormatError, GZIP_KEY, HASH_KEY, JSON_KEY, Payload};
 
 /// Annotation holding the hex SHA-256 of the compiled JSON.
 pub const CONFIG_HASH_ANNOTATION: &str = "mailrelay.io/config-hash";

@@ -36,7 +36,7 @@ pub enum BuildError {
     #[error("Relay {relay}: {source}")]
     Config {
         relay: String,
-        source: crate::configformat::FormatError,
+        source: mailrelay_crds::configformat::FormatError,
     },
 }
 

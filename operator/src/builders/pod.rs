@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{pod_selector, volumes};
-use crate::configformat::CONFIG_FILE;
 use crate::model::Model;
+use mailrelay_crds::configformat::CONFIG_FILE;
 
 /// Name of the relay container.
 pub const CONTAINER: &str = "relay";

@@ -20,8 +20,9 @@ use k8s_openapi::api::core::v1::{
 use mailrelay_crds::config::{RelayConfig, SecretFile};
 
 use super::pod::{SPOOL_DIR, TMP_DIR};
-use crate::configformat::CONFIG_DIR;
-use crate::model::{Model, hex_sha256};
+use crate::model::Model;
+use mailrelay_crds::configformat::CONFIG_DIR;
+use mailrelay_crds::configformat::hex_sha256;
 
 /// Name of the spool volume (and of the StatefulSet's claim template).
 pub const SPOOL_VOLUME: &str = "spool";

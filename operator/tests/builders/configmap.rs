@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use mailrelay_crds::configformat::hex_sha256;
+use mailrelay_crds::configformat::{self, GZIP_KEY, HASH_KEY, JSON_KEY};
 use mailrelay_operator::builders::configmap::CONFIG_HASH_ANNOTATION;
-use mailrelay_operator::configformat::{self, GZIP_KEY, HASH_KEY, JSON_KEY};
-use mailrelay_operator::model::hex_sha256;
 
 use crate::common::{Fixture, MINIMAL, big_blocklists, pod_spec};
 

@@ -1,6 +1,6 @@
-//! How the compiled config reaches a relay pod: the contract between
-//! [`builders::configmap`](crate::builders::configmap) and the relay's
-//! loader.
+//! How the compiled config reaches a relay pod: the contract between the
+//! operator's ConfigMap builder and the relay's loader (both use this
+//! module, so they cannot drift apart).
 //!
 //! The operator stores the compiled JSON in ConfigMaps, all projected into
 //! one read-only directory, [`CONFIG_DIR`]. The relay is started with
@@ -40,7 +40,15 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
-use crate::model::hex_sha256;
+use sha2::{Digest, Sha256};
+
+/// Lower-case hex SHA-256, as stored under [`HASH_KEY`].
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Where the ConfigMaps are mounted in the relay pod.
 pub const CONFIG_DIR: &str = "/etc/mailrelay";
