@@ -228,13 +228,11 @@ async fn connect_failures_are_outcomes() {
         addr: silent.local_addr().expect("addr"),
     };
     let quick = config(TlsMode::None).with_timeouts(Timeouts::uniform(Duration::from_millis(300)));
-    let started = Instant::now();
     let got = SmtpClient::connect(&target, &quick).await.err();
     assert!(
         matches!(&got, Some(Outcome::TempFail { reason }) if reason.contains("did not complete greeting/EHLO")),
         "{got:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 fn tls_target(server: &TestServer) -> Target {

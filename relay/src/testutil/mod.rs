@@ -1,5 +1,7 @@
 //! Test fixtures shared by the relay's unit tests.
 
+pub mod dnsmasq;
+
 use mailrelay_crds::compile;
 use mailrelay_crds::manifests::{Manifests, load_text};
 
