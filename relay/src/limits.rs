@@ -33,11 +33,30 @@ impl PerIp {
     fn idle(&self) -> bool {
         self.connections == 0 && self.window.is_none() && self.auth_failures.is_empty()
     }
+
+    /// Nothing left that still counts at `now`: no connection, no message
+    /// in the current minute, no failed AUTH within its window.
+    fn spent(&self, now: Instant) -> bool {
+        self.connections == 0
+            && self
+                .window
+                .is_none_or(|(start, _)| now.duration_since(start) >= WINDOW)
+            && self
+                .auth_failures
+                .iter()
+                .all(|t| now.duration_since(*t) >= AUTH_WINDOW)
+    }
 }
+
+/// Entries are dropped when spent; a sweep every this many new connections
+/// catches those whose last connection closed inside a window, so the map
+/// stays bounded by the clients of the last quarter hour.
+const SWEEP_EVERY: u32 = 4096;
 
 struct State {
     total: u32,
     by_ip: HashMap<IpAddr, PerIp>,
+    opened: u32,
 }
 
 pub struct Limiter {
@@ -78,6 +97,7 @@ impl Limiter {
             state: Mutex::new(State {
                 total: 0,
                 by_ip: HashMap::new(),
+                opened: 0,
             }),
         })
     }
@@ -93,7 +113,12 @@ impl Limiter {
     }
 
     pub fn open(self: &Arc<Self>, ip: IpAddr, l: &LimitSettings) -> Result<ConnSlot, ConnRefused> {
+        let now = (self.clock)();
         let mut s = self.lock();
+        s.opened = s.opened.wrapping_add(1);
+        if s.opened % SWEEP_EVERY == 0 {
+            s.by_ip.retain(|_, p| !p.spent(now));
+        }
         if s.total >= l.max_connections {
             return Err(ConnRefused::Total);
         }
@@ -151,6 +176,11 @@ impl Limiter {
     pub fn open_connections(&self) -> u32 {
         self.lock().total
     }
+
+    /// Addresses with state kept (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.lock().by_ip.len()
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +225,31 @@ mod tests {
         assert!(!l.message(ip, &settings()));
         *now.lock().unwrap() += Duration::from_secs(61);
         assert!(l.message(ip, &settings()));
+    }
+
+    #[test]
+    fn spent_entries_are_swept_so_the_map_stays_bounded() {
+        let (clock, now) = fake_clock();
+        let l = Limiter::new(clock);
+        let many = LimitSettings {
+            max_connections: u32::MAX,
+            max_connections_per_ip: 10,
+            messages_per_minute_per_ip: 10,
+            max_auth_failures_per_ip: 5,
+        };
+        for i in 0..SWEEP_EVERY {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let slot = l.open(ip, &many).unwrap();
+            assert!(l.message(ip, &many));
+            drop(slot); // within the minute: kept
+        }
+        assert_eq!(l.tracked(), SWEEP_EVERY as usize);
+        *now.lock().unwrap() += WINDOW;
+        let ip = "192.0.2.1".parse().unwrap();
+        for _ in 0..SWEEP_EVERY {
+            drop(l.open(ip, &many).unwrap());
+        }
+        assert!(l.tracked() <= 1, "spent entries swept: {}", l.tracked());
     }
 
     #[test]
