@@ -116,7 +116,7 @@ impl Limiter {
         let now = (self.clock)();
         let mut s = self.lock();
         s.opened = s.opened.wrapping_add(1);
-        if s.opened % SWEEP_EVERY == 0 {
+        if s.opened.is_multiple_of(SWEEP_EVERY) {
             s.by_ip.retain(|_, p| !p.spent(now));
         }
         if s.total >= l.max_connections {
