@@ -134,7 +134,13 @@ pub async fn watch(
                 "config changed in a way that needs a restart; other changes apply now"
             );
         }
-        let (rt, warnings) = Runtime::build(config, jiff::Timestamp::now().as_second());
+        // Building reads account files and indexes the blocklists: off the
+        // async threads, which keep serving sessions meanwhile.
+        let built = tokio::task::spawn_blocking(move || {
+            Runtime::build(config, jiff::Timestamp::now().as_second())
+        })
+        .await;
+        let Ok((rt, warnings)) = built else { continue };
         for w in warnings {
             tracing::warn!("{w}");
         }
