@@ -61,6 +61,8 @@ pub struct Manager {
 
 /// Longest sleep between passes when nothing is due (new mail wakes us).
 const IDLE: Duration = Duration::from_secs(60);
+/// Shortest time between passes.
+const PASS_GAP: Duration = Duration::from_millis(20);
 
 impl Manager {
     pub fn new(
@@ -106,6 +108,9 @@ impl Manager {
                 _ = self.done.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
             }
+            // Under load every commit wakes us: gather a few before the next
+            // pass, which walks the whole queue.
+            tokio::time::sleep(PASS_GAP).await;
         }
     }
 
@@ -240,10 +245,28 @@ impl Manager {
                 self.metrics.delivery(route.kind(), result, age);
                 updates.push((i, state));
             }
-            // Recorded before the next route is tried: the window in which
-            // a crash repeats a delivery stays one transaction wide.
-            if let Err(e) = self.spool.record(&q.id, &updates).await {
-                tracing::error!(queue_id = %q.id, error = %e, "cannot record delivery results; they will be retried");
+            // The common case — every recipient of the message delivered
+            // in this one transaction — needs no state record: removing
+            // the message says it all, in one spool write instead of two.
+            let all_done = indices.len() == q.recipients.len()
+                && updates
+                    .iter()
+                    .all(|(_, s)| matches!(s, RecipientState::Delivered { .. }));
+            let written = if all_done {
+                self.spool.remove(&q.id).await
+            } else {
+                // Recorded before the next route is tried: the window in
+                // which a crash repeats a delivery stays one transaction wide.
+                self.spool.record(&q.id, &updates).await
+            };
+            match written {
+                Ok(()) if all_done => {
+                    tracing::info!(queue_id = %q.id, "removed: all recipients delivered")
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(queue_id = %q.id, error = %e, "cannot record delivery results; they will be retried")
+                }
             }
         }
     }
