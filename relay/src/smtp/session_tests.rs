@@ -344,3 +344,43 @@ fn bdat_chunks_make_one_message() {
     d.session.bdat_data(b"abc");
     assert_eq!(d.session.bdat_done(true).unwrap_err().code, 503);
 }
+
+proptest::proptest! {
+    /// Whatever a client sends, the session answers with a reply and never
+    /// panics; after any input, QUIT still closes cleanly.
+    #[test]
+    fn arbitrary_lines_never_panic(lines in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            proptest::sample::select(vec![
+                b"EHLO x".to_vec(), b"MAIL FROM:<a@remote.example>".to_vec(),
+                b"RCPT TO:<alice@hosted.example>".to_vec(), b"DATA".to_vec(), b"BDAT 3".to_vec(),
+                b"AUTH PLAIN".to_vec(), b"AUTH LOGIN".to_vec(), b"STARTTLS".to_vec(), b"RSET".to_vec(),
+            ]),
+        ], 0..30)) {
+        let mut d = Driver::new(ListenerName::Submission, "198.51.100.7", true);
+        for mut line in lines {
+            line.extend_from_slice(b"\r\n");
+            let out = d.session.line(&line);
+            if out.reply.is_none() && !matches!(out.effect, Effect::Verify(_) | Effect::ReceiveBdat { .. }) {
+                proptest::prop_assert!(false, "no reply to {:?}", String::from_utf8_lossy(&line));
+            }
+            if let Effect::Close = out.effect {
+                // Too many errors: the loop hangs up here.
+                return Ok(());
+            }
+            if let Effect::Verify(_) = out.effect {
+                let _ = d.session.auth_result(false);
+            }
+            if let Effect::ReceiveBdat { .. } | Effect::ReceiveData(_) = out.effect {
+                // The loop would read content now; end it as a client would.
+                let _ = d.session.data_end(Ok(Vec::new()));
+            }
+        }
+        // A pending SASL exchange takes the next line as its response:
+        // cancel it first (RFC 4954 §4), as a client would.
+        let _ = d.session.line(b"*\r\n");
+        let quit = d.session.line(b"QUIT\r\n");
+        proptest::prop_assert!(quit.reply.is_some_and(|r| r.code == 221 || r.code == 421), "QUIT after arbitrary input");
+    }
+}
