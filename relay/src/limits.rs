@@ -21,6 +21,17 @@ pub struct LimitSettings {
     pub max_auth_failures_per_ip: u32,
 }
 
+impl From<&mailrelay_crds::config::LimitsConfig> for LimitSettings {
+    fn from(l: &mailrelay_crds::config::LimitsConfig) -> Self {
+        Self {
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            messages_per_minute_per_ip: l.messages_per_minute_per_ip,
+            max_auth_failures_per_ip: l.max_auth_failures_per_ip,
+        }
+    }
+}
+
 #[derive(Default)]
 struct PerIp {
     connections: u32,

@@ -113,13 +113,7 @@ async fn handle(
         }
     }
     let rt = shared.current.get();
-    let l = &rt.config.limits;
-    let settings = LimitSettings {
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
-        messages_per_minute_per_ip: l.messages_per_minute_per_ip,
-        max_auth_failures_per_ip: l.max_auth_failures_per_ip,
-    };
+    let settings = LimitSettings::from(&rt.config.limits);
     let _slot = match shared.limiter.open(client_ip, &settings) {
         Ok(slot) => slot,
         Err(why) => {

@@ -127,13 +127,7 @@ impl Session {
     }
 
     fn limits(&self) -> LimitSettings {
-        let l = &self.rt.config.limits;
-        LimitSettings {
-            max_connections: l.max_connections,
-            max_connections_per_ip: l.max_connections_per_ip,
-            messages_per_minute_per_ip: l.messages_per_minute_per_ip,
-            max_auth_failures_per_ip: l.max_auth_failures_per_ip,
-        }
+        LimitSettings::from(&self.rt.config.limits)
     }
 
     pub fn greeting(&self) -> Reply {
