@@ -359,13 +359,6 @@ impl RelayConfig {
         let mut de = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut de).map_err(ConfigError::Field)
     }
-
-    /// The domain (or alias) `name`, already normalised.
-    pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
-        self.domains
-            .iter()
-            .find(|d| d.name == name || d.aliases.iter().any(|a| a == name))
-    }
 }
 
 /// Why a compiled config could not be loaded.

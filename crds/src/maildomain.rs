@@ -164,7 +164,7 @@ pub struct SmtpTarget {
     #[serde(default = "crate::defaults::smtp_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Whether to use STARTTLS: `Opportunistic` (default), `Required` or `None`.
+    /// How TLS is used: `Opportunistic` (default), `Required`, `Implicit` or `None`.
     #[serde(default)]
     pub tls: TlsMode,
 }

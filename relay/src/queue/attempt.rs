@@ -15,11 +15,12 @@ use crate::delivery::{
     Timeouts, resolve_host, route as mx_route,
 };
 use crate::metrics::{Metrics, ResultLabel};
+use crate::runtime::Runtime;
 use crate::smtp::address::base_local_part;
 
 /// What an attempt needs besides the message.
 pub struct AttemptCtx<'a, D> {
-    pub config: &'a RelayConfig,
+    pub runtime: &'a Runtime,
     pub dns: &'a D,
     pub timeouts: Timeouts,
     /// Port of remote MX hosts: 25, except in tests on loopback.
@@ -40,7 +41,7 @@ pub async fn attempt<D: MxDns>(
     if let Some(out) = reuse(ctx.pool, route, sender, recipients, body).await {
         return out;
     }
-    let hostname = &ctx.config.hostname;
+    let hostname = &ctx.runtime.config.hostname;
     let all = |o: Outcome| vec![o; recipients.len()];
     match route {
         Route::Lmtp { host, port } => {
@@ -60,15 +61,15 @@ pub async fn attempt<D: MxDns>(
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
-        Route::Maildir { path } => maildir(ctx.config, path, sender, recipients, body).await,
+        Route::Maildir { path } => maildir(ctx.runtime, path, sender, recipients, body).await,
         Route::Smarthost => {
-            let Some(s) = &ctx.config.smarthost else {
+            let Some(s) = &ctx.runtime.config.smarthost else {
                 return all(Outcome::temp(
                     "smarthost route without a smarthost in the config",
                 ));
             };
             let mut cfg = OutboundConfig::new(hostname.clone(), s.tls).with_timeouts(ctx.timeouts);
-            match smarthost_credentials(ctx.config) {
+            match smarthost_credentials(&ctx.runtime.config) {
                 Ok(Some(c)) => cfg = cfg.with_auth(c),
                 Ok(None) => {}
                 Err(reason) => return all(Outcome::temp(reason)),
@@ -197,20 +198,20 @@ async fn try_targets<D: MxDns>(
 }
 
 async fn maildir(
-    config: &RelayConfig,
+    runtime: &Runtime,
     path: &str,
     sender: &str,
     recipients: &[String],
     body: &[u8],
 ) -> Vec<Outcome> {
-    let maildir = Maildir::new(path, &config.hostname);
+    let maildir = Maildir::new(path, &runtime.config.hostname);
     let mut out = Vec::with_capacity(recipients.len());
     for rcpt in recipients {
         let Some((local, domain)) = rcpt.rsplit_once('@') else {
             out.push(Outcome::perm(format!("550 5.1.3 {rcpt} is not an address")));
             continue;
         };
-        let delimiter = config
+        let delimiter = runtime
             .domain(domain)
             .and_then(|d| d.inbound.recipient_delimiter);
         let local = local.to_lowercase();

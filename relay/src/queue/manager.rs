@@ -202,12 +202,12 @@ impl Manager {
         for &i in due {
             let rcpt = &q.envelope.recipients[i];
             groups
-                .entry(route(&rt.config, &domain_of(rcpt)))
+                .entry(route(&rt, &domain_of(rcpt)))
                 .or_default()
                 .push(i);
         }
         let ctx = AttemptCtx {
-            config: &rt.config,
+            runtime: &rt,
             dns: &self.dns,
             timeouts: Timeouts::default(),
             mx_port: self.mx_port,

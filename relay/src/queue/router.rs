@@ -2,6 +2,8 @@
 //! from the compiled config alone; DNS and connections come after.
 
 use mailrelay_crds::config::{DeliveryConfig, RelayConfig, SmarthostConfig};
+
+use crate::runtime::Runtime;
 use mailrelay_crds::maildomain::TlsMode;
 
 /// One destination: recipients with the same route go out together.
@@ -37,12 +39,10 @@ impl Route {
 }
 
 /// The route for a recipient whose domain (lower-case A-labels) is `domain`.
-pub fn route(config: &RelayConfig, domain: &str) -> Route {
-    let hosted = config
-        .domains
-        .iter()
-        .find(|d| d.name == domain || d.aliases.iter().any(|a| a == domain));
-    match hosted.map(|d| &d.delivery) {
+pub fn route(runtime: &Runtime, domain: &str) -> Route {
+    let config = &runtime.config;
+    // The runtime's index (domains and aliases), not a scan of the config.
+    match runtime.domain(domain).map(|d| &d.delivery) {
         Some(DeliveryConfig::Lmtp { host, port }) => Route::Lmtp {
             host: host.clone(),
             port: *port,
@@ -77,7 +77,7 @@ pub fn domain_of(address: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config(smarthost: bool) -> RelayConfig {
+    fn config(smarthost: bool) -> Runtime {
         let (rt, _dir) = crate::testutil::runtime();
         let mut c = rt.config.clone();
         c.domains[0].aliases = vec!["alias.example".into()];
@@ -90,7 +90,7 @@ mod tests {
                 password: None,
             });
         }
-        c
+        Runtime::build(c, 0).0
     }
 
     #[test]
