@@ -2,19 +2,29 @@
 //!
 //! Reconcile is a pipeline; each step says whether it needs the client:
 //!
-//! 1. read the Relay, its MailDomains and Blocklists — client;
+//! 1. read the Relay, its MailDomains and Blocklists (from the watch
+//!    caches) — client;
 //! 2. validate: [`mailrelay_crds::compile()`] — pure;
 //! 3. model: [`Model::new`] gathers what the builders need — pure;
 //! 4. build the desired objects: [`builders::build_all`] — pure;
-//! 5. server-side apply, prune, status — client (not written yet).
+//! 5. server-side apply, prune, status ([`apply`], [`controller`]) — client.
 //!
-//! Steps 2–4 are what `mailrelay-operator render` runs on a manifest
-//! directory ([`render`]), so the objects a user previews are the objects
-//! the operator applies.
+//! Steps 2–4 are [`plan::plan`], which `mailrelay-operator render` also
+//! runs on a manifest directory ([`render`]), so the objects a user
+//! previews are the objects the operator applies.
 
+pub mod apply;
 pub mod builders;
+pub mod controller;
+pub mod crds;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod model;
+pub mod mx;
+pub mod plan;
 pub mod render;
+pub mod status;
 
 pub use builders::{Objects, build_all};
 pub use model::{Model, ModelError, RelayRef, Settings, Warning};

@@ -1,12 +1,19 @@
 //! `mailrelay-operator`: the control plane's command line. Parses the
 //! arguments and wires them to the library; nothing else.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::runtime::events::Reporter;
+use mailrelay_operator::http::Health;
+use mailrelay_operator::leader::{Elector, Timing};
+use mailrelay_operator::metrics::Metrics;
+use mailrelay_operator::mx::MxChecker;
 use mailrelay_operator::render::render_dir;
-use mailrelay_operator::{Settings, model};
+use mailrelay_operator::{Settings, controller, model};
 
 #[derive(Parser)]
 #[command(name = "mailrelay-operator", version, about = "The mailrelay operator")]
@@ -17,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers against the cluster of the current kubeconfig
+    /// (or the in-cluster service account).
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML, ready for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -38,8 +48,75 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "mailrelay-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease and in Events (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Relay image for Relays that name none.
+    #[arg(long, default_value_t = Settings::default().default_image)]
+    default_image: String,
+    /// Prometheus URL for KEDA's queue-depth trigger.
+    #[arg(long, default_value = model::DEFAULT_PROMETHEUS_URL)]
+    prometheus_url: String,
+    /// Apply the mailrelay CRDs with server-side apply at start-up (the
+    /// upgrade path for CRDs, which Helm never upgrades).
+    #[arg(long)]
+    apply_crds: bool,
+    /// Nameserver for the MailDomains' MX check (default: /etc/resolv.conf).
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// Do not check MailDomains' MX records.
+    #[arg(long)]
+    no_mx_check: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mailrelay_operator=debug`.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mailrelay-operator run: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "mailrelay-operator stopped");
+                    eprintln!("mailrelay-operator run: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crd { out } => match crd(out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -89,4 +166,157 @@ fn crd(out: Option<PathBuf>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn init_logs(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log-level {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    init_logs(args.log_format, &args.log_level)?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "mailrelay-operator".to_string());
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|e| format!("--http-addr {}: {e}", args.http_addr))?;
+    tokio::spawn(mailrelay_operator::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+    ));
+
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    tracing::info!(server = %version.git_version, identity, "connected");
+    if args.apply_crds {
+        mailrelay_operator::crds::apply_all(&client)
+            .await
+            .map_err(|e| format!("--apply-crds: {e}"))?;
+    }
+    let mx = if args.no_mx_check {
+        None
+    } else {
+        Some(MxChecker::new(args.dns.map(|d| vec![d])).map_err(|e| format!("MX check: {e}"))?)
+    };
+    health.set_ready(true);
+
+    let elector = if args.leader_elect {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .ok_or("--leader-elect needs --lease-namespace or $POD_NAMESPACE")?;
+        let elector = Elector::new(
+            client.clone(),
+            &ns,
+            &args.lease_name,
+            &identity,
+            Timing::default(),
+        );
+        tracing::info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+        tracing::info!(lease = %args.lease_name, "leading");
+        Some(Arc::new(elector))
+    } else {
+        None
+    };
+    metrics.set_leader(true);
+
+    let settings = Settings {
+        default_image: args.default_image,
+        prometheus_url: args.prometheus_url,
+    };
+    let reporter = Reporter {
+        controller: "mailrelay-operator".into(),
+        instance: Some(identity),
+    };
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let holder = elector.clone().map(|e| {
+        let lost = lost.clone();
+        tokio::spawn(async move {
+            e.hold().await;
+            lost.notify_one();
+        })
+    });
+    let lost_wait = lost.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+    let stopper = tokio::spawn(async move {
+        let leadership_lost = tokio::select! {
+            () = shutdown_signal() => false,
+            () = lost_wait.notified() => true,
+        };
+        let _ = stop_tx.send(leadership_lost);
+    });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = done_rx.await;
+    };
+    let controllers = tokio::spawn(controller::run(
+        client,
+        settings,
+        reporter,
+        metrics.clone(),
+        mx,
+        shutdown,
+    ));
+    let leadership_lost = stop_rx.await.unwrap_or(false);
+    let _ = done_tx.send(());
+    let _ = controllers.await;
+    stopper.abort();
+    if let Some(h) = holder {
+        h.abort();
+    }
+    metrics.set_leader(false);
+    if leadership_lost {
+        return Err("lost the leader lease; exiting so a fresh process can stand again".into());
+    }
+    if let Some(e) = elector {
+        e.release().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (the kubelet) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

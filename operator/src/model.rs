@@ -133,6 +133,10 @@ pub struct Model {
     /// Replicas for the workload: the Relay's `spec.replicas`, which an
     /// autoscaler writes through the Relay's scale subresource.
     pub replicas: i32,
+    /// An autoscaler owns the replica count: the applied workload leaves
+    /// `replicas` out and the reconciler carries [`Self::replicas`] to the
+    /// workload's scale subresource instead, so the apply never fights it.
+    pub autoscaled: bool,
     pub resources: Option<ResourceRequirements>,
     pub service: RelayService,
     /// Maildir claims, sorted by path.
@@ -241,6 +245,7 @@ impl Model {
         Ok(Self {
             relay: relay_ref,
             replicas: workload_replicas(spec.replicas, &config),
+            autoscaled: config.scaling.autoscaling.is_some(),
             config,
             config_json,
             config_hash,
@@ -256,10 +261,9 @@ impl Model {
 /// Replicas for the workload. Without an autoscaler: the spec's (default 1).
 /// With one: the HorizontalPodAutoscaler scales the *Relay* through its
 /// scale subresource, i.e. it writes `spec.replicas`, and the workload must
-/// follow it — omitting replicas from the workload would leave it at 1
-/// forever, since nothing else carries the autoscaler's decision to the
-/// pods. Until the autoscaler first decides, and for a value set outside
-/// its bounds, the bounds apply.
+/// follow it — nothing else carries the autoscaler's decision to the pods.
+/// Until the autoscaler first decides, and for a value set outside its
+/// bounds, the bounds apply.
 fn workload_replicas(spec_replicas: Option<i32>, config: &RelayConfig) -> i32 {
     let to_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     match &config.scaling.autoscaling {

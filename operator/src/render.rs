@@ -10,12 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use mailrelay_crds::Relay;
 use mailrelay_crds::compile::Problem;
 use mailrelay_crds::manifests::{LoadError, Manifests, Sourced, load_dir};
-use mailrelay_crds::{MailDomain, Relay};
 
-use crate::builders::{Objects, build_all};
-use crate::model::{Model, Settings};
+use crate::builders::Objects;
+use crate::model::Settings;
+use crate::plan::{Invalid, plan};
 
 /// The YAML stream and what the user should know about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,16 +84,16 @@ pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, Re
     }
     let mut built = Vec::new();
     for r in relays.values() {
-        match relay_objects(&r.object, &domains, &blocklists, settings) {
-            Ok((objects, problems, model_warnings)) => {
-                warnings.extend(problems.iter().map(|p| located(manifests, p)));
-                warnings.extend(model_warnings);
-                built.push(objects);
+        match plan(&r.object, &domains, &blocklists, settings) {
+            Ok(plan) => {
+                warnings.extend(plan.problems.iter().map(|p| located(manifests, p)));
+                warnings.extend(plan.model.warnings.iter().map(ToString::to_string));
+                built.push(plan.objects);
             }
-            Err(RelayFailure::Problems(problems)) => {
+            Err(Invalid::Problems(problems)) => {
                 errors.extend(problems.iter().map(|p| located(manifests, p)));
             }
-            Err(RelayFailure::Other(e)) => errors.push(format!("{}: {e}", r.source.file.display())),
+            Err(Invalid::Other(e)) => errors.push(format!("{}: {e}", r.source.file.display())),
         }
     }
     // One MailDomain can be selected by several Relays: say each problem once.
@@ -105,28 +106,6 @@ pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, Re
         yaml: to_yaml(&built)?,
         warnings,
     })
-}
-
-enum RelayFailure {
-    Problems(Vec<Problem>),
-    Other(String),
-}
-
-type Built = (Objects, Vec<Problem>, Vec<String>);
-
-fn relay_objects(
-    relay: &Relay,
-    domains: &[MailDomain],
-    blocklists: &[mailrelay_crds::Blocklist],
-    settings: &Settings,
-) -> Result<Built, RelayFailure> {
-    let compiled =
-        mailrelay_crds::compile(relay, domains, blocklists).map_err(RelayFailure::Problems)?;
-    let model = Model::new(relay, compiled.config, domains, settings)
-        .map_err(|e| RelayFailure::Other(e.to_string()))?;
-    let objects = build_all(&model).map_err(|e| RelayFailure::Other(e.to_string()))?;
-    let warnings = model.warnings.iter().map(ToString::to_string).collect();
-    Ok((objects, compiled.problems, warnings))
 }
 
 /// `FILE: problem`, as `mailrelay check` prints it.

@@ -92,6 +92,21 @@ pub fn compile(
     Ok(Compiled { config, problems })
 }
 
+/// What one Blocklist holds on its own, for its status: the entries that
+/// compile (duplicates within the list counted once) and the problems of
+/// the others. Independent of any Relay: a Blocklist's entries mean the
+/// same whichever Relay applies it.
+pub fn check_blocklist(blocklist: &Blocklist) -> (i64, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let policy = blocklists::compile_blocklists(&[blocklist], &mut problems);
+    problems.sort();
+    problems.dedup();
+    (
+        i64::try_from(policy.entry_count()).unwrap_or(i64::MAX),
+        problems,
+    )
+}
+
 /// Collects problems against one object.
 pub(crate) struct Report<'a> {
     pub object: &'a ObjectRef,

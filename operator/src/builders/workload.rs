@@ -2,9 +2,10 @@
 //! persistent queue storage (`spec.queue.storage`: one claim per pod, kept
 //! across restarts), otherwise a Deployment with the spool on an emptyDir.
 //!
-//! `spec.replicas` is always set, from [`Model::replicas`]: with an
-//! autoscaler that is the value it wrote into the Relay's `spec.replicas`
-//! through the scale subresource (see [`crate::model`]).
+//! `spec.replicas` is set from [`Model::replicas`] unless an autoscaler
+//! owns the count: then it is left out of the applied object (so the
+//! operator's field manager never owns it) and the reconciler writes the
+//! autoscaler's decision through the workload's scale subresource.
 
 use std::collections::BTreeMap;
 
@@ -39,11 +40,15 @@ pub fn build(model: &Model, config_maps: &[String]) -> Workload {
     }
 }
 
+fn applied_replicas(model: &Model) -> Option<i32> {
+    (!model.autoscaled).then_some(model.replicas)
+}
+
 fn deployment(model: &Model, config_maps: &[String]) -> Deployment {
     Deployment {
         metadata: object_meta(model, &model.relay.name),
         spec: Some(DeploymentSpec {
-            replicas: Some(model.replicas),
+            replicas: applied_replicas(model),
             selector: pod_selector(model),
             template: pod::template(model, config_maps, false),
             // Bring the new pod up before an old one starts draining, so
@@ -69,7 +74,7 @@ fn stateful_set(
     StatefulSet {
         metadata: object_meta(model, &model.relay.name),
         spec: Some(StatefulSetSpec {
-            replicas: Some(model.replicas),
+            replicas: applied_replicas(model),
             selector: pod_selector(model),
             service_name: Some(peers_service_name(&model.relay.name)),
             template: pod::template(model, config_maps, true),

@@ -90,26 +90,34 @@ fn without_autoscaling_replicas_come_from_the_spec() {
 }
 
 #[test]
-fn with_autoscaling_replicas_follow_what_the_autoscaler_wrote_into_the_relay() {
-    // The HPA scales the Relay through its scale subresource: it writes
-    // the Relay's spec.replicas, and only the workload moves the pods.
+fn with_autoscaling_the_applied_workload_leaves_replicas_out() {
+    // The HPA owns the count: the operator's apply must not fight it.
     let auto = "autoscaling: {minReplicas: 2, maxReplicas: 10}";
+    assert_eq!(replicas(&format!("hostname: mx.example.com\n{auto}")), None);
+    let storage = "queue: {storage: {size: 1Gi}}";
     assert_eq!(
-        replicas(&format!("hostname: mx.example.com\n{auto}")),
-        Some(2)
+        replicas(&format!("hostname: mx.example.com\n{auto}\n{storage}")),
+        None
     );
-    assert_eq!(
-        replicas(&format!("hostname: mx.example.com\nreplicas: 7\n{auto}")),
-        Some(7)
-    );
-    assert_eq!(
-        replicas(&format!("hostname: mx.example.com\nreplicas: 1\n{auto}")),
-        Some(2)
-    );
-    assert_eq!(
-        replicas(&format!("hostname: mx.example.com\nreplicas: 50\n{auto}")),
-        Some(10)
-    );
+}
+
+#[test]
+fn with_autoscaling_the_scale_target_follows_what_the_autoscaler_wrote_into_the_relay() {
+    // The HPA scales the Relay through its scale subresource: it writes
+    // the Relay's spec.replicas, which the operator carries to the
+    // workload's own scale subresource (clamped to the bounds).
+    let auto = "autoscaling: {minReplicas: 2, maxReplicas: 10}";
+    for (replicas, want) in [
+        ("", 2),
+        ("replicas: 7\n", 7),
+        ("replicas: 1\n", 2),
+        ("replicas: 50\n", 10),
+    ] {
+        let model = Fixture::relay(&format!("hostname: mx.example.com\n{replicas}{auto}")).model();
+        assert!(model.autoscaled);
+        assert_eq!(model.replicas, want, "{replicas}");
+    }
+    assert!(!Fixture::relay(MINIMAL).model().autoscaled);
 }
 
 #[test]

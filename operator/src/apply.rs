@@ -1,0 +1,213 @@
+//! Writing a Relay's objects: server-side apply with one field manager,
+//! pruning what the Relay no longer needs, and carrying an autoscaler's
+//! decision to the workload's scale subresource.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "mailrelay-operator";
+
+/// A failed API call, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {object}: {source}")]
+pub struct ApiError {
+    pub action: &'static str,
+    pub object: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl ApiError {
+    pub fn new(action: &'static str, object: impl Into<String>, source: kube::Error) -> Self {
+        Self {
+            action,
+            object: object.into(),
+            source,
+        }
+    }
+
+    /// The API does not know the kind (a CRD such as KEDA's not installed).
+    pub fn is_not_found(&self) -> bool {
+        matches!(&self.source, kube::Error::Api(s) if s.code == 404)
+    }
+}
+
+fn params() -> PatchParams {
+    // force: the operator is the only writer of what it applies; a field
+    // someone else set by hand is taken back rather than left conflicting.
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Server-side apply of a namespaced object of a built-in kind.
+pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    api.patch(&name, &params(), &Patch::Apply(obj))
+        .await
+        .map_err(|e| ApiError::new("apply", describe::<K>(&ns, &name), e))
+}
+
+/// The KEDA `ScaledObject` API (a CRD; absent where KEDA is not installed).
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    )
+}
+
+/// Server-side apply of a KEDA `ScaledObject`.
+pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<(), ApiError> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &scaled_object_resource());
+    api.patch(&name, &params(), &Patch::Apply(obj))
+        .await
+        .map(drop)
+        .map_err(|e| ApiError::new("apply", format!("ScaledObject {ns}/{name}"), e))
+}
+
+/// Set the replicas of a workload through its scale subresource. Used only
+/// while an autoscaler owns the count, so the operator's applied object
+/// never claims `spec.replicas`.
+pub async fn scale<K>(client: &Client, ns: &str, name: &str, replicas: i32) -> Result<(), ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(|e| ApiError::new("scale", describe::<K>(ns, name), e))
+}
+
+fn describe<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
+    format!("{} {ns}/{name}", K::kind(&()))
+}
+
+/// The kinds a Relay may stop needing while it lives: shards of a config
+/// that shrank, the workload of the other kind after queue storage was
+/// turned on or off, the autoscaler after autoscaling changed. Services,
+/// the PDB, the ServiceAccount and the NetworkPolicy always exist and go
+/// with the Relay through their owner reference.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub config_maps: BTreeSet<String>,
+    pub deployments: BTreeSet<String>,
+    pub stateful_sets: BTreeSet<String>,
+    pub hpas: BTreeSet<String>,
+    pub scaled_objects: BTreeSet<String>,
+}
+
+/// Delete the objects of the prunable kinds that the Relay with `uid`
+/// controls and no longer needs. Only objects with the Relay's labels and
+/// a controller reference to its uid are ever deleted.
+pub async fn prune(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    uid: &str,
+    keep: &Keep,
+) -> Result<Vec<String>, ApiError> {
+    let mut deleted = Vec::new();
+    deleted.extend(prune_kind::<ConfigMap>(client, ns, selector, uid, &keep.config_maps).await?);
+    deleted.extend(prune_kind::<Deployment>(client, ns, selector, uid, &keep.deployments).await?);
+    deleted
+        .extend(prune_kind::<StatefulSet>(client, ns, selector, uid, &keep.stateful_sets).await?);
+    deleted.extend(
+        prune_kind::<HorizontalPodAutoscaler>(client, ns, selector, uid, &keep.hpas).await?,
+    );
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &scaled_object_resource());
+    match prune_in(
+        &api,
+        "ScaledObject",
+        ns,
+        selector,
+        uid,
+        &keep.scaled_objects,
+    )
+    .await
+    {
+        Ok(names) => deleted.extend(names),
+        // KEDA not installed: there is nothing of that kind to prune.
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(deleted)
+}
+
+async fn prune_kind<K>(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    uid: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    prune_in(&api, &K::kind(&()), ns, selector, uid, keep).await
+}
+
+async fn prune_in<K>(
+    api: &Api<K>,
+    kind: &str,
+    ns: &str,
+    selector: &str,
+    uid: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, ApiError>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    let list = api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| ApiError::new("list", format!("{kind} in {ns}"), e))?;
+    let mut deleted = Vec::new();
+    for item in list.items {
+        let name = item.metadata.name.clone().unwrap_or_default();
+        let controlled = item
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        if keep.contains(&name) || !controlled {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(format!("{kind} {name}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(ApiError::new("delete", format!("{kind} {ns}/{name}"), e)),
+        }
+    }
+    Ok(deleted)
+}

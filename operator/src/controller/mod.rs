@@ -1,0 +1,368 @@
+//! The three controllers and what they share.
+//!
+//! The `Relay` is the unit of reconciliation: its reconcile compiles the
+//! MailDomains and Blocklists it selects, applies its objects and writes
+//! its status. MailDomain and Blocklist reconciles only write status: what
+//! Relays serve them, what is wrong with them. They read it from the
+//! [`Outcome`] each Relay reconcile leaves behind, and are all re-run when
+//! an outcome changes.
+
+pub mod blocklist;
+pub mod domain;
+pub mod relay;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use mailrelay_crds::compile::Problem;
+use mailrelay_crds::compile::selector::Selector;
+use mailrelay_crds::{Blocklist, MailDomain, Relay};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::apply::{ApiError, FIELD_MANAGER};
+use crate::metrics::Metrics;
+use crate::model::{Settings, common_labels};
+use crate::mx::MxChecker;
+
+/// Why a reconcile failed; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("the {0} cache stopped before it was filled")]
+    CacheGone(&'static str),
+}
+
+/// What one Relay's last reconcile found, for the status of the
+/// MailDomains and Blocklists (and for mapping their changes to Relays).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The Relay's spec is invalid: its running config was kept.
+    pub invalid: bool,
+    /// Names of the MailDomains in its config.
+    pub domains: BTreeSet<String>,
+    /// Names of the Blocklists in its config.
+    pub blocklists: BTreeSet<String>,
+    /// Problems of the MailDomains and Blocklists it left out.
+    pub problems: Vec<Problem>,
+    pub ready: bool,
+    /// External addresses of its Service (load-balancer IPs and host
+    /// names, external IPs), for the MX check.
+    pub external: Vec<String>,
+}
+
+impl Outcome {
+    /// Does this Relay's config (or its problem list) involve `kind/name`?
+    fn involves(&self, kind: &str, name: &str) -> bool {
+        let listed = match kind {
+            "MailDomain" => self.domains.contains(name),
+            _ => self.blocklists.contains(name),
+        };
+        listed
+            || self
+                .problems
+                .iter()
+                .any(|p| p.object.kind == kind && p.object.name == name)
+    }
+}
+
+/// Everything a reconcile needs; shared by the three controllers.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub relays: Store<Relay>,
+    pub domains: Store<MailDomain>,
+    pub blocklists: Store<Blocklist>,
+    /// Per Relay (namespace, name), its last [`Outcome`].
+    pub outcomes: RwLock<BTreeMap<(String, String), Outcome>>,
+    /// Wakes the MailDomain and Blocklist controllers when an outcome
+    /// changes, so they re-read it.
+    pub changed: Vec<mpsc::UnboundedSender<()>>,
+    pub metrics: Arc<Metrics>,
+    pub mx: Option<MxChecker>,
+}
+
+impl Context {
+    /// Record a Relay's outcome; wake the status controllers if it changed.
+    pub fn set_outcome(&self, ns: &str, name: &str, outcome: Option<Outcome>) {
+        let key = (ns.to_string(), name.to_string());
+        let changed = match self.outcomes.write() {
+            Ok(mut map) => match outcome {
+                Some(o) => map.insert(key, o.clone()).as_ref() != Some(&o),
+                None => map.remove(&key).is_some(),
+            },
+            Err(_) => false,
+        };
+        if changed {
+            for tx in &self.changed {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Outcomes of the Relays of `ns` that still exist, by name; `None`
+    /// when one of them has not been reconciled yet (its status would be a
+    /// guess: the caller waits for the wake-up instead).
+    pub fn outcomes_in(&self, ns: &str) -> Option<BTreeMap<String, Outcome>> {
+        let map = self.outcomes.read().ok()?;
+        let mut out = BTreeMap::new();
+        for relay in self.relays.state() {
+            if relay.namespace().as_deref() != Some(ns) || relay.meta().deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let name = relay.name_any();
+            out.insert(name.clone(), map.get(&(ns.to_string(), name))?.clone());
+        }
+        Some(out)
+    }
+
+    /// Publish an Event about `obj`. Events are advisory: a failure is
+    /// logged, never fails the reconcile.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, object = %obj.name_any(), reason, "cannot publish event");
+        }
+    }
+}
+
+/// The Relays of `ns` whose domain (or blocklist) selector matches
+/// `labels`, or whose last outcome involves the object: so a relabelled
+/// MailDomain reaches both the Relay that gains it and the one that loses it.
+pub fn relays_for(
+    relays: &Store<Relay>,
+    outcomes: &RwLock<BTreeMap<(String, String), Outcome>>,
+    kind: &str,
+    meta: &kube::api::ObjectMeta,
+) -> Vec<ObjectRef<Relay>> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let outcomes = outcomes.read().ok();
+    relays
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|r| {
+            let selector = match kind {
+                "MailDomain" => r.spec.domain_selector.as_ref(),
+                _ => r.spec.blocklist_selector.as_ref(),
+            };
+            // A malformed selector selects nothing; the Relay's own status
+            // says why.
+            let selects = Selector::parse(selector).is_ok_and(|s| s.matches(meta.labels.as_ref()));
+            let involved = outcomes.as_ref().is_some_and(|o| {
+                o.get(&(ns.clone(), r.name_any()))
+                    .is_some_and(|o| o.involves(kind, &name))
+            });
+            selects || involved
+        })
+        .map(|r| ObjectRef::from_obj(&**r))
+        .collect()
+}
+
+/// Label selector of the objects the operator makes (for its watches).
+pub fn managed_selector() -> String {
+    let labels = common_labels("");
+    let managed_by = labels
+        .get("app.kubernetes.io/managed-by")
+        .cloned()
+        .unwrap_or_default();
+    format!("app.kubernetes.io/managed-by={managed_by}")
+}
+
+/// Server-side apply of a status: only the `status` stanza, with the
+/// operator's field manager, so fields it no longer sets are removed.
+pub async fn apply_status<K, S>(client: &Client, obj: &K, status: &S) -> Result<(), ApiError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize,
+{
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&body),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| {
+        ApiError::new(
+            "update status of",
+            format!("{} {ns}/{name}", K::kind(&())),
+            e,
+        )
+    })
+}
+
+/// Back off on errors: the error is already counted and logged.
+pub fn error_policy<K>(_obj: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Run the three controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    mx: Option<MxChecker>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::StreamExt;
+
+    let relays_api: Api<Relay> = Api::all(client.clone());
+    let domains_api: Api<MailDomain> = Api::all(client.clone());
+    let blocklists_api: Api<Blocklist> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels(&managed_selector());
+    let all = watcher::Config::default();
+
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let relay_controller = Controller::new(relays_api.clone(), all.clone());
+    let domain_controller = Controller::new(domains_api.clone(), all.clone());
+    let blocklist_controller = Controller::new(blocklists_api.clone(), all.clone());
+    let (domain_tx, domain_rx) = mpsc::unbounded_channel();
+    let (blocklist_tx, blocklist_rx) = mpsc::unbounded_channel();
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        settings,
+        relays: relay_controller.store(),
+        domains: domain_controller.store(),
+        blocklists: blocklist_controller.store(),
+        outcomes: RwLock::default(),
+        changed: vec![domain_tx, blocklist_tx],
+        metrics: metrics.clone(),
+        mx,
+    });
+
+    let (relays, outcomes) = (ctx.relays.clone(), Arc::clone(&ctx));
+    let (relays2, outcomes2) = (ctx.relays.clone(), Arc::clone(&ctx));
+    let relay_run = relay_controller
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            owned.clone(),
+        )
+        .watches(domains_api.clone(), all.clone(), move |d: MailDomain| {
+            relays_for(&relays, &outcomes.outcomes, "MailDomain", &d.metadata)
+        })
+        .watches(blocklists_api.clone(), all.clone(), move |b: Blocklist| {
+            relays_for(&relays2, &outcomes2.outcomes, "Blocklist", &b.metadata)
+        })
+        .graceful_shutdown_on(stop(&shutdown_tx))
+        .run(relay::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(report("Relay", metrics.clone()));
+
+    let (domains_store, blocklists_store) = (ctx.domains.clone(), ctx.blocklists.clone());
+    let domain_run = domain_controller
+        .watches(relays_api.clone(), all.clone(), move |r: Relay| {
+            in_namespace(&domains_store, r.namespace().as_deref())
+        })
+        .reconcile_all_on(tokio_stream(domain_rx))
+        .graceful_shutdown_on(stop(&shutdown_tx))
+        .run(domain::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(report("MailDomain", metrics.clone()));
+    let blocklist_run = blocklist_controller
+        .watches(relays_api, all, move |r: Relay| {
+            in_namespace(&blocklists_store, r.namespace().as_deref())
+        })
+        .reconcile_all_on(tokio_stream(blocklist_rx))
+        .graceful_shutdown_on(stop(&shutdown_tx))
+        .run(blocklist::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(report("Blocklist", metrics.clone()));
+
+    let trigger = async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(());
+    };
+    tokio::join!(relay_run, domain_run, blocklist_run, trigger);
+}
+
+fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    ns: Option<&str>,
+) -> Vec<ObjectRef<K>> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == ns)
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}
+
+fn tokio_stream(mut rx: mpsc::UnboundedReceiver<()>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What to do with each result of a controller's stream.
+fn report<K, E: std::fmt::Display>(
+    kind: &'static str,
+    metrics: Arc<Metrics>,
+) -> impl FnMut(Result<(ObjectRef<K>, Action), E>) -> futures::future::Ready<()>
+where
+    K: Resource,
+{
+    move |result| {
+        if let Err(e) = result {
+            // Reconcile errors were counted by the reconcile; this also
+            // sees the controller's own (a watch failing, an object gone).
+            metrics.controller_error(kind);
+            tracing::debug!(kind, error = %e, "controller");
+        }
+        futures::future::ready(())
+    }
+}

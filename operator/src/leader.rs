@@ -1,0 +1,288 @@
+//! Leader election on a `coordination.k8s.io` Lease, so two operator
+//! replicas never reconcile at once. The usual client-go scheme: the
+//! holder renews `renewTime` well within `leaseDurationSeconds`; anyone
+//! may take a Lease whose holder stopped renewing. Writes carry the
+//! `resourceVersion` they read, so two candidates cannot both win. A
+//! holder that cannot renew before its deadline stops (the process exits
+//! and is restarted as a candidate) rather than risk two leaders.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use crate::apply::ApiError;
+
+/// Timing of the election (client-go's defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long a Lease is valid after its last renewal.
+    pub lease: Duration,
+    /// How long the holder keeps trying to renew before it gives up.
+    pub renew_deadline: Duration,
+    /// How often candidates retry and the holder renews.
+    pub retry: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a candidate should do with the Lease it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it with us as holder (taking it over when `takeover`).
+    Take { takeover: bool },
+    /// Someone else holds it; try again later.
+    Wait,
+}
+
+/// Decide from the Lease's spec (`None`: there is no Lease yet).
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &Timing) -> Decision {
+    let Some(spec) = spec else {
+        return Decision::Take { takeover: false };
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    if holder == me {
+        return Decision::Take { takeover: false };
+    }
+    if holder.is_empty() {
+        return Decision::Take { takeover: true };
+    }
+    let duration = spec.lease_duration_seconds.map_or(timing.lease, |s| {
+        Duration::from_secs(u64::try_from(s).unwrap_or(0))
+    });
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
+    let expired = renewed.is_none_or(|r| {
+        r.checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
+            .is_ok_and(|until| until < now)
+    });
+    if expired {
+        Decision::Take { takeover: true }
+    } else {
+        Decision::Wait
+    }
+}
+
+/// The spec to write when taking or renewing.
+pub fn next_spec(
+    old: Option<&LeaseSpec>,
+    me: &str,
+    now: Timestamp,
+    takeover: bool,
+    timing: &Timing,
+) -> LeaseSpec {
+    let old = old.cloned().unwrap_or_default();
+    let fresh = takeover || old.holder_identity.as_deref() != Some(me);
+    LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(i32::try_from(timing.lease.as_secs()).unwrap_or(i32::MAX)),
+        acquire_time: if fresh {
+            Some(MicroTime(now))
+        } else {
+            old.acquire_time.clone()
+        },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: if fresh && old.holder_identity.is_some() {
+            Some(old.lease_transitions.unwrap_or(0).saturating_add(1))
+        } else {
+            old.lease_transitions.or(Some(0))
+        },
+        ..old
+    }
+}
+
+/// A candidate for one Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    timing: Timing,
+}
+
+impl Elector {
+    pub fn new(client: Client, namespace: &str, name: &str, me: &str, timing: Timing) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            me: me.into(),
+            timing,
+        }
+    }
+
+    /// One attempt to take or renew the Lease: `Ok(true)` when we hold it.
+    pub async fn try_once(&self) -> Result<bool, ApiError> {
+        let what = || format!("Lease {}", self.name);
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| ApiError::new("get", what(), e))?;
+        let now = Timestamp::now();
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let Decision::Take { takeover } = decide(spec, &self.me, now, &self.timing) else {
+            return Ok(false);
+        };
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                resource_version: current
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone()),
+                ..current
+                    .as_ref()
+                    .map(|l| l.metadata.clone())
+                    .unwrap_or_default()
+            },
+            spec: Some(next_spec(spec, &self.me, now, takeover, &self.timing)),
+        };
+        let result = match current {
+            None => self.api.create(&PostParams::default(), &lease).await,
+            Some(_) => {
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            // Someone else wrote first: not ours this round.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(ApiError::new("write", what(), e)),
+        }
+    }
+
+    /// Wait until we hold the Lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_once().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election"),
+            }
+            tokio::time::sleep(self.timing.retry).await;
+        }
+    }
+
+    /// Renew until renewal fails for longer than the deadline (or someone
+    /// else took the Lease); returns then: leadership is lost.
+    pub async fn hold(&self) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.timing.retry).await;
+            match self.try_once().await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(lease = %self.name, "another replica took the leader lease");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+            }
+            if last_renewed.elapsed() > self.timing.renew_deadline {
+                tracing::error!(lease = %self.name, "could not renew the leader lease in time");
+                return;
+            }
+        }
+    }
+
+    /// Give the Lease up on a clean shutdown, so a standby takes over at
+    /// once instead of after the lease duration.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        if let Err(e) = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot release the leader lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn held_by(who: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(who.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(t(renewed))),
+            acquire_time: Some(MicroTime(t(renewed))),
+            lease_transitions: Some(3),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_live_lease_of_another_holder_is_left_alone() {
+        let timing = Timing::default();
+        assert_eq!(
+            decide(Some(&held_by("a", 100)), "b", t(110), &timing),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(Some(&held_by("a", 100)), "b", t(116), &timing),
+            Decision::Take { takeover: true }
+        );
+        assert_eq!(
+            decide(Some(&held_by("b", 100)), "b", t(110), &timing),
+            Decision::Take { takeover: false }
+        );
+        assert_eq!(
+            decide(None, "b", t(110), &timing),
+            Decision::Take { takeover: false }
+        );
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..held_by("a", 100)
+        };
+        assert_eq!(
+            decide(Some(&released), "b", t(101), &timing),
+            Decision::Take { takeover: true }
+        );
+    }
+
+    #[test]
+    fn renewing_keeps_the_acquire_time_and_taking_over_counts_a_transition() {
+        let timing = Timing::default();
+        let mine = held_by("b", 100);
+        let renewed = next_spec(Some(&mine), "b", t(105), false, &timing);
+        assert_eq!(renewed.acquire_time, mine.acquire_time);
+        assert_eq!(renewed.renew_time, Some(MicroTime(t(105))));
+        assert_eq!(renewed.lease_transitions, Some(3));
+        let taken = next_spec(Some(&held_by("a", 100)), "b", t(120), true, &timing);
+        assert_eq!(taken.holder_identity.as_deref(), Some("b"));
+        assert_eq!(taken.acquire_time, Some(MicroTime(t(120))));
+        assert_eq!(taken.lease_transitions, Some(4));
+        let first = next_spec(None, "b", t(1), false, &timing);
+        assert_eq!(first.lease_transitions, Some(0));
+        assert_eq!(first.lease_duration_seconds, Some(15));
+    }
+}

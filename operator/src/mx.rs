@@ -1,0 +1,240 @@
+//! The periodic MX check of a MailDomain: do its MX records lead to the
+//! external address of a Relay that serves it? Lookups at the edge
+//! ([`MxChecker`]), the verdict pure ([`verdict`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use mailrelay_crds::maildomain::DnsCheck;
+
+/// How often a MailDomain's MX records are checked.
+pub const INTERVAL: Duration = Duration::from_secs(600);
+
+/// Looks up MX records and their addresses.
+pub struct MxChecker {
+    resolver: TokioResolver,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MxError {
+    #[error("cannot read {path}: {source}")]
+    ResolvConf {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error("no nameserver in /etc/resolv.conf")]
+    NoNameservers,
+    #[error("cannot build the DNS resolver: {0}")]
+    Build(String),
+}
+
+impl MxChecker {
+    /// A checker asking `servers`, or the nameservers of /etc/resolv.conf.
+    pub fn new(servers: Option<Vec<SocketAddr>>) -> Result<Self, MxError> {
+        let servers = match servers {
+            Some(s) => s,
+            None => {
+                let path = "/etc/resolv.conf";
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| MxError::ResolvConf { path, source })?;
+                nameservers(&text)
+            }
+        };
+        if servers.is_empty() {
+            return Err(MxError::NoNameservers);
+        }
+        let configs = servers
+            .iter()
+            .map(|s| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = s.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = s.port();
+                NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        let mut options = ResolverOpts::default();
+        options.timeout = Duration::from_secs(5);
+        options.use_hosts_file = ResolveHosts::Never;
+        let resolver = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(configs),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(options)
+        .build()
+        .map_err(|e| MxError::Build(e.to_string()))?;
+        Ok(Self { resolver })
+    }
+
+    /// Check `domain` (an A-label) against the Relays' `external` addresses.
+    pub async fn check(&self, domain: &str, external: &[String]) -> DnsCheck {
+        let mx = match self.resolver.mx_lookup(format!("{domain}.")).await {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(m) => Some((m.preference, plain(&m.exchange.to_ascii()))),
+                        _ => None,
+                    })
+                    .collect();
+                mx.sort();
+                mx
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Vec::new(),
+            Err(e) => {
+                return DnsCheck {
+                    mx: Vec::new(),
+                    points_at_relay: false,
+                    message: format!("MX lookup for {domain} failed: {e}"),
+                };
+            }
+        };
+        let mut addresses = BTreeMap::new();
+        for (_, host) in &mx {
+            let ips = match self.resolver.lookup_ip(format!("{host}.")).await {
+                Ok(l) => l.iter().collect(),
+                Err(_) => Vec::new(),
+            };
+            addresses.insert(host.clone(), ips);
+        }
+        verdict(domain, &mx, &addresses, external)
+    }
+}
+
+fn plain(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The `nameserver` lines of a resolv.conf, port 53.
+fn nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split(['#', ';']).next()?.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            Some(SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// Does one of the MX hosts (in preference order) name, or resolve to, one
+/// of the `external` addresses (IPs or host names of the Relays' Services)?
+pub fn verdict(
+    domain: &str,
+    mx: &[(u16, String)],
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+    external: &[String],
+) -> DnsCheck {
+    let hosts: Vec<String> = mx.iter().map(|(_, h)| h.clone()).collect();
+    if external.is_empty() {
+        return DnsCheck {
+            mx: hosts,
+            points_at_relay: false,
+            message: "no serving Relay has an external address yet (a Service of type LoadBalancer, or externalIPs)".into(),
+        };
+    }
+    if hosts.is_empty() {
+        return DnsCheck {
+            mx: hosts,
+            points_at_relay: false,
+            message: format!(
+                "{domain} has no MX record; publish one naming {}",
+                external[0]
+            ),
+        };
+    }
+    let external_ips: Vec<IpAddr> = external.iter().filter_map(|e| e.parse().ok()).collect();
+    let hit = hosts.iter().find(|h| {
+        external.iter().any(|e| plain(e) == **h)
+            || addresses
+                .get(*h)
+                .is_some_and(|ips| ips.iter().any(|ip| external_ips.contains(ip)))
+    });
+    match hit {
+        Some(h) => DnsCheck {
+            mx: hosts.clone(),
+            points_at_relay: true,
+            message: format!("MX {h} reaches a serving Relay"),
+        },
+        None => DnsCheck {
+            message: format!(
+                "no MX host of {domain} ({}) resolves to a serving Relay's address ({})",
+                hosts.join(", "),
+                external.join(", ")
+            ),
+            mx: hosts,
+            points_at_relay: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn an_mx_host_resolving_to_the_relay_address_passes() {
+        let mx = vec![
+            (10, "mx.example.com".to_string()),
+            (20, "backup.example.net".to_string()),
+        ];
+        let addrs = BTreeMap::from([
+            ("mx.example.com".to_string(), vec![ip("192.0.2.1")]),
+            ("backup.example.net".to_string(), vec![ip("198.51.100.7")]),
+        ]);
+        let ok = verdict("example.com", &mx, &addrs, &["198.51.100.7".into()]);
+        assert!(ok.points_at_relay, "{ok:?}");
+        assert_eq!(ok.mx, ["mx.example.com", "backup.example.net"]);
+        let bad = verdict("example.com", &mx, &addrs, &["203.0.113.9".into()]);
+        assert!(!bad.points_at_relay);
+        assert!(bad.message.contains("203.0.113.9"), "{}", bad.message);
+    }
+
+    #[test]
+    fn a_load_balancer_host_name_matches_by_name() {
+        let mx = vec![(10, "lb-1.elb.example".to_string())];
+        let c = verdict(
+            "example.com",
+            &mx,
+            &BTreeMap::new(),
+            &["LB-1.elb.example.".into()],
+        );
+        assert!(c.points_at_relay);
+    }
+
+    #[test]
+    fn no_mx_or_no_address_says_what_to_do() {
+        let c = verdict("example.com", &[], &BTreeMap::new(), &["192.0.2.1".into()]);
+        assert!(!c.points_at_relay);
+        assert!(c.message.contains("no MX record"));
+        let c = verdict("example.com", &[(10, "mx".into())], &BTreeMap::new(), &[]);
+        assert!(c.message.contains("external address"));
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        assert_eq!(
+            nameservers("# c\nnameserver 10.96.0.10\nsearch svc\nnameserver ::1 ; x\n"),
+            vec![
+                "10.96.0.10:53"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                "[::1]:53"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+            ]
+        );
+    }
+}
