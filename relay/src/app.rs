@@ -29,8 +29,17 @@ const SMTP_PORT: u16 = 25;
 pub enum Source {
     /// YAML manifests, compiled here (standalone mode).
     Manifests { dir: PathBuf, relay: Option<String> },
-    /// A `RelayConfig` compiled by the operator (in a pod).
-    Config(PathBuf),
+    /// A `RelayConfig` compiled by the operator (in a pod): the file is
+    /// read at start; changes come from `watch` when set (the pod's own
+    /// ConfigMaps through the API), else from polling the file.
+    Config(PathBuf, Option<ConfigMaps>),
+}
+
+/// The ConfigMaps holding a pod's config.
+#[derive(Clone, Debug)]
+pub struct ConfigMaps {
+    pub namespace: String,
+    pub names: Vec<String>,
 }
 
 pub struct RunOptions {
@@ -85,7 +94,7 @@ fn load(
             let p = standalone::prepare(dir, relay.as_deref(), secrets.path())?;
             (p.config, p.warnings, Some(secrets))
         }
-        Source::Config(path) => {
+        Source::Config(path, _) => {
             let (config, _) = crate::reload::load(path)?;
             (config, Vec::new(), None)
         }
@@ -113,14 +122,14 @@ fn apply_listen(
 fn default_spool(source: &Source) -> PathBuf {
     match source {
         Source::Manifests { .. } => PathBuf::from("mailrelay-spool"),
-        Source::Config(_) => PathBuf::from("/var/spool/mailrelay"),
+        Source::Config(..) => PathBuf::from("/var/spool/mailrelay"),
     }
 }
 
 fn default_http(source: &Source) -> SocketAddr {
     match source {
         Source::Manifests { .. } => SocketAddr::from(([127, 0, 0, 1], 9725)),
-        Source::Config(_) => SocketAddr::from(([0, 0, 0, 0], 9090)),
+        Source::Config(..) => SocketAddr::from(([0, 0, 0, 0], 9090)),
     }
 }
 
@@ -198,7 +207,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ));
     let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
     let _expiry = tokio::spawn(expire_entries(shared.current.clone()));
-    if let Source::Config(path) = &opts.source {
+    if let Source::Config(path, maps) = &opts.source {
         let hash = crate::reload::load(path)
             .map(|(_, h)| h)
             .unwrap_or_default();
@@ -206,12 +215,26 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         let adjust = move |c: &mut RelayConfig| {
             let _ = apply_listen(c, &listen);
         };
-        tokio::spawn(crate::reload::watch(
-            path.clone(),
-            shared.current.clone(),
-            hash,
-            adjust,
-        ));
+        match maps {
+            Some(maps) => {
+                tracing::info!(namespace = %maps.namespace, configmaps = ?maps.names, "watching the config through the API");
+                tokio::spawn(crate::configwatch::watch(
+                    maps.namespace.clone(),
+                    maps.names.clone(),
+                    shared.current.clone(),
+                    hash,
+                    adjust,
+                ));
+            }
+            None => {
+                tokio::spawn(crate::reload::watch(
+                    path.clone(),
+                    shared.current.clone(),
+                    hash,
+                    adjust,
+                ));
+            }
+        }
     }
     let manager = Manager::new(
         spool.clone(),

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod check;
+pub mod configwatch;
 pub mod delivery;
 pub mod http;
 pub mod limits;

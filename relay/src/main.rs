@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mailrelay::admin::{QueueCommand, execute};
-use mailrelay::app::{RunOptions, Source};
+use mailrelay::app::{ConfigMaps, RunOptions, Source};
 use mailrelay::spool::QueueId;
 use mailrelay_crds::relay::ListenerName;
 
@@ -50,6 +50,13 @@ enum Command {
         /// A compiled RelayConfig (JSON), as the operator writes it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Follow changes of the config through a watch on these ConfigMaps
+        /// (the pod's own, in --namespace) instead of polling --config.
+        #[arg(long = "config-map", requires = "config")]
+        config_maps: Vec<String>,
+        /// Namespace of the --config-map ConfigMaps.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
         /// Replace a listener's address: smtp=ADDR, submission=ADDR or submissions=ADDR.
         #[arg(long, value_parser = parse_listen)]
         listen: Vec<(ListenerName, SocketAddr)>,
@@ -168,6 +175,8 @@ fn main() -> ExitCode {
             manifests,
             relay,
             config,
+            config_maps,
+            namespace,
             listen,
             spool,
             http,
@@ -176,13 +185,19 @@ fn main() -> ExitCode {
         } => {
             let source = match (manifests, config) {
                 (Some(dir), _) => Source::Manifests { dir, relay },
-                (None, Some(file)) => Source::Config(file),
+                (None, Some(file)) => {
+                    let maps = (!config_maps.is_empty()).then(|| ConfigMaps {
+                        namespace,
+                        names: config_maps,
+                    });
+                    Source::Config(file, maps)
+                }
                 (None, None) => {
                     eprintln!("mailrelay run: give --manifests DIR or --config FILE");
                     return ExitCode::from(2);
                 }
             };
-            init_logs(json_logs || matches!(source, Source::Config(_)));
+            init_logs(json_logs || matches!(source, Source::Config(..)));
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -22,7 +22,9 @@ use crate::runtime::Runtime;
 use crate::server::listener::Current;
 
 /// How often the file is read. The kubelet itself takes up to a minute
-/// (its sync period plus the ConfigMap cache TTL) to update the volume.
+/// (its sync period plus the ConfigMap cache TTL) to update the volume,
+/// which is why pods also watch their ConfigMaps through the API
+/// ([`crate::configwatch`]) and take the file only at start.
 pub const POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +84,10 @@ pub fn load(path: &Path) -> Result<(RelayConfig, [u8; 32]), ReloadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let hash: [u8; 32] = Sha256::digest(json.as_bytes()).into();
-    let config = RelayConfig::from_json(&json).map_err(|source| ReloadError::Parse {
+    parse(&json).map_err(|source| ReloadError::Parse {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok((config, hash))
+    })
 }
 
 /// Things a reload cannot change in a running process.
@@ -127,28 +127,39 @@ pub async fn watch(
         }
         hash = new_hash;
         adjust(&mut config);
-        let old = current.get();
-        if let Some(what) = restart_needed(&old.config, &config) {
-            tracing::warn!(
-                what,
-                "config changed in a way that needs a restart; other changes apply now"
-            );
-        }
-        // Building reads account files and indexes the blocklists: off the
-        // async threads, which keep serving sessions meanwhile.
-        let built = tokio::task::spawn_blocking(move || {
-            Runtime::build(config, jiff::Timestamp::now().as_second())
-        })
-        .await;
-        let Ok((rt, warnings)) = built else { continue };
-        for w in warnings {
-            tracing::warn!("{w}");
-        }
-        let entries = rt.policy.entry_count();
-        let domains = rt.config.domains.len();
-        current.set(rt);
-        tracing::info!(domains, blocklist_entries = entries, "config reloaded");
+        swap(&current, config).await;
     }
+}
+
+/// Parse an assembled config: the config and the hash of its JSON.
+pub fn parse(json: &str) -> Result<(RelayConfig, [u8; 32]), mailrelay_crds::config::ConfigError> {
+    let hash: [u8; 32] = Sha256::digest(json.as_bytes()).into();
+    Ok((RelayConfig::from_json(json)?, hash))
+}
+
+/// Swap `config` in: new sessions get it, open ones finish under the old.
+pub async fn swap(current: &Current, config: RelayConfig) {
+    let old = current.get();
+    if let Some(what) = restart_needed(&old.config, &config) {
+        tracing::warn!(
+            what,
+            "config changed in a way that needs a restart; other changes apply now"
+        );
+    }
+    // Building reads account files and indexes the blocklists: off the
+    // async threads, which keep serving sessions meanwhile.
+    let built = tokio::task::spawn_blocking(move || {
+        Runtime::build(config, jiff::Timestamp::now().as_second())
+    })
+    .await;
+    let Ok((rt, warnings)) = built else { return };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let entries = rt.policy.entry_count();
+    let domains = rt.config.domains.len();
+    current.set(rt);
+    tracing::info!(domains, blocklist_entries = entries, "config reloaded");
 }
 
 #[cfg(test)]
