@@ -186,7 +186,7 @@ fn main() -> ExitCode {
             let source = match (manifests, config) {
                 (Some(dir), _) => Source::Manifests { dir, relay },
                 (None, Some(file)) => {
-                    let maps = (!config_maps.is_empty()).then(|| ConfigMaps {
+                    let maps = (!config_maps.is_empty()).then_some(ConfigMaps {
                         namespace,
                         names: config_maps,
                     });
