@@ -146,7 +146,7 @@ fn every_document_is_introduced_by_a_separator_and_a_comment() {
     let out = render(&root().join("tests/fixtures/variants"));
     let stdout = text(&out.stdout);
     let docs: Vec<&str> = stdout.split("---\n").skip(1).collect();
-    assert_eq!(docs.len(), 15);
+    assert_eq!(docs.len(), 19);
     for doc in docs {
         assert!(doc.starts_with("# "), "{doc}");
         assert!(

@@ -12,6 +12,7 @@ pub mod keda;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
+pub mod rbac;
 pub mod service;
 pub mod serviceaccount;
 pub mod volumes;
@@ -22,6 +23,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::core::DynamicObject;
 use mailrelay_crds::relay::AutoscalingEngine;
@@ -52,6 +54,8 @@ pub enum Autoscaler {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Objects {
     pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
     pub config_maps: Vec<ConfigMap>,
     pub service: Service,
     pub peers: Service,
@@ -66,6 +70,8 @@ pub struct Objects {
 #[serde(untagged)]
 pub enum Document<'a> {
     ServiceAccount(&'a ServiceAccount),
+    Role(&'a Role),
+    RoleBinding(&'a RoleBinding),
     ConfigMap(&'a ConfigMap),
     Service(&'a Service),
     Deployment(&'a Deployment),
@@ -84,6 +90,8 @@ impl Document<'_> {
         }
         let (kind, meta) = match self {
             Self::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
+            Self::Role(o) => ("Role", &o.metadata),
+            Self::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Self::ConfigMap(o) => ("ConfigMap", &o.metadata),
             Self::Service(o) => ("Service", &o.metadata),
             Self::Deployment(o) => ("Deployment", &o.metadata),
@@ -103,7 +111,11 @@ impl Document<'_> {
 impl Objects {
     /// The objects in apply order: what others refer to comes first.
     pub fn documents(&self) -> Vec<Document<'_>> {
-        let mut docs = vec![Document::ServiceAccount(&self.service_account)];
+        let mut docs = vec![
+            Document::ServiceAccount(&self.service_account),
+            Document::Role(&self.role),
+            Document::RoleBinding(&self.role_binding),
+        ];
         docs.extend(self.config_maps.iter().map(Document::ConfigMap));
         docs.push(Document::Service(&self.service));
         docs.push(Document::Service(&self.peers));
@@ -143,6 +155,8 @@ pub fn build_all(model: &Model) -> Result<Objects, BuildError> {
         });
     Ok(Objects {
         service_account: serviceaccount::build(model),
+        role: rbac::role(model, &config_map_names),
+        role_binding: rbac::role_binding(model),
         service: service::build(model),
         peers: service::build_peers(model),
         workload: workload::build(model, &config_map_names),

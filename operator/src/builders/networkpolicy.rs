@@ -58,6 +58,14 @@ pub fn build(model: &Model) -> NetworkPolicy {
         to: None,
         ports: Some(delivery_ports(config).into_iter().map(tcp).collect()),
     });
+    // The API server, for the watch on the config ConfigMaps. Its address
+    // is the cluster's business (and often outside the pod network), so
+    // only the ports are pinned: 443 for the `kubernetes` Service, 6443
+    // where a policy engine sees the endpoint behind it.
+    egress.push(NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(vec![tcp(443), tcp(6443)]),
+    });
     egress.push(NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             pod_selector: Some(pod_selector(model)),

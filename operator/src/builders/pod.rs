@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
-    SleepAction, TopologySpreadConstraint,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecurityContext, SleepAction, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -57,13 +57,15 @@ pub fn template(model: &Model, config_maps: &[String], spool_claim: bool) -> Pod
         }),
         spec: Some(PodSpec {
             service_account_name: Some(model.relay.name.clone()),
-            automount_service_account_token: Some(false),
+            // The relay watches its config ConfigMaps (and only those: see
+            // builders::rbac) so changes reach it within seconds.
+            automount_service_account_token: Some(true),
             // Service environment variables are of no use to the relay and
             // slow its start in namespaces with many Services.
             enable_service_links: Some(false),
             security_context: Some(pod_security()),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            containers: vec![container(model, v.mounts)],
+            containers: vec![container(model, v.mounts, config_maps)],
             volumes: Some(v.volumes),
             topology_spread_constraints: Some(spread(model)),
             ..PodSpec::default()
@@ -85,7 +87,26 @@ fn pod_annotations() -> BTreeMap<String, String> {
     ])
 }
 
-fn container(model: &Model, mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>) -> Container {
+fn container(
+    model: &Model,
+    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+    config_maps: &[String],
+) -> Container {
+    let mut args: Vec<String> = [
+        "run",
+        "--config",
+        CONFIG_FILE,
+        "--spool",
+        SPOOL_DIR,
+        "--http",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    // The mounted file starts the pod; the watch on these carries changes.
+    for name in config_maps {
+        args.extend(["--config-map".to_string(), name.clone()]);
+    }
     let mut ports: Vec<ContainerPort> = model
         .config
         .listeners
@@ -107,19 +128,18 @@ fn container(model: &Model, mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>
         name: CONTAINER.into(),
         image: Some(model.relay.image.clone()),
         // The image's entrypoint is `mailrelay`.
-        args: Some(
-            [
-                "run",
-                "--config",
-                CONFIG_FILE,
-                "--spool",
-                SPOOL_DIR,
-                "--http",
-                &format!("0.0.0.0:{HTTP_PORT}"),
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_NAMESPACE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            value: None,
+        }]),
         ports: Some(ports),
         resources: model.resources.clone(),
         security_context: Some(container_security()),

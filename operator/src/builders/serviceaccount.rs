@@ -1,7 +1,7 @@
 //! The relay pods' ServiceAccount: its own, so RBAC and cloud identities can
-//! be granted to one Relay and no other. The relay needs no Kubernetes API
-//! access (its config and Secrets are mounted files), so no token is
-//! mounted, and the operator grants it no role.
+//! be granted to one Relay and no other. The operator grants it read access
+//! to the Relay's config ConfigMaps only ([`super::rbac`]). The token is
+//! not mounted by default; the relay pod template asks for it explicitly.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 

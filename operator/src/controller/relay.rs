@@ -193,6 +193,8 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
     let model = &plan.model;
     let mut applied = Applied::default();
     apply::apply(client, &objects.service_account).await?;
+    apply::apply(client, &objects.role).await?;
+    apply::apply(client, &objects.role_binding).await?;
     for cm in &objects.config_maps {
         apply::apply(client, cm).await?;
         applied.keep.config_maps.extend(cm.metadata.name.clone());

@@ -11,6 +11,7 @@ mod keda;
 mod metadata;
 mod networkpolicy;
 mod pdb;
+mod rbac;
 mod service;
 mod serviceaccount;
 mod workload;

@@ -69,6 +69,8 @@ fn documents_come_in_apply_order() {
         kinds,
         [
             "ServiceAccount edge",
+            "Role edge-config-reader",
+            "RoleBinding edge-config-reader",
             "ConfigMap edge-config",
             "Service edge",
             "Service edge-peers",

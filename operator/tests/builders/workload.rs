@@ -121,10 +121,12 @@ fn with_autoscaling_the_scale_target_follows_what_the_autoscaler_wrote_into_the_
 }
 
 #[test]
-fn the_pod_runs_as_nobody_read_only_without_capabilities_or_token() {
+fn the_pod_runs_as_nobody_read_only_without_capabilities() {
     let objects = Fixture::relay(MINIMAL).objects();
     let pod = pod_spec(&objects);
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    // The token is mounted for the watch on the config ConfigMaps; the
+    // Role bound to it reads those and nothing else (tests/builders/rbac.rs).
+    assert_eq!(pod.automount_service_account_token, Some(true));
     assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
     let psc = pod.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
@@ -195,8 +197,23 @@ fn probes_use_healthz_and_readyz_on_the_http_port_and_shutdown_leaves_time_to_dr
             "--spool",
             "/var/spool/mailrelay",
             "--http",
-            "0.0.0.0:9090"
+            "0.0.0.0:9090",
+            "--config-map",
+            "edge-config"
         ]
+    );
+    let env = c.env.as_ref().unwrap();
+    assert_eq!(env[0].name, "POD_NAMESPACE");
+    assert_eq!(
+        env[0]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.namespace"
     );
 }
 

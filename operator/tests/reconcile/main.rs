@@ -317,6 +317,8 @@ async fn first_reconcile_applies_every_object_with_one_field_manager_and_owner_r
         applied(&calls),
         vec![
             format!("/api/v1{base}/serviceaccounts/edge"),
+            format!("/apis/rbac.authorization.k8s.io/v1{base}/roles/edge-config-reader"),
+            format!("/apis/rbac.authorization.k8s.io/v1{base}/rolebindings/edge-config-reader"),
             format!("/api/v1{base}/configmaps/edge-config"),
             format!("/api/v1{base}/services/edge"),
             format!("/api/v1{base}/services/edge-peers"),

@@ -21,12 +21,20 @@ use crate::fake::{Call, FakeApi, target};
 use crate::{Harness, NS, blocklist, lmtp_domain, plain_relay};
 
 /// Grants no test can exercise, and why they are needed.
-const NEEDED_WITHOUT_A_CALL: &[(&str, &str, &str, &str)] = &[(
-    "mailrelay.io",
-    "relays/finalizers",
-    "update",
-    "blockOwnerDeletion on owner references needs it where the OwnerReferencesPermissionEnforcement admission plugin is on",
-)];
+const NEEDED_WITHOUT_A_CALL: &[(&str, &str, &str, &str)] = &[
+    (
+        "mailrelay.io",
+        "relays/finalizers",
+        "update",
+        "blockOwnerDeletion on owner references needs it where the OwnerReferencesPermissionEnforcement admission plugin is on",
+    ),
+    (
+        "",
+        "configmaps",
+        "get",
+        "RBAC lets the operator create a Role granting get on the config ConfigMaps only if it holds get itself",
+    ),
+];
 
 fn rules(file: &str) -> Vec<PolicyRule> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
