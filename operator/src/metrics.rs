@@ -22,6 +22,7 @@ pub struct Metrics {
     controller_errors: Family<KindLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
     in_flight: Family<KindLabel, Gauge>,
+    pending: Family<KindLabel, Gauge>,
     leader: Gauge,
 }
 
@@ -66,6 +67,12 @@ impl Metrics {
             "Reconciles running now, by kind",
             in_flight.clone(),
         );
+        let pending = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "reconciles_pending",
+            "Objects whose current version has not been reconciled yet, by kind",
+            pending.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -79,6 +86,7 @@ impl Metrics {
             controller_errors,
             duration,
             in_flight,
+            pending,
             leader,
         }
     }
@@ -100,6 +108,12 @@ impl Metrics {
         self.controller_errors
             .get_or_create(&KindLabel { kind })
             .inc();
+    }
+
+    pub fn set_pending(&self, kind: &'static str, n: usize) {
+        self.pending
+            .get_or_create(&KindLabel { kind })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -18,6 +18,7 @@ use crate::status::{Cond, State, entered, find, list_message, merge};
 
 pub async fn reconcile(blocklist: Arc<Blocklist>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Blocklist");
+    ctx.begin("Blocklist", &*blocklist);
     let result = reconcile_blocklist(&blocklist, &ctx).await;
     if let Err(e) = &result {
         timer.failed();

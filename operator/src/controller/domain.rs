@@ -19,6 +19,7 @@ use crate::status::{Cond, State, entered, find, list_message, merge};
 
 pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("MailDomain");
+    ctx.begin("MailDomain", &*domain);
     let result = reconcile_domain(&domain, &ctx).await;
     if let Err(e) = &result {
         timer.failed();

@@ -11,8 +11,9 @@ pub mod blocklist;
 pub mod domain;
 pub mod relay;
 
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -94,9 +95,60 @@ pub struct Context {
     pub changed: Vec<mpsc::UnboundedSender<()>>,
     pub metrics: Arc<Metrics>,
     pub mx: Option<MxChecker>,
+    /// The resourceVersion each object had when its last reconcile began,
+    /// by (kind, namespace, name): what the pending gauge compares with.
+    pub reconciled: Mutex<HashMap<(&'static str, String, String), String>>,
 }
 
 impl Context {
+    /// Note that a reconcile of `obj` begins at its current version.
+    pub fn begin<K: Resource>(&self, kind: &'static str, obj: &K) {
+        let meta = obj.meta();
+        let key = (
+            kind,
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        if let Ok(mut map) = self.reconciled.lock() {
+            map.insert(key, meta.resource_version.clone().unwrap_or_default());
+        }
+    }
+
+    /// Objects of `store` whose version no reconcile has begun with.
+    fn pending<K: Resource<DynamicType = ()> + Clone>(
+        &self,
+        kind: &'static str,
+        store: &Store<K>,
+    ) -> usize {
+        let Ok(map) = self.reconciled.lock() else {
+            return 0;
+        };
+        store
+            .state()
+            .iter()
+            .filter(|o| {
+                let meta = o.meta();
+                let key = (
+                    kind,
+                    meta.namespace.clone().unwrap_or_default(),
+                    meta.name.clone().unwrap_or_default(),
+                );
+                let current = meta.resource_version.clone().unwrap_or_default();
+                map.get(&key) != Some(&current)
+            })
+            .count()
+    }
+
+    /// Refresh the pending gauges.
+    pub fn update_pending(&self) {
+        self.metrics
+            .set_pending("Relay", self.pending("Relay", &self.relays));
+        self.metrics
+            .set_pending("MailDomain", self.pending("MailDomain", &self.domains));
+        self.metrics
+            .set_pending("Blocklist", self.pending("Blocklist", &self.blocklists));
+    }
+
     /// Record a Relay's outcome; wake the status controllers if it changed.
     pub fn set_outcome(&self, ns: &str, name: &str, outcome: Option<Outcome>) {
         let key = (ns.to_string(), name.to_string());
@@ -279,7 +331,18 @@ pub async fn run(
         changed: vec![domain_tx, blocklist_tx],
         metrics: metrics.clone(),
         mx,
+        reconciled: Mutex::default(),
     });
+    let gauges = {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                ctx.update_pending();
+            }
+        }
+    };
 
     let (relays, outcomes) = (ctx.relays.clone(), Arc::clone(&ctx));
     let (relays2, outcomes2) = (ctx.relays.clone(), Arc::clone(&ctx));
@@ -332,7 +395,10 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(());
     };
-    tokio::join!(relay_run, domain_run, blocklist_run, trigger);
+    tokio::select! {
+        _ = async { tokio::join!(relay_run, domain_run, blocklist_run, trigger) } => {}
+        () = gauges => {}
+    }
 }
 
 fn in_namespace<K: Resource<DynamicType = ()> + Clone>(

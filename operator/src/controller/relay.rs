@@ -29,6 +29,7 @@ const LISTED: usize = 10;
 
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Relay");
+    ctx.begin("Relay", &*relay);
     let result = reconcile_relay(&relay, &ctx).await;
     if let Err(e) = &result {
         timer.failed();

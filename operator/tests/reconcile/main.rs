@@ -80,6 +80,7 @@ impl Harness {
             changed: vec![tx1, tx2],
             metrics: Arc::new(Metrics::new()),
             mx: None,
+            reconciled: std::sync::Mutex::default(),
         });
         Self {
             fake,
@@ -390,6 +391,33 @@ async fn first_reconcile_applies_every_object_with_one_field_manager_and_owner_r
         events(&calls).contains(&("Normal".into(), "ConfigApplied".into())),
         "{:?}",
         events(&calls)
+    );
+}
+
+#[tokio::test]
+async fn the_pending_gauge_counts_objects_whose_version_was_not_reconciled() {
+    let mut h = Harness::new();
+    h.examples();
+    h.ctx.update_pending();
+    let text = h.ctx.metrics.encode();
+    assert!(
+        text.contains("mailrelay_operator_reconciles_pending{kind=\"Relay\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailrelay_operator_reconciles_pending{kind=\"Blocklist\"} 2"),
+        "{text}"
+    );
+    // The reconcile begins at the cached version (the one the cache holds).
+    let cached = h.ctx.relays.state()[0].clone();
+    controller::relay::reconcile(cached, h.ctx.clone())
+        .await
+        .unwrap();
+    h.ctx.update_pending();
+    let text = h.ctx.metrics.encode();
+    assert!(
+        text.contains("mailrelay_operator_reconciles_pending{kind=\"Relay\"} 0"),
+        "{text}"
     );
 }
 
