@@ -747,3 +747,33 @@ async fn relabelling_a_maildomain_wakes_the_relay_that_loses_it_and_the_one_that
     .collect();
     assert_eq!(woken, BTreeSet::from(["a".to_string(), "b".to_string()]));
 }
+
+#[tokio::test]
+async fn apply_crds_applies_the_committed_crds_with_server_side_apply() {
+    let fake = FakeApi::default();
+    mailrelay_operator::crds::apply_all(&fake.client())
+        .await
+        .unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(calls.len(), 3);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/generated");
+    for c in &calls {
+        assert!(
+            c.is_apply() && c.query.contains("fieldManager=mailrelay-operator"),
+            "{}",
+            c.path_and_query()
+        );
+        let name = c.path.rsplit('/').next().unwrap();
+        assert!(
+            c.path
+                .starts_with("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/")
+        );
+        let committed: Value =
+            from_yaml(&std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap());
+        assert_eq!(
+            c.body.as_ref().unwrap(),
+            &committed,
+            "{name}: the CRD applied is the one committed (and shipped in the chart)"
+        );
+    }
+}
