@@ -207,11 +207,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
     tracing::info!(server = %version.git_version, identity, "connected");
-    if args.apply_crds {
-        mailrelay_operator::crds::apply_all(&client)
-            .await
-            .map_err(|e| format!("--apply-crds: {e}"))?;
-    }
     let mx = if args.no_mx_check {
         None
     } else {
@@ -242,6 +237,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None
     };
     metrics.set_leader(true);
+    // After the election: only the leader writes, CRDs included.
+    if args.apply_crds {
+        mailrelay_operator::crds::apply_all(&client)
+            .await
+            .map_err(|e| format!("--apply-crds: {e}"))?;
+    }
 
     let settings = Settings {
         default_image: args.default_image,

@@ -43,8 +43,6 @@ use crate::mx::MxChecker;
 pub enum Error {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("the {0} cache stopped before it was filled")]
-    CacheGone(&'static str),
 }
 
 /// What one Relay's last reconcile found, for the status of the
@@ -371,7 +369,23 @@ pub async fn run(
         })
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(relay::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(report("Relay", metrics.clone()));
+        .for_each({
+            let ctx = Arc::clone(&ctx);
+            let mut inner = report("Relay", metrics.clone());
+            move |result| {
+                // A deleted Relay is never reconciled again: forget its
+                // outcome here, so its MailDomains and Blocklists stop
+                // naming it.
+                if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
+                    ctx.set_outcome(
+                        gone.namespace.as_deref().unwrap_or_default(),
+                        &gone.name,
+                        None,
+                    );
+                }
+                inner(result)
+            }
+        });
 
     let (domains_store, blocklists_store) = (ctx.domains.clone(), ctx.blocklists.clone());
     let domain_run = domain_controller

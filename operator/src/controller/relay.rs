@@ -10,9 +10,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use mailrelay_crds::{Relay, RelayStatus};
+use mailrelay_crds::{Blocklist, MailDomain, Relay, RelayStatus};
 
 use super::{Context, Error, Outcome, apply_status};
 use crate::apply::{self, Keep};
@@ -46,30 +45,23 @@ fn key(relay: &Relay) -> String {
     )
 }
 
-/// The objects of namespace `ns` in `store`, cloned.
-fn in_namespace<K: Resource + Clone>(store: &Store<K>, ns: &str) -> Vec<K>
+/// Every object of kind `K` in namespace `ns`.
+async fn list<K>(ctx: &Context, ns: &str) -> Result<Vec<K>, Error>
 where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
-    store
-        .state()
-        .iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-        .map(|o| (**o).clone())
-        .collect()
+    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), ns);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| crate::apply::ApiError::new("list", format!("{} in {ns}", K::kind(&())), e))?;
+    Ok(list.items)
 }
 
 async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
-    // Compiling from a half-filled cache would apply a config without some
-    // domains: wait until the first list of each kind is in.
-    ctx.domains
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheGone("MailDomain"))?;
-    ctx.blocklists
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheGone("Blocklist"))?;
     let ns = relay.namespace().unwrap_or_default();
     let name = relay.name_any();
     if relay.meta().deletion_timestamp.is_some() {
@@ -77,8 +69,12 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
         ctx.set_outcome(&ns, &name, None);
         return Ok(Action::await_change());
     }
-    let domains = in_namespace(&ctx.domains, &ns);
-    let blocklists = in_namespace(&ctx.blocklists, &ns);
+    // Read from the API, not from a watch cache: the event that woke this
+    // reconcile may have come through another watch than the cache's, and
+    // a cache one event behind would compile a stale config that nothing
+    // corrects until the next resync. A list is never older than the event.
+    let domains = list::<MailDomain>(ctx, &ns).await?;
+    let blocklists = list::<Blocklist>(ctx, &ns).await?;
     let now = Time(Timestamp::now());
     match plan(relay, &domains, &blocklists, &ctx.settings) {
         Err(invalid) => {

@@ -305,9 +305,14 @@ impl Store {
         self.objects.insert(key.clone(), new.clone());
         self.emit(
             if old.is_some() { "MODIFIED" } else { "ADDED" },
-            key,
+            key.clone(),
             Self::shown(kind, &new),
         );
+        // The garbage collector deletes a dependent whose owners are all
+        // gone, also one written after its owner was deleted.
+        if !deleting && self.orphaned(&new) {
+            let _ = self.delete(kind, &key.2, &key.3);
+        }
         Ok(Self::shown(kind, &new))
     }
 
@@ -575,6 +580,22 @@ impl Store {
         }
         let managed = Managed::from_json(&old["metadata"]["managedFields"]);
         self.commit(kind, key, Some(&old), new, managed)
+    }
+
+    /// Has `obj` owner references, none of whose owners exists?
+    fn orphaned(&self, obj: &Value) -> bool {
+        let uids: Vec<&str> = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["uid"].as_str())
+            .collect();
+        !uids.is_empty()
+            && !self.objects.values().any(|o| {
+                o["metadata"]["uid"]
+                    .as_str()
+                    .is_some_and(|u| uids.contains(&u))
+            })
     }
 
     /// Background garbage collection: delete every object `owner` owned.
