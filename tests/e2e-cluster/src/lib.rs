@@ -1,0 +1,1 @@
+//! Nothing here: the scenarios are in `tests/cluster.rs` (see README.md).
