@@ -200,6 +200,16 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for r in self.sim.records().iter().filter(|r| r.code == 403) {
+                eprintln!("kube-sim denied {} {}: {}", r.verb, r.path, r.message);
+            }
+        }
+    }
+}
+
 pub async fn client_for(sim: &KubeSim, token: &str) -> Client {
     let kc = Kubeconfig::from_yaml(&sim.kubeconfig(token, "default")).unwrap();
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

@@ -263,9 +263,6 @@ impl Store {
         mut new: Value,
         managed: Managed,
     ) -> Result<Value, ApiError> {
-        self.rv += 1;
-        let meta = &mut new["metadata"];
-        meta["resourceVersion"] = json!(self.rv.to_string());
         let generation = match old {
             None => 1,
             Some(o) => {
@@ -287,6 +284,16 @@ impl Store {
                 .as_object_mut()
                 .map(|m| m.remove("managedFields"));
         }
+        // A write that changes nothing is no change: same resource
+        // version, no event (as the API server does for a no-op apply).
+        if let Some(o) = old {
+            new["metadata"]["resourceVersion"] = o["metadata"]["resourceVersion"].clone();
+            if *o == new {
+                return Ok(Self::shown(kind, o));
+            }
+        }
+        self.rv += 1;
+        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let deleting = new["metadata"]
             .get("deletionTimestamp")
             .is_some_and(|t| !t.is_null());

@@ -415,3 +415,37 @@ async fn requests_outside_the_callers_roles_are_forbidden_with_the_apis_message(
         .collect();
     assert_eq!(denied.len(), 2);
 }
+
+#[tokio::test]
+async fn a_write_that_changes_nothing_keeps_the_resource_version_and_tells_no_watcher() {
+    let sim = KubeSim::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client(&sim, ADMIN_TOKEN).await, "t");
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}});
+    let first = api
+        .patch("x", &PatchParams::apply("op").force(), &Patch::Apply(&cfg))
+        .await
+        .unwrap();
+    let again = api
+        .patch("x", &PatchParams::apply("op").force(), &Patch::Apply(&cfg))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    let rv = first.metadata.resource_version.unwrap();
+    let writer = api.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer
+            .patch("x", &PatchParams::apply("op").force(), &Patch::Apply(&cfg))
+            .await
+            .unwrap();
+        writer
+            .create(&PostParams::default(), &cm("y", json!({})))
+            .await
+            .unwrap();
+    });
+    let events = take(&api, &rv, 1).await;
+    assert_eq!(names(&events), ["ADDED y"], "the no-op apply made no event");
+}
