@@ -42,45 +42,7 @@ impl Call {
     }
 }
 
-/// Where a request points.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// `""` for the core group.
-    pub group: String,
-    pub version: String,
-    pub namespace: Option<String>,
-    pub resource: String,
-    pub name: Option<String>,
-    pub subresource: Option<String>,
-}
-
-/// Parse `/api/v1/...` and `/apis/G/V/...` paths.
-pub fn target(path: &str) -> Option<Target> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (group, version, rest) = match parts.as_slice() {
-        ["api", v, rest @ ..] => (String::new(), (*v).to_string(), rest),
-        ["apis", g, v, rest @ ..] => ((*g).to_string(), (*v).to_string(), rest),
-        _ => return None,
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_string()), rest),
-        _ => (None, rest),
-    };
-    let (resource, name, subresource) = match rest {
-        [r] => (*r, None, None),
-        [r, n] => (*r, Some((*n).to_string()), None),
-        [r, n, s] => (*r, Some((*n).to_string()), Some((*s).to_string())),
-        _ => return None,
-    };
-    Some(Target {
-        group,
-        version,
-        namespace,
-        resource: resource.to_string(),
-        name,
-        subresource,
-    })
-}
+pub use kube_sim::http::target;
 
 type Key = (String, String, String, String); // group, resource, namespace, name
 

@@ -90,16 +90,20 @@ fn decode(s: &str) -> String {
 }
 
 /// A parsed resource path.
-struct Target {
-    group: String,
-    version: String,
-    namespace: Option<String>,
-    resource: String,
-    name: Option<String>,
-    sub: Option<String>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `""` for the core group.
+    pub group: String,
+    pub version: String,
+    pub namespace: Option<String>,
+    /// Plural, as in the path.
+    pub resource: String,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
 }
 
-fn target(path: &str) -> Option<Target> {
+/// Parse `/api/v1/...` and `/apis/GROUP/VERSION/...` resource paths.
+pub fn target(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api", v, rest @ ..] => (String::new(), (*v).to_string(), rest),
@@ -122,7 +126,7 @@ fn target(path: &str) -> Option<Target> {
         namespace,
         resource: resource.into(),
         name,
-        sub,
+        subresource: sub,
     })
 }
 
@@ -290,7 +294,7 @@ pub async fn handle(
         groups: user.groups.clone(),
         verb: verb.into(),
         group: t.group.clone(),
-        resource: match &t.sub {
+        resource: match &t.subresource {
             Some(s) => format!("{}/{s}", t.resource),
             None => t.resource.clone(),
         },
@@ -319,7 +323,7 @@ pub async fn handle(
         ));
     }
     let ns = t.namespace.clone().unwrap_or_default();
-    let part = match t.sub.as_deref() {
+    let part = match t.subresource.as_deref() {
         None => Part::Main,
         Some("status") if kind.status => Part::Status,
         Some("scale") if kind.scale.is_some() => Part::Scale,
