@@ -443,12 +443,16 @@ async fn a_running_relay_refuses_a_newly_blocked_ip_without_a_restart() {
         .as_array_mut()
         .unwrap()
         .push(json!({"value": "127.0.0.79"}));
+    let applied = std::time::Instant::now();
     c.apply(ns, &changed).await.unwrap();
     let reply = eventually("the relay refusing the newly blocked IP", LIMIT, || async {
         let g = mail_reply(client, addr).await;
         g.starts_with("550").then_some(g)
     })
     .await;
+    // Reported, never asserted: how long from `kubectl apply` to the
+    // running relay refusing (operator reconcile + ConfigMap watch + swap).
+    eprintln!("blocklist change to refusal: {:?}", applied.elapsed());
     assert!(reply.contains("5.7.1"), "{reply}");
     let other = mail_reply("127.0.0.80".parse().unwrap(), addr).await;
     assert!(
