@@ -1,14 +1,18 @@
 //! Leader election on a `coordination.k8s.io` Lease, so two operator
-//! replicas never reconcile at once. The usual client-go scheme: the
-//! holder renews `renewTime` well within `leaseDurationSeconds`; anyone
-//! may take a Lease whose holder stopped renewing. Writes carry the
-//! `resourceVersion` they read, so two candidates cannot both win. A
-//! holder that cannot renew before its deadline stops (the process exits
-//! and is restarted as a candidate) rather than risk two leaders.
+//! replicas never reconcile at once. The client-go scheme: the holder
+//! renews well within `leaseDurationSeconds`; a candidate takes a Lease
+//! that has not changed for a whole lease duration *as measured on its own
+//! monotonic clock* since it first saw that version — never by comparing
+//! the holder's `renewTime` with its own wall clock, so skewed node clocks
+//! cannot make two leaders. Writes carry the `resourceVersion` they read,
+//! so two candidates cannot both win. Every attempt has a timeout; a holder
+//! that cannot renew before its deadline (counted from when its last
+//! successful renewal was *sent*) gives up, and the process exits at once
+//! rather than finish work a new leader may already be redoing.
 
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
@@ -46,8 +50,14 @@ pub enum Decision {
     Wait,
 }
 
-/// Decide from the Lease's spec (`None`: there is no Lease yet).
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &Timing) -> Decision {
+/// Decide from the Lease's spec (`None`: there is no Lease yet) and how
+/// long this candidate has seen it unchanged.
+pub fn decide(
+    spec: Option<&LeaseSpec>,
+    me: &str,
+    unchanged_for: Duration,
+    timing: &Timing,
+) -> Decision {
     let Some(spec) = spec else {
         return Decision::Take { takeover: false };
     };
@@ -61,16 +71,7 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &Timin
     let duration = spec.lease_duration_seconds.map_or(timing.lease, |s| {
         Duration::from_secs(u64::try_from(s).unwrap_or(0))
     });
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    let expired = renewed.is_none_or(|r| {
-        r.checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
-            .is_ok_and(|until| until < now)
-    });
-    if expired {
+    if unchanged_for > duration {
         Decision::Take { takeover: true }
     } else {
         Decision::Wait
@@ -111,6 +112,8 @@ pub struct Elector {
     name: String,
     me: String,
     timing: Timing,
+    /// The Lease version last seen and when it was first seen.
+    observed: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Elector {
@@ -120,6 +123,30 @@ impl Elector {
             name: name.into(),
             me: me.into(),
             timing,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long the Lease has been at `version`, by our own clock.
+    fn unchanged_for(&self, version: Option<&str>) -> Duration {
+        let version = version.unwrap_or_default().to_string();
+        let Ok(mut seen) = self.observed.lock() else {
+            return Duration::ZERO;
+        };
+        match seen.as_ref() {
+            Some((v, at)) if *v == version => at.elapsed(),
+            _ => {
+                *seen = Some((version, std::time::Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// [`Self::try_once`], given up after `limit`.
+    async fn attempt(&self, limit: Duration) -> Result<bool, String> {
+        match tokio::time::timeout(limit, self.try_once()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
         }
     }
 
@@ -133,7 +160,11 @@ impl Elector {
             .map_err(|e| ApiError::new("get", what(), e))?;
         let now = Timestamp::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-        let Decision::Take { takeover } = decide(spec, &self.me, now, &self.timing) else {
+        let version = current
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.as_deref());
+        let unchanged = self.unchanged_for(version);
+        let Decision::Take { takeover } = decide(spec, &self.me, unchanged, &self.timing) else {
             return Ok(false);
         };
         let lease = Lease {
@@ -168,7 +199,7 @@ impl Elector {
     /// Wait until we hold the Lease.
     pub async fn acquire(&self) {
         loop {
-            match self.try_once().await {
+            match self.attempt(self.timing.renew_deadline).await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "leader election"),
@@ -177,23 +208,27 @@ impl Elector {
         }
     }
 
-    /// Renew until renewal fails for longer than the deadline (or someone
-    /// else took the Lease); returns then: leadership is lost.
+    /// Renew until someone else holds the Lease or no renewal succeeded
+    /// within the deadline; returns then: leadership is lost. The deadline
+    /// counts from when the last successful renewal was sent, and each
+    /// attempt is cut off where the deadline would pass.
     pub async fn hold(&self) {
-        let mut last_renewed = tokio::time::Instant::now();
+        let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry).await;
-            match self.try_once().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+            let sent = tokio::time::Instant::now();
+            let left = self.timing.renew_deadline.saturating_sub(sent - renewed_at);
+            if left.is_zero() {
+                tracing::error!(lease = %self.name, "could not renew the leader lease in time");
+                return;
+            }
+            match self.attempt(left).await {
+                Ok(true) => renewed_at = sent,
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the leader lease");
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
-            }
-            if last_renewed.elapsed() > self.timing.renew_deadline {
-                tracing::error!(lease = %self.name, "could not renew the leader lease in time");
-                return;
             }
         }
     }
@@ -243,20 +278,28 @@ mod tests {
     #[test]
     fn a_live_lease_of_another_holder_is_left_alone() {
         let timing = Timing::default();
+        let secs = Duration::from_secs;
         assert_eq!(
-            decide(Some(&held_by("a", 100)), "b", t(110), &timing),
+            decide(Some(&held_by("a", 100)), "b", secs(10), &timing),
             Decision::Wait
         );
+        // Unchanged for longer than its duration, by the candidate's clock
+        // (whatever the renewTime says).
         assert_eq!(
-            decide(Some(&held_by("a", 100)), "b", t(116), &timing),
+            decide(Some(&held_by("a", 100)), "b", secs(16), &timing),
             Decision::Take { takeover: true }
         );
         assert_eq!(
-            decide(Some(&held_by("b", 100)), "b", t(110), &timing),
+            decide(Some(&held_by("a", 1_000_000)), "b", secs(16), &timing),
+            Decision::Take { takeover: true },
+            "a renewTime in the future (clock skew) does not keep a dead holder"
+        );
+        assert_eq!(
+            decide(Some(&held_by("b", 100)), "b", secs(10), &timing),
             Decision::Take { takeover: false }
         );
         assert_eq!(
-            decide(None, "b", t(110), &timing),
+            decide(None, "b", secs(0), &timing),
             Decision::Take { takeover: false }
         );
         let released = LeaseSpec {
@@ -264,7 +307,7 @@ mod tests {
             ..held_by("a", 100)
         };
         assert_eq!(
-            decide(Some(&released), "b", t(101), &timing),
+            decide(Some(&released), "b", Duration::ZERO, &timing),
             Decision::Take { takeover: true }
         );
     }

@@ -267,6 +267,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
             () = shutdown_signal() => false,
             () = lost_wait.notified() => true,
         };
+        if leadership_lost {
+            // Stop at once: reconciles still running would write against a
+            // plan the new leader may already be replacing.
+            tracing::error!("lost the leader lease; exiting so a fresh process can stand again");
+            std::process::exit(1);
+        }
         let _ = stop_tx.send(leadership_lost);
     });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

@@ -777,3 +777,33 @@ async fn apply_crds_applies_the_committed_crds_with_server_side_apply() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_candidate_takes_a_lease_only_after_seeing_it_unchanged_for_its_duration() {
+    use mailrelay_operator::leader::{Elector, Timing};
+    let fake = FakeApi::default();
+    // Held by "a", renewed "in the future" by a fast clock: only how long
+    // the record stays unchanged counts.
+    fake.put("coordination.k8s.io", "leases", "ops", "lead", json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "lead", "namespace": "ops", "resourceVersion": "7"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 1, "renewTime": "2099-01-01T00:00:00.000000Z"}
+    }));
+    let b = Elector::new(fake.client(), "ops", "lead", "b", Timing::default());
+    assert!(!b.try_once().await.unwrap(), "first sight of a live lease");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(
+        !b.try_once().await.unwrap(),
+        "unchanged for less than its duration"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(
+        b.try_once().await.unwrap(),
+        "unchanged for longer than its duration: taken"
+    );
+    let lease = fake
+        .get("coordination.k8s.io", "leases", "ops", "lead")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
