@@ -85,10 +85,22 @@ pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<(), A
         .map_err(|e| ApiError::new("apply", format!("ScaledObject {ns}/{name}"), e))
 }
 
-/// Set the replicas of a workload through its scale subresource. Used only
-/// while an autoscaler owns the count, so the operator's applied object
-/// never claims `spec.replicas`.
-pub async fn scale<K>(client: &Client, ns: &str, name: &str, replicas: i32) -> Result<(), ApiError>
+/// The field manager that owns a workload's `spec.replicas` while an
+/// autoscaler decides the count: separate from [`FIELD_MANAGER`], so the
+/// main apply can leave `replicas` out without the API server removing the
+/// field (and defaulting it to 1) when ownership moves.
+pub const REPLICAS_MANAGER: &str = "mailrelay-operator-replicas";
+
+/// Apply only `spec.replicas` of workload `K` `ns/name`, as
+/// [`REPLICAS_MANAGER`]. `Ok(false)` when the workload does not exist yet
+/// (the partial object cannot create it: the API server refuses it as
+/// invalid).
+pub async fn apply_replicas<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<bool, ApiError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + DeserializeOwned
@@ -96,11 +108,22 @@ where
         + Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
-    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(drop)
-        .map_err(|e| ApiError::new("scale", describe::<K>(ns, name), e))
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name, "namespace": ns },
+        "spec": { "replicas": replicas },
+    });
+    let params = PatchParams::apply(REPLICAS_MANAGER).force();
+    match api.patch(name, &params, &Patch::Apply(&body)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(false),
+        Err(e) => Err(ApiError::new(
+            "apply replicas of",
+            describe::<K>(ns, name),
+            e,
+        )),
+    }
 }
 
 fn describe<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {

@@ -199,26 +199,20 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
     let service = apply::apply(client, &objects.service).await?;
     applied.external = external_addresses(&service);
     apply::apply(client, &objects.peers).await?;
-    let (ns, name) = (&model.relay.namespace, &model.relay.name);
+    let name = &model.relay.name;
     match &objects.workload {
         Workload::Deployment(d) => {
+            let placed = replicas_first::<Deployment>(client, model).await?;
             let live = apply::apply(client, d).await?;
             applied.workload = WorkloadState::of_deployment(&live);
-            if model.autoscaled
-                && live.spec.as_ref().and_then(|s| s.replicas) != Some(model.replicas)
-            {
-                apply::scale::<Deployment>(client, ns, name, model.replicas).await?;
-            }
+            replicas_after::<Deployment>(client, model, placed).await?;
             applied.keep.deployments.insert(name.clone());
         }
         Workload::StatefulSet(s) => {
+            let placed = replicas_first::<StatefulSet>(client, model).await?;
             let live = apply::apply(client, s).await?;
             applied.workload = WorkloadState::of_stateful_set(&live);
-            if model.autoscaled
-                && live.spec.as_ref().and_then(|s| s.replicas) != Some(model.replicas)
-            {
-                apply::scale::<StatefulSet>(client, ns, name, model.replicas).await?;
-            }
+            replicas_after::<StatefulSet>(client, model, placed).await?;
             applied.keep.stateful_sets.insert(name.clone());
         }
     }
@@ -239,6 +233,47 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
         None => {}
     }
     Ok(applied)
+}
+
+/// With an autoscaler, `spec.replicas` belongs to a field manager of its
+/// own, applied *before* the main apply (which leaves the field out): the
+/// field then never loses its last owner, so a Relay turning autoscaling on
+/// never sees its workload defaulted to one replica. `true` when it was
+/// placed (the workload exists).
+async fn replicas_first<K>(
+    client: &kube::Client,
+    model: &crate::model::Model,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if !model.autoscaled {
+        return Ok(false);
+    }
+    let (ns, name) = (&model.relay.namespace, &model.relay.name);
+    Ok(apply::apply_replicas::<K>(client, ns, name, model.replicas).await?)
+}
+
+/// A workload just created by the main apply gets its replicas now.
+async fn replicas_after<K>(
+    client: &kube::Client,
+    model: &crate::model::Model,
+    placed: bool,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if model.autoscaled && !placed {
+        let (ns, name) = (&model.relay.namespace, &model.relay.name);
+        apply::apply_replicas::<K>(client, ns, name, model.replicas).await?;
+    }
+    Ok(())
 }
 
 /// Load-balancer IPs and host names, and external IPs, of a Service.

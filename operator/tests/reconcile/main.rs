@@ -324,18 +324,26 @@ async fn first_reconcile_applies_every_object_with_one_field_manager_and_owner_r
             format!("/api/v1{base}/services/edge"),
             format!("/api/v1{base}/services/edge-peers"),
             format!("/apis/apps/v1{base}/statefulsets/edge"),
+            format!("/apis/apps/v1{base}/statefulsets/edge"),
             format!("/apis/policy/v1{base}/poddisruptionbudgets/edge"),
             format!("/apis/networking.k8s.io/v1{base}/networkpolicies/edge"),
             format!("/apis/autoscaling/v2{base}/horizontalpodautoscalers/edge"),
         ]
     );
     for c in calls.iter().filter(|c| c.is_apply()) {
-        assert!(
-            c.query.contains("fieldManager=mailrelay-operator"),
-            "{}",
-            c.path_and_query()
-        );
+        let manager = fake::query_param(&c.query, "fieldManager").unwrap_or_default();
         assert!(c.query.contains("force=true"), "{}", c.path_and_query());
+        if manager == "mailrelay-operator-replicas" {
+            // The autoscaler's count, under a manager of its own: nothing else.
+            assert_eq!(
+                c.body.as_ref().unwrap()["spec"],
+                json!({"replicas": 2}),
+                "{}",
+                c.path
+            );
+            continue;
+        }
+        assert_eq!(manager, "mailrelay-operator", "{}", c.path_and_query());
         if c.path.ends_with("/status") {
             continue;
         }
@@ -348,23 +356,30 @@ async fn first_reconcile_applies_every_object_with_one_field_manager_and_owner_r
             c.path
         );
     }
-    // Every write is an apply, the scale of the workload, or an Event.
+    // Every write is an apply or an Event.
     for c in writes(&calls) {
-        let ok = c.is_apply() || c.path.ends_with("/scale") || c.path.contains("/events");
+        let ok = c.is_apply() || c.path.contains("/events");
         assert!(ok, "unexpected write {} {}", c.method, c.path_and_query());
     }
-    // The autoscaled StatefulSet leaves replicas out; the HPA's decision
-    // (the Relay's spec.replicas, here unset: minReplicas) goes through scale.
-    let sts = calls
+    // The autoscaled StatefulSet's main apply leaves replicas out; the HPA's
+    // decision (the Relay's spec.replicas, here unset: minReplicas) is
+    // applied by the replicas manager first, so the field never loses its
+    // last owner.
+    let sts: Vec<&Call> = calls
         .iter()
-        .find(|c| c.path.ends_with("statefulsets/edge"))
-        .unwrap();
-    assert!(sts.body.as_ref().unwrap()["spec"].get("replicas").is_none());
-    let scale = calls
-        .iter()
-        .find(|c| c.path.ends_with("statefulsets/edge/scale"))
-        .expect("scale patch");
-    assert_eq!(scale.body.as_ref().unwrap()["spec"]["replicas"], json!(2));
+        .filter(|c| c.path.ends_with("statefulsets/edge"))
+        .collect();
+    assert_eq!(sts.len(), 2, "replicas, then the rest");
+    assert!(
+        sts[0]
+            .query
+            .contains("fieldManager=mailrelay-operator-replicas")
+    );
+    assert!(
+        sts[1].body.as_ref().unwrap()["spec"]
+            .get("replicas")
+            .is_none()
+    );
     let hpa = calls
         .iter()
         .find(|c| c.path.ends_with("horizontalpodautoscalers/edge"))
@@ -506,7 +521,11 @@ async fn the_relay_turns_ready_when_its_workload_is() {
         json!(2),
         "no autoscaler: replicas applied"
     );
-    assert!(!first.iter().any(|c| c.path.ends_with("/scale")));
+    assert!(
+        !first
+            .iter()
+            .any(|c| c.query.contains("mailrelay-operator-replicas"))
+    );
     // The Deployment controller's work, simulated.
     let mut d = h.fake.get("apps", "deployments", NS, "edge").unwrap();
     d["status"] =
@@ -806,4 +825,39 @@ async fn a_candidate_takes_a_lease_only_after_seeing_it_unchanged_for_its_durati
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test]
+async fn turning_autoscaling_on_hands_replicas_to_their_own_manager_before_the_main_apply_drops_them()
+ {
+    let mut h = Harness::new();
+    h.relay(plain_relay("edge"));
+    h.reconcile_relay("edge").await;
+    h.edit_relay("edge", |r| {
+        r.spec.autoscaling =
+            Some(serde_json::from_value(json!({"minReplicas": 3, "maxReplicas": 6})).unwrap());
+    });
+    let (_, calls) = h.reconcile_relay("edge").await;
+    let dep: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("deployments/edge"))
+        .collect();
+    assert_eq!(dep.len(), 2);
+    assert!(
+        dep[0]
+            .query
+            .contains("fieldManager=mailrelay-operator-replicas"),
+        "first: {}",
+        dep[0].query
+    );
+    assert_eq!(
+        dep[0].body.as_ref().unwrap()["spec"],
+        json!({"replicas": 3})
+    );
+    assert!(
+        dep[1].body.as_ref().unwrap()["spec"]
+            .get("replicas")
+            .is_none(),
+        "then the main apply, without replicas"
+    );
 }
