@@ -17,10 +17,15 @@ use mailrelay_crds::maildomain::DnsCheck;
 /// How often a MailDomain's MX records are checked.
 pub const INTERVAL: Duration = Duration::from_secs(600);
 
-/// Looks up MX records and their addresses.
+/// Looks up MX records and their addresses, and remembers each answer for
+/// [`INTERVAL`] (per domain and set of Relay addresses): MailDomain
+/// reconciles run on every Relay change, lookups need not.
 pub struct MxChecker {
     resolver: TokioResolver,
+    cache: std::sync::Mutex<BTreeMap<String, Cached>>,
 }
+
+type Cached = (std::time::Instant, Vec<String>, Result<DnsCheck, String>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MxError {
@@ -70,11 +75,40 @@ impl MxChecker {
         .with_options(options)
         .build()
         .map_err(|e| MxError::Build(e.to_string()))?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            cache: std::sync::Mutex::default(),
+        })
     }
 
-    /// Check `domain` (an A-label) against the Relays' `external` addresses.
-    pub async fn check(&self, domain: &str, external: &[String]) -> DnsCheck {
+    /// [`Self::check`], answered from the cache while it is fresh.
+    pub async fn check_cached(
+        &self,
+        domain: &str,
+        external: &[String],
+    ) -> Result<DnsCheck, String> {
+        let hit = self.cache.lock().ok().and_then(|c| {
+            c.get(domain)
+                .filter(|(at, ext, _)| at.elapsed() < INTERVAL && ext == external)
+                .map(|(_, _, r)| r.clone())
+        });
+        if let Some(r) = hit {
+            return r;
+        }
+        let r = self.check(domain, external).await;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(
+                domain.to_string(),
+                (std::time::Instant::now(), external.to_vec(), r.clone()),
+            );
+        }
+        r
+    }
+
+    /// Check `domain` (an A-label) against the Relays' `external`
+    /// addresses. `Err` when the lookup itself failed (a resolver outage
+    /// says nothing about the domain's DNS).
+    pub async fn check(&self, domain: &str, external: &[String]) -> Result<DnsCheck, String> {
         let mx = match self.resolver.mx_lookup(format!("{domain}.")).await {
             Ok(lookup) => {
                 let mut mx: Vec<(u16, String)> = lookup
@@ -89,13 +123,7 @@ impl MxChecker {
                 mx
             }
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Vec::new(),
-            Err(e) => {
-                return DnsCheck {
-                    mx: Vec::new(),
-                    points_at_relay: false,
-                    message: format!("MX lookup for {domain} failed: {e}"),
-                };
-            }
+            Err(e) => return Err(format!("MX lookup for {domain} failed: {e}")),
         };
         let mut addresses = BTreeMap::new();
         for (_, host) in &mx {
@@ -105,7 +133,7 @@ impl MxChecker {
             };
             addresses.insert(host.clone(), ips);
         }
-        verdict(domain, &mx, &addresses, external)
+        Ok(verdict(domain, &mx, &addresses, external))
     }
 }
 

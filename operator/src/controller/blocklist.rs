@@ -32,9 +32,12 @@ async fn reconcile_blocklist(blocklist: &Blocklist, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     let ns = blocklist.namespace().unwrap_or_default();
-    let Some(outcomes) = ctx.outcomes_in(&ns) else {
-        return Ok(Action::await_change());
-    };
+    let (outcomes, missing) = ctx.outcomes_in(&ns);
+    if !missing.is_empty()
+        && let Some(later) = ctx.settling()
+    {
+        return Ok(Action::requeue(later));
+    }
     let status = status(blocklist, &outcomes, &Time(Timestamp::now()));
     let old = blocklist.status.clone().unwrap_or_default();
     if blocklist.status.as_ref() != Some(&status) {

@@ -34,9 +34,12 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     }
     let ns = domain.namespace().unwrap_or_default();
     // A Relay not reconciled yet: its outcome will wake this again.
-    let Some(outcomes) = ctx.outcomes_in(&ns) else {
-        return Ok(Action::await_change());
-    };
+    let (outcomes, missing) = ctx.outcomes_in(&ns);
+    if !missing.is_empty()
+        && let Some(later) = ctx.settling()
+    {
+        return Ok(Action::requeue(later));
+    }
     let selecting: Vec<String> = ctx
         .relays
         .state()
@@ -50,11 +53,15 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
         })
         .map(|r| r.name_any())
         .collect();
-    let view = View::new(domain, &outcomes, selecting);
+    let mut view = View::new(domain, &outcomes, selecting);
+    view.unknown = missing
+        .into_iter()
+        .filter(|r| view.selecting.contains(r))
+        .collect();
     let dns = match (&ctx.mx, view.serving.is_empty()) {
         (Some(mx), false) => {
             let name = normalize::domain_name(&domain.spec.domain).unwrap_or_default();
-            Some(mx.check(&name, &view.external).await)
+            Some(mx.check_cached(&name, &view.external).await)
         }
         _ => None,
     };
@@ -116,6 +123,12 @@ pub struct View {
     pub problems: Vec<String>,
     /// External addresses of the serving Relays.
     pub external: Vec<String>,
+    /// Relays selecting it whose reconcile has not succeeded (so whether
+    /// they serve it is not known).
+    pub unknown: Vec<String>,
+    /// Selecting Relays whose own spec is invalid (their pods keep the
+    /// last good config, which the operator may not know after a restart).
+    pub invalid: Vec<String>,
 }
 
 impl View {
@@ -130,6 +143,9 @@ impl View {
             ..Self::default()
         };
         for (relay, o) in outcomes {
+            if o.invalid && view.selecting.contains(relay) && !o.domains.contains(&name) {
+                view.invalid.push(relay.clone());
+            }
             if o.domains.contains(&name) {
                 view.serving.push(relay.clone());
                 if o.ready {
@@ -157,7 +173,7 @@ impl View {
 pub fn status(
     domain: &MailDomain,
     view: &View,
-    dns: Option<DnsCheck>,
+    dns: Option<Result<DnsCheck, String>>,
     now: &Time,
 ) -> MailDomainStatus {
     let old = domain.status.clone().unwrap_or_default();
@@ -174,6 +190,26 @@ pub fn status(
             state,
             reason,
             list_message("problems", &view.problems, 10),
+        )
+    } else if view.serving.is_empty() && !view.unknown.is_empty() {
+        Cond::new(
+            "Accepted",
+            State::Unknown,
+            "RelayNotReconciled",
+            format!(
+                "selected by {}, whose reconcile has not succeeded (see its status)",
+                view.unknown.join(", ")
+            ),
+        )
+    } else if view.serving.is_empty() && !view.invalid.is_empty() {
+        Cond::new(
+            "Accepted",
+            State::Unknown,
+            "RelayInvalid",
+            format!(
+                "selected by {}, whose spec is invalid; its running pods keep their last good config",
+                view.invalid.join(", ")
+            ),
         )
     } else if view.serving.is_empty() && view.selecting.is_empty() {
         Cond::new(
@@ -222,13 +258,14 @@ pub fn status(
             "NotChecked",
             "checked once a Relay serves this domain",
         ),
-        Some(d) if d.points_at_relay => Cond::new(
+        Some(Err(e)) => Cond::new("DnsConfigured", State::Unknown, "LookupFailed", e.clone()),
+        Some(Ok(d)) if d.points_at_relay => Cond::new(
             "DnsConfigured",
             State::True,
             "MxPointsAtRelay",
             d.message.clone(),
         ),
-        Some(d) => Cond::new(
+        Some(Ok(d)) => Cond::new(
             "DnsConfigured",
             State::False,
             "MxElsewhere",
@@ -239,7 +276,13 @@ pub fn status(
     MailDomainStatus {
         observed_generation: generation,
         relays: view.serving.clone(),
-        dns,
+        // A failed lookup keeps what the last good one found.
+        dns: match dns {
+            Some(Ok(d)) => Some(d),
+            Some(Err(_)) => old.dns.clone(),
+            None => None,
+        },
+        // Written by nothing yet: DKIM key generation (issue 10) will.
         dkim_record: old.dkim_record.clone(),
         conditions: merge(
             &old.conditions,
@@ -247,5 +290,77 @@ pub fn status(
             generation,
             now,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain() -> MailDomain {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mailrelay.io/v1alpha1", "kind": "MailDomain",
+            "metadata": {"name": "d", "namespace": "mail", "generation": 1},
+            "spec": {"domain": "example.com", "delivery": {"lmtp": {"host": "h", "port": 24}}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at() -> Time {
+        Time(Timestamp::UNIX_EPOCH)
+    }
+
+    fn cond(s: &MailDomainStatus, t: &str) -> (String, String) {
+        let c = find(&s.conditions, t).unwrap_or_else(|| panic!("no {t}"));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_relay_that_has_not_reconciled_makes_acceptance_unknown_not_false() {
+        let view = View {
+            selecting: vec!["edge".into()],
+            unknown: vec!["edge".into()],
+            ..View::default()
+        };
+        let s = status(&domain(), &view, None, &at());
+        assert_eq!(
+            cond(&s, "Accepted"),
+            ("Unknown".into(), "RelayNotReconciled".into())
+        );
+    }
+
+    #[test]
+    fn a_failed_mx_lookup_is_unknown_and_keeps_the_last_answer() {
+        let view = View {
+            serving: vec!["edge".into()],
+            selecting: vec!["edge".into()],
+            ..View::default()
+        };
+        let good = DnsCheck {
+            mx: vec!["mx.example.com".into()],
+            points_at_relay: true,
+            message: "ok".into(),
+        };
+        let mut d = domain();
+        d.status = Some(status(&d, &view, Some(Ok(good.clone())), &at()));
+        assert_eq!(
+            cond(
+                d.status.as_ref().unwrap_or_else(|| panic!()),
+                "DnsConfigured"
+            )
+            .0,
+            "True"
+        );
+        let s = status(
+            &d,
+            &view,
+            Some(Err("MX lookup for example.com failed: timeout".into())),
+            &at(),
+        );
+        assert_eq!(
+            cond(&s, "DnsConfigured"),
+            ("Unknown".into(), "LookupFailed".into())
+        );
+        assert_eq!(s.dns, Some(good));
     }
 }

@@ -96,6 +96,9 @@ pub struct Context {
     /// The resourceVersion each object had when its last reconcile began,
     /// by (kind, namespace, name): what the pending gauge compares with.
     pub reconciled: Mutex<HashMap<(&'static str, String, String), String>>,
+    /// When the controllers started: until a grace period has passed, a
+    /// Relay without an outcome is one not reconciled *yet*.
+    pub started: std::time::Instant,
 }
 
 impl Context {
@@ -164,21 +167,37 @@ impl Context {
         }
     }
 
-    /// Outcomes of the Relays of `ns` that still exist, by name; `None`
-    /// when one of them has not been reconciled yet (its status would be a
-    /// guess: the caller waits for the wake-up instead).
-    pub fn outcomes_in(&self, ns: &str) -> Option<BTreeMap<String, Outcome>> {
-        let map = self.outcomes.read().ok()?;
-        let mut out = BTreeMap::new();
+    /// Outcomes of the Relays of `ns` that still exist, by name, and the
+    /// names of those without one (not reconciled yet, or failing).
+    pub fn outcomes_in(&self, ns: &str) -> (BTreeMap<String, Outcome>, Vec<String>) {
+        let (mut out, mut missing) = (BTreeMap::new(), Vec::new());
+        let Ok(map) = self.outcomes.read() else {
+            return (out, missing);
+        };
         for relay in self.relays.state() {
             if relay.namespace().as_deref() != Some(ns) || relay.meta().deletion_timestamp.is_some()
             {
                 continue;
             }
             let name = relay.name_any();
-            out.insert(name.clone(), map.get(&(ns.to_string(), name))?.clone());
+            match map.get(&(ns.to_string(), name.clone())) {
+                Some(o) => {
+                    out.insert(name, o.clone());
+                }
+                None => missing.push(name),
+            }
         }
-        Some(out)
+        (out, missing)
+    }
+
+    /// Right after start-up Relays without an outcome are simply not
+    /// reconciled yet: status written now would flap. The caller looks
+    /// again after this long instead.
+    pub fn settling(&self) -> Option<std::time::Duration> {
+        let grace = std::time::Duration::from_secs(60);
+        grace
+            .checked_sub(self.started.elapsed())
+            .map(|left| left.max(std::time::Duration::from_secs(5)))
     }
 
     /// Publish an Event about `obj`. Events are advisory: a failure is
@@ -330,6 +349,7 @@ pub async fn run(
         metrics: metrics.clone(),
         mx,
         reconciled: Mutex::default(),
+        started: std::time::Instant::now(),
     });
     let gauges = {
         let ctx = Arc::clone(&ctx);

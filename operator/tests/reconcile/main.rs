@@ -81,6 +81,7 @@ impl Harness {
             metrics: Arc::new(Metrics::new()),
             mx: None,
             reconciled: std::sync::Mutex::default(),
+            started: std::time::Instant::now(),
         });
         Self {
             fake,
