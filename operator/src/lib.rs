@@ -2,8 +2,9 @@
 //!
 //! Reconcile is a pipeline; each step says whether it needs the client:
 //!
-//! 1. read the Relay, its MailDomains and Blocklists (from the watch
-//!    caches) — client;
+//! 1. read the Relay (from the watch cache) and the MailDomains and
+//!    Blocklists of its namespace (listed from the API: a cache could lag
+//!    the event that woke the reconcile) — client;
 //! 2. validate: [`mailrelay_crds::compile()`] — pure;
 //! 3. model: [`Model::new`] gathers what the builders need — pure;
 //! 4. build the desired objects: [`builders::build_all`] — pure;

@@ -19,6 +19,10 @@ use crate::status::{Cond, State, entered, find, list_message, merge};
 pub async fn reconcile(blocklist: Arc<Blocklist>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Blocklist");
     ctx.begin("Blocklist", &*blocklist);
+    let mut blocklist = (*blocklist).clone();
+    if let Some(newest) = ctx.newest_status(&blocklist) {
+        blocklist.status = Some(newest);
+    }
     let result = reconcile_blocklist(&blocklist, &ctx).await;
     if let Err(e) = &result {
         timer.failed();
@@ -40,8 +44,9 @@ async fn reconcile_blocklist(blocklist: &Blocklist, ctx: &Context) -> Result<Act
     }
     let status = status(blocklist, &outcomes, &Time(Timestamp::now()));
     let old = blocklist.status.clone().unwrap_or_default();
-    if blocklist.status.as_ref() != Some(&status) {
+    if !ctx.status_current(blocklist, blocklist.status.as_ref(), &status) {
         apply_status(&ctx.client, blocklist, &status).await?;
+        ctx.wrote(blocklist, &status);
         if entered(
             &old.conditions,
             &status.conditions,

@@ -20,6 +20,10 @@ use crate::status::{Cond, State, entered, find, list_message, merge};
 pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("MailDomain");
     ctx.begin("MailDomain", &*domain);
+    let mut domain = (*domain).clone();
+    if let Some(newest) = ctx.newest_status(&domain) {
+        domain.status = Some(newest);
+    }
     let result = reconcile_domain(&domain, &ctx).await;
     if let Err(e) = &result {
         timer.failed();
@@ -67,8 +71,9 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     };
     let status = status(domain, &view, dns, &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
-    if domain.status.as_ref() != Some(&status) {
+    if !ctx.status_current(domain, domain.status.as_ref(), &status) {
         apply_status(&ctx.client, domain, &status).await?;
+        ctx.wrote(domain, &status);
         if entered(
             &old.conditions,
             &status.conditions,

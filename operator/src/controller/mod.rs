@@ -63,18 +63,34 @@ pub struct Outcome {
     pub external: Vec<String>,
 }
 
+/// The kinds a Relay selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selected {
+    MailDomain,
+    Blocklist,
+}
+
+impl Selected {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::MailDomain => "MailDomain",
+            Self::Blocklist => "Blocklist",
+        }
+    }
+}
+
 impl Outcome {
     /// Does this Relay's config (or its problem list) involve `kind/name`?
-    fn involves(&self, kind: &str, name: &str) -> bool {
+    fn involves(&self, kind: Selected, name: &str) -> bool {
         let listed = match kind {
-            "MailDomain" => self.domains.contains(name),
-            _ => self.blocklists.contains(name),
+            Selected::MailDomain => self.domains.contains(name),
+            Selected::Blocklist => self.blocklists.contains(name),
         };
         listed
             || self
                 .problems
                 .iter()
-                .any(|p| p.object.kind == kind && p.object.name == name)
+                .any(|p| p.object.kind == kind.kind() && p.object.name == name)
     }
 }
 
@@ -96,12 +112,54 @@ pub struct Context {
     /// The resourceVersion each object had when its last reconcile began,
     /// by (kind, namespace, name): what the pending gauge compares with.
     pub reconciled: Mutex<HashMap<(&'static str, String, String), String>>,
+    /// The status last written per object uid. The cache a reconcile reads
+    /// its object from can lag the operator's own status write (the next
+    /// reconcile often starts before the watch delivers it): comparing with
+    /// this too keeps that pass from writing — and announcing — it twice.
+    pub written: Mutex<HashMap<String, serde_json::Value>>,
     /// When the controllers started: until a grace period has passed, a
     /// Relay without an outcome is one not reconciled *yet*.
     pub started: std::time::Instant,
 }
 
 impl Context {
+    /// Is `status` what the object has, or what we last wrote for it?
+    pub fn status_current<K: Resource, S: Serialize + PartialEq>(
+        &self,
+        obj: &K,
+        cached: Option<&S>,
+        status: &S,
+    ) -> bool {
+        if cached == Some(status) {
+            return true;
+        }
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let json = serde_json::to_value(status).ok();
+        self.written
+            .lock()
+            .ok()
+            .is_some_and(|w| json.is_some() && w.get(&uid) == json.as_ref())
+    }
+
+    /// The newest status known for `obj`: the one last written, when the
+    /// cache has not caught up with it.
+    pub fn newest_status<K: Resource, S: serde::de::DeserializeOwned>(&self, obj: &K) -> Option<S> {
+        let uid = obj.meta().uid.clone()?;
+        let w = self.written.lock().ok()?;
+        serde_json::from_value(w.get(&uid)?.clone()).ok()
+    }
+
+    /// Remember the status written for `obj`.
+    pub fn wrote<K: Resource, S: Serialize>(&self, obj: &K, status: &S) {
+        if let (Some(uid), Ok(json), Ok(mut w)) = (
+            obj.meta().uid.clone(),
+            serde_json::to_value(status),
+            self.written.lock(),
+        ) {
+            w.insert(uid, json);
+        }
+    }
+
     /// Note that a reconcile of `obj` begins at its current version.
     pub fn begin<K: Resource>(&self, kind: &'static str, obj: &K) {
         let meta = obj.meta();
@@ -229,7 +287,7 @@ impl Context {
 pub fn relays_for(
     relays: &Store<Relay>,
     outcomes: &RwLock<BTreeMap<(String, String), Outcome>>,
-    kind: &str,
+    kind: Selected,
     meta: &kube::api::ObjectMeta,
 ) -> Vec<ObjectRef<Relay>> {
     let ns = meta.namespace.clone().unwrap_or_default();
@@ -241,8 +299,8 @@ pub fn relays_for(
         .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
         .filter(|r| {
             let selector = match kind {
-                "MailDomain" => r.spec.domain_selector.as_ref(),
-                _ => r.spec.blocklist_selector.as_ref(),
+                Selected::MailDomain => r.spec.domain_selector.as_ref(),
+                Selected::Blocklist => r.spec.blocklist_selector.as_ref(),
             };
             // A malformed selector selects nothing; the Relay's own status
             // says why.
@@ -349,6 +407,7 @@ pub async fn run(
         metrics: metrics.clone(),
         mx,
         reconciled: Mutex::default(),
+        written: Mutex::default(),
         started: std::time::Instant::now(),
     });
     let gauges = {
@@ -382,30 +441,24 @@ pub async fn run(
             owned.clone(),
         )
         .watches(domains_api.clone(), all.clone(), move |d: MailDomain| {
-            relays_for(&relays, &outcomes.outcomes, "MailDomain", &d.metadata)
+            relays_for(
+                &relays,
+                &outcomes.outcomes,
+                Selected::MailDomain,
+                &d.metadata,
+            )
         })
         .watches(blocklists_api.clone(), all.clone(), move |b: Blocklist| {
-            relays_for(&relays2, &outcomes2.outcomes, "Blocklist", &b.metadata)
+            relays_for(
+                &relays2,
+                &outcomes2.outcomes,
+                Selected::Blocklist,
+                &b.metadata,
+            )
         })
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(relay::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each({
-            let ctx = Arc::clone(&ctx);
-            let mut inner = report("Relay", metrics.clone());
-            move |result| {
-                // A deleted Relay is never reconciled again: forget its
-                // outcome here, so its MailDomains and Blocklists stop
-                // naming it.
-                if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
-                    ctx.set_outcome(
-                        gone.namespace.as_deref().unwrap_or_default(),
-                        &gone.name,
-                        None,
-                    );
-                }
-                inner(result)
-            }
-        });
+        .for_each(report("Relay", Arc::clone(&ctx)));
 
     let (domains_store, blocklists_store) = (ctx.domains.clone(), ctx.blocklists.clone());
     let domain_run = domain_controller
@@ -415,7 +468,7 @@ pub async fn run(
         .reconcile_all_on(tokio_stream(domain_rx))
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(domain::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(report("MailDomain", metrics.clone()));
+        .for_each(report("MailDomain", Arc::clone(&ctx)));
     let blocklist_run = blocklist_controller
         .watches(relays_api, all, move |r: Relay| {
             in_namespace(&blocklists_store, r.namespace().as_deref())
@@ -423,7 +476,7 @@ pub async fn run(
         .reconcile_all_on(tokio_stream(blocklist_rx))
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(blocklist::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(report("Blocklist", metrics.clone()));
+        .for_each(report("Blocklist", Arc::clone(&ctx)));
 
     let trigger = async move {
         shutdown.await;
@@ -452,19 +505,39 @@ fn tokio_stream(mut rx: mpsc::UnboundedReceiver<()>) -> impl futures::Stream<Ite
 }
 
 /// What to do with each result of a controller's stream.
-fn report<K, E: std::fmt::Display>(
+/// One result of a controller's stream.
+type Reported<K, E1, E2> = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E1, E2>>;
+
+fn report<K, E1, E2>(
     kind: &'static str,
-    metrics: Arc<Metrics>,
-) -> impl FnMut(Result<(ObjectRef<K>, Action), E>) -> futures::future::Ready<()>
+    ctx: Arc<Context>,
+) -> impl FnMut(Reported<K, E1, E2>) -> futures::future::Ready<()>
 where
     K: Resource,
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
 {
+    use kube::runtime::controller::Error as E;
     move |result| {
-        if let Err(e) = result {
-            // Reconcile errors were counted by the reconcile; this also
-            // sees the controller's own (a watch failing, an object gone).
-            metrics.controller_error(kind);
-            tracing::debug!(kind, error = %e, "controller");
+        match &result {
+            // Counted and logged by the reconcile itself.
+            Err(E::ReconcilerFailed(..)) | Ok(_) => {}
+            // An object deleted since it was queued: forget what we kept
+            // about it (the Relay's outcome, so its MailDomains and
+            // Blocklists stop naming it; the version last reconciled).
+            Err(E::ObjectNotFound(gone)) => {
+                let ns = gone.namespace.clone().unwrap_or_default();
+                if kind == "Relay" {
+                    ctx.set_outcome(&ns, &gone.name, None);
+                }
+                if let Ok(mut m) = ctx.reconciled.lock() {
+                    m.remove(&(kind, ns, gone.name.clone()));
+                }
+            }
+            Err(e) => {
+                ctx.metrics.controller_error(kind);
+                tracing::warn!(kind, error = %e, "controller");
+            }
         }
         futures::future::ready(())
     }

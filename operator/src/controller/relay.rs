@@ -29,6 +29,10 @@ const LISTED: usize = 10;
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Relay");
     ctx.begin("Relay", &*relay);
+    let mut relay = (*relay).clone();
+    if let Some(newest) = ctx.newest_status(&relay) {
+        relay.status = Some(newest);
+    }
     let result = reconcile_relay(&relay, &ctx).await;
     if let Err(e) = &result {
         timer.failed();
@@ -426,10 +430,11 @@ pub fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStat
 /// transition.
 async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Result<(), Error> {
     let old = relay.status.clone().unwrap_or_default();
-    if relay.status.as_ref() == Some(&status) {
+    if ctx.status_current(relay, relay.status.as_ref(), &status) {
         return Ok(());
     }
     apply_status(&ctx.client, relay, &status).await?;
+    ctx.wrote(relay, &status);
     for (type_, reason, note) in events(&old, &status) {
         ctx.event(relay, type_, reason, "Reconcile", note).await;
     }
@@ -474,6 +479,7 @@ pub fn events(old: &RelayStatus, new: &RelayStatus) -> Vec<(EventType, &'static 
     {
         out.push((EventType::Warning, "Degraded", message("Degraded")));
     }
+    // Only on becoming Ready, not when the message changes while Ready.
     if entered(&old.conditions, &new.conditions, "Ready", State::True)
         && crate::status::find(&old.conditions, "Ready").is_none_or(|c| c.status != "True")
     {

@@ -81,6 +81,7 @@ impl Harness {
             metrics: Arc::new(Metrics::new()),
             mx: None,
             reconciled: std::sync::Mutex::default(),
+            written: std::sync::Mutex::default(),
             started: std::time::Instant::now(),
         });
         Self {
@@ -438,6 +439,25 @@ async fn the_pending_gauge_counts_objects_whose_version_was_not_reconciled() {
 }
 
 #[tokio::test]
+async fn a_reconcile_from_a_cache_that_has_not_seen_the_last_status_write_writes_nothing() {
+    let mut h = Harness::new();
+    h.examples();
+    let stale: Relay = h.stored("relays", "edge");
+    h.reconcile_relay("edge").await;
+    // The same Relay as the cache still has it: no status, no Events.
+    controller::relay::reconcile(Arc::new(stale), h.ctx.clone())
+        .await
+        .unwrap();
+    let calls = h.fake.take_calls();
+    assert!(
+        status_writes(&calls).is_empty(),
+        "{:?}",
+        status_writes(&calls)
+    );
+    assert!(events(&calls).is_empty(), "{:?}", events(&calls));
+}
+
+#[tokio::test]
 async fn a_second_reconcile_with_nothing_changed_writes_nothing_new() {
     let mut h = Harness::new();
     h.examples();
@@ -759,7 +779,7 @@ async fn relabelling_a_maildomain_wakes_the_relay_that_loses_it_and_the_one_that
     let woken: BTreeSet<String> = controller::relays_for(
         &h.ctx.relays,
         &h.ctx.outcomes,
-        "MailDomain",
+        controller::Selected::MailDomain,
         &moved.metadata,
     )
     .into_iter()
