@@ -98,8 +98,8 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             let applied = apply_plan(ctx, &plan).await?;
             if let Some(uid) = relay.uid() {
                 let selector = plan.model.relay.selector();
-                let deleted =
-                    apply::prune(&ctx.client, &ns, &selector, &uid, &applied.keep).await?;
+                let keep = keep_until_ready(&applied, &plan.model);
+                let deleted = apply::prune(&ctx.client, &ns, &selector, &uid, &keep).await?;
                 if !deleted.is_empty() {
                     tracing::info!(relay = %key(relay), ?deleted, "pruned objects the Relay no longer needs");
                 }
@@ -237,6 +237,23 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
         None => {}
     }
     Ok(applied)
+}
+
+/// What to keep from pruning. When queue storage was switched on or off,
+/// the workload of the other kind stays until the new one has all its pods
+/// ready: deleting it at once would drain every old pod together, which
+/// the PodDisruptionBudget does not prevent. The new workload's status
+/// change wakes the reconcile that prunes it.
+fn keep_until_ready(applied: &Applied, model: &crate::model::Model) -> Keep {
+    let mut keep = applied.keep.clone();
+    let w = &applied.workload;
+    let ready = w.ready >= model.replicas && w.observed_generation >= w.generation;
+    if !ready {
+        let name = model.relay.name.clone();
+        keep.deployments.insert(name.clone());
+        keep.stateful_sets.insert(name);
+    }
+    keep
 }
 
 /// With an autoscaler, `spec.replicas` belongs to a field manager of its

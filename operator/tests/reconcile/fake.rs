@@ -253,6 +253,15 @@ fn answer(state: &mut State, call: &Call) -> (StatusCode, Value) {
         (&Method::PATCH, Some(name), None) if call.is_apply() => {
             let mut obj = call.body.clone().unwrap_or(Value::Null);
             let old = state.objects.get(&key(name)).cloned();
+            // A second manager applying part of an object (the replicas):
+            // its fields merge into what is there.
+            let partial = query_param(&call.query, "fieldManager").as_deref()
+                == Some("mailrelay-operator-replicas");
+            if let (true, Some(o)) = (partial, &old) {
+                let mut merged = o.clone();
+                merged["spec"]["replicas"] = obj["spec"]["replicas"].clone();
+                obj = merged;
+            }
             let uid = match old.as_ref().and_then(|o| o["metadata"]["uid"].as_str()) {
                 Some(u) => u.to_string(),
                 None => {
@@ -260,16 +269,6 @@ fn answer(state: &mut State, call: &Call) -> (StatusCode, Value) {
                     format!("uid-{}", state.next_uid)
                 }
             };
-            let generation = match &old {
-                Some(o) if o["spec"] == obj["spec"] => {
-                    o["metadata"]["generation"].as_i64().unwrap_or(1)
-                }
-                Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
-                None => 1,
-            };
-            obj["metadata"]["uid"] = json!(uid);
-            obj["metadata"]["generation"] = json!(generation);
-            obj["metadata"]["resourceVersion"] = json!(rv);
             if let Some(o) = &old {
                 // Fields the operator does not apply survive, as with SSA:
                 // the status, and replicas another manager owns.
@@ -283,6 +282,16 @@ fn answer(state: &mut State, call: &Call) -> (StatusCode, Value) {
                     obj["spec"]["replicas"] = o["spec"]["replicas"].clone();
                 }
             }
+            let generation = match &old {
+                Some(o) if o["spec"] == obj["spec"] => {
+                    o["metadata"]["generation"].as_i64().unwrap_or(1)
+                }
+                Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                None => 1,
+            };
+            obj["metadata"]["uid"] = json!(uid);
+            obj["metadata"]["generation"] = json!(generation);
+            obj["metadata"]["resourceVersion"] = json!(rv);
             state.objects.insert(key(name), obj.clone());
             (StatusCode::OK, obj)
         }

@@ -231,6 +231,15 @@ impl Harness {
         self.relays.apply_watcher_event(&watcher::Event::Apply(r));
     }
 
+    /// The workload controller's part: every pod of `resource/name` ready.
+    pub fn workload_ready(&self, resource: &str, name: &str) {
+        let mut w = self.fake.get("apps", resource, NS, name).unwrap();
+        let n = w["spec"]["replicas"].as_i64().unwrap_or(1);
+        let generation = w["metadata"]["generation"].clone();
+        w["status"] = json!({"observedGeneration": generation, "replicas": n, "readyReplicas": n, "updatedReplicas": n});
+        self.fake.put("apps", resource, NS, name, w);
+    }
+
     pub fn relay_status(&self, name: &str) -> mailrelay_crds::RelayStatus {
         self.stored::<Relay>("relays", name)
             .status
@@ -582,6 +591,15 @@ async fn turning_queue_storage_on_prunes_the_deployment_and_nothing_else() {
             .iter()
             .any(|p| p.ends_with("statefulsets/edge"))
     );
+    assert!(
+        !calls.iter().any(|c| c.method == Method::DELETE),
+        "the old pods serve until the new ones are ready"
+    );
+    let mut sts = h.fake.get("apps", "statefulsets", NS, "edge").unwrap();
+    sts["status"] =
+        json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2});
+    h.fake.put("apps", "statefulsets", NS, "edge", sts);
+    let (_, calls) = h.reconcile_relay("edge").await;
     let deleted: Vec<String> = calls
         .iter()
         .filter(|c| c.method == Method::DELETE)

@@ -122,11 +122,15 @@ async fn all_calls() -> Vec<Call> {
         r.spec.queue.storage = Some(serde_json::from_value(json!({"size": "1Gi"})).unwrap());
     });
     calls.extend(h.reconcile_relay("plain").await.1);
+    h.workload_ready("statefulsets", "plain");
+    calls.extend(h.reconcile_relay("plain").await.1);
     h.edit_relay("plain", |r| {
         r.spec.autoscaling =
             Some(serde_json::from_value(json!({"minReplicas": 1, "maxReplicas": 3})).unwrap());
         r.spec.queue.storage = None;
     });
+    calls.extend(h.reconcile_relay("plain").await.1);
+    h.workload_ready("deployments", "plain");
     calls.extend(h.reconcile_relay("plain").await.1);
     let uid = h.fake.get("mailrelay.io", "relays", NS, "plain").unwrap()["metadata"]["uid"].clone();
     h.fake.put("", "configmaps", NS, "plain-config-1", json!({
