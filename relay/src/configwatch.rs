@@ -127,7 +127,11 @@ pub fn changes(
                             Some((name, Some(cm)))
                         }
                         Ok(watcher::Event::Delete(_)) => Some((name, None)),
-                        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                        // A relist begins: forget the old copy, so one
+                        // deleted while the watch was down does not linger
+                        // (the relist's InitApply brings back what exists).
+                        Ok(watcher::Event::Init) => Some((name, None)),
+                        Ok(watcher::Event::InitDone) => None,
                         Err(e) => {
                             tracing::warn!(configmap = %name, error = %e, "config watch");
                             None
@@ -299,6 +303,12 @@ mod tests {
         });
         let client = Client::new(service, "mail");
         let mut stream = std::pin::pin!(changes(client, "mail", &["edge-config".to_string()]));
+        // The relist starts by forgetting the old copy, then brings it.
+        let (name, reset) = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((name.as_str(), reset.is_none()), ("edge-config", true));
         let (name, cm) = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
             .await
             .unwrap()
