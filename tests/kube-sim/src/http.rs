@@ -313,6 +313,10 @@ pub async fn handle(
         record(verb, 403, e.message.clone());
         return Ok(error(&e));
     }
+    if let Some(e) = escalation_check(&shared, &t, &attrs, verb, &body) {
+        record(verb, 403, e.message.clone());
+        return Ok(error(&e));
+    }
     if verb == "watch" {
         record(verb, 200, String::new());
         return Ok(watch_response(
@@ -436,6 +440,54 @@ pub async fn handle(
             error(&e)
         }
     })
+}
+
+/// Writing a Role or ClusterRole, or binding one, grants permissions: only
+/// those the caller holds (RBAC's escalation prevention; the `escalate` and
+/// `bind` verbs are not modelled).
+fn escalation_check(
+    shared: &Shared,
+    t: &Target,
+    attrs: &Attributes,
+    verb: &str,
+    body: &Bytes,
+) -> Option<ApiError> {
+    if t.group != "rbac.authorization.k8s.io" || !matches!(verb, "create" | "update" | "patch") {
+        return None;
+    }
+    let obj: Value = serde_json::from_slice(body).ok()?;
+    let store = shared.store.lock().ok()?;
+    let objs = store.rbac_objects();
+    let stored = || objs.iter().map(|(r, n, o)| (r.as_str(), n.as_str(), o));
+    let rules = match t.resource.as_str() {
+        "roles" | "clusterroles" => obj["rules"].clone(),
+        "rolebindings" | "clusterrolebindings" => {
+            let role_ref = &obj["roleRef"];
+            let (res, ns) = match role_ref["kind"].as_str() {
+                Some("ClusterRole") => ("clusterroles", String::new()),
+                _ => ("roles", t.namespace.clone().unwrap_or_default()),
+            };
+            let name = role_ref["name"].as_str().unwrap_or_default();
+            objs.iter()
+                .find(|(r, n, o)| {
+                    r == res && *n == ns && o["metadata"]["name"].as_str() == Some(name)
+                })
+                .map(|(_, _, o)| o["rules"].clone())
+                .unwrap_or(Value::Null)
+        }
+        _ => return None,
+    };
+    let caller = Attributes {
+        namespace: t.namespace.clone(),
+        ..attrs.clone()
+    };
+    let why = rbac::escalation(stored(), &caller, &rules)?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    Some(ApiError::new(
+        403,
+        "Forbidden",
+        format!("{}.{} \"{name}\" is forbidden: {why}", t.resource, t.group),
+    ))
 }
 
 fn watch_response(shared: Arc<Shared>, kind: Kind, ns: Option<String>, q: &str) -> Response<Body> {

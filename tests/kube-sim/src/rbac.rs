@@ -184,3 +184,55 @@ mod tests {
         );
     }
 }
+
+/// The rules a Role or ClusterRole write grants, or a binding's role holds:
+/// RBAC lets a user grant only what it holds itself (the escalation check).
+/// The first rule entry the caller does not hold, in the API's wording.
+pub fn escalation<'a>(
+    objects: impl Iterator<Item = Stored<'a>> + Clone,
+    caller: &Attributes,
+    rules: &Value,
+) -> Option<String> {
+    for rule in rules.as_array().into_iter().flatten() {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        };
+        let names = list("resourceNames");
+        let names: Vec<Option<String>> = if names.is_empty() {
+            vec![None]
+        } else {
+            names.into_iter().map(Some).collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    for name in &names {
+                        let a = Attributes {
+                            verb: verb.clone(),
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            name: name.clone(),
+                            ..caller.clone()
+                        };
+                        if !allowed(objects.clone(), &a) {
+                            return Some(format!(
+                                "user \"{}\" is attempting to grant RBAC permissions not currently held: {{APIGroups:[\"{group}\"], Resources:[\"{resource}\"], ResourceNames:[{}], Verbs:[\"{verb}\"]}}",
+                                caller.user,
+                                name.as_deref()
+                                    .map(|n| format!("\"{n}\""))
+                                    .unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}

@@ -620,6 +620,8 @@ impl Store {
                     .flatten()
                     .any(|r| r["uid"].as_str() == Some(uid.as_str()))
             })
+            // A dependent with another owner still alive stays.
+            .filter(|(_, o)| self.orphaned(o))
             .map(|(k, _)| k.clone())
             .collect();
         for key in owned {

@@ -449,3 +449,56 @@ async fn a_write_that_changes_nothing_keeps_the_resource_version_and_tells_no_wa
     let events = take(&api, &rv, 1).await;
     assert_eq!(names(&events), ["ADDED y"], "the no-op apply made no event");
 }
+
+#[tokio::test]
+async fn granting_permissions_the_caller_does_not_hold_is_refused_as_escalation() {
+    let sim = KubeSim::start().await.unwrap();
+    sim.add_user("op-token", "system:serviceaccount:ops:op");
+    let admin = client(&sim, ADMIN_TOKEN).await;
+    let op = client(&sim, "op-token").await;
+    let rbac = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind),
+            plural,
+        )
+    };
+    // The caller may write Roles and read ConfigMaps, nothing more.
+    Api::<DynamicObject>::all_with(admin.clone(), &rbac("ClusterRole", "clusterroles"))
+        .create(&PostParams::default(), &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "op"}, "rules": [
+                {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["create", "patch"]},
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]})).unwrap())
+        .await
+        .unwrap();
+    Api::<DynamicObject>::all_with(admin, &rbac("ClusterRoleBinding", "clusterrolebindings"))
+        .create(&PostParams::default(), &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "op"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "ops"}]})).unwrap())
+        .await
+        .unwrap();
+    let roles: Api<DynamicObject> = Api::namespaced_with(op, "mail", &rbac("Role", "roles"));
+    let role = |verb: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": format!("r-{verb}")},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["edge-config"], "verbs": [verb]}]})).unwrap()
+    };
+    roles
+        .create(&PostParams::default(), &role("get"))
+        .await
+        .unwrap();
+    match roles
+        .create(&PostParams::default(), &role("delete"))
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 403);
+            assert!(
+                s.message
+                    .contains("is attempting to grant RBAC permissions not currently held"),
+                "{}",
+                s.message
+            );
+        }
+        e => panic!("{e}"),
+    }
+}
