@@ -139,52 +139,6 @@ pub fn allowed<'a>(objects: impl Iterator<Item = Stored<'a>> + Clone, a: &Attrib
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn attrs(verb: &str, resource: &str, name: Option<&str>) -> Attributes {
-        Attributes {
-            user: "system:serviceaccount:mail:edge".into(),
-            groups: vec![],
-            verb: verb.into(),
-            group: String::new(),
-            resource: resource.into(),
-            namespace: Some("mail".into()),
-            name: name.map(String::from),
-        }
-    }
-
-    #[test]
-    fn a_role_by_resource_names_allows_those_objects_only() {
-        let role = json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["edge-config"], "verbs": ["get", "watch", "list"]}]});
-        let binding = json!({"metadata": {"name": "b"}, "roleRef": {"kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "edge", "namespace": "mail"}]});
-        let objs = [("roles", "mail", &role), ("rolebindings", "mail", &binding)];
-        assert!(allowed(
-            objs.iter().copied(),
-            &attrs("watch", "configmaps", Some("edge-config"))
-        ));
-        assert!(
-            !allowed(objs.iter().copied(), &attrs("watch", "configmaps", None)),
-            "a watch without the name selector"
-        );
-        assert!(!allowed(
-            objs.iter().copied(),
-            &attrs("get", "configmaps", Some("other"))
-        ));
-        assert!(!allowed(
-            objs.iter().copied(),
-            &attrs("get", "secrets", Some("edge-config"))
-        ));
-        let denied = attrs("patch", "configmaps", Some("x"));
-        assert_eq!(
-            denied.forbidden_message(),
-            "configmaps \"x\" is forbidden: User \"system:serviceaccount:mail:edge\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"mail\""
-        );
-    }
-}
-
 /// The rules a Role or ClusterRole write grants, or a binding's role holds:
 /// RBAC lets a user grant only what it holds itself (the escalation check).
 /// The first rule entry the caller does not hold, in the API's wording.
@@ -235,4 +189,50 @@ pub fn escalation<'a>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attrs(verb: &str, resource: &str, name: Option<&str>) -> Attributes {
+        Attributes {
+            user: "system:serviceaccount:mail:edge".into(),
+            groups: vec![],
+            verb: verb.into(),
+            group: String::new(),
+            resource: resource.into(),
+            namespace: Some("mail".into()),
+            name: name.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_role_by_resource_names_allows_those_objects_only() {
+        let role = json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["edge-config"], "verbs": ["get", "watch", "list"]}]});
+        let binding = json!({"metadata": {"name": "b"}, "roleRef": {"kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "edge", "namespace": "mail"}]});
+        let objs = [("roles", "mail", &role), ("rolebindings", "mail", &binding)];
+        assert!(allowed(
+            objs.iter().copied(),
+            &attrs("watch", "configmaps", Some("edge-config"))
+        ));
+        assert!(
+            !allowed(objs.iter().copied(), &attrs("watch", "configmaps", None)),
+            "a watch without the name selector"
+        );
+        assert!(!allowed(
+            objs.iter().copied(),
+            &attrs("get", "configmaps", Some("other"))
+        ));
+        assert!(!allowed(
+            objs.iter().copied(),
+            &attrs("get", "secrets", Some("edge-config"))
+        ));
+        let denied = attrs("patch", "configmaps", Some("x"));
+        assert_eq!(
+            denied.forbidden_message(),
+            "configmaps \"x\" is forbidden: User \"system:serviceaccount:mail:edge\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"mail\""
+        );
+    }
 }
