@@ -274,6 +274,33 @@ async fn a_user_applies_the_examples_and_gets_a_ready_relay_then_changes_relabel
     )
     .await;
 
+    // The autoscaler's path: it scales the Relay through its scale
+    // subresource (as `kubectl scale relay edge --replicas 4` does); the
+    // workload follows, its replicas owned by the operator's replicas manager.
+    c.api(&relays(), ns)
+        .patch_scale(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    let owner = eventually(
+        "the StatefulSet following the Relay's scale",
+        LIMIT,
+        || async {
+            let sts = sts_api.get("edge").await.ok()?;
+            let owner = sts.metadata.managed_fields.iter().flatten().find(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains("f:replicas"))
+            })?;
+            (sts.data["spec"]["replicas"] == 4).then(|| owner.manager.clone())?
+        },
+    )
+    .await;
+    assert_eq!(owner, "mailrelay-operator-replicas");
+
     // Delete a Relay: its objects are garbage-collected.
     c.api(&relays(), ns)
         .delete("other", &DeleteParams::default())
