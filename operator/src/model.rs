@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use mailrelay_crds::common::ObjectRef;
@@ -138,6 +138,8 @@ pub struct Model {
     /// workload's scale subresource instead, so the apply never fights it.
     pub autoscaled: bool,
     pub resources: Option<ResourceRequirements>,
+    /// For pulling the relay image from a private registry.
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     pub service: RelayService,
     /// Maildir claims, sorted by path.
     pub maildirs: Vec<MaildirMount>,
@@ -250,6 +252,7 @@ impl Model {
             config_json,
             config_hash,
             resources: spec.resources.clone(),
+            image_pull_secrets: spec.image_pull_secrets.clone(),
             service: spec.service.clone(),
             maildirs,
             prometheus_url: settings.prometheus_url.clone(),

@@ -66,6 +66,8 @@ pub fn template(model: &Model, config_maps: &[String], spool_claim: bool) -> Pod
             security_context: Some(pod_security()),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             containers: vec![container(model, v.mounts, config_maps)],
+            image_pull_secrets: (!model.image_pull_secrets.is_empty())
+                .then(|| model.image_pull_secrets.clone()),
             volumes: Some(v.volumes),
             topology_spread_constraints: Some(spread(model)),
             ..PodSpec::default()

@@ -412,3 +412,16 @@ fn autoscaling_on_cpu_without_a_cpu_request_is_a_warning() {
     .model();
     assert!(model.warnings.is_empty());
 }
+
+#[test]
+fn image_pull_secrets_reach_the_pod() {
+    let objects =
+        Fixture::relay("hostname: mx.example.com\nimagePullSecrets: [{name: regcred}]").objects();
+    let secrets = pod_spec(&objects).image_pull_secrets.clone().unwrap();
+    assert_eq!(secrets[0].name, "regcred");
+    assert!(
+        pod_spec(&Fixture::relay(MINIMAL).objects())
+            .image_pull_secrets
+            .is_none()
+    );
+}
