@@ -27,6 +27,27 @@ use crate::server::listener::Current;
 /// ([`crate::configwatch`]) and take the file only at start.
 pub const POLL: Duration = Duration::from_secs(2);
 
+/// Overrides `POLL`, in milliseconds (at least 50): for a config file that
+/// is not a ConfigMap volume and may change faster (and for tests that
+/// swap configs many times).
+pub const POLL_ENV: &str = "MAILRELAY_CONFIG_POLL_MS";
+
+/// How often the file is read: `POLL`, or what `POLL_ENV` says.
+pub fn poll_interval() -> Duration {
+    poll_from(std::env::var(POLL_ENV).ok().as_deref())
+}
+
+fn poll_from(value: Option<&str>) -> Duration {
+    match value.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(ms)) => Duration::from_millis(ms.max(50)),
+        Some(Err(_)) => {
+            tracing::warn!("{POLL_ENV} is not a number of milliseconds; polling every {POLL:?}");
+            POLL
+        }
+        None => POLL,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("{}: {source}", path.display())]
@@ -109,7 +130,7 @@ pub async fn watch(
     mut hash: [u8; 32],
     adjust: impl Fn(&mut RelayConfig) + Send + 'static,
 ) {
-    let mut tick = tokio::time::interval(POLL);
+    let mut tick = tokio::time::interval(poll_interval());
     loop {
         tick.tick().await;
         let path2 = path.clone();
@@ -165,6 +186,14 @@ pub async fn swap(current: &Current, config: RelayConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_poll_interval_can_be_shortened_but_not_to_nothing() {
+        assert_eq!(poll_from(None), POLL);
+        assert_eq!(poll_from(Some("250")), Duration::from_millis(250));
+        assert_eq!(poll_from(Some("0")), Duration::from_millis(50));
+        assert_eq!(poll_from(Some("2s")), POLL);
+    }
 
     fn config_json() -> String {
         let (rt, _dir) = crate::testutil::runtime();

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::server::tls::Tls;
 use crate::smtp::received::{self, Trace};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Accepted, Effect, Session};
+use crate::smtp::session::{Accepted, Effect, Session, storage_full_reply};
 use crate::spool::{Envelope, Spool};
 
 /// Longest command line with its CRLF (RFC 5321 §4.5.3.1.4).
@@ -177,7 +177,12 @@ where
             MAX_COMMAND
         };
         let outcome = match conn.line(max).await? {
-            Ok(line) => session.line(&line),
+            Ok(line) => {
+                if is_mail(&line) {
+                    session.set_storage_full(!ctx.spool.has_room().await);
+                }
+                session.line(&line)
+            }
             Err(_) => session.line_too_long(),
         };
         if let Some(reply) = &outcome.reply {
@@ -247,6 +252,13 @@ where
             }
         }
     }
+}
+
+/// A MAIL command (case-insensitive verb, RFC 5321 §2.4): the moment to
+/// ask whether the spool has room.
+fn is_mail(line: &[u8]) -> bool {
+    line.get(..5)
+        .is_some_and(|verb| verb.eq_ignore_ascii_case(b"MAIL "))
 }
 
 async fn start_tls<S>(
@@ -355,7 +367,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         Err(e) => {
             tracing::error!(queue_id = %id_text, error = %e, "spool commit failed; message refused");
             // RFC 3463 4.3.1: mail system full (or failing); the client retries.
-            Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
+            storage_full_reply()
         }
     }
 }

@@ -135,11 +135,7 @@ impl DataReader {
                         .map_or(input.len(), |p| i - 1 + p);
                     if run_end > i - 1 && !self.lines.cr {
                         let run = &input[i - 1..run_end];
-                        self.lines.line_len += run.len();
-                        if self.lines.line_len > MAX_LINE {
-                            self.lines.fail(ContentError::LineTooLong);
-                        }
-                        self.keep(run);
+                        self.keep_run(run);
                         i = run_end;
                     } else {
                         self.take(b);
@@ -148,6 +144,24 @@ impl DataReader {
             }
         }
         None
+    }
+
+    /// A run of ordinary bytes at once, failing as `take` byte by byte
+    /// would: whichever limit the run crosses first (the line's on a tie)
+    /// is the error, so the answer never depends on how reads cut the input.
+    fn keep_run(&mut self, run: &[u8]) {
+        // Index in `run` of the first byte past each limit.
+        let line_over = (MAX_LINE + 1).saturating_sub(self.lines.line_len + 1);
+        let size_over = self.max_size.saturating_sub(self.size);
+        let crosses_line = self.lines.line_len + run.len() > MAX_LINE;
+        if crosses_line && line_over <= size_over {
+            self.lines.fail(ContentError::LineTooLong);
+        }
+        self.lines.line_len += run.len();
+        self.keep(run);
+        if crosses_line {
+            self.lines.fail(ContentError::LineTooLong);
+        }
     }
 
     fn take(&mut self, b: u8) {
@@ -187,8 +201,14 @@ impl BdatCollector {
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        // The first byte past the size limit fails the message there, in
+        // byte order with the line rules, wherever the chunks end.
+        let over = self.max_size.saturating_sub(self.size);
+        for (i, &b) in chunk.iter().enumerate() {
             self.lines.push(b);
+            if i == over {
+                self.lines.fail(ContentError::TooLarge);
+            }
         }
         self.size = self.size.saturating_add(chunk.len());
         if self.size > self.max_size {
@@ -323,6 +343,37 @@ mod tests {
         let mut c = BdatCollector::new(4);
         c.push(b"abcdef\r\n");
         assert_eq!(c.finish(), Err(ContentError::TooLarge));
+    }
+
+    /// Found by the `data_reader` fuzz target: a long line in a message
+    /// that is also too large was refused as one or the other depending
+    /// on how the reads cut it. The limit crossed first decides.
+    #[test]
+    fn the_first_limit_crossed_decides_the_error_however_the_input_is_read() {
+        let cases: [(usize, usize, ContentError); 3] = [
+            // (size limit, line length, error)
+            (0, 1021, ContentError::TooLarge),
+            (2000, 1021, ContentError::LineTooLong),
+            (MAX_LINE, 1021, ContentError::LineTooLong),
+        ];
+        for (max, len, want) in cases {
+            let mut input = vec![b'a'; len];
+            input.extend_from_slice(b"\r\n.\r\n");
+            for step in [1, 7, 500, input.len()] {
+                let mut r = DataReader::new(max);
+                let mut end = None;
+                for piece in input.chunks(step) {
+                    end = r.feed(piece);
+                }
+                assert!(end.is_some(), "max {max} step {step}");
+                assert_eq!(r.finish(), Err(want), "max {max} step {step}");
+                let mut b = BdatCollector::new(max);
+                for piece in input[..len + 2].chunks(step) {
+                    b.push(piece);
+                }
+                assert_eq!(b.finish(), Err(want), "BDAT max {max} step {step}");
+            }
+        }
     }
 
     proptest::proptest! {

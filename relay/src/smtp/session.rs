@@ -98,6 +98,8 @@ pub struct Session {
     errors: u32,
     /// TLS can be offered (a certificate is loaded).
     tls_available: bool,
+    /// The spool has no room for new mail (the loop says so before MAIL).
+    storage_full: bool,
 }
 
 impl Session {
@@ -119,6 +121,7 @@ impl Session {
             expect: Expect::Command,
             errors: 0,
             tls_available,
+            storage_full: false,
         }
     }
 
@@ -286,6 +289,11 @@ impl Session {
         }
         if self.is_submission() && self.auth.is_none() && !self.trusted_relay() {
             return Reply::new(530, "5.7.0", "Authentication required").into();
+        }
+        if self.storage_full {
+            // RFC 5321 §4.3.2 (452 is a MAIL reply), RFC 3463 4.3.1: say so
+            // before the client sends the message; it keeps it and retries.
+            return storage_full_reply().into();
         }
         if self.auth.is_none()
             && let Some(block) = self.conn.connect_block.clone()
@@ -643,6 +651,11 @@ impl Session {
     }
 }
 
+/// The spool cannot take the message now (disk full or failing).
+pub fn storage_full_reply() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
+}
+
 /// A RCPT the parser refused may still be a routing trick (`a@b@c`,
 /// `host!user`, `user@[IP]`): answer it as the relay refusal it is.
 fn routing_trick(line: &[u8]) -> Option<Reply> {
@@ -679,6 +692,12 @@ impl Session {
             self.expect,
             Expect::AuthPlain | Expect::LoginUser | Expect::LoginPassword(_)
         )
+    }
+
+    /// Whether the spool has room for a new message: the loop asks the
+    /// spool before each MAIL and says it here.
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.storage_full = full;
     }
 
     pub fn helo(&self) -> Option<&str> {

@@ -130,6 +130,27 @@ fn inbound_mail_for_a_hosted_user_is_accepted() {
 }
 
 #[test]
+fn a_full_spool_refuses_mail_with_452_4_3_1_until_it_has_room_again() {
+    let mut d = Driver::new(ListenerName::Smtp, "198.51.100.7", false);
+    d.session.set_storage_full(true);
+    d.play(
+        "c: EHLO client.example
+         s: 250-mx.test
+         c: MAIL FROM:<someone@remote.example>
+         s: 452 4.3.1 Insufficient system storage
+         c: RCPT TO:<alice@hosted.example>
+         s: 503 5.5.1",
+    );
+    d.session.set_storage_full(false);
+    d.play(
+        "c: MAIL FROM:<someone@remote.example>
+         s: 250 2.1.0
+         c: RCPT TO:<alice@hosted.example>
+         s: 250 2.1.5",
+    );
+}
+
+#[test]
 fn the_smtp_listener_is_not_an_open_relay() {
     for listener in [
         ListenerName::Smtp,

@@ -73,6 +73,7 @@ impl<'a> Ahead<'a> {
             Op::Held { id, .. } => {
                 self.recipients(id)?;
             }
+            Op::Probe => {}
         }
         Ok(())
     }

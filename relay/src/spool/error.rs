@@ -19,6 +19,10 @@ pub enum SpoolError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The disk is full: new messages are refused until space comes back
+    /// (answer 452 4.3.1); removals and delivery states are still written.
+    #[error("spool: the disk holding {} is full; new mail is refused until space comes back", .dir.display())]
+    Full { dir: PathBuf },
     /// Another process has the spool open for writing.
     #[error("spool: {} is held by another process", .path.display())]
     Locked { path: PathBuf },
@@ -56,6 +60,11 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// The filesystem ran out of room (as opposed to failing).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if super::reserve::is_no_space(source))
+    }
+
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
         SpoolError::Io {
             op,

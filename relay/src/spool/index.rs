@@ -268,6 +268,11 @@ impl Index {
         self.entries.get(id).map(|entry| entry.queued(*id))
     }
 
+    /// The queued ids, sorted, with nothing else copied.
+    pub fn ids(&self) -> Vec<QueueId> {
+        self.entries.keys().copied().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -41,6 +41,15 @@
 //!   skipped by searching for the next frame that verifies; the salt in
 //!   the CRC stops a message body that contains frame-like bytes from
 //!   being taken for records. One bad record never fails the spool.
+//! - **A full disk stops new mail, not delivery.** A ballast file
+//!   (`DIR/reserve`) holds room back; when an append fails for want of
+//!   space it is released for removals and delivery states, new messages
+//!   get `SpoolError::Full` (452 4.3.1) and the ballast is tried again
+//!   until it fits (see `reserve`).
+//! - **Damage is set aside, not lost.** Bytes recovery cannot use (a
+//!   damaged record, a torn tail, a segment without a readable header) are
+//!   moved into `DIR/quarantine/` with a log line naming the file, and the
+//!   rest of the spool loads (see `recover`).
 //! - **Space comes back.** When no queued message needs a record in a
 //!   closed segment (its message, or its latest states) and its removal
 //!   records no longer matter, the file is deleted. Segments roll over at `SpoolOptions::segment_bytes`.
@@ -60,6 +69,7 @@ mod linger;
 mod queued;
 mod record;
 mod recover;
+mod reserve;
 mod segment;
 mod snapshot;
 mod state;
@@ -74,11 +84,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
 use self::recover::{Access, Loaded};
+use self::reserve::Reserve;
 use self::segment::SEGMENT_HEADER_LEN;
 use self::state::{SegmentHandle, Shared, State};
 use self::writer::{Active, Op, Request, Writer};
@@ -89,6 +101,8 @@ pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
 pub use self::queued::{Notice, Queued, RecipientState};
+pub use self::recover::{SegmentCheck, check_segment};
+pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
 
 /// Segments roll over past this size.
@@ -103,6 +117,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Damaged or unreadable records (and unreadable segments) skipped.
     pub skipped_records: usize,
+    /// Files written into (or moved to) `DIR/quarantine/` by this open.
+    pub quarantined: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,6 +141,8 @@ pub struct SpoolOptions {
     segment_bytes: u64,
     ids: Arc<dyn IdSource>,
     disk: Arc<dyn Disk>,
+    reserve_bytes: u64,
+    reserve_retry: Duration,
 }
 
 impl Default for SpoolOptions {
@@ -133,6 +151,8 @@ impl Default for SpoolOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             ids: Arc::new(SystemIdSource),
             disk: Arc::new(OsDisk),
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+            reserve_retry: DEFAULT_RESERVE_RETRY,
         }
     }
 }
@@ -141,6 +161,14 @@ impl SpoolOptions {
     /// Start a new segment once the current one reaches this size.
     pub fn segment_bytes(mut self, bytes: u64) -> SpoolOptions {
         self.segment_bytes = bytes;
+        self
+    }
+
+    /// Room held back for delivery's records when the disk fills up, and
+    /// how often a full spool tries to take it back (see `reserve`).
+    pub fn reserve(mut self, bytes: u64, retry: Duration) -> SpoolOptions {
+        self.reserve_bytes = bytes;
+        self.reserve_retry = retry;
         self
     }
 
@@ -161,6 +189,7 @@ impl fmt::Debug for SpoolOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpoolOptions")
             .field("segment_bytes", &self.segment_bytes)
+            .field("reserve_bytes", &self.reserve_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +267,21 @@ impl Spool {
         .await
     }
 
+    /// Whether a new message can be taken: false while the disk is full
+    /// (then `commit` would answer `SpoolError::Full`). While it is, each
+    /// call first has the writer look for space again, at most once per
+    /// retry interval, so a relay that refuses mail at MAIL still notices
+    /// when space comes back.
+    pub async fn has_room(&self) -> bool {
+        let full = || self.inner.shared.full.load(Ordering::SeqCst);
+        if !full() {
+            return true;
+        }
+        // An error means the writer is gone: then there is no room either.
+        let _ = self.submit(Op::Probe).await;
+        !full()
+    }
+
     /// Durably forget a message (delivered, bounced or deleted).
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         let frame = record::encode_removed(self.inner.salt, id)?;
@@ -311,6 +355,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         recovery,
         mut next_number,
     } = recover::load(&queue_dir, Access::ReadWrite)?;
+    let reserve = Reserve::new(&dir, options.reserve_bytes, options.reserve_retry);
     let active = match reusable(&state, options.segment_bytes) {
         Some(active) => active,
         None => {
@@ -343,7 +388,9 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         options.segment_bytes,
         active,
         next_number,
+        reserve,
     );
+    writer.fill_reserve();
     // Segments emptied just before a crash.
     writer.collect();
     let thread = std::thread::Builder::new()
@@ -353,7 +400,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
     tracing::info!(
         dir = %dir.display(), messages = recovery.messages,
         truncated_bytes = recovery.truncated_bytes, skipped_records = recovery.skipped_records,
-        "spool: opened"
+        quarantined = recovery.quarantined.len(), "spool: opened"
     );
     let inner = Inner {
         tx: Some(tx),

@@ -95,6 +95,12 @@ impl Spool {
         self.inner.shared.lock().index.queued_one(id)
     }
 
+    /// The ids of all queued messages, sorted: what the delivery manager
+    /// scans for new mail without copying every envelope and state.
+    pub fn ids(&self) -> Vec<QueueId> {
+        self.inner.shared.lock().index.ids()
+    }
+
     /// Durably record new states for some recipients (by index into
     /// `envelope.recipients`), all in one record. Unknown id:
     /// `SpoolError::NotFound`; an index out of range:

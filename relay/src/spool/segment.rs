@@ -95,11 +95,19 @@ pub(crate) fn create(
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| SpoolError::io("create", &tmp, e))?;
-    file.write_all(&encode_header(salt))
-        .map_err(|e| SpoolError::io("write header", &tmp, e))?;
-    file.sync_all()
-        .map_err(|e| SpoolError::io("fsync", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename", &tmp, e))?;
+    let made = file
+        .write_all(&encode_header(salt))
+        .map_err(|e| SpoolError::io("write header", &tmp, e))
+        .and_then(|()| {
+            file.sync_all()
+                .map_err(|e| SpoolError::io("fsync", &tmp, e))
+        })
+        .and_then(|()| fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename", &tmp, e)));
+    if let Err(e) = made {
+        // On a full disk the attempt must not keep what little it took.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(queue_dir)?;
     Ok((file, path))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub commits: AtomicU64,
     pub syncs: AtomicU64,
+    /// The disk filled up: new messages are refused (see `reserve`).
+    pub full: AtomicBool,
     /// Notified by the writer after every batch that changed the queue.
     pub changed: Arc<Notify>,
 }

@@ -12,6 +12,12 @@
 //! failed append or sync is cut back to the last durable offset, so the
 //! file never holds a record nobody was told about. After a batch that
 //! changed anything, whoever waits in `Spool::changed` is woken.
+//!
+//! When an append fails for want of space the writer goes into "full"
+//! mode (see `reserve`): it releases the reserve, starts a new segment so
+//! the old one can be deleted once its messages leave, writes the batch's
+//! removals and states into the room that gave, and refuses new messages
+//! until the reserve fits again.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -31,6 +37,7 @@ use super::id::QueueId;
 use super::index::{Entry, Location};
 use super::linger::Linger;
 use super::queued::{Notice, RecipientState};
+use super::reserve::Reserve;
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, Shared};
 
@@ -61,6 +68,9 @@ pub(crate) enum Op {
         held: bool,
         frame: Vec<u8>,
     },
+    /// Nothing to write: if the disk is full, look for space again (at
+    /// most once per retry interval).
+    Probe,
 }
 
 impl Op {
@@ -70,7 +80,14 @@ impl Op {
             | Op::Remove { frame, .. }
             | Op::States { frame, .. }
             | Op::Held { frame, .. } => frame,
+            Op::Probe => &[],
         }
+    }
+
+    /// A new message from a client: what a full disk refuses. Notices
+    /// (bounces, delay warnings) are part of delivery and still go in.
+    fn is_new_mail(&self) -> bool {
+        matches!(self, Op::Commit { notice: None, .. })
     }
 }
 
@@ -110,9 +127,11 @@ pub(crate) struct Writer {
     dirty: bool,
     buf: Vec<u8>,
     linger: Linger,
+    reserve: Reserve,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rx: Receiver<Request>,
         shared: Arc<Shared>,
@@ -121,6 +140,7 @@ impl Writer {
         segment_bytes: u64,
         active: Active,
         next_number: u64,
+        reserve: Reserve,
     ) -> Writer {
         Writer {
             rx,
@@ -133,12 +153,66 @@ impl Writer {
             dirty: false,
             buf: Vec::new(),
             linger: Linger::default(),
+            reserve,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::SeqCst)
+    }
+
+    /// Write the reserve when the spool opens; without room for it the
+    /// spool starts refusing new mail.
+    pub fn fill_reserve(&mut self) {
+        if let Err(e) = self.reserve.fill(self.disk.as_ref()) {
+            tracing::error!(reserve = %self.reserve.path().display(), error = %e,
+                "spool: no room for the reserve; refusing new mail until there is");
+            self.shared.full.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The disk is full: free the reserve for delivery's records, refuse
+    /// new mail, and move on to a new segment so the current one can be
+    /// deleted once the messages in it are delivered.
+    fn enter_full(&mut self) {
+        self.shared.full.store(true, Ordering::SeqCst);
+        tracing::error!(dir = %self.queue_dir.display(),
+            "spool: disk full; refusing new mail (452 4.3.1) until space comes back; delivery goes on");
+        if let Err(e) = self.reserve.release() {
+            tracing::warn!(reserve = %self.reserve.path().display(), error = %e, "spool: cannot release the reserve");
+        }
+        if self.active.len > SEGMENT_HEADER_LEN as u64 {
+            self.rotate();
+        }
+    }
+
+    /// While full: has space come back? (Twice the reserve fits.)
+    fn look_for_space(&mut self) {
+        if !self.reserve.due() {
+            return;
+        }
+        match self.reserve.refill(self.disk.as_ref()) {
+            Ok(()) => {
+                self.shared.full.store(false, Ordering::SeqCst);
+                tracing::info!(dir = %self.queue_dir.display(), "spool: space is back; taking new mail again");
+            }
+            Err(e) => tracing::debug!(error = %e, "spool: still no room"),
         }
     }
 
     /// Until every `Spool` handle is gone.
     pub fn run(mut self) {
-        while let Some(batch) = self.next_batch() {
+        while let Some(mut batch) = self.next_batch() {
+            let probes: Vec<Waiter> = batch
+                .extract_if(.., |r| matches!(r.op, Op::Probe))
+                .map(|r| r.done)
+                .collect();
+            if self.is_full() && (!probes.is_empty() || batch.iter().any(|r| r.op.is_new_mail())) {
+                self.look_for_space();
+            }
+            for probe in probes {
+                let _ = probe.send(Ok(()));
+            }
             let written = self.write_batch(batch);
             // Before waking anyone, so that a caller who sees `remove`
             // return also sees the segment it emptied gone.
@@ -186,6 +260,10 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Request>) -> Written {
         let accepted = self.accept(batch);
+        self.write_accepted(accepted)
+    }
+
+    fn write_accepted(&mut self, accepted: Vec<Request>) -> Written {
         let mut written = Written {
             waiters: Vec::with_capacity(accepted.len()),
             outcome: Ok(()),
@@ -202,6 +280,9 @@ impl Writer {
             self.buf.extend_from_slice(request.op.frame());
         }
         if let Err(e) = self.append(base) {
+            if e.is_no_space() && !self.is_full() {
+                return self.write_after_filling_up(accepted);
+            }
             written.outcome = Err(e);
             written.waiters = accepted.into_iter().map(|r| r.done).collect();
             return written;
@@ -247,6 +328,7 @@ impl Writer {
                     state.index.set_held(&id, held, segment);
                     written.released = true;
                 }
+                Op::Probe => {}
             }
             written.waiters.push(request.done);
         }
@@ -255,14 +337,39 @@ impl Writer {
         written
     }
 
+    /// The batch did not fit: go full, refuse its new messages and write
+    /// the rest (delivery's records) into the room the reserve leaves.
+    fn write_after_filling_up(&mut self, mut accepted: Vec<Request>) -> Written {
+        self.enter_full();
+        let full = self.full_error();
+        for refused in accepted.extract_if(.., |r| r.op.is_new_mail()) {
+            let _ = refused.done.send(Err(full.clone()));
+        }
+        // Admitted against the index before the failure; nothing of the
+        // batch was applied, so the judgement still holds. Full now: a
+        // second failure is reported, not retried.
+        self.write_accepted(accepted)
+    }
+
+    fn full_error(&self) -> SpoolError {
+        SpoolError::Full {
+            dir: self.queue_dir.clone(),
+        }
+    }
+
     /// Answer the requests the index rules out; keep the rest, in order.
     fn accept(&self, batch: Vec<Request>) -> Vec<Request> {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
+        let full = self.is_full();
         {
             let state = self.shared.lock();
             let mut ahead = Ahead::new(&state.index);
             for request in batch {
+                if full && request.op.is_new_mail() {
+                    rejected.push((request.done, self.full_error()));
+                    continue;
+                }
                 match ahead.admit(&request.op) {
                     Ok(()) => accepted.push(request),
                     Err(e) => rejected.push((request.done, e)),

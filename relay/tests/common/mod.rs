@@ -13,8 +13,10 @@ pub mod dns;
 pub mod dovecot;
 pub mod mailbox;
 pub mod manifests;
+pub mod mount;
 pub mod peers;
 pub mod process;
+pub mod remote;
 pub mod sink;
 pub mod smtp;
 pub mod spool;
@@ -224,8 +226,10 @@ impl DnsServer {
 }
 
 /// One test's relay, with its directory and DNS. Fields drop in order:
-/// the relay first, the directory last.
+/// the spool's own filesystem (if any) first, then the relay, the
+/// directory last.
 pub struct Env {
+    pub spool_mount: Option<mount::Tmpfs>,
     pub relay: RelayProcess,
     pub dns: DnsServer,
     pub setup: Setup,
@@ -235,10 +239,21 @@ pub struct Env {
 
 impl Env {
     pub fn start(setup: Setup) -> Env {
+        Env::start_with_spool_on(setup, None)
+    }
+
+    /// Like `start`, with the spool on a tmpfs of `size` of its own (to
+    /// fill it up for real).
+    pub fn start_on_tmpfs(setup: Setup, size: &str) -> Env {
+        Env::start_with_spool_on(setup, Some(size))
+    }
+
+    fn start_with_spool_on(setup: Setup, tmpfs: Option<&str>) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("mailrelay-e2e-")
             .tempdir()
             .expect("a temporary directory");
+        let spool_mount = tmpfs.map(|size| mount::Tmpfs::mount(&dir.path().join("spool"), size));
         setup.write(&dir.path().join("manifests"));
         let dns = if setup.silent_dns {
             DnsServer::Silent(SilentDns::bind())
@@ -247,6 +262,7 @@ impl Env {
         };
         let relay = Env::launch(dir.path(), &setup, dns.addr(), 0);
         Env {
+            spool_mount,
             relay,
             dns,
             setup,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{file_len, message, open, open_with, segment_files};
+use super::{file_len, message, open, open_with, segment_files, small_reserve};
 use crate::spool::disk::Disk;
-use crate::spool::{QueueId, Spool, SpoolError, SpoolOptions};
+use crate::spool::{QueueId, Spool, SpoolError};
 
 /// A disk that fills up at `quota` bytes per file (writing what fits, as a
 /// real full disk does), fails the next `failing_syncs` syncs, and can
@@ -81,7 +81,7 @@ fn ids(spool: &Spool) -> Vec<QueueId> {
 
 async fn open_faulty(dir: &std::path::Path) -> (Spool, Arc<FaultDisk>) {
     let disk = Arc::new(FaultDisk::new());
-    let options = SpoolOptions::default().disk(disk.clone());
+    let options = small_reserve().disk(disk.clone());
     (open_with(dir, options).await.0, disk)
 }
 
@@ -96,7 +96,7 @@ async fn a_full_disk_fails_the_commit_and_the_spool_carries_on() {
     disk.fill_at(good + 50);
     let failed = commit(&spool, 2).await;
     assert!(
-        matches!(&failed, Err(SpoolError::Io { source, .. }) if source.kind() == ErrorKind::StorageFull),
+        matches!(&failed, Err(SpoolError::Full { .. })),
         "{failed:?}"
     );
     assert_eq!(file_len(&segment), good, "the partial record is cut off");
@@ -165,15 +165,137 @@ async fn a_cut_back_that_fails_is_retried_before_the_next_append() {
 }
 
 #[tokio::test]
-async fn a_full_disk_fails_removals_too_and_they_can_be_retried() {
+async fn a_removal_that_hits_a_full_disk_is_written_in_the_room_of_the_reserve() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, disk) = open_faulty(dir.path()).await;
     let first = commit(&spool, 1).await.unwrap();
     let segment = segment_files(dir.path())[0].clone();
     disk.fill_at(file_len(&segment) + 3);
-    assert!(spool.remove(&first).await.is_err());
-    assert_eq!(ids(&spool), [first]);
-    disk.fill_at(u64::MAX);
     spool.remove(&first).await.unwrap();
     assert!(ids(&spool).is_empty());
+    assert!(!spool.has_room().await);
+    // The first segment is spent and deleted: its room is free again.
+    assert!(!segment.exists());
+    drop(spool);
+    let (spool, recovery) = open(dir.path()).await;
+    assert!(ids(&spool).is_empty());
+    assert_eq!(
+        recovery.skipped_records + recovery.truncated_bytes as usize,
+        0
+    );
+}
+
+/// An I/O error that is not "no space" fails the removal and changes
+/// nothing else: the caller retries.
+#[tokio::test]
+async fn a_failing_sync_fails_a_removal_which_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, disk) = open_faulty(dir.path()).await;
+    let first = commit(&spool, 1).await.unwrap();
+    disk.fail_syncs(1);
+    assert!(spool.remove(&first).await.is_err());
+    assert_eq!(ids(&spool), [first]);
+    assert!(spool.has_room().await);
+    spool.remove(&first).await.unwrap();
+    assert!(ids(&spool).is_empty());
+}
+
+/// The whole disk fills up (the quota applies to every file, the reserve
+/// too): new mail is refused, delivery's records still go in, and mail is
+/// taken again once there is room.
+#[tokio::test]
+async fn a_full_disk_refuses_new_mail_keeps_delivery_records_going_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, disk) = open_faulty(dir.path()).await;
+    let first = commit(&spool, 1).await.unwrap();
+    let second = commit(&spool, 2).await.unwrap();
+    let segment = segment_files(dir.path())[0].clone();
+    assert!(spool.has_room().await);
+
+    // Room for a few hundred bytes in any file: less than a message, and
+    // less than the 4 KiB reserve, which therefore cannot come back.
+    disk.fill_at(file_len(&segment).min(400));
+    let refused = commit(&spool, 3).await;
+    assert!(
+        matches!(refused, Err(SpoolError::Full { .. })),
+        "{refused:?}"
+    );
+    assert!(!spool.has_room().await);
+    assert!(matches!(
+        commit(&spool, 4).await,
+        Err(SpoolError::Full { .. })
+    ));
+    assert!(
+        !dir.path().join("reserve").exists(),
+        "the reserve was given up"
+    );
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        2,
+        "a new segment took over"
+    );
+
+    // Delivery goes on: a state and a removal fit in the new segment.
+    let deferred = crate::spool::RecipientState::Deferred {
+        attempts: 1,
+        next_attempt: 0,
+        last_reply: "451 later".into(),
+    };
+    spool
+        .record(&second, &[(0, deferred.clone())])
+        .await
+        .unwrap();
+    spool.remove(&first).await.unwrap();
+    assert_eq!(ids(&spool), [second]);
+
+    // Space comes back: the reserve fits again, and so does mail.
+    disk.fill_at(u64::MAX);
+    assert!(spool.has_room().await);
+    assert_eq!(file_len(&dir.path().join("reserve")), 4096);
+    let fifth = commit(&spool, 5).await.unwrap();
+    drop(spool);
+
+    let (spool, recovery) = open(dir.path()).await;
+    assert_eq!(recovery.skipped_records, 0);
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(ids(&spool), [second, fifth]);
+    assert_eq!(spool.queued_one(&second).unwrap().recipients[0], deferred);
+}
+
+/// A message that does not fit also releases the reserve; with the room
+/// it gave, the next probe finds the reserve fits again and mail resumes.
+#[tokio::test]
+async fn one_message_too_big_for_the_room_left_is_refused_and_mail_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, disk) = open_faulty(dir.path()).await;
+    let first = commit(&spool, 1).await.unwrap();
+    let segment = segment_files(dir.path())[0].clone();
+    disk.fill_at(file_len(&segment) + 50);
+    assert!(matches!(
+        commit(&spool, 2).await,
+        Err(SpoolError::Full { .. })
+    ));
+    disk.fill_at(u64::MAX);
+    assert!(spool.has_room().await);
+    let third = commit(&spool, 3).await.unwrap();
+    assert_eq!(ids(&spool), [first, third]);
+}
+
+/// A spool opened on a disk without room for its reserve refuses new mail
+/// from the start, and takes it once there is room.
+#[tokio::test]
+async fn a_spool_opened_on_a_full_disk_refuses_mail_until_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultDisk::new());
+    disk.fill_at(100);
+    let (spool, _) = open_with(dir.path(), small_reserve().disk(disk.clone())).await;
+    assert!(!spool.has_room().await);
+    assert!(matches!(
+        commit(&spool, 1).await,
+        Err(SpoolError::Full { .. })
+    ));
+    disk.fill_at(u64::MAX);
+    assert!(spool.has_room().await);
+    let id = commit(&spool, 2).await.unwrap();
+    assert_eq!(ids(&spool), [id]);
 }

@@ -51,8 +51,13 @@ pub(crate) fn message(n: usize, len: usize) -> (Envelope, Vec<u8>) {
     (envelope, body)
 }
 
+/// A small reserve, so each open does not write megabytes.
+pub(crate) fn small_reserve() -> SpoolOptions {
+    SpoolOptions::default().reserve(4096, std::time::Duration::ZERO)
+}
+
 pub(crate) async fn open(dir: &Path) -> (Spool, Recovery) {
-    Spool::open(dir).await.unwrap()
+    Spool::open_with(dir, small_reserve()).await.unwrap()
 }
 
 pub(crate) async fn open_with(dir: &Path, options: SpoolOptions) -> (Spool, Recovery) {

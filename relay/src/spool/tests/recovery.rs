@@ -77,6 +77,20 @@ async fn a_corrupt_record_in_the_middle_is_skipped_and_the_rest_loads() {
     assert_eq!(recovery.skipped_records, 1);
     assert_eq!(recovery.truncated_bytes, 0);
     assert_eq!(ids(&spool), [committed[0], committed[2]]);
+    // The damaged record's bytes are kept for a human, exactly.
+    let (start, end) = (
+        usize::try_from(starts[1]).unwrap(),
+        usize::try_from(starts[2]).unwrap(),
+    );
+    assert_eq!(recovery.quarantined.len(), 1);
+    let copy = &recovery.quarantined[0];
+    assert!(copy.starts_with(dir.path().join("quarantine")), "{copy:?}");
+    assert!(
+        copy.to_string_lossy()
+            .ends_with(&format!(".{start}.damaged")),
+        "{copy:?}"
+    );
+    assert_eq!(fs::read(copy).unwrap(), &bytes[start..end]);
     let (_, body) = message(2, 200);
     assert_eq!(spool.read_body(&committed[2]).await.unwrap(), body);
 }
@@ -125,7 +139,13 @@ async fn a_segment_with_an_unreadable_header_is_set_aside() {
     let (spool, recovery) = open(dir.path()).await;
     assert_eq!(recovery.messages, 0);
     assert_eq!(recovery.skipped_records, 1);
-    assert!(segment.with_extension("log.corrupt").exists());
+    let aside = dir
+        .path()
+        .join("quarantine")
+        .join(segment.file_name().unwrap());
+    assert_eq!(recovery.quarantined, std::slice::from_ref(&aside));
+    assert_eq!(fs::read(&aside).unwrap(), bytes, "moved whole");
+    assert!(!segment.exists());
     let (envelope, body) = message(5, 100);
     spool
         .commit(&spool.new_id(), &envelope, &body)
@@ -186,4 +206,81 @@ async fn a_read_only_snapshot_works_beside_a_running_spool() {
     let snapshot = open_readonly(dir.path()).unwrap();
     assert_eq!(snapshot.messages(), [(id, envelope)]);
     assert!(open_readonly(&dir.path().join("missing")).is_err());
+}
+
+#[tokio::test]
+async fn a_garbage_segment_among_good_ones_is_quarantined_and_the_rest_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    // One record per segment.
+    let options = || super::small_reserve().segment_bytes(1);
+    let (spool, _) = super::open_with(dir.path(), options()).await;
+    let mut committed = Vec::new();
+    for n in 0..3 {
+        let (envelope, body) = message(n, 100);
+        let id = spool.new_id();
+        spool.commit(&id, &envelope, &body).await.unwrap();
+        committed.push(id);
+    }
+    drop(spool);
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 4, "three full segments and the active one");
+    // The middle one becomes garbage, header and all.
+    let garbage: Vec<u8> = (0..700u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(&segments[1], &garbage).unwrap();
+
+    let (spool, recovery) = super::open_with(dir.path(), options()).await;
+    assert_eq!(ids(&spool), [committed[0], committed[2]]);
+    let aside = dir
+        .path()
+        .join("quarantine")
+        .join(segments[1].file_name().unwrap());
+    assert_eq!(recovery.quarantined, std::slice::from_ref(&aside));
+    assert_eq!(fs::read(&aside).unwrap(), garbage);
+    assert!(!segments[1].exists());
+    for id in [committed[0], committed[2]] {
+        assert!(spool.read_body(&id).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn a_torn_tail_with_data_in_it_is_copied_to_the_quarantine_before_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (committed, starts) = commit_some(dir.path(), 2, 150).await;
+    let segment = segment_files(dir.path())[0].clone();
+    let original = fs::read(&segment).unwrap();
+    let last = usize::try_from(starts[1]).unwrap();
+    let cut = last + 40;
+    fs::write(&segment, &original[..cut]).unwrap();
+
+    let (spool, recovery) = open(dir.path()).await;
+    assert_eq!(ids(&spool), committed[..1]);
+    assert_eq!(recovery.quarantined.len(), 1);
+    assert_eq!(
+        fs::read(&recovery.quarantined[0]).unwrap(),
+        &original[last..cut]
+    );
+
+    // Zeros (a crash after the size grew, before the data landed) are not kept.
+    drop(spool);
+    let mut zeros = fs::read(&segment).unwrap();
+    zeros.extend([0; 64]);
+    fs::write(&segment, &zeros).unwrap();
+    let (_, recovery) = open(dir.path()).await;
+    assert_eq!(recovery.truncated_bytes, 64);
+    assert!(recovery.quarantined.is_empty());
+}
+
+#[tokio::test]
+async fn a_read_only_snapshot_quarantines_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    commit_some(dir.path(), 2, 100).await;
+    let segment = segment_files(dir.path())[0].clone();
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[0] = b'X';
+    fs::write(&segment, &bytes).unwrap();
+    let snapshot = open_readonly(dir.path()).unwrap();
+    assert_eq!(snapshot.recovery().skipped_records, 1);
+    assert!(snapshot.recovery().quarantined.is_empty());
+    assert!(segment.exists());
+    assert!(!dir.path().join("quarantine").exists());
 }
