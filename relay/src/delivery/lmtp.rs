@@ -34,7 +34,11 @@ impl LmtpClient<TcpStream> {
     ) -> Result<Self, Outcome> {
         let peer = format!("{host}:{port}");
         let stream = match timeout(timeouts.connect, TcpStream::connect((host, port))).await {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(stream)) => {
+                // Small writes go out at once (see `smtp::connect_tcp`).
+                let _ = stream.set_nodelay(true);
+                stream
+            }
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 return Err(Outcome::temp(format!("connection refused by {peer}")));
             }

@@ -1,7 +1,8 @@
 //! Delivery transports: how one message leaves the relay (DESIGN.md §1,
 //! steps 4 and 5).
 //!
-//! - [`mx`] routes a remote domain to the hosts to try, from DNS;
+//! - [`mx`] routes a remote domain to the hosts to try, from DNS
+//!   ([`mx_cache`] keeps those answers for a few seconds);
 //! - [`smtp`] speaks SMTP to a remote MX or a smarthost (lettre, driven
 //!   command by command so each recipient has its own reply);
 //! - [`lmtp`] speaks LMTP (RFC 2033) to a hosted domain's mailbox server;
@@ -13,10 +14,12 @@
 pub mod lmtp;
 pub mod maildir;
 pub mod mx;
+pub mod mx_cache;
 mod mx_hickory;
 pub mod outbound;
 pub mod outcome;
 pub mod smtp;
+mod smtp_pipeline;
 mod smtp_steps;
 mod timeouts;
 mod wire;
@@ -24,6 +27,7 @@ mod wire;
 pub use lmtp::LmtpClient;
 pub use maildir::Maildir;
 pub use mx::{MxDns, RouteError, Target, resolve_host, route};
+pub use mx_cache::CachedDns;
 pub use outbound::{Credentials, OutboundConfig, Security};
 pub use outcome::Outcome;
 pub use smtp::SmtpClient;

@@ -10,6 +10,7 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::response::Response;
 use mailrelay_crds::maildomain::TlsMode;
+use tokio::net::TcpStream;
 
 use super::outbound::{CertCheck, tls_parameters};
 use super::smtp_steps::{Stage, peer, response_text, run};
@@ -18,12 +19,15 @@ use super::{OutboundConfig, Outcome, Security, Target, Timeouts};
 
 /// One open SMTP connection, reusable for several messages.
 pub struct SmtpClient {
-    conn: AsyncSmtpConnection,
-    target: Target,
-    timeouts: Timeouts,
+    pub(super) conn: AsyncSmtpConnection,
+    pub(super) target: Target,
+    pub(super) timeouts: Timeouts,
     security: Security,
     /// Why the connection can no longer be used, once it cannot.
-    broken: Option<String>,
+    pub(super) broken: Option<String>,
+    /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go
+    /// out together (see `smtp_pipeline`).
+    pub(super) pipelining: bool,
 }
 
 /// How to open a connection.
@@ -71,6 +75,8 @@ impl SmtpClient {
             OpenError::Failed(outcome) => outcome,
             OpenError::Tls(reason) => Outcome::temp(reason),
         })?;
+        // Before AUTH: an EHLO after it may cost the authentication.
+        client.pipelining = client.probe_pipelining(&config.hostname).await?;
         if let Some(credentials) = &config.auth {
             client.authenticate(credentials).await?;
         }
@@ -164,7 +170,8 @@ impl SmtpClient {
         self.transaction(sender, &rcpts, body, &mut outcomes).await;
         let outcomes = finish(outcomes);
         for (rcpt, outcome) in rcpts.iter().zip(&outcomes) {
-            tracing::info!(host = %self.target.host, addr = %self.target.addr, recipient = rcpt,
+            // The queue logs the delivery event itself; this is the wire detail.
+            tracing::debug!(host = %self.target.host, addr = %self.target.addr, recipient = rcpt,
                 outcome = outcome.kind(), reply = outcome.text(), "SMTP delivery result");
         }
         outcomes
@@ -193,6 +200,9 @@ impl SmtpClient {
             params.push_str(" SMTPUTF8");
         }
         let mail = format!("MAIL FROM:<{sender}>{params}\r\n");
+        if self.pipelining {
+            return self.pipelined(mail, rcpts, body, outcomes).await;
+        }
         if let Err(e) = self.step(Stage::Mail, mail).await {
             // Transaction-level: every recipient of the attempt gets it.
             return fill_missing(outcomes, &e.into_outcome());
@@ -236,7 +246,11 @@ impl SmtpClient {
 
     /// One command and its reply, within the step's timeout; a lost
     /// connection marks the client broken.
-    async fn step(&mut self, stage: Stage, command: String) -> Result<Response, StepError> {
+    pub(super) async fn step(
+        &mut self,
+        stage: Stage,
+        command: String,
+    ) -> Result<Response, StepError> {
         let limit = match stage {
             Stage::Data => self.timeouts.data_start,
             _ => self.timeouts.command,
@@ -253,7 +267,7 @@ impl SmtpClient {
     /// so line endings are made CRLF first, and the body's own final CRLF
     /// is left to lettre's terminator. (An empty body therefore arrives as
     /// one empty line: lettre cannot send zero bytes of data.)
-    async fn message(&mut self, body: &[u8]) -> Result<String, StepError> {
+    pub(super) async fn message(&mut self, body: &[u8]) -> Result<String, StepError> {
         let mut data = normalize_crlf(body);
         if data.ends_with(b"\r\n") {
             data.truncate(data.len() - 2);
@@ -291,6 +305,29 @@ async fn abort(conn: &mut AsyncSmtpConnection, limit: std::time::Duration) {
     let _ = tokio::time::timeout(limit, conn.abort()).await;
 }
 
+/// A TCP connection to `target` with Nagle's algorithm off. lettre writes
+/// a message body and its final `.` line in two writes and then waits for
+/// the reply: with Nagle on, the `.` waits for the ACK of the body, which a
+/// server delays (40 ms on Linux) because it is waiting for that very line.
+/// Measured here: 50 ms per message and connection, 400 messages/s at
+/// most over 20 connections, whatever the CPU.
+async fn connect_tcp(target: &Target, limit: std::time::Duration) -> Result<TcpStream, Outcome> {
+    let who = peer(target);
+    match tokio::time::timeout(limit, TcpStream::connect(target.addr)).await {
+        Ok(Ok(stream)) => {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(peer = %who, error = %e, "cannot set TCP_NODELAY");
+            }
+            Ok(stream)
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(Outcome::temp(format!("connection refused by {who}")))
+        }
+        Ok(Err(e)) => Err(Outcome::temp(format!("cannot connect to {who}: {e}"))),
+        Err(_) => Err(Outcome::temp(format!("connection to {who} timed out"))),
+    }
+}
+
 /// Connect, greeting, EHLO, and STARTTLS per `plan`.
 async fn open(
     target: &Target,
@@ -308,11 +345,27 @@ async fn open(
         _ => None,
     };
     let limit = t.connect + t.greeting + t.command;
-    let connect =
-        AsyncSmtpConnection::connect_tokio1(target.addr, Some(t.connect), &id, implicit, None);
-    let mut conn = run(target, Stage::Connect, limit, connect)
-        .await
-        .map_err(|e| OpenError::Failed(e.into_outcome()))?;
+    let mut conn = match implicit {
+        // lettre opens the TLS session before the greeting itself.
+        Some(tls) => {
+            let connect = AsyncSmtpConnection::connect_tokio1(
+                target.addr,
+                Some(t.connect),
+                &id,
+                Some(tls),
+                None,
+            );
+            run(target, Stage::Connect, limit, connect).await
+        }
+        None => {
+            let stream = connect_tcp(target, t.connect)
+                .await
+                .map_err(OpenError::Failed)?;
+            let greet = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &id);
+            run(target, Stage::Connect, t.greeting + t.command, greet).await
+        }
+    }
+    .map_err(|e| OpenError::Failed(e.into_outcome()))?;
     let mut security = if plan == Plan::Implicit {
         Security::Verified
     } else {
@@ -355,5 +408,6 @@ async fn open(
         timeouts: *t,
         security,
         broken: None,
+        pipelining: false,
     })
 }

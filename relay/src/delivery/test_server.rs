@@ -78,6 +78,15 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub async fn start(tls: TlsScript, auth: Option<(&str, &str)>) -> TestServer {
+        Self::start_with(tls, auth, false).await
+    }
+
+    /// `pipelining`: offer PIPELINING (RFC 2920) in the EHLO reply.
+    pub async fn start_with(
+        tls: TlsScript,
+        auth: Option<(&str, &str)>,
+        pipelining: bool,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -100,7 +109,7 @@ impl TestServer {
                         }
                         _ => stream,
                     };
-                    session(stream, tls, auth, log).await;
+                    session(stream, tls, auth, log, pipelining).await;
                 });
             }
         });
@@ -141,8 +150,14 @@ async fn session(
     tls: TlsScript,
     auth: Option<(String, String)>,
     log: Arc<Mutex<Vec<String>>>,
+    pipelining: bool,
 ) {
     let mut reader = BufReader::new(stream);
+    // The transaction so far, so that RCPT without MAIL and DATA without
+    // an accepted RCPT are refused as RFC 5321 §4.1.4 / RFC 2920 §3.1 say
+    // (a pipelining client sends them anyway).
+    let mut mail_ok = false;
+    let mut rcpts_ok = 0;
     let mut encrypted = matches!(tls, TlsScript::Implicit(_));
     let mut queued = 0;
     if reader
@@ -169,6 +184,9 @@ async fn session(
         let reply = match verb.as_str() {
             "EHLO" => {
                 let mut r = String::from("250-mx.tls.test\r\n250-8BITMIME\r\n");
+                if pipelining {
+                    r.push_str("250-PIPELINING\r\n");
+                }
                 if !encrypted && !matches!(tls, TlsScript::None | TlsScript::Implicit(_)) {
                     r.push_str("250-STARTTLS\r\n");
                 }
@@ -216,10 +234,29 @@ async fn session(
                     "535 5.7.8 Authentication credentials invalid\r\n".into()
                 }
             }
-            "MAIL" if command.contains("<reject") => "550 5.7.1 sender rejected\r\n".into(),
-            "MAIL" | "RSET" | "NOOP" => "250 2.0.0 Ok\r\n".into(),
-            "RCPT" => rcpt_reply(&command),
+            "MAIL" if command.contains("<reject") => {
+                mail_ok = false;
+                "550 5.7.1 sender rejected\r\n".into()
+            }
+            "MAIL" | "RSET" | "NOOP" => {
+                if verb != "NOOP" {
+                    mail_ok = verb == "MAIL";
+                    rcpts_ok = 0;
+                }
+                "250 2.0.0 Ok\r\n".into()
+            }
+            "RCPT" if !mail_ok => "503 5.5.1 Error: need MAIL command\r\n".into(),
+            "RCPT" => {
+                let reply = rcpt_reply(&command);
+                if reply.starts_with('2') {
+                    rcpts_ok += 1;
+                }
+                reply
+            }
+            "DATA" if rcpts_ok == 0 => "554 5.5.1 Error: no valid recipients\r\n".into(),
             "DATA" => {
+                mail_ok = false;
+                rcpts_ok = 0;
                 if reader
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await

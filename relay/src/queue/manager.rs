@@ -7,24 +7,32 @@
 //! spool step that removes its message. A crash can repeat a delivery
 //! whose remote 250 arrived but was not yet recorded (the unavoidable
 //! window of SMTP), but never loses a message or sends a bounce twice.
+//!
+//! Cost per wake-up: the manager does not copy the queue. It lists the
+//! queued ids, looks closer only at ids it has not seen, messages whose
+//! timer is due and messages a worker handed back, and keeps everything
+//! else in a timer index (`BTreeSet` of due time and id). Every
+//! [`RESCAN`] it looks at every message again, which picks up what was
+//! changed behind its back (hold, release, flush through the admin API)
+//! and refreshes the queue gauges. The sending itself is in [`work`](super::work).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use rand::SeedableRng;
 use tokio::sync::Semaphore;
 
-use super::attempt::{AttemptCtx, attempt};
 use super::decide;
 use super::dsn::{self, DsnInput};
 use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
-use crate::delivery::{Outcome, Timeouts};
+use super::work::{Book, Job};
+use crate::delivery::CachedDns;
 use crate::metrics::Metrics;
 use crate::policy::HickoryDns;
+use crate::runtime::Runtime;
 use crate::server::listener::Current;
 use crate::spool::{Envelope, Notice, QueueId, Queued, RecipientState, Spool};
 
@@ -45,24 +53,75 @@ impl Default for Concurrency {
 }
 
 pub struct Manager {
-    spool: Spool,
-    current: Current,
-    dns: HickoryDns,
-    metrics: Arc<Metrics>,
-    mx_port: u16,
-    total: Arc<Semaphore>,
-    per_destination: usize,
-    destinations: Mutex<HashMap<Route, Arc<Semaphore>>>,
-    in_flight: Mutex<HashSet<QueueId>>,
-    pool: Pool,
-    /// A delivery finished: its message may now be final.
-    done: tokio::sync::Notify,
+    pub(super) spool: Spool,
+    pub(super) current: Current,
+    /// Routing lookups, kept for a few seconds (see `delivery::mx_cache`).
+    pub(super) dns: CachedDns<HickoryDns>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) mx_port: u16,
+    /// One permit per running worker, over all routes.
+    pub(super) total: Arc<Semaphore>,
+    pub(super) per_destination: usize,
+    pub(super) pool: Pool,
+    pub(super) book: Mutex<Book>,
+    /// A worker let a message go: it may need another look.
+    pub(super) done: tokio::sync::Notify,
 }
 
 /// Longest sleep between passes when nothing is due (new mail wakes us).
 const IDLE: Duration = Duration::from_secs(60);
-/// Shortest time between passes.
-const PASS_GAP: Duration = Duration::from_millis(20);
+/// How often every queued message is looked at again.
+const RESCAN: Duration = Duration::from_secs(5);
+/// After a wake-up, wait this long for more commits before scanning: under
+/// load every group commit wakes us, and one scan per few milliseconds
+/// hands workers plenty while costing little.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// What the loop keeps between wake-ups (only the loop touches it).
+#[derive(Default)]
+struct Timers {
+    /// Messages waiting for a time (a deferred recipient's next attempt,
+    /// or never for a held message), by due unix second.
+    due: BTreeSet<(i64, QueueId)>,
+    /// The due time of each message in `due`.
+    of: HashMap<QueueId, i64>,
+}
+
+impl Timers {
+    fn set(&mut self, id: QueueId, at: i64) {
+        if let Some(old) = self.of.insert(id, at) {
+            self.due.remove(&(old, id));
+        }
+        self.due.insert((at, id));
+    }
+
+    fn clear(&mut self, id: &QueueId) {
+        if let Some(old) = self.of.remove(id) {
+            self.due.remove(&(old, *id));
+        }
+    }
+
+    /// Take the messages due at `now`.
+    fn take_due(&mut self, now: i64) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        while let Some(&(at, id)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            self.of.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn next(&self) -> Option<i64> {
+        self.due
+            .first()
+            .map(|(at, _)| *at)
+            .filter(|at| *at < i64::MAX)
+    }
+}
 
 impl Manager {
     pub fn new(
@@ -76,224 +135,158 @@ impl Manager {
         Arc::new(Self {
             spool,
             current,
-            dns,
+            dns: CachedDns::new(dns),
             metrics,
             mx_port,
             total: Arc::new(Semaphore::new(concurrency.total.max(1))),
             per_destination: concurrency.per_destination.max(1),
-            destinations: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
             pool: Pool::new(concurrency.per_destination.max(1), concurrency.total.max(1)),
+            book: Mutex::new(Book::default()),
             done: tokio::sync::Notify::new(),
         })
     }
 
     /// Run until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        let mut timers = Timers::default();
+        let mut last_rescan: Option<Instant> = None;
+        let mut last_expire = Instant::now();
         loop {
             // Armed before the pass, so a commit during it is not missed.
             let changed = self.spool.changed();
-            self.pool.expire();
-            let next = self.pass().await;
-            let wait = next
-                .map(|at| {
-                    Duration::from_secs(
-                        u64::try_from(at - Timestamp::now().as_second()).unwrap_or(0),
-                    )
-                })
+            if last_expire.elapsed() >= Duration::from_secs(1) {
+                self.pool.expire();
+                last_expire = Instant::now();
+            }
+            let full = last_rescan.is_none_or(|t| t.elapsed() >= RESCAN);
+            if full {
+                last_rescan = Some(Instant::now());
+            }
+            self.pass(&mut timers, full).await;
+            let now = Timestamp::now().as_second();
+            let mut wait = timers
+                .next()
+                .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
                 .unwrap_or(IDLE)
                 .min(IDLE);
+            if !timers.of.is_empty() {
+                // Held or waiting messages: look again at the next rescan.
+                wait = wait.min(RESCAN);
+            }
             tokio::select! {
                 _ = changed => {}
                 _ = self.done.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
             }
-            // Under load every commit wakes us: gather a few before the next
-            // pass, which walks the whole queue.
-            tokio::time::sleep(PASS_GAP).await;
+            tokio::time::sleep(GATHER).await;
         }
     }
 
-    fn lock_flight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One look at the queue; returns when the next deferred recipient is due.
-    async fn pass(self: &Arc<Self>) -> Option<i64> {
+    /// One look at what changed: new messages, due timers, messages the
+    /// workers handed back; with `full`, every message.
+    async fn pass(self: &Arc<Self>, timers: &mut Timers, full: bool) {
         let rt = self.current.get();
         let schedule = match Schedule::new(&rt.config.queue) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "invalid queue settings; delivery paused");
-                return None;
+                return;
             }
         };
         let now = Timestamp::now();
-        let mut next: Option<i64> = None;
-        let queued = self.spool.queued();
-        self.gauges(&queued, now);
-        for listed in queued {
-            // The listing may be older than a delivery that just finished:
-            // decide on the state as it is now. A delivery records its
-            // results before it leaves `in_flight`, so a message found
-            // outside `in_flight` has its latest state in the spool.
-            let fresh = {
-                let flight = self.lock_flight();
-                if flight.contains(&listed.id) {
-                    continue;
-                }
-                self.spool.queued_one(&listed.id)
-            };
-            let Some(q) = fresh else { continue };
-            if q.held {
-                continue;
-            }
-            let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
-            if q.recipients.iter().all(RecipientState::is_final) {
-                self.finish(&q, &rt.config.hostname, now).await;
-                continue;
-            }
-            if now >= schedule.expires_at(received) {
-                self.expire(&q).await;
-                continue;
-            }
-            if schedule.delay_warning_due(received, now, q.warned) {
-                self.warn_delay(&q, &rt.config.hostname, now, schedule.expires_at(received))
-                    .await;
-            }
-            let (due, later) = decide::due(&q, now.as_second());
-            if let Some(l) = later {
-                next = Some(next.map_or(l, |n| n.min(l)));
-            }
-            if due.is_empty() {
-                continue;
-            }
-            self.lock_flight().insert(q.id);
-            let manager = Arc::clone(self);
-            let schedule = schedule.clone();
-            tokio::spawn(async move {
-                manager.deliver(&q, &due, &schedule).await;
-                manager.lock_flight().remove(&q.id);
-                manager.done.notify_one();
-            });
-        }
-        next
-    }
-
-    fn destination(&self, route: &Route) -> Arc<Semaphore> {
-        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry(route.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination))),
-        )
-    }
-
-    /// Try the due recipients of one message, route by route.
-    async fn deliver(&self, q: &Queued, due: &[usize], schedule: &Schedule) {
-        let rt = self.current.get();
-        let body = match self.spool.read_body(&q.id).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(queue_id = %q.id, error = %e, "cannot read the message body; will retry");
-                return;
-            }
+        let ids = self.spool.ids();
+        let mut look: Vec<QueueId> = {
+            let mut book = self.book();
+            let mut look = std::mem::take(&mut book.recheck);
+            look.extend(
+                ids.iter()
+                    .filter(|id| !book.busy.contains(id) && (full || !timers.of.contains_key(id)))
+                    .copied(),
+            );
+            look
         };
+        look.extend(timers.take_due(now.as_second()));
+        if full {
+            // Forget timers of messages that are gone (deleted, bounced).
+            let queued: std::collections::HashSet<&QueueId> = ids.iter().collect();
+            timers.of.retain(|id, _| queued.contains(id));
+            timers.due.retain(|(_, id)| queued.contains(id));
+        }
+        look.sort_unstable();
+        look.dedup();
+        let mut gauges = full.then(Gauges::default);
+        for id in look {
+            if self.book().busy.contains(&id) {
+                continue;
+            }
+            let Some(q) = self.spool.queued_one(&id) else {
+                timers.clear(&id);
+                continue;
+            };
+            if let Some(g) = gauges.as_mut() {
+                g.add(&q, now);
+            }
+            self.examine(q, &rt, &schedule, now, timers).await;
+        }
+        if let Some(g) = gauges {
+            // Busy messages were skipped above; count them as pending.
+            let busy = self.book().busy.len() as i64;
+            g.publish(&self.metrics, busy);
+        }
+    }
+
+    /// Decide about one message that no worker holds.
+    async fn examine(
+        self: &Arc<Self>,
+        q: Queued,
+        rt: &Runtime,
+        schedule: &Schedule,
+        now: Timestamp,
+        timers: &mut Timers,
+    ) {
+        timers.clear(&q.id);
+        if q.held {
+            // Looked at again at the next rescan.
+            timers.set(q.id, i64::MAX);
+            return;
+        }
+        let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
+        if q.recipients.iter().all(RecipientState::is_final) {
+            self.finish(&q, &rt.config.hostname, now).await;
+            return;
+        }
+        if now >= schedule.expires_at(received) {
+            self.expire(&q).await;
+            timers.set(q.id, now.as_second());
+            return;
+        }
+        if schedule.delay_warning_due(received, now, q.warned) {
+            self.warn_delay(&q, &rt.config.hostname, now, schedule.expires_at(received))
+                .await;
+        }
+        let (due, later) = decide::due(&q, now.as_second());
+        if let Some(l) = later {
+            timers.set(q.id, l);
+        }
+        if due.is_empty() {
+            return;
+        }
         let mut groups: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
-        for &i in due {
+        for &i in &due {
             let rcpt = &q.envelope.recipients[i];
             groups
-                .entry(route(&rt, &domain_of(rcpt)))
+                .entry(route(rt, &domain_of(rcpt)))
                 .or_default()
                 .push(i);
         }
-        let ctx = AttemptCtx {
-            runtime: &rt,
-            dns: &self.dns,
-            timeouts: Timeouts::default(),
-            mx_port: self.mx_port,
-            pool: &self.pool,
-            metrics: &self.metrics,
-        };
-        let received =
-            Timestamp::from_second(q.envelope.received_at).unwrap_or_else(|_| Timestamp::now());
-        let mut rng = rand::rngs::StdRng::from_os_rng();
-        for (route, indices) in groups {
-            let Ok(_total) = Arc::clone(&self.total).acquire_owned().await else {
-                return;
-            };
-            let Ok(_dest) = self.destination(&route).acquire_owned().await else {
-                return;
-            };
-            let recipients: Vec<String> = indices
-                .iter()
-                .map(|&i| q.envelope.recipients[i].clone())
-                .collect();
-            let outcomes = attempt(&ctx, &route, &q.envelope.sender, &recipients, &body).await;
-            let now = Timestamp::now();
-            let mut updates = Vec::with_capacity(indices.len());
-            for ((&i, rcpt), outcome) in indices.iter().zip(&recipients).zip(&outcomes) {
-                let state = decide::after_attempt(
-                    &q.recipients[i],
-                    outcome,
-                    schedule,
-                    received,
-                    now,
-                    &mut rng,
-                );
-                let result = self.log_outcome(q, rcpt, &route, outcome, &state);
-                let age = (now.as_second() - q.envelope.received_at).max(0);
-                self.metrics.delivery(route.kind(), result, age);
-                updates.push((i, state));
-            }
-            // The common case — every recipient of the message delivered
-            // in this one transaction — needs no state record: removing
-            // the message says it all, in one spool write instead of two.
-            let all_done = indices.len() == q.recipients.len()
-                && updates
-                    .iter()
-                    .all(|(_, s)| matches!(s, RecipientState::Delivered { .. }));
-            let written = if all_done {
-                self.spool.remove(&q.id).await
-            } else {
-                // Recorded before the next route is tried: the window in
-                // which a crash repeats a delivery stays one transaction wide.
-                self.spool.record(&q.id, &updates).await
-            };
-            match written {
-                Ok(()) if all_done => {
-                    tracing::info!(queue_id = %q.id, "removed: all recipients delivered")
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(queue_id = %q.id, error = %e, "cannot record delivery results; they will be retried")
-                }
-            }
-        }
-    }
-
-    /// One structured event per recipient decision; returns the result label.
-    fn log_outcome(
-        &self,
-        q: &Queued,
-        rcpt: &str,
-        route: &Route,
-        outcome: &Outcome,
-        state: &RecipientState,
-    ) -> &'static str {
-        let result = match state {
-            RecipientState::Delivered { .. } => "delivered",
-            RecipientState::Failed { .. } => "bounced",
-            RecipientState::Deferred { .. } | RecipientState::Pending => "deferred",
-        };
-        tracing::info!(
-            queue_id = %q.id,
-            recipient = %rcpt,
-            route = route.kind(),
-            result,
-            reply = %outcome,
-            "delivery"
-        );
-        result
+        timers.clear(&q.id);
+        self.book().busy.insert(q.id);
+        self.enqueue(Job {
+            q,
+            groups: groups.into_iter().collect(),
+            schedule: schedule.clone(),
+            body: None,
+        });
     }
 
     /// Every recipient reached a final state: remove, or bounce the failures.
@@ -399,25 +392,34 @@ impl Manager {
             Err(e) => tracing::error!(queue_id = %q.id, error = %e, "cannot queue the notice"),
         }
     }
+}
 
-    fn gauges(&self, queued: &[Queued], now: Timestamp) {
-        let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
-        let mut oldest = 0i64;
-        for q in queued {
-            oldest = oldest.max(now.as_second() - q.envelope.received_at);
-            for s in &q.recipients {
-                let key = match s {
-                    RecipientState::Pending => "pending",
-                    RecipientState::Deferred { .. } => "deferred",
-                    RecipientState::Delivered { .. } => "delivered",
-                    RecipientState::Failed { .. } => "failed",
-                };
-                *by_state.entry(key).or_default() += 1;
-            }
-            if q.held {
-                *by_state.entry("held").or_default() += 1;
-            }
+/// Queue gauges, counted during a full rescan.
+#[derive(Default)]
+struct Gauges {
+    by_state: BTreeMap<&'static str, i64>,
+    oldest: i64,
+}
+
+impl Gauges {
+    fn add(&mut self, q: &Queued, now: Timestamp) {
+        self.oldest = self.oldest.max(now.as_second() - q.envelope.received_at);
+        for s in &q.recipients {
+            let key = match s {
+                RecipientState::Pending => "pending",
+                RecipientState::Deferred { .. } => "deferred",
+                RecipientState::Delivered { .. } => "delivered",
+                RecipientState::Failed { .. } => "failed",
+            };
+            *self.by_state.entry(key).or_default() += 1;
         }
-        self.metrics.queue_state(&by_state, oldest);
+        if q.held {
+            *self.by_state.entry("held").or_default() += 1;
+        }
+    }
+
+    fn publish(mut self, metrics: &Metrics, busy: i64) {
+        *self.by_state.entry("pending").or_default() += busy;
+        metrics.queue_state(&self.by_state, self.oldest);
     }
 }

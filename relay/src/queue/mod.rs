@@ -3,7 +3,8 @@
 //! makes of a recipient ([`decide`]), what to tell a sender when mail
 //! cannot be delivered ([`dsn`]) — all pure, time and randomness passed
 //! in — and the I/O around them: one attempt over a transport
-//! ([`attempt`]) and the loop that drives the spool ([`manager`]).
+//! ([`attempt`]), the loop that drives the spool ([`manager`]) and the
+//! per-destination workers that send what it finds due (`work`).
 
 pub mod attempt;
 pub mod decide;
@@ -12,3 +13,4 @@ pub mod manager;
 pub mod pool;
 pub mod router;
 pub mod schedule;
+mod work;
