@@ -13,6 +13,8 @@ declare -A PEERS=(
   [dnsutils]=/usr/bin/dig
   # helm comes out of an npm package's zip (tests/lib/helm-chart.sh)
   [unzip]=/usr/bin/unzip
+  # the benchmark smoke test looks for free ports with ss
+  [iproute2]=/usr/bin/ss
   # swaks needs these for --tls and --tls-on-connect
   [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
