@@ -16,8 +16,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use common::manifests::{REMOTE_SENDER, Setup};
 use common::sink::{Answer, Sink, saved};
-use common::smtp::{REPLY_WAIT, Reply, data_payload, parse_reply_line};
+use common::smtp::{Fallible, data_payload};
 use common::{Env, spool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,65 +52,13 @@ fn arrived(dir: &Path) -> BTreeMap<String, usize> {
     seen
 }
 
-/// A client that reports I/O errors instead of panicking: a kill ends
-/// its session with one.
-struct Session {
-    reader: BufReader<TcpStream>,
-}
-
-impl Session {
-    fn open(addr: SocketAddr) -> io::Result<Session> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(REPLY_WAIT))?;
-        let mut s = Session {
-            reader: BufReader::new(stream),
-        };
-        s.expect(220)?;
-        s.command("EHLO load.test", 250)?;
-        Ok(s)
-    }
-
-    fn reply(&mut self) -> io::Result<Reply> {
-        let mut texts = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let (code, last, text) = parse_reply_line(&line).ok_or(io::ErrorKind::InvalidData)?;
-            texts.push(text);
-            if last {
-                return Ok(Reply::new(code, &texts));
-            }
-        }
-    }
-
-    fn expect(&mut self, code: u16) -> io::Result<Reply> {
-        let reply = self.reply()?;
-        if reply.code == code {
-            Ok(reply)
-        } else {
-            Err(io::Error::other(format!("expected {code}, got {reply}")))
-        }
-    }
-
-    fn command(&mut self, line: &str, code: u16) -> io::Result<Reply> {
-        self.reader
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(code)
-    }
-
-    /// One message; Ok once its 250 was read.
-    fn message(&mut self, marker: &str) -> io::Result<()> {
-        self.command(&format!("MAIL FROM:<{REMOTE_SENDER}>"), 250)?;
-        self.command("RCPT TO:<bob@battery.test>", 250)?;
-        self.command("DATA", 354)?;
-        self.reader
-            .get_mut()
-            .write_all(&data_payload(&content(marker)))?;
-        self.expect(250).map(|_| ())
-    }
+/// One message; Ok once its 250 was read.
+fn message(s: &mut Fallible, marker: &str) -> io::Result<()> {
+    s.command(&format!("MAIL FROM:<{REMOTE_SENDER}>"), 250)?;
+    s.command("RCPT TO:<bob@battery.test>", 250)?;
+    s.command("DATA", 354)?;
+    s.send(&data_payload(&content(marker)))?;
+    s.expect(250).map(|_| ())
 }
 
 /// What the senders share: where the relay is now, and what it acknowledged.
@@ -128,14 +76,14 @@ fn sender(load: &Load, n: usize) {
     let mut count = 0;
     while !load.stop.load(Ordering::SeqCst) {
         let addr = *load.addr.read().unwrap();
-        let Ok(mut session) = Session::open(addr) else {
+        let Ok(mut session) = Fallible::open(addr, "load.test") else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
         while !load.stop.load(Ordering::SeqCst) {
             let marker = format!("battery-{n}-{count:06}");
             count += 1;
-            match session.message(&marker) {
+            match message(&mut session, &marker) {
                 Ok(()) => load.acked.lock().unwrap().push(marker),
                 Err(_) => {
                     load.unanswered.fetch_add(1, Ordering::SeqCst);

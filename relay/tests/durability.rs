@@ -9,14 +9,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::manifests::{ALICE, Setup};
-use common::smtp::{REPLY_WAIT, Reply, data_payload, parse_reply_line};
+use common::smtp::{Fallible, data_payload};
 use common::spool::{self, Queued};
 use common::{Env, LOCALHOST};
 
@@ -45,67 +45,16 @@ fn marker_of(m: &Queued) -> Option<String> {
     Some(line["X-Marker: ".len()..].to_string())
 }
 
-/// A minimal client that reports I/O errors instead of panicking: after
-/// the kill, every session ends with one.
-struct Session {
-    reader: BufReader<TcpStream>,
-}
-
-impl Session {
-    fn open(addr: SocketAddr) -> io::Result<Session> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(REPLY_WAIT))?;
-        let mut s = Session {
-            reader: BufReader::new(stream),
-        };
-        s.expect(220)?;
-        s.send(b"EHLO load.test\r\n")?;
-        s.expect(250)?;
-        Ok(s)
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reader.get_mut().write_all(bytes)
-    }
-
-    fn reply(&mut self) -> io::Result<Reply> {
-        let mut texts = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let (code, last, text) = parse_reply_line(&line).ok_or(io::ErrorKind::InvalidData)?;
-            texts.push(text);
-            if last {
-                return Ok(Reply::new(code, &texts));
-            }
-        }
-    }
-
-    fn expect(&mut self, code: u16) -> io::Result<Reply> {
-        let reply = self.reply()?;
-        if reply.code == code {
-            Ok(reply)
-        } else {
-            Err(io::Error::other(format!("expected {code}, got {reply}")))
-        }
-    }
-
-    /// One message; the queue id of its 250.
-    fn message(&mut self, sender: &str, marker: &str) -> io::Result<String> {
-        self.send(format!("MAIL FROM:<{sender}>\r\n").as_bytes())?;
-        self.expect(250)?;
-        self.send(format!("RCPT TO:<{ALICE}>\r\n").as_bytes())?;
-        self.expect(250)?;
-        self.send(b"DATA\r\n")?;
-        self.expect(354)?;
-        self.send(&data_payload(&content(marker)))?;
-        let reply = self.expect(250)?;
-        reply
-            .queue_id()
-            .ok_or_else(|| io::Error::other(format!("no queue id in {reply}")))
-    }
+/// One message; the queue id of its 250.
+fn message(s: &mut Fallible, sender: &str, marker: &str) -> io::Result<String> {
+    s.command(&format!("MAIL FROM:<{sender}>"), 250)?;
+    s.command(&format!("RCPT TO:<{ALICE}>"), 250)?;
+    s.command("DATA", 354)?;
+    s.send(&data_payload(&content(marker)))?;
+    let reply = s.expect(250)?;
+    reply
+        .queue_id()
+        .ok_or_else(|| io::Error::other(format!("no queue id in {reply}")))
 }
 
 /// Send until the connection breaks; record (queue id, marker) of every
@@ -117,13 +66,13 @@ fn load(
     count: &AtomicUsize,
 ) -> io::Error {
     let sender = format!("load-{session}@remote.test");
-    let mut s = match Session::open(addr) {
+    let mut s = match Fallible::open(addr, "load.test") {
         Ok(s) => s,
         Err(e) => return e,
     };
     for n in 0.. {
         let marker = format!("m-{session:02}-{n:05}");
-        match s.message(&sender, &marker) {
+        match message(&mut s, &sender, &marker) {
             Ok(id) => {
                 acked.lock().unwrap().push((id, marker));
                 count.fetch_add(1, Ordering::SeqCst);

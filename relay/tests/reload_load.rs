@@ -13,8 +13,8 @@
 
 mod common;
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::process::{Guard, free_ports};
-use common::smtp::{REPLY_WAIT, Reply, data_payload, parse_reply_line};
+use common::smtp::{Fallible, data_payload};
 use common::{LOCALHOST, MAILRELAY, http_status, wait_for};
 use mailrelay_crds::compile;
 use mailrelay_crds::manifests::{Manifests, load_text};
@@ -68,57 +68,18 @@ fn write_config(path: &Path, variant: usize) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-struct Session {
-    reader: BufReader<TcpStream>,
-}
-
-impl Session {
-    fn reply(&mut self) -> io::Result<Reply> {
-        let mut texts = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let (code, last, text) = parse_reply_line(&line).ok_or(io::ErrorKind::InvalidData)?;
-            texts.push(text);
-            if last {
-                return Ok(Reply::new(code, &texts));
-            }
-        }
+/// A whole session of `messages` messages, QUIT included.
+fn session(addr: SocketAddr, messages: usize) -> io::Result<()> {
+    let mut s = Fallible::open(addr, "load.reload.test")?;
+    let content = data_payload("Subject: reload\r\n\r\nunder load\r\n");
+    for _ in 0..messages {
+        s.command("MAIL FROM:<a@remote.test>", 250)?;
+        s.command("RCPT TO:<alice@hosted.test>", 250)?;
+        s.command("DATA", 354)?;
+        s.send(&content)?;
+        s.expect(250)?;
     }
-
-    fn send(&mut self, bytes: &[u8], code: u16) -> io::Result<()> {
-        self.reader.get_mut().write_all(bytes)?;
-        let reply = self.reply()?;
-        if reply.code == code {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("expected {code}, got {reply}")))
-        }
-    }
-
-    /// A whole session of `messages` messages, QUIT included.
-    fn run(addr: SocketAddr, messages: usize) -> io::Result<()> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(REPLY_WAIT))?;
-        let mut s = Session {
-            reader: BufReader::new(stream),
-        };
-        let greeting = s.reply()?;
-        if greeting.code != 220 {
-            return Err(io::Error::other(format!("greeting {greeting}")));
-        }
-        s.send(b"EHLO load.reload.test\r\n", 250)?;
-        let content = data_payload("Subject: reload\r\n\r\nunder load\r\n");
-        for _ in 0..messages {
-            s.send(b"MAIL FROM:<a@remote.test>\r\n", 250)?;
-            s.send(b"RCPT TO:<alice@hosted.test>\r\n", 250)?;
-            s.send(b"DATA\r\n", 354)?;
-            s.send(&content, 250)?;
-        }
-        s.send(b"QUIT\r\n", 221)
-    }
+    s.command("QUIT", 221).map(drop)
 }
 
 #[derive(Default)]
@@ -174,7 +135,7 @@ fn a_hundred_config_swaps_during_a_20000_message_load_fail_no_session() {
                 while swapping.load(Ordering::SeqCst)
                     || tally.messages.load(Ordering::SeqCst) < MESSAGES
                 {
-                    match Session::run(smtp, PER_SESSION) {
+                    match session(smtp, PER_SESSION) {
                         Ok(()) => {
                             tally.messages.fetch_add(PER_SESSION, Ordering::SeqCst);
                         }

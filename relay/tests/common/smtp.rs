@@ -312,3 +312,60 @@ impl Smtp {
         assert_eq!(reply.code, 221, "QUIT: {reply}");
     }
 }
+
+/// A client for load tests that reports I/O errors and unexpected replies
+/// instead of panicking: a killed or restarted relay ends its session with
+/// one, which the test counts.
+pub struct Fallible {
+    reader: BufReader<TcpStream>,
+}
+
+impl Fallible {
+    /// Connect, read the greeting and say EHLO `helo`.
+    pub fn open(addr: SocketAddr, helo: &str) -> std::io::Result<Fallible> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(REPLY_WAIT))?;
+        let mut s = Fallible {
+            reader: BufReader::new(stream),
+        };
+        s.expect(220)?;
+        s.command(&format!("EHLO {helo}"), 250)?;
+        Ok(s)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    pub fn reply(&mut self) -> std::io::Result<Reply> {
+        let mut texts = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            let (code, last, text) = parse_reply_line(&line).ok_or(ErrorKind::InvalidData)?;
+            texts.push(text);
+            if last {
+                return Ok(Reply::new(code, &texts));
+            }
+        }
+    }
+
+    pub fn expect(&mut self, code: u16) -> std::io::Result<Reply> {
+        let reply = self.reply()?;
+        if reply.code == code {
+            Ok(reply)
+        } else {
+            Err(std::io::Error::other(format!(
+                "expected {code}, got {reply}"
+            )))
+        }
+    }
+
+    /// Send `line` (CRLF added) and expect `code`.
+    pub fn command(&mut self, line: &str, code: u16) -> std::io::Result<Reply> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.expect(code)
+    }
+}
