@@ -44,7 +44,7 @@ async fn reconcile_blocklist(blocklist: &Blocklist, ctx: &Context) -> Result<Act
     }
     let status = status(blocklist, &outcomes, &Time(Timestamp::now()));
     let old = blocklist.status.clone().unwrap_or_default();
-    if !ctx.status_current(blocklist, blocklist.status.as_ref(), &status) {
+    if blocklist.status.as_ref() != Some(&status) {
         apply_status(&ctx.client, blocklist, &status).await?;
         ctx.wrote(blocklist, &status);
         if entered(

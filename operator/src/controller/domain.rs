@@ -71,7 +71,7 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     };
     let status = status(domain, &view, dns, &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
-    if !ctx.status_current(domain, domain.status.as_ref(), &status) {
+    if domain.status.as_ref() != Some(&status) {
         apply_status(&ctx.client, domain, &status).await?;
         ctx.wrote(domain, &status);
         if entered(

@@ -123,24 +123,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// Is `status` what the object has, or what we last wrote for it?
-    pub fn status_current<K: Resource, S: Serialize + PartialEq>(
-        &self,
-        obj: &K,
-        cached: Option<&S>,
-        status: &S,
-    ) -> bool {
-        if cached == Some(status) {
-            return true;
-        }
-        let uid = obj.meta().uid.clone().unwrap_or_default();
-        let json = serde_json::to_value(status).ok();
-        self.written
-            .lock()
-            .ok()
-            .is_some_and(|w| json.is_some() && w.get(&uid) == json.as_ref())
-    }
-
     /// The newest status known for `obj`: the one last written, when the
     /// cache has not caught up with it.
     pub fn newest_status<K: Resource, S: serde::de::DeserializeOwned>(&self, obj: &K) -> Option<S> {
