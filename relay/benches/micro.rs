@@ -154,6 +154,7 @@ fn envelope() -> Envelope {
         size: 1024,
         smtputf8: false,
         body_8bit: false,
+        handed_off: None,
     }
 }
 

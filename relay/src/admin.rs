@@ -465,6 +465,7 @@ mod tests {
             size,
             smtputf8: false,
             body_8bit: true,
+            handed_off: None,
         }
     }
 

@@ -10,6 +10,8 @@ use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::relay::ListenerName;
 use tokio::net::TcpListener;
 
+use crate::drain::{DirectionLabel, DrainMetrics, Draining};
+use crate::handoff::{self, DrainArgs};
 use crate::http::{self, Health};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -48,6 +50,7 @@ pub struct RunOptions {
     pub spool: Option<PathBuf>,
     pub http: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
+    pub drain: DrainArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,8 @@ pub enum RunError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error("DNS: {0}")]
     Dns(#[from] policy::ResolverError),
+    #[error(transparent)]
+    Handoff(#[from] handoff::HandoffError),
     #[error("cannot create {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -166,7 +171,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         truncated_bytes = recovery.truncated_bytes,
         "spool loaded"
     );
-    let metrics = Arc::new(Metrics::new());
+    let key = opts
+        .drain
+        .handoff_secret_file
+        .as_deref()
+        .map(handoff::load_key)
+        .transpose()?;
+    let mut metrics = Metrics::new();
+    let drain_metrics = DrainMetrics::register(&mut metrics.registry);
+    let metrics = Arc::new(metrics);
     let health = Health::default();
     let shared = Shared {
         current: Current::new(runtime),
@@ -244,22 +257,53 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         SMTP_PORT,
         Concurrency::default(),
     );
-    let _delivery = tokio::spawn(manager.run());
+    let _delivery = tokio::spawn(Arc::clone(&manager).run());
+    let handoff_listener = match (opts.drain.handoff_listen, &key) {
+        (Some(addr), Some(key)) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind {
+                    name: "handoff".into(),
+                    addr,
+                    source,
+                })?;
+            tracing::info!(address = %addr, "listening for queue hand-offs from peers");
+            let receiver = handoff::server::Receiver {
+                spool: spool.clone(),
+                current: shared.current.clone(),
+                key: key.clone(),
+                received: drain_metrics
+                    .handoffs
+                    .get_or_create(&DirectionLabel {
+                        direction: "received",
+                    })
+                    .clone(),
+            };
+            Some(tokio::spawn(handoff::server::serve(
+                listener,
+                Arc::new(receiver),
+            )))
+        }
+        _ => None,
+    };
     health.set_ready(true);
     tracing::info!(hostname = %hostname, "mailrelay ready");
 
     shutdown_signal().await;
-    tracing::info!("shutting down: no new connections; waiting for open sessions");
-    health.set_ready(false);
-    let open = || shared.limiter.open_connections();
-    for task in &accepting {
-        task.abort();
+    Draining {
+        args: opts.drain.clone(),
+        health,
+        accepting,
+        handoff_listener,
+        limiter: Arc::clone(&shared.limiter),
+        manager,
+        spool,
+        key,
+        hostname,
+        metrics: drain_metrics,
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while open() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tracing::info!(open_sessions = open(), "stopped");
+    .run()
+    .await;
     Ok(())
 }
 

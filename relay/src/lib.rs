@@ -6,6 +6,8 @@ pub mod app;
 pub mod check;
 pub mod configwatch;
 pub mod delivery;
+pub mod drain;
+pub mod handoff;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -72,6 +72,8 @@ enum Command {
         /// Log as JSON lines (the default with --config, as in a pod).
         #[arg(long)]
         json_logs: bool,
+        #[command(flatten)]
+        drain: mailrelay::handoff::DrainArgs,
     },
 }
 
@@ -182,6 +184,7 @@ fn main() -> ExitCode {
             http,
             dns,
             json_logs,
+            drain,
         } => {
             let source = match (manifests, config) {
                 (Some(dir), _) => Source::Manifests { dir, relay },
@@ -214,6 +217,7 @@ fn main() -> ExitCode {
                 spool,
                 http,
                 dns,
+                drain,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

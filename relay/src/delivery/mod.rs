@@ -22,7 +22,7 @@ pub mod smtp;
 mod smtp_pipeline;
 mod smtp_steps;
 mod timeouts;
-mod wire;
+pub(crate) mod wire;
 
 pub use lmtp::LmtpClient;
 pub use maildir::Maildir;

@@ -28,6 +28,7 @@ fn envelope(sender: &str) -> Envelope {
         size: ORIGINAL.len() as u64,
         smtputf8: false,
         body_8bit: false,
+        handed_off: None,
     }
 }
 

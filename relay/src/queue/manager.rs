@@ -17,6 +17,7 @@
 //! and refreshes the queue gauges. The sending itself is in [`work`](super::work).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,9 @@ pub struct Manager {
     pub(super) book: Mutex<Book>,
     /// A worker let a message go: it may need another look.
     pub(super) done: tokio::sync::Notify,
+    /// Set by `stop`: start no more deliveries (a draining relay hands
+    /// what is left to a peer).
+    pub(super) stopping: AtomicBool,
 }
 
 /// Longest sleep between passes when nothing is due (new mail wakes us).
@@ -143,15 +147,36 @@ impl Manager {
             pool: Pool::new(concurrency.per_destination.max(1), concurrency.total.max(1)),
             book: Mutex::new(Book::default()),
             done: tokio::sync::Notify::new(),
+            stopping: AtomicBool::new(false),
         })
     }
 
-    /// Run until the task is dropped.
+    /// Start no new delivery; those under way finish and record their
+    /// outcome (see `busy`), queued jobs are let go untouched.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.done.notify_one();
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Messages a worker holds: being delivered or having results recorded.
+    pub fn busy(&self) -> usize {
+        self.book().busy.len()
+    }
+
+    /// Run until `stop` or until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut timers = Timers::default();
         let mut last_rescan: Option<Instant> = None;
         let mut last_expire = Instant::now();
         loop {
+            if self.is_stopping() {
+                tracing::info!(busy = self.busy(), "delivery stopped: no new attempts");
+                return;
+            }
             // Armed before the pass, so a commit during it is not missed.
             let changed = self.spool.changed();
             if last_expire.elapsed() >= Duration::from_secs(1) {
@@ -376,6 +401,7 @@ impl Manager {
             size: dsn.message.len() as u64,
             smtputf8: dsn.needs_smtputf8(),
             body_8bit: dsn.is_8bit(),
+            handed_off: None,
         };
         match self
             .spool

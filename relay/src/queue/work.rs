@@ -117,12 +117,16 @@ impl Manager {
                 self.release(job.q.id, true);
                 continue;
             }
+            if self.is_stopping() {
+                // Draining: what has not started stays queued for hand-off.
+                self.release(job.q.id, false);
+                continue;
+            }
             self.deliver(job, &route, &mut rng).await;
         }
     }
 
-    /// Try the first group of `job` (on `route`), then hand the results to
-    /// the spool in a task of their own.
+    /// Try the first group of `job` (on `route`), then record the results.
     async fn deliver(self: &Arc<Self>, mut job: Job, route: &Route, rng: &mut rand::rngs::StdRng) {
         let rt = self.current.get();
         let body = match &job.body {
@@ -169,8 +173,11 @@ impl Manager {
             self.metrics.delivery(route.kind(), result, age);
             updates.push((i, state));
         }
-        let manager = Arc::clone(self);
-        tokio::spawn(async move { manager.record(job, indices.len(), updates).await });
+        // Awaited, not spawned: the worker takes its next message only
+        // once this outcome is on disk, so a crash repeats at most one
+        // transaction per worker. (A spawned record let a busy worker run
+        // ahead of a slow disk with dozens of unrecorded deliveries.)
+        Arc::clone(self).record(job, indices.len(), updates).await;
     }
 
     /// Make one group's results durable, then go on with the next group

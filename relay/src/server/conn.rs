@@ -348,6 +348,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         size: body.len() as u64,
         smtputf8: tx.smtputf8,
         body_8bit: tx.body_8bit,
+        handed_off: None,
     };
     match ctx.spool.commit(&id, &envelope, &body).await {
         Ok(()) => {

@@ -26,4 +26,18 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared BODY=8BITMIME (RFC 6152).
     pub body_8bit: bool,
+    /// Set when a draining relay handed this message over (see `handoff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_off: Option<HandedOff>,
+}
+
+/// Where a handed-over message came from, so its history survives the
+/// move between relays.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOff {
+    /// Queue ids the message had on earlier relays, oldest first: logs
+    /// of every relay it passed through can be joined on them.
+    pub lineage: Vec<String>,
+    /// A delay warning was already sent for it.
+    pub warned: bool,
 }

@@ -63,7 +63,7 @@ impl Entry {
         Entry {
             recipients: vec![RecipientState::Pending; count],
             held: false,
-            warned: false,
+            warned: envelope.handed_off.as_ref().is_some_and(|h| h.warned),
             pins: Pins {
                 recipients: vec![None; count],
                 ..Pins::default()

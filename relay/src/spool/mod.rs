@@ -95,7 +95,7 @@ use self::segment::SEGMENT_HEADER_LEN;
 use self::state::{SegmentHandle, Shared, State};
 use self::writer::{Active, Op, Request, Writer};
 
-pub use self::envelope::Envelope;
+pub use self::envelope::{Envelope, HandedOff};
 pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,

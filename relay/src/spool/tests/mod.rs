@@ -38,6 +38,7 @@ pub(crate) fn envelope(n: usize) -> Envelope {
         size: 0,
         smtputf8: n.is_multiple_of(5),
         body_8bit: n.is_multiple_of(7),
+        handed_off: None,
     }
 }
 

@@ -1,0 +1,239 @@
+//! Stopping without stranding mail. On SIGTERM: /readyz fails at once;
+//! listeners keep accepting for `--drain-accept` (endpoints and load
+//! balancers catch up), then close; open sessions get `--drain-sessions`
+//! to finish; delivery goes on until `--drain-deliver` after the signal,
+//! or less when nothing is due before then; then every queued message is
+//! handed to a peer (see `handoff`) until `--drain-deadline`. What no peer
+//! took stays in the spool — a persistent volume keeps it for the pod's
+//! return — and is logged and exported as `mailrelay_drain_left_messages`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use ring::hmac;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::handoff::{self, DrainArgs, client};
+use crate::http::Health;
+use crate::limits::Limiter;
+use crate::queue::manager::Manager;
+use crate::spool::{Queued, RecipientState, Spool};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `sent` (to a peer, while draining) or `received` (from one).
+    pub direction: &'static str,
+}
+
+/// Hand-off and drain figures, registered beside the relay's metrics.
+#[derive(Clone, Default)]
+pub struct DrainMetrics {
+    pub handoffs: Family<DirectionLabel, Counter>,
+    pub left: Gauge,
+}
+
+impl DrainMetrics {
+    pub fn register(registry: &mut Registry) -> DrainMetrics {
+        let m = DrainMetrics::default();
+        registry.register(
+            "handoff_messages",
+            "Messages moved between relays of one Relay while one drained, by direction",
+            m.handoffs.clone(),
+        );
+        registry.register(
+            "drain_left_messages",
+            "Messages still in this relay's spool when its drain ended",
+            m.left.clone(),
+        );
+        m
+    }
+}
+
+/// Whether some recipient of `queued` may be tried before `until` (unix
+/// seconds): then delivery is worth waiting for.
+pub fn anything_due(queued: &[Queued], until: i64) -> bool {
+    queued.iter().filter(|q| !q.held).any(|q| {
+        q.recipients.iter().any(|r| match r {
+            RecipientState::Pending => true,
+            RecipientState::Deferred { next_attempt, .. } => *next_attempt <= until,
+            RecipientState::Delivered { .. } | RecipientState::Failed { .. } => false,
+        })
+    })
+}
+
+/// What draining needs of the running relay.
+pub struct Draining {
+    pub args: DrainArgs,
+    pub health: Health,
+    pub accepting: Vec<JoinHandle<()>>,
+    /// The hand-off listener: a draining relay takes no one else's queue.
+    pub handoff_listener: Option<JoinHandle<()>>,
+    pub limiter: Arc<Limiter>,
+    pub manager: Arc<Manager>,
+    pub spool: Spool,
+    pub key: Option<hmac::Key>,
+    pub hostname: String,
+    pub metrics: DrainMetrics,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+impl Draining {
+    /// Run the drain from the moment the signal arrived.
+    pub async fn run(self) {
+        let start = Instant::now();
+        let args = &self.args;
+        self.health.set_ready(false);
+        if let Some(h) = &self.handoff_listener {
+            h.abort();
+        }
+        tracing::info!(
+            accept_for = ?args.drain_accept, queued = self.spool.stats().messages,
+            "draining: not ready; still accepting while endpoints update"
+        );
+        tokio::time::sleep(args.drain_accept).await;
+        for task in &self.accepting {
+            task.abort();
+        }
+        let sessions_until = Instant::now() + args.drain_sessions;
+        while self.limiter.open_connections() > 0 && Instant::now() < sessions_until {
+            tokio::time::sleep(POLL).await;
+        }
+        tracing::info!(
+            open_sessions = self.limiter.open_connections(),
+            "draining: listeners closed"
+        );
+        self.deliver(start + args.drain_deliver).await;
+        self.manager.stop();
+        let deadline = start + args.drain_deadline;
+        while self.manager.busy() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        let report = self.hand_off(deadline).await;
+        self.metrics
+            .left
+            .set(i64::try_from(report.left).unwrap_or(i64::MAX));
+        if report.left > 0 {
+            tracing::warn!(
+                handed_off = report.handed,
+                left = report.left,
+                "drained: messages left in the spool; they are delivered when a relay opens it again"
+            );
+        } else {
+            tracing::info!(handed_off = report.handed, left = 0, "drained: spool empty");
+        }
+    }
+
+    /// Let delivery go on until `until`, or until nothing more can happen
+    /// before then.
+    async fn deliver(&self, until: Instant) {
+        let until_unix = jiff::Timestamp::now().as_second()
+            + i64::try_from(until.saturating_duration_since(Instant::now()).as_secs())
+                .unwrap_or(i64::MAX);
+        while Instant::now() < until {
+            if self.spool.stats().messages == 0 {
+                return;
+            }
+            if self.manager.busy() == 0 && !anything_due(&self.spool.queued(), until_unix) {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn hand_off(&self, deadline: Instant) -> client::Report {
+        let queued = self.spool.stats().messages;
+        if queued == 0 {
+            return client::Report::default();
+        }
+        let Some(key) = &self.key else {
+            tracing::warn!(
+                queued,
+                "no hand-off secret (--handoff-secret-file): the queue stays in the spool"
+            );
+            return client::Report {
+                handed: 0,
+                left: queued,
+            };
+        };
+        let peers = handoff::peers(&self.args).await;
+        if peers.is_empty() {
+            tracing::warn!(queued, "no peer to hand the queue to (--peer, --peers-dns)");
+            return client::Report {
+                handed: 0,
+                left: queued,
+            };
+        }
+        tracing::info!(queued, peers = ?peers, "handing the queue off");
+        let report = client::hand_off(&self.spool, &peers, key, &self.hostname, deadline).await;
+        self.metrics
+            .handoffs
+            .get_or_create(&DirectionLabel { direction: "sent" })
+            .inc_by(report.handed as u64);
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Envelope, QueueId};
+
+    fn queued(states: Vec<RecipientState>, held: bool) -> Queued {
+        Queued {
+            id: QueueId::from_parts(1, 0, 0),
+            envelope: Envelope {
+                sender: String::new(),
+                recipients: states.iter().map(|_| "r@example.net".to_string()).collect(),
+                received_at: 0,
+                client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                helo: String::new(),
+                auth: None,
+                tls: false,
+                size: 0,
+                smtputf8: false,
+                body_8bit: false,
+                handed_off: None,
+            },
+            recipients: states,
+            held,
+            warned: false,
+        }
+    }
+
+    fn deferred(next_attempt: i64) -> RecipientState {
+        RecipientState::Deferred {
+            attempts: 1,
+            next_attempt,
+            last_reply: "451".into(),
+        }
+    }
+
+    #[test]
+    fn waits_only_for_what_can_be_tried_in_time() {
+        let delivered = RecipientState::Delivered {
+            reply: "250".into(),
+        };
+        assert!(anything_due(
+            &[queued(vec![RecipientState::Pending], false)],
+            100
+        ));
+        assert!(anything_due(
+            &[queued(vec![delivered.clone(), deferred(100)], false)],
+            100
+        ));
+        assert!(!anything_due(&[queued(vec![deferred(101)], false)], 100));
+        assert!(
+            !anything_due(&[queued(vec![RecipientState::Pending], true)], 100),
+            "held"
+        );
+        assert!(!anything_due(&[queued(vec![delivered], false)], 100));
+        assert!(!anything_due(&[], 100));
+    }
+}
