@@ -66,6 +66,30 @@ where
         .map_err(|e| ApiError::new("apply", describe::<K>(&ns, &name), e))
 }
 
+/// Create `obj` unless an object of that name exists, which is left as
+/// it is: for objects whose content must not be replaced once made (a
+/// generated key). `true` when this call created it.
+pub async fn create_if_missing<K>(client: &Client, obj: &K) -> Result<bool, ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let params = kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..kube::api::PostParams::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(ApiError::new("create", describe::<K>(&ns, &name), e)),
+    }
+}
+
 /// The KEDA `ScaledObject` API (a CRD; absent where KEDA is not installed).
 pub fn scaled_object_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -7,6 +7,7 @@
 //! reference to it, so deleting the Relay deletes them.
 
 pub mod configmap;
+pub mod handoff;
 pub mod hpa;
 pub mod keda;
 pub mod networkpolicy;

@@ -1,14 +1,15 @@
 //! The NetworkPolicy of the relay pods: only what the relay does is allowed.
 //!
 //! Ingress: the listeners from anywhere (mail comes from the internet;
-//! policy is the relay's job), and the HTTP port (/metrics, probes) from
-//! inside the cluster. Kubelet probes come from the node, which network
-//! plugins let through regardless.
+//! policy is the relay's job), the HTTP port (/metrics, probes) from
+//! inside the cluster, and the hand-off port from the Relay's own pods.
+//! Kubelet probes come from the node, which network plugins let through
+//! regardless.
 //!
 //! Egress: DNS (resolver, MX and DNSBL lookups); SMTP port 25 to any MX
 //! host, unless a smarthost takes all outgoing mail; the smarthost; the
-//! mailbox servers' LMTP/SMTP ports; the peers' listeners for queue
-//! hand-off. Nothing else — in particular not the Kubernetes API.
+//! mailbox servers' LMTP/SMTP ports; the peers' hand-off port; the API
+//! server's ports (the watch on the pod's own config ConfigMaps).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mailrelay_crds::config::{DeliveryConfig, RelayConfig};
 
-use super::{object_meta, pod, pod_selector};
+use super::{handoff, object_meta, pod, pod_selector};
 use crate::model::Model;
 
 /// RFC 5321 §4.5.4.2 / IANA: where remote MX hosts listen.
@@ -39,7 +40,7 @@ pub fn build(model: &Model) -> NetworkPolicy {
     let ingress = vec![
         NetworkPolicyIngressRule {
             from: None,
-            ports: Some(listener_ports.clone()),
+            ports: Some(listener_ports),
         },
         NetworkPolicyIngressRule {
             from: Some(vec![NetworkPolicyPeer {
@@ -47,6 +48,14 @@ pub fn build(model: &Model) -> NetworkPolicy {
                 ..NetworkPolicyPeer::default()
             }]),
             ports: Some(vec![port("TCP", IntOrString::Int(pod::HTTP_PORT))]),
+        },
+        // Queue hand-off: only from the Relay's own pods.
+        NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(pod_selector(model)),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![port("TCP", IntOrString::Int(handoff::PORT))]),
         },
     ];
     let mut egress = vec![NetworkPolicyEgressRule {
@@ -71,7 +80,7 @@ pub fn build(model: &Model) -> NetworkPolicy {
             pod_selector: Some(pod_selector(model)),
             ..NetworkPolicyPeer::default()
         }]),
-        ports: Some(listener_ports),
+        ports: Some(vec![port("TCP", IntOrString::Int(handoff::PORT))]),
     });
     NetworkPolicy {
         metadata: object_meta(model, &model.relay.name),

@@ -10,8 +10,11 @@
 //! The image is distroless, so there is no shell for a `sleep` command; the
 //! hook is the kubelet's own `sleep` action (no binary needed), which gives
 //! load balancers and kube-proxy time to stop sending new connections. On
-//! SIGTERM the relay turns /readyz off, stops accepting and drains its open
-//! sessions; the grace period bounds the whole sequence.
+//! SIGTERM the relay turns /readyz off, keeps accepting a few seconds more,
+//! closes its listeners, lets open sessions finish, delivers what is due
+//! until 60 s after the signal and then hands the rest of its queue to a
+//! ready peer (relay defaults `--drain-*`: 5 s, 30 s, 60 s, 100 s); the
+//! grace period (120 s, preStop included) bounds the whole sequence.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +26,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{pod_selector, volumes};
+use super::{handoff, peers_service_name, pod_selector, volumes};
 use crate::model::Model;
 use mailrelay_crds::configformat::CONFIG_FILE;
 
@@ -109,6 +112,20 @@ fn container(
     for name in config_maps {
         args.extend(["--config-map".to_string(), name.clone()]);
     }
+    // Draining pods hand their queue to ready peers found through the
+    // headless Service (search domains complete the short name).
+    args.extend([
+        "--handoff-listen".to_string(),
+        format!("0.0.0.0:{}", handoff::PORT),
+        "--handoff-secret-file".into(),
+        format!("{}/{}", handoff::DIR, handoff::KEY),
+        "--peers-dns".into(),
+        format!(
+            "{}:{}",
+            peers_service_name(&model.relay.name),
+            handoff::PORT
+        ),
+    ]);
     let mut ports: Vec<ContainerPort> = model
         .config
         .listeners
@@ -121,6 +138,12 @@ fn container(
         })
         .collect();
     ports.push(ContainerPort {
+        name: Some(handoff::PORT_NAME.into()),
+        container_port: handoff::PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    });
+    ports.push(ContainerPort {
         name: Some(HTTP_PORT_NAME.into()),
         container_port: HTTP_PORT,
         protocol: Some("TCP".into()),
@@ -131,17 +154,11 @@ fn container(
         image: Some(model.relay.image.clone()),
         // The image's entrypoint is `mailrelay`.
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "POD_NAMESPACE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-            value: None,
-        }]),
+        env: Some(vec![
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            // So a draining pod never takes itself for a peer.
+            field_env("POD_IP", "status.podIP"),
+        ]),
         ports: Some(ports),
         resources: model.resources.clone(),
         security_context: Some(container_security()),
@@ -162,6 +179,20 @@ fn container(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(mounts),
         ..Container::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
     }
 }
 

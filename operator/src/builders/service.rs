@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mailrelay_crds::relay::{ExternalTrafficPolicy, ServiceType};
 
-use super::{object_meta, peers_service_name, pod};
+use super::{handoff, object_meta, peers_service_name, pod};
 use crate::model::Model;
 
 /// The listeners' Service.
@@ -67,6 +67,7 @@ pub fn build_peers(model: &Model) -> Service {
         .iter()
         .map(|l| port(l.name.as_str(), i32::from(l.address.port())))
         .collect();
+    ports.push(port(handoff::PORT_NAME, handoff::PORT));
     ports.push(port(pod::HTTP_PORT_NAME, pod::HTTP_PORT));
     Service {
         metadata: object_meta(model, peers_service_name(&model.relay.name)),

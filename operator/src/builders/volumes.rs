@@ -10,6 +10,7 @@
 //! - `spool`: an emptyDir, unless the StatefulSet's volume claim template
 //!   provides it.
 //! - `tmp`: an emptyDir at /tmp, since the root filesystem is read-only.
+//! - `handoff`: the Relay's hand-off Secret (see `handoff`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -117,6 +118,7 @@ pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volume
         let path = dir.join(&secret).to_string_lossy().into_owned();
         v.add(secret_volume(&secret, &u), &path);
     }
+    v.add(handoff_volume(&model.relay.name), super::handoff::DIR);
     let mut claims = BTreeSet::new();
     for m in &model.maildirs {
         let name = volume_name("maildir", &m.claim_name);
@@ -143,6 +145,26 @@ pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volume
     v.volumes.push(empty_dir("tmp"));
     v.mounts.push(writable("tmp", TMP_DIR));
     v
+}
+
+/// The hand-off secret. Required: a pod that cannot take part in hand-off
+/// would strand its queue when scaled in.
+fn handoff_volume(relay: &str) -> Volume {
+    use super::handoff;
+    Volume {
+        name: "handoff".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(handoff::secret_name(relay)),
+            items: Some(vec![KeyToPath {
+                key: handoff::KEY.into(),
+                path: handoff::KEY.into(),
+                mode: None,
+            }]),
+            default_mode: Some(SECRET_MODE),
+            optional: None,
+        }),
+        ..Volume::default()
+    }
 }
 
 fn config_volume(config_maps: &[String]) -> Volume {

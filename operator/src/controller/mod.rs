@@ -120,7 +120,15 @@ pub struct Context {
     /// When the controllers started: until a grace period has passed, a
     /// Relay without an outcome is one not reconciled *yet*.
     pub started: std::time::Instant,
+    /// Hand-off Secrets known to exist (created, or found), by (namespace,
+    /// name), and when: the operator may not watch Secrets, so it asks the
+    /// API again only after [`SECRET_RECHECK`].
+    pub secrets: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
+
+/// How long a hand-off Secret known to exist is not asked for again: one
+/// deleted by hand is recreated within this time.
+pub const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Context {
     /// The newest status known for `obj`: the one last written, when the
@@ -391,6 +399,7 @@ pub async fn run(
         reconciled: Mutex::default(),
         written: Mutex::default(),
         started: std::time::Instant::now(),
+        secrets: Mutex::default(),
     });
     let gauges = {
         let ctx = Arc::clone(&ctx);

@@ -203,6 +203,8 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
     let service = apply::apply(client, &objects.service).await?;
     applied.external = external_addresses(&service);
     apply::apply(client, &objects.peers).await?;
+    // Before the workload: its pods mount it.
+    ensure_handoff_secret(ctx, model).await?;
     let name = &model.relay.name;
     match &objects.workload {
         Workload::Deployment(d) => {
@@ -237,6 +239,33 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
         None => {}
     }
     Ok(applied)
+}
+
+/// Create the Relay's hand-off Secret unless it is known to exist.
+async fn ensure_handoff_secret(ctx: &Context, model: &crate::model::Model) -> Result<(), Error> {
+    use crate::builders::handoff;
+    let key = (
+        model.relay.namespace.clone(),
+        handoff::secret_name(&model.relay.name),
+    );
+    let known = |k: &(String, String)| {
+        ctx.secrets
+            .lock()
+            .ok()
+            .and_then(|m| m.get(k).copied())
+            .is_some_and(|at| at.elapsed() < super::SECRET_RECHECK)
+    };
+    if known(&key) {
+        return Ok(());
+    }
+    let secret = handoff::secret(model, &rand::random());
+    if apply::create_if_missing(&ctx.client, &secret).await? {
+        tracing::info!(relay = %model.relay.name, secret = %key.1, "created the hand-off secret");
+    }
+    if let Ok(mut m) = ctx.secrets.lock() {
+        m.insert(key, std::time::Instant::now());
+    }
+    Ok(())
 }
 
 /// What to keep from pruning. When queue storage was switched on or off,

@@ -24,7 +24,7 @@ fn open_egress(rules: &[NetworkPolicyEgressRule]) -> Vec<(String, i32)> {
 }
 
 #[test]
-fn listeners_are_open_to_all_and_metrics_to_the_cluster() {
+fn listeners_are_open_to_all_metrics_to_the_cluster_and_handoff_to_peers() {
     let np = Fixture::relay(WITH_TLS).objects().network_policy;
     let spec = np.spec.unwrap();
     assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
@@ -41,6 +41,15 @@ fn listeners_are_open_to_all_and_metrics_to_the_cluster() {
     let from = ingress[1].from.as_ref().unwrap();
     assert!(from[0].namespace_selector.is_some() && from[0].ip_block.is_none());
     assert_eq!(ports(&ingress[1].ports), [("TCP".into(), 9090)]);
+    // Hand-off only from the Relay's own pods.
+    let from = ingress[2].from.as_ref().unwrap();
+    assert_eq!(
+        from[0].pod_selector.as_ref().unwrap().match_labels,
+        spec.pod_selector.as_ref().unwrap().match_labels
+    );
+    assert!(from[0].namespace_selector.is_none());
+    assert_eq!(ports(&ingress[2].ports), [("TCP".into(), 10025)]);
+    assert_eq!(ingress.len(), 3);
 }
 
 #[test]
@@ -63,7 +72,8 @@ fn egress_allows_dns_mx_delivery_and_peers_and_nothing_else() {
     );
     let peers = egress.iter().find(|r| r.to.is_some()).unwrap();
     assert!(peers.to.as_ref().unwrap()[0].pod_selector.is_some());
-    assert_eq!(ports(&peers.ports), [("TCP".into(), 2525)]);
+    // Peers only on their hand-off listener.
+    assert_eq!(ports(&peers.ports), [("TCP".into(), 10025)]);
     // 443/6443: the API server, for the watch on the config ConfigMaps.
 }
 

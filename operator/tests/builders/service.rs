@@ -73,5 +73,12 @@ fn the_peers_service_is_headless_publishes_only_ready_pods_and_uses_pod_ports() 
         .into_iter()
         .map(|p| (p.name.unwrap(), p.port))
         .collect();
-    assert_eq!(ports, [("smtp".into(), 2525), ("http".into(), 9090)]);
+    assert_eq!(
+        ports,
+        [
+            ("smtp".into(), 2525),
+            ("handoff".into(), 10025),
+            ("http".into(), 9090)
+        ]
+    );
 }

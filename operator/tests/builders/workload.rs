@@ -199,7 +199,13 @@ fn probes_use_healthz_and_readyz_on_the_http_port_and_shutdown_leaves_time_to_dr
             "--http",
             "0.0.0.0:9090",
             "--config-map",
-            "edge-config"
+            "edge-config",
+            "--handoff-listen",
+            "0.0.0.0:10025",
+            "--handoff-secret-file",
+            "/etc/mailrelay/handoff/secret",
+            "--peers-dns",
+            "edge-peers:10025"
         ]
     );
     let env = c.env.as_ref().unwrap();
@@ -214,6 +220,18 @@ fn probes_use_healthz_and_readyz_on_the_http_port_and_shutdown_leaves_time_to_dr
             .unwrap()
             .field_path,
         "metadata.namespace"
+    );
+    assert_eq!(env[1].name, "POD_IP");
+    assert_eq!(
+        env[1]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "status.podIP"
     );
 }
 
@@ -316,8 +334,17 @@ fn every_secret_file_of_the_config_is_mounted_under_the_secrets_dir() {
         mounts[&format!("{dir}/example-dkim")],
         expect("example-dkim", &["private.pem"], true)
     );
-    assert_eq!(mounts.len(), 4);
-    assert!(secret_mounts(MINIMAL, None).is_empty());
+    // The hand-off secret, required: a pod without it would strand its
+    // queue when scaled in.
+    assert_eq!(
+        mounts["/etc/mailrelay/handoff"],
+        expect("edge-handoff", &["secret"], false)
+    );
+    assert_eq!(mounts.len(), 5);
+    assert_eq!(
+        secret_mounts(MINIMAL, None).into_keys().collect::<Vec<_>>(),
+        ["/etc/mailrelay/handoff"]
+    );
 }
 
 #[test]
@@ -383,6 +410,7 @@ fn config_tmp_and_spool_are_mounted_and_only_the_config_and_secrets_read_only() 
         mounts,
         BTreeMap::from([
             ("/etc/mailrelay".to_string(), Some(true)),
+            ("/etc/mailrelay/handoff".to_string(), Some(true)),
             ("/tmp".to_string(), None),
             ("/var/spool/mailrelay".to_string(), None),
         ])

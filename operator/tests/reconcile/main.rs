@@ -83,6 +83,7 @@ impl Harness {
             reconciled: std::sync::Mutex::default(),
             written: std::sync::Mutex::default(),
             started: std::time::Instant::now(),
+            secrets: Default::default(),
         });
         Self {
             fake,
@@ -367,11 +368,27 @@ async fn first_reconcile_applies_every_object_with_one_field_manager_and_owner_r
             c.path
         );
     }
-    // Every write is an apply or an Event.
+    // Every write is an apply, an Event, or the creation of the hand-off
+    // Secret (created, never applied: its value is random).
     for c in writes(&calls) {
-        let ok = c.is_apply() || c.path.contains("/events");
+        let ok = c.is_apply() || c.path.contains("/events") || c.path.ends_with("/secrets");
         assert!(ok, "unexpected write {} {}", c.method, c.path_and_query());
     }
+    let secret = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path.ends_with("/secrets"))
+        .expect("the hand-off Secret is created");
+    let body = secret.body.as_ref().unwrap();
+    assert_eq!(body["metadata"]["name"], "edge-handoff");
+    assert_eq!(
+        body["metadata"]["ownerReferences"][0]["uid"], relay_uid,
+        "goes with the Relay"
+    );
+    let key: k8s_openapi::ByteString =
+        serde_json::from_value(body["data"]["secret"].clone()).unwrap();
+    let key = key.0;
+    assert_eq!(key.len(), 64, "32 random bytes, hex");
+    assert!(key.iter().all(u8::is_ascii_hexdigit));
     // The autoscaled StatefulSet's main apply leaves replicas out; the HPA's
     // decision (the Relay's spec.replicas, here unset: minReplicas) is
     // applied by the replicas manager first, so the field never loses its
