@@ -6,6 +6,7 @@ pub mod app;
 pub mod check;
 pub mod configwatch;
 pub mod delivery;
+pub mod dkim;
 pub mod http;
 pub mod limits;
 pub mod metrics;
