@@ -140,7 +140,8 @@ async fn a_generated_key_and_the_record_in_the_status_verify_a_signature() {
     for (name, domain, alg, _) in &cases {
         let manifest = json!({"apiVersion": "mailrelay.io/v1alpha1", "kind": "MailDomain",
             "metadata": {"name": name},
-            "spec": {"domain": domain, "delivery": {"lmtp": {"host": "dovecot", "port": 24}},
+            "spec": {"domain": domain, "inbound": {"localParts": ["postmaster"]},
+                "delivery": {"lmtp": {"host": "dovecot", "port": 24}},
                 "dkim": {"selector": "gen", "algorithm": alg, "generate": true,
                     "privateKey": {"name": format!("{name}-dkim"), "key": "private.pem"}}}});
         // The CRDs come from the operator (--apply-crds): wait for them.
@@ -180,15 +181,24 @@ async fn a_generated_key_and_the_record_in_the_status_verify_a_signature() {
             String::from_utf8_lossy(&signed)
         );
         assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &signed), "pass");
-        // The negative check: the same record does not pass a changed body.
-        let changed = String::from_utf8_lossy(&signed)
-            .replace("generated key", "generated KEY")
-            .into_bytes();
+        // The negative checks: the same record passes neither a changed
+        // body (mail-auth: "neutral", the body hash does not match) nor a
+        // changed Subject ("fail", the signature does not verify).
+        let text = String::from_utf8_lossy(&signed).into_owned();
+        let body = text.replace("generated key", "generated KEY").into_bytes();
         assert!(matches!(
-            mail_auth_verifies(&owner, &value, &changed).await.as_slice(),
+            mail_auth_verifies(&owner, &value, &body).await.as_slice(),
+            [DkimResult::Neutral(mail_auth::Error::Dkim(
+                mail_auth::dkim::DkimError::FailedBodyHashMatch
+            ))]
+        ));
+        assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &body), "fail");
+        let subject = text.replace("Subject: generated", "Subject: forged").into_bytes();
+        assert!(matches!(
+            mail_auth_verifies(&owner, &value, &subject).await.as_slice(),
             [DkimResult::Fail(_)]
         ));
-        assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &changed), "fail");
+        assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &subject), "fail");
     }
 
 }
