@@ -356,3 +356,46 @@ fn submitted_mail_is_signed_and_verifies_with_mail_auth_and_dkimpy_for_rsa_and_e
         assert_eq!(dkimpy_result(sinks.path(), dns, &added), "fail");
     }
 }
+
+#[test]
+fn submitted_mail_of_a_domain_whose_key_is_missing_is_refused_with_451_not_sent_unsigned() {
+    let nokey = Signer {
+        domain: "nokey.test",
+        selector: "gone",
+        algorithm: "rsa-sha256",
+        k: "rsa",
+        key: RSA_KEY,
+        public: RSA_PUB,
+    };
+    // The MailDomain and its accounts, without the key Secret it names.
+    let manifests = nokey.manifests();
+    let key_secret = format!("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {}-dkim", nokey.name());
+    let without_key = manifests
+        .split_once(&key_secret)
+        .map(|(kept, _)| kept.to_string())
+        .unwrap();
+    assert!(!without_key.contains("PRIVATE KEY"));
+    let env = Env::start(Setup::default().domain(&without_key));
+    let mut session = PySession::new(
+        env.addrs().submission,
+        Tls::Starttls,
+        &nokey.account(),
+        &["bob@remote.test"],
+        &nokey.message(),
+    )
+    .auth("PLAIN");
+    session.user = nokey.account();
+    let outcome = &smtplib(&[session])[0];
+    let data = outcome.data.as_ref().expect("a reply to the content");
+    assert!(
+        data.is(451, "4.3.0"),
+        "{data:?}\n{}",
+        env.relay.log_text()
+    );
+    assert!(env.spool().is_empty(), "nothing was queued");
+    assert!(
+        env.relay.log_text().contains("DKIM key not usable"),
+        "the relay says why: {}",
+        env.relay.log_text()
+    );
+}
