@@ -74,8 +74,8 @@ pub fn public_key(private_pem: &str, algorithm: DkimAlgorithm) -> Result<Vec<u8>
             Ok(spki.as_bytes().to_vec())
         }
         DkimAlgorithm::Ed25519Sha256 => {
-            let (_, der) =
-                pem::decode_vec(private_pem.as_bytes()).map_err(|e| KeyError::Pem(e.to_string()))?;
+            let (_, der) = pem::decode_vec(private_pem.as_bytes())
+                .map_err(|e| KeyError::Pem(e.to_string()))?;
             // "maybe unchecked": OpenSSL writes PKCS#8 v1, without the public key.
             let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
                 .map_err(|e| KeyError::Ed25519(e.to_string()))?;

@@ -18,9 +18,7 @@ use kube::{Client, ResourceExt};
 use mailrelay_crds::maildomain::{Dkim, DkimAlgorithm};
 use serde_json::json;
 
-pub use mailrelay_crds::dkimkey::{
-    KeyError, RSA_BITS, generate, public_key, record, txt_value,
-};
+pub use mailrelay_crds::dkimkey::{KeyError, RSA_BITS, generate, public_key, record, txt_value};
 
 use crate::apply::FIELD_MANAGER;
 
@@ -30,7 +28,10 @@ pub enum KeyState {
     /// The key is there: the record to publish.
     Ready { record: String, generated: bool },
     /// Something to fix; `reason` is a condition reason.
-    Problem { reason: &'static str, message: String },
+    Problem {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 fn problem(reason: &'static str, message: impl Into<String>) -> KeyState {
@@ -61,18 +62,24 @@ pub async fn ensure(client: &Client, ns: &str, owner: &str, domain: &str, dkim: 
             None => {
                 return problem(
                     "KeyNotFound",
-                    format!("Secret {name} has no key {key:?}; set spec.dkim.generate to let the operator add one"),
+                    format!(
+                        "Secret {name} has no key {key:?}; set spec.dkim.generate to let the operator add one"
+                    ),
                 );
             }
         },
-        None if dkim.generate => match create_secret(&api, owner, name, key, dkim.algorithm).await {
-            Ok(pem) => (pem, true),
-            Err(state) => return state,
-        },
+        None if dkim.generate => {
+            match create_secret(&api, owner, name, key, dkim.algorithm).await {
+                Ok(pem) => (pem, true),
+                Err(state) => return state,
+            }
+        }
         None => {
             return problem(
                 "SecretNotFound",
-                format!("Secret {name} does not exist; set spec.dkim.generate to let the operator create it"),
+                format!(
+                    "Secret {name} does not exist; set spec.dkim.generate to let the operator create it"
+                ),
             );
         }
     };
@@ -135,14 +142,17 @@ async fn create_secret(
             Ok(pem)
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            let theirs = api.get(name).await.map_err(|e| {
-                problem("SecretUnreadable", format!("Secret {name}: {e}"))
-            })?;
+            let theirs = api
+                .get(name)
+                .await
+                .map_err(|e| problem("SecretUnreadable", format!("Secret {name}: {e}")))?;
             match theirs.data.as_ref().and_then(|d| d.get(key)) {
                 Some(bytes) => Ok(String::from_utf8_lossy(&bytes.0).into_owned()),
                 None => Err(problem(
                     "SecretChanged",
-                    format!("Secret {name} was created by someone else meanwhile, without key {key:?}; retrying"),
+                    format!(
+                        "Secret {name} was created by someone else meanwhile, without key {key:?}; retrying"
+                    ),
                 )),
             }
         }
@@ -181,4 +191,3 @@ async fn add_key(
         Err(e) => Err(problem("SecretNotPatched", format!("Secret {name}: {e}"))),
     }
 }
-

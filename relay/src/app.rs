@@ -210,7 +210,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let _expiry = tokio::spawn(expire_entries(shared.current.clone()));
     // DKIM keys: read now (problems logged at start), then on change.
     shared.conn.dkim.refresh(&shared.current.get()).await;
-    let _dkim = (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
+    let _dkim =
+        (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
     if let Source::Config(path, maps) = &opts.source {
         let hash = crate::reload::load(path)
             .map(|(_, h)| h)

@@ -150,11 +150,10 @@ fn generate_dkim_keys(
         if !generate || path.exists() {
             continue;
         }
-        let pem = dkimkey::generate(dkim.algorithm)
-            .map_err(|e| StandaloneError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let pem = dkimkey::generate(dkim.algorithm).map_err(|e| StandaloneError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         if let Some(parent) = path.parent() {
             private_dir(parent)?;
         }
@@ -166,7 +165,13 @@ fn generate_dkim_keys(
             .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()))
             .map_err(io(&path))?;
         let record = dkimkey::public_key(&pem, dkim.algorithm)
-            .map(|p| dkimkey::record(&dkim.selector, &d.name, &dkimkey::txt_value(dkim.algorithm, &p)))
+            .map(|p| {
+                dkimkey::record(
+                    &dkim.selector,
+                    &d.name,
+                    &dkimkey::txt_value(dkim.algorithm, &p),
+                )
+            })
             .unwrap_or_default();
         notes.push(format!(
             "Secret {} is not among the manifests: generated a DKIM key for {}; its record: {record}",
@@ -260,13 +265,18 @@ mod tests {
         let key = secrets.path().join("example-com-dkim/private.pem");
         let pem = std::fs::read(&key).expect("the DKIM key is generated");
         assert!(
-            crate::dkim::keys::parse(&pem, mailrelay_crds::maildomain::DkimAlgorithm::Ed25519Sha256, "k")
-                .is_ok()
+            crate::dkim::keys::parse(
+                &pem,
+                mailrelay_crds::maildomain::DkimAlgorithm::Ed25519Sha256,
+                "k"
+            )
+            .is_ok()
         );
         assert!(
-            p.warnings.iter().any(|w| w.contains(
-                "mail2026._domainkey.example.com. IN TXT \"v=DKIM1; k=ed25519; p="
-            )),
+            p.warnings
+                .iter()
+                .any(|w| w
+                    .contains("mail2026._domainkey.example.com. IN TXT \"v=DKIM1; k=ed25519; p=")),
             "{:?}",
             p.warnings
         );

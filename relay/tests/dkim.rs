@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::Env;
 use common::manifests::{PASSWORD, Setup};
 use common::peers::{PySession, Tls, smtplib};
 use common::sink::{Answer, Sink, saved};
-use common::Env;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use mailrelay_crds::config::DnsConfig;
 
@@ -159,7 +159,10 @@ stringData:
 
 /// The message as smtp-sink saved it, with CRLF line endings again.
 fn as_received(saved: &str) -> Vec<u8> {
-    saved.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()
+    saved
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
 }
 
 fn mail_auth_result(dns: SocketAddr, message: &[u8]) -> Vec<DkimResult> {
@@ -217,8 +220,16 @@ fn venv_python() -> PathBuf {
     };
     if !has_dkimpy() {
         if !python.exists() {
-            let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
-            assert!(made.is_ok_and(|s| s.success()), "cannot make {}", venv.display());
+            let made = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv)
+                .status();
+            assert!(
+                made.is_ok_and(|s| s.success()),
+                "cannot make {}",
+                venv.display()
+            );
         }
         let installed = Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", "-r"])
@@ -330,11 +341,17 @@ fn submitted_mail_is_signed_and_verifies_with_mail_auth_and_dkimpy_for_rsa_and_e
             [DkimResult::Pass],
             "mail-auth on {shown}"
         );
-        assert_eq!(dkimpy_result(sinks.path(), dns, &message), "pass", "dkimpy on {shown}");
+        assert_eq!(
+            dkimpy_result(sinks.path(), dns, &message),
+            "pass",
+            "dkimpy on {shown}"
+        );
 
         // The negative checks: a changed body, and a From: added on top
         // (which the over-signed From rules out), both fail.
-        let tampered = shown.replace(&marker, &format!("{marker} changed")).into_bytes();
+        let tampered = shown
+            .replace(&marker, &format!("{marker} changed"))
+            .into_bytes();
         // mail-auth calls a body hash mismatch "neutral" (the signature over
         // the header still checks out); anything but "pass" is what counts.
         assert!(
@@ -350,7 +367,10 @@ fn submitted_mail_is_signed_and_verifies_with_mail_auth_and_dkimpy_for_rsa_and_e
         assert_eq!(dkimpy_result(sinks.path(), dns, &tampered), "fail");
         let added = format!("From: <ceo@{}>\r\n{shown}", s.domain).into_bytes();
         assert!(
-            matches!(mail_auth_result(dns, &added).as_slice(), [DkimResult::Fail(_)]),
+            matches!(
+                mail_auth_result(dns, &added).as_slice(),
+                [DkimResult::Fail(_)]
+            ),
             "mail-auth passed an added From:"
         );
         assert_eq!(dkimpy_result(sinks.path(), dns, &added), "fail");
@@ -369,7 +389,10 @@ fn submitted_mail_of_a_domain_whose_key_is_missing_is_refused_with_451_not_sent_
     };
     // The MailDomain and its accounts, without the key Secret it names.
     let manifests = nokey.manifests();
-    let key_secret = format!("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {}-dkim", nokey.name());
+    let key_secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {}-dkim",
+        nokey.name()
+    );
     let without_key = manifests
         .split_once(&key_secret)
         .map(|(kept, _)| kept.to_string())
@@ -387,11 +410,7 @@ fn submitted_mail_of_a_domain_whose_key_is_missing_is_refused_with_451_not_sent_
     session.user = nokey.account();
     let outcome = &smtplib(&[session])[0];
     let data = outcome.data.as_ref().expect("a reply to the content");
-    assert!(
-        data.is(451, "4.3.0"),
-        "{data:?}\n{}",
-        env.relay.log_text()
-    );
+    assert!(data.is(451, "4.3.0"), "{data:?}\n{}", env.relay.log_text());
     assert!(env.spool().is_empty(), "nothing was queued");
     assert!(
         env.relay.log_text().contains("DKIM key not usable"),

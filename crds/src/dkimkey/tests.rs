@@ -22,7 +22,9 @@ fn generated_keys_are_pkcs8_pem_of_the_asked_algorithm() {
     let ed = generate(DkimAlgorithm::Ed25519Sha256).unwrap_or_else(|e| panic!("{e}"));
     assert!(ed.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{ed}");
     assert_eq!(
-        public_key(&ed, DkimAlgorithm::Ed25519Sha256).map(|p| p.len()).ok(),
+        public_key(&ed, DkimAlgorithm::Ed25519Sha256)
+            .map(|p| p.len())
+            .ok(),
         Some(32)
     );
     // Each key its own.
@@ -47,7 +49,9 @@ fn a_key_of_the_other_algorithm_is_refused() {
 
 /// The quoted strings of a record line, joined: what a resolver returns.
 fn unquote(record: &str) -> (String, Vec<String>) {
-    let (name, rest) = record.split_once(" IN TXT ").unwrap_or_else(|| panic!("{record}"));
+    let (name, rest) = record
+        .split_once(" IN TXT ")
+        .unwrap_or_else(|| panic!("{record}"));
     let strings: Vec<String> = rest
         .split('"')
         .skip(1)
@@ -59,11 +63,18 @@ fn unquote(record: &str) -> (String, Vec<String>) {
 
 #[test]
 fn an_rsa_record_is_split_into_255_octet_strings() {
-    let public = public_key(RSA_OPENSSL, DkimAlgorithm::RsaSha256).unwrap_or_else(|e| panic!("{e}"));
+    let public =
+        public_key(RSA_OPENSSL, DkimAlgorithm::RsaSha256).unwrap_or_else(|e| panic!("{e}"));
     let value = txt_value(DkimAlgorithm::RsaSha256, &public);
-    assert!(value.starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"), "{value}");
+    assert!(
+        value.starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"),
+        "{value}"
+    );
     let line = record("s1", "example.com", &value);
-    assert!(line.starts_with("s1._domainkey.example.com. IN TXT \"v=DKIM1; k=rsa; p="), "{line}");
+    assert!(
+        line.starts_with("s1._domainkey.example.com. IN TXT \"v=DKIM1; k=rsa; p="),
+        "{line}"
+    );
     let (name, strings) = unquote(&line);
     assert_eq!(name, "s1._domainkey.example.com.");
     assert_eq!(strings.len(), 2, "{line}");
@@ -73,8 +84,13 @@ fn an_rsa_record_is_split_into_255_octet_strings() {
 
 #[test]
 fn an_ed25519_record_is_one_string() {
-    let public = public_key(ED_OPENSSL, DkimAlgorithm::Ed25519Sha256).unwrap_or_else(|e| panic!("{e}"));
-    let line = record("ed", "example.com", &txt_value(DkimAlgorithm::Ed25519Sha256, &public));
+    let public =
+        public_key(ED_OPENSSL, DkimAlgorithm::Ed25519Sha256).unwrap_or_else(|e| panic!("{e}"));
+    let line = record(
+        "ed",
+        "example.com",
+        &txt_value(DkimAlgorithm::Ed25519Sha256, &public),
+    );
     assert_eq!(
         line,
         format!(

@@ -168,10 +168,21 @@ async fn announce_dkim(
             .await;
         }
         Some(KeyState::Problem { reason, message })
-            if entered(&old.conditions, &new.conditions, DKIM_CONDITION, State::False) =>
+            if entered(
+                &old.conditions,
+                &new.conditions,
+                DKIM_CONDITION,
+                State::False,
+            ) =>
         {
-            ctx.event(domain, EventType::Warning, reason, "ReadKey", message.clone())
-                .await;
+            ctx.event(
+                domain,
+                EventType::Warning,
+                reason,
+                "ReadKey",
+                message.clone(),
+            )
+            .await;
         }
         _ => {}
     }

@@ -135,7 +135,12 @@ async fn a_generated_key_and_the_record_in_the_status_verify_a_signature() {
     let ns = "mail";
     let cases = [
         ("rsa", "rsa.example", "rsa-sha256", DkimAlgorithm::RsaSha256),
-        ("ed", "ed.example", "ed25519-sha256", DkimAlgorithm::Ed25519Sha256),
+        (
+            "ed",
+            "ed.example",
+            "ed25519-sha256",
+            DkimAlgorithm::Ed25519Sha256,
+        ),
     ];
     for (name, domain, alg, _) in &cases {
         let manifest = json!({"apiVersion": "mailrelay.io/v1alpha1", "kind": "MailDomain",
@@ -180,7 +185,10 @@ async fn a_generated_key_and_the_record_in_the_status_verify_a_signature() {
             "{record}\n{}",
             String::from_utf8_lossy(&signed)
         );
-        assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &signed), "pass");
+        assert_eq!(
+            dkimpy_verifies(c.dir.path(), &owner, &value, &signed),
+            "pass"
+        );
         // The negative checks: the same record passes neither a changed
         // body (mail-auth: "neutral", the body hash does not match) nor a
         // changed Subject ("fail", the signature does not verify).
@@ -193,12 +201,18 @@ async fn a_generated_key_and_the_record_in_the_status_verify_a_signature() {
             ))]
         ));
         assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &body), "fail");
-        let subject = text.replace("Subject: generated", "Subject: forged").into_bytes();
+        let subject = text
+            .replace("Subject: generated", "Subject: forged")
+            .into_bytes();
         assert!(matches!(
-            mail_auth_verifies(&owner, &value, &subject).await.as_slice(),
+            mail_auth_verifies(&owner, &value, &subject)
+                .await
+                .as_slice(),
             [DkimResult::Fail(_)]
         ));
-        assert_eq!(dkimpy_verifies(c.dir.path(), &owner, &value, &subject), "fail");
+        assert_eq!(
+            dkimpy_verifies(c.dir.path(), &owner, &value, &subject),
+            "fail"
+        );
     }
-
 }

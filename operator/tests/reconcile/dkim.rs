@@ -37,13 +37,18 @@ fn secret_path(name: &str) -> String {
 }
 
 fn stored_key(h: &Harness, secret: &str) -> String {
-    let s = h.fake.get("", "secrets", NS, secret).expect("the Secret exists");
+    let s = h
+        .fake
+        .get("", "secrets", NS, secret)
+        .expect("the Secret exists");
     let b64 = s["data"]["private.pem"].as_str().expect("the key is there");
     String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
 }
 
 fn status(h: &Harness, name: &str) -> mailrelay_crds::MailDomainStatus {
-    h.stored::<MailDomain>("maildomains", name).status.unwrap_or_default()
+    h.stored::<MailDomain>("maildomains", name)
+        .status
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -63,7 +68,10 @@ async fn a_missing_key_secret_is_created_with_a_new_key_and_its_record_is_shown(
             ]
         );
         let pem = stored_key(&h, "signed-dkim");
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8: {pem}");
+        assert!(
+            pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "PKCS#8: {pem}"
+        );
         let public = dkim::public_key(&pem, algorithm).unwrap();
         let st = status(&h, "signed");
         assert_eq!(
@@ -78,13 +86,19 @@ async fn a_missing_key_secret_is_created_with_a_new_key_and_its_record_is_shown(
             )
         );
         let c = condition(&st.conditions, "DkimKeyReady");
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "KeyPresent"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "KeyPresent")
+        );
         assert!(events(&calls).contains(&("Normal".into(), "DkimKeyGenerated".into())));
         assert_ne!(action, Action::await_change(), "the key is looked at again");
 
         // The next reconcile reads the key it made: nothing is written.
         let (_, calls) = h.reconcile_domain("signed").await;
-        assert_eq!(secret_calls(&calls), [(Method::GET, secret_path("signed-dkim"))]);
+        assert_eq!(
+            secret_calls(&calls),
+            [(Method::GET, secret_path("signed-dkim"))]
+        );
         assert!(calls.iter().all(|c| !c.is_write()), "{calls:?}");
         assert_eq!(stored_key(&h, "signed-dkim"), pem);
     }
@@ -99,7 +113,10 @@ async fn an_existing_key_is_never_replaced_and_its_record_is_shown() {
         "data": {"private.pem": STANDARD.encode(OPENSSL_RSA)}});
     h.fake.put("", "secrets", NS, "mine-dkim", secret.clone());
     let (_, calls) = h.reconcile_domain("mine").await;
-    assert_eq!(secret_calls(&calls), [(Method::GET, secret_path("mine-dkim"))]);
+    assert_eq!(
+        secret_calls(&calls),
+        [(Method::GET, secret_path("mine-dkim"))]
+    );
     assert_eq!(h.fake.get("", "secrets", NS, "mine-dkim"), Some(secret));
     let record = status(&h, "mine").dkim_record.unwrap();
     let value = format!("v=DKIM1; k=rsa; p={}", OPENSSL_RSA_PUB.trim());
@@ -116,16 +133,30 @@ async fn an_existing_key_is_never_replaced_and_its_record_is_shown() {
 #[tokio::test]
 async fn a_secret_without_the_key_gets_it_by_a_patch_that_names_the_version_read() {
     let mut h = Harness::new();
-    h.domain(dkim_domain("shared", "shared.example", "ed25519-sha256", true));
-    h.fake.put("", "secrets", NS, "shared-dkim", json!({"apiVersion": "v1", "kind": "Secret",
+    h.domain(dkim_domain(
+        "shared",
+        "shared.example",
+        "ed25519-sha256",
+        true,
+    ));
+    h.fake.put(
+        "",
+        "secrets",
+        NS,
+        "shared-dkim",
+        json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "shared-dkim", "namespace": NS, "resourceVersion": "41"},
-        "data": {"other": STANDARD.encode("kept")}}));
+        "data": {"other": STANDARD.encode("kept")}}),
+    );
     let (_, calls) = h.reconcile_domain("shared").await;
     let patch = calls
         .iter()
         .find(|c| c.method == Method::PATCH && c.path == secret_path("shared-dkim"))
         .expect("a patch of the Secret");
-    assert!(patch.content_type.starts_with("application/merge-patch"), "{patch:?}");
+    assert!(
+        patch.content_type.starts_with("application/merge-patch"),
+        "{patch:?}"
+    );
     let body = patch.body.clone().unwrap();
     // The API server refuses the patch if the Secret changed since it was
     // read (someone may have added the key meanwhile).
@@ -148,11 +179,17 @@ async fn without_generate_a_missing_key_is_a_condition_and_an_event_not_a_secret
     let mut h = Harness::new();
     h.domain(dkim_domain("manual", "manual.example", "rsa-sha256", false));
     let (action, calls) = h.reconcile_domain("manual").await;
-    assert_eq!(secret_calls(&calls), [(Method::GET, secret_path("manual-dkim"))]);
+    assert_eq!(
+        secret_calls(&calls),
+        [(Method::GET, secret_path("manual-dkim"))]
+    );
     let st = status(&h, "manual");
     assert_eq!(st.dkim_record, None);
     let c = condition(&st.conditions, "DkimKeyReady");
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SecretNotFound"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
     assert!(c.message.contains("manual-dkim"), "{}", c.message);
     let events = events(&calls);
     assert!(
@@ -162,11 +199,23 @@ async fn without_generate_a_missing_key_is_a_condition_and_an_event_not_a_secret
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(30)));
 
     // A key of the wrong kind is named as such.
-    h.fake.put("", "secrets", NS, "manual-dkim", json!({"apiVersion": "v1", "kind": "Secret",
+    h.fake.put(
+        "",
+        "secrets",
+        NS,
+        "manual-dkim",
+        json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "manual-dkim", "namespace": NS},
-        "data": {"private.pem": STANDARD.encode("not a key")}}));
+        "data": {"private.pem": STANDARD.encode("not a key")}}),
+    );
     let (_, calls) = h.reconcile_domain("manual").await;
     let c = condition(&status(&h, "manual").conditions, "DkimKeyReady").clone();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "KeyInvalid"));
-    assert_eq!(secret_calls(&calls), [(Method::GET, secret_path("manual-dkim"))]);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "KeyInvalid")
+    );
+    assert_eq!(
+        secret_calls(&calls),
+        [(Method::GET, secret_path("manual-dkim"))]
+    );
 }

@@ -147,20 +147,29 @@ mod tests {
 
     #[test]
     fn a_message_without_from_still_oversigns_from() {
-        assert_eq!(signed_header_names(b"Subject: x\r\n\r\n"), ["Subject", "From"]);
+        assert_eq!(
+            signed_header_names(b"Subject: x\r\n\r\n"),
+            ["Subject", "From"]
+        );
     }
 
     #[test]
     fn author_is_the_single_from_address_normalised() {
         let a = author(MSG).unwrap();
-        assert_eq!((a.local.as_str(), a.domain.as_str()), ("alice", "example.com"));
+        assert_eq!(
+            (a.local.as_str(), a.domain.as_str()),
+            ("alice", "example.com")
+        );
         let quoted = b"From: \"Doe, John\" <john@example.com> (work)\r\n\r\n";
         assert_eq!(author(quoted).unwrap().domain, "example.com");
     }
 
     #[test]
     fn author_refuses_what_dmarc_cannot_align() {
-        assert_eq!(author(b"To: x@example.com\r\n\r\n"), Err(AuthorError::NoFrom));
+        assert_eq!(
+            author(b"To: x@example.com\r\n\r\n"),
+            Err(AuthorError::NoFrom)
+        );
         assert_eq!(
             author(b"From: a@example.com\r\nFrom: b@example.net\r\n\r\n"),
             Err(AuthorError::SeveralFrom)

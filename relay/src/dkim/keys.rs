@@ -102,7 +102,9 @@ pub fn parse(pem: &[u8], algorithm: DkimAlgorithm, path: &str) -> Result<DkimKey
 
 fn is_ed25519(der: &PrivateKeyDer<'_>) -> bool {
     match der {
-        PrivateKeyDer::Pkcs8(k) => Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der()).is_ok(),
+        PrivateKeyDer::Pkcs8(k) => {
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der()).is_ok()
+        }
         _ => false,
     }
 }
@@ -181,8 +183,12 @@ impl DkimKeys {
             }),
         };
         match &key {
-            Ok(_) => tracing::info!(path = %shown, algorithm = algorithm_name(algorithm), "DKIM key loaded"),
-            Err(e) => tracing::error!(error = %e, "DKIM key not usable: mail that should be signed with it is refused with 451 until it is fixed"),
+            Ok(_) => {
+                tracing::info!(path = %shown, algorithm = algorithm_name(algorithm), "DKIM key loaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "DKIM key not usable: mail that should be signed with it is refused with 451 until it is fixed")
+            }
         }
         if let Ok(mut slots) = self.slots.write() {
             slots.insert(

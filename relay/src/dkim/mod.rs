@@ -40,18 +40,14 @@ pub async fn sign_accepted(
     content: Vec<u8>,
 ) -> Result<(Vec<u8>, Option<String>), Reply> {
     let rt = session.runtime();
-    let (domain, dkim) = match sign::decide(
-        rt,
-        session.conn.listener,
-        session.authenticated(),
-        &content,
-    ) {
-        sign::Decision::Sign { domain, dkim } => (domain, dkim),
-        sign::Decision::Skip(why) => {
-            tracing::debug!(queue_id, reason = %why, "not DKIM-signed");
-            return Ok((content, None));
-        }
-    };
+    let (domain, dkim) =
+        match sign::decide(rt, session.conn.listener, session.authenticated(), &content) {
+            sign::Decision::Sign { domain, dkim } => (domain, dkim),
+            sign::Decision::Skip(why) => {
+                tracing::debug!(queue_id, reason = %why, "not DKIM-signed");
+                return Ok((content, None));
+            }
+        };
     let path = dkim.private_key.path(&rt.config.secrets_dir);
     let key = match keys.get(&path, dkim.algorithm).await {
         Ok(k) => k,

@@ -51,7 +51,12 @@ spec:
 fn runtime() -> (Runtime, tempfile::TempDir) {
     let mut m = Manifests::default();
     let mut errors = Vec::new();
-    load_text(std::path::Path::new("t.yaml"), MANIFESTS, &mut m, &mut errors);
+    load_text(
+        std::path::Path::new("t.yaml"),
+        MANIFESTS,
+        &mut m,
+        &mut errors,
+    );
     assert!(errors.is_empty(), "{errors:?}");
     let compiled = compile(
         &m.relays[0].object,
@@ -64,10 +69,16 @@ fn runtime() -> (Runtime, tempfile::TempDir) {
     std::fs::create_dir_all(dir.path().join("accounts")).expect("mkdir");
     std::fs::create_dir_all(dir.path().join("dkim")).expect("mkdir");
     let hash = bcrypt::hash("secret", 4).expect("hash");
-    std::fs::write(dir.path().join("accounts/signed"), format!("alice@signed.example:{hash}\n"))
-        .expect("write");
-    std::fs::write(dir.path().join("accounts/plain"), format!("bob@plain.example:{hash}\n"))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("accounts/signed"),
+        format!("alice@signed.example:{hash}\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("accounts/plain"),
+        format!("bob@plain.example:{hash}\n"),
+    )
+    .expect("write");
     std::fs::write(dir.path().join("dkim/key.pem"), RSA).expect("write");
     let mut config = compiled.config;
     config.secrets_dir = dir.path().to_string_lossy().into_owned();
@@ -80,7 +91,12 @@ fn message(from: &str) -> Vec<u8> {
     format!("From: {from}\r\nTo: x@example.org\r\nSubject: hi\r\nDate: Mon, 30 Nov 2026 08:00:00 +0000\r\nMessage-ID: <1@t>\r\n\r\nbody\r\n").into_bytes()
 }
 
-fn decide(rt: &Runtime, listener: ListenerName, login: Option<&str>, from: &str) -> Result<String, Skip> {
+fn decide(
+    rt: &Runtime,
+    listener: ListenerName,
+    login: Option<&str>,
+    from: &str,
+) -> Result<String, Skip> {
     match sign::decide(rt, listener, login, &message(from)) {
         Decision::Sign { domain, dkim } => {
             assert_eq!(dkim.selector, "s1");
@@ -95,11 +111,21 @@ fn submitted_mail_of_a_dkim_domain_is_signed_as_its_from_domain() {
     let (rt, _dir) = runtime();
     let alice = Some("alice@signed.example");
     assert_eq!(
-        decide(&rt, ListenerName::Submission, alice, "Alice <alice@signed.example>"),
+        decide(
+            &rt,
+            ListenerName::Submission,
+            alice,
+            "Alice <alice@signed.example>"
+        ),
         Ok("signed.example".into())
     );
     assert_eq!(
-        decide(&rt, ListenerName::Submissions, alice, "alice@SIGNED.example"),
+        decide(
+            &rt,
+            ListenerName::Submissions,
+            alice,
+            "alice@SIGNED.example"
+        ),
         Ok("signed.example".into())
     );
 }
@@ -132,7 +158,12 @@ fn mail_that_is_not_ours_to_vouch_for_is_left_unsigned() {
         Err(Skip::NotAllowed)
     );
     assert!(matches!(
-        decide(&rt, ListenerName::Submission, alice, "a@signed.example, b@signed.example"),
+        decide(
+            &rt,
+            ListenerName::Submission,
+            alice,
+            "a@signed.example, b@signed.example"
+        ),
         Err(Skip::Author(_))
     ));
 }
@@ -152,7 +183,10 @@ fn normalised(v: &str) -> String {
 
 #[test]
 fn the_signature_is_relaxed_and_oversigns_from() {
-    for (pem, alg) in [(RSA, DkimAlgorithm::RsaSha256), (ED25519, DkimAlgorithm::Ed25519Sha256)] {
+    for (pem, alg) in [
+        (RSA, DkimAlgorithm::RsaSha256),
+        (ED25519, DkimAlgorithm::Ed25519Sha256),
+    ] {
         let key = Arc::new(keys::parse(pem, alg, "k").expect("test key parses"));
         let msg = message("alice@signed.example");
         let h = sign::signature(key, "signed.example", "s1", &msg).expect("signs");
@@ -162,10 +196,16 @@ fn the_signature_is_relaxed_and_oversigns_from() {
         assert_eq!(tag(&h, "c"), "relaxed/relaxed");
         assert_eq!(tag(&h, "d"), "signed.example");
         assert_eq!(tag(&h, "s"), "s1");
-        let mut signed: Vec<String> = normalised(tag(&h, "h")).split(':').map(String::from).collect();
+        let mut signed: Vec<String> = normalised(tag(&h, "h"))
+            .split(':')
+            .map(String::from)
+            .collect();
         assert_eq!(signed.iter().filter(|n| *n == "from").count(), 2, "{h}");
         signed.sort();
-        assert_eq!(signed, ["date", "from", "from", "message-id", "subject", "to"]);
+        assert_eq!(
+            signed,
+            ["date", "from", "from", "message-id", "subject", "to"]
+        );
     }
 }
 
@@ -176,7 +216,10 @@ fn key_files_parse_and_name_what_is_wrong() {
     assert!(keys::parse(ED25519, DkimAlgorithm::Ed25519Sha256, "k").is_ok());
     assert!(matches!(
         keys::parse(ED25519, DkimAlgorithm::RsaSha256, "k"),
-        Err(KeyError::WrongAlgorithm { found: "Ed25519", .. })
+        Err(KeyError::WrongAlgorithm {
+            found: "Ed25519",
+            ..
+        })
     ));
     assert!(matches!(
         keys::parse(RSA, DkimAlgorithm::Ed25519Sha256, "k"),
@@ -194,10 +237,16 @@ async fn keys_follow_the_file_and_a_broken_rotation_is_reported() {
     let store = DkimKeys::default();
     store.refresh(&rt).await;
     let path = dir.path().join("dkim/key.pem");
-    let first = store.get(&path, DkimAlgorithm::RsaSha256).await.expect("loaded");
+    let first = store
+        .get(&path, DkimAlgorithm::RsaSha256)
+        .await
+        .expect("loaded");
     // Unchanged file: the same parsed key.
     store.refresh(&rt).await;
-    let again = store.get(&path, DkimAlgorithm::RsaSha256).await.expect("still loaded");
+    let again = store
+        .get(&path, DkimAlgorithm::RsaSha256)
+        .await
+        .expect("still loaded");
     assert!(Arc::ptr_eq(&first, &again));
     // A bad rotation: refused until it is fixed.
     std::fs::write(&path, "garbage").expect("write");
@@ -214,6 +263,9 @@ async fn keys_follow_the_file_and_a_broken_rotation_is_reported() {
     ));
     std::fs::write(&path, RSA_PKCS1).expect("write");
     store.refresh(&rt).await;
-    let rotated = store.get(&path, DkimAlgorithm::RsaSha256).await.expect("new key");
+    let rotated = store
+        .get(&path, DkimAlgorithm::RsaSha256)
+        .await
+        .expect("new key");
     assert!(!Arc::ptr_eq(&first, &rotated));
 }
