@@ -122,7 +122,7 @@ print("pass" if dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=dnsfunc) els
         });
     assert!(
         out.status.success(),
-        "dkimpy failed: {}",
+        "dkimpy failed (tests/run installs it into target/tests-venv): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
