@@ -19,6 +19,7 @@ pub mod config;
 pub mod configformat;
 pub mod crdgen;
 mod defaults;
+pub mod dkimkey;
 pub mod maildomain;
 pub mod manifests;
 pub mod relay;

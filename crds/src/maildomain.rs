@@ -254,10 +254,14 @@ pub struct Dkim {
     /// Signing algorithm.
     #[serde(default)]
     pub algorithm: DkimAlgorithm,
-    /// Secret key holding the private key in PEM (PKCS#8).
+    /// Secret key holding the private key in PEM (PKCS#8; for RSA also
+    /// PKCS#1, as `opendkim-genkey` writes). The relay re-reads it when the
+    /// Secret changes; while it is missing or unusable, mail that should be
+    /// signed with it is refused with 451 4.3.0 (the client retries).
     pub private_key: SecretKeyRef,
-    /// Let the operator create the key in that Secret when it does not
-    /// exist. An existing key is never overwritten.
+    /// Let the operator create the key (RSA 2048-bit or Ed25519) in that
+    /// Secret when the Secret or the key does not exist. An existing key is
+    /// never overwritten.
     #[serde(default)]
     pub generate: bool,
 }
@@ -287,7 +291,15 @@ pub struct MailDomainStatus {
     /// What the domain's MX records point at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
-    /// The DNS TXT record to publish for DKIM, when a key is known.
+    /// The DNS record to publish for the DKIM key, shown whenever the key
+    /// in its Secret is readable: one zone-file line,
+    /// `SELECTOR._domainkey.DOMAIN. IN TXT "v=DKIM1; k=rsa; p=BASE64"`
+    /// (`k=ed25519` for Ed25519 keys), the value cut into quoted strings
+    /// of at most 255 octets, as TXT records need; a resolver joins them
+    /// without separator. Paste the line into a zone file, or give a DNS
+    /// provider the value (the strings joined, without the quotes). Mail
+    /// From: an alias is signed with the alias as domain: publish the same
+    /// value under `SELECTOR._domainkey.ALIAS` too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim_record: Option<String>,
     /// `Ready`, `Accepted` (served by at least one Relay), `DnsConfigured`.

@@ -18,6 +18,7 @@ pub mod apply;
 pub mod builders;
 pub mod controller;
 pub mod crds;
+pub mod dkim;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -188,6 +188,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             spool: spool.clone(),
             tls,
             metrics: Arc::clone(&metrics),
+            dkim: crate::dkim::DkimKeys::default(),
         },
         dnsbl: Arc::new(DnsblChecker::new(dns.clone(), 100_000)),
     };
@@ -220,6 +221,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ));
     let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
     let _expiry = tokio::spawn(expire_entries(shared.current.clone()));
+    // DKIM keys: read now (problems logged at start), then on change.
+    shared.conn.dkim.refresh(&shared.current.get()).await;
+    let _dkim =
+        (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
     if let Source::Config(path, maps) = &opts.source {
         let hash = crate::reload::load(path)
             .map(|(_, h)| h)

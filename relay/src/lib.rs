@@ -6,6 +6,7 @@ pub mod app;
 pub mod check;
 pub mod configwatch;
 pub mod delivery;
+pub mod dkim;
 pub mod drain;
 pub mod handoff;
 pub mod http;

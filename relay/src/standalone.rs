@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use mailrelay_crds::compile;
 use mailrelay_crds::config::RelayConfig;
+use mailrelay_crds::dkimkey;
 use mailrelay_crds::manifests::{Manifests, load_dir};
 
 use crate::server::tls;
@@ -121,12 +122,63 @@ pub fn prepare(
             ));
         }
     }
+    let domains = manifests.domain_objects();
+    warnings.extend(generate_dkim_keys(&config, &domains)?);
     for listener in &mut config.listeners {
         listener
             .address
             .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     Ok(Prepared { config, warnings })
+}
+
+/// What the operator does for `spec.dkim.generate`, for a try-out: a DKIM
+/// key whose Secret is not among the manifests is generated into the
+/// private directory, and the record to publish is shown.
+fn generate_dkim_keys(
+    config: &RelayConfig,
+    domains: &[mailrelay_crds::MailDomain],
+) -> Result<Vec<String>, StandaloneError> {
+    let mut notes = Vec::new();
+    for d in &config.domains {
+        let Some(dkim) = &d.dkim else { continue };
+        let generate = domains.iter().any(|m| {
+            m.metadata.name.as_deref() == Some(d.source.name.as_str())
+                && m.spec.dkim.as_ref().is_some_and(|k| k.generate)
+        });
+        let path = dkim.private_key.path(&config.secrets_dir);
+        if !generate || path.exists() {
+            continue;
+        }
+        let pem = dkimkey::generate(dkim.algorithm).map_err(|e| StandaloneError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if let Some(parent) = path.parent() {
+            private_dir(parent)?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()))
+            .map_err(io(&path))?;
+        let record = dkimkey::public_key(&pem, dkim.algorithm)
+            .map(|p| {
+                dkimkey::record(
+                    &dkim.selector,
+                    &d.name,
+                    &dkimkey::txt_value(dkim.algorithm, &p),
+                )
+            })
+            .unwrap_or_default();
+        notes.push(format!(
+            "Secret {} is not among the manifests: generated a DKIM key for {}; its record: {record}",
+            dkim.private_key.secret, d.name
+        ));
+    }
+    Ok(notes)
 }
 
 fn private_dir(path: &Path) -> Result<(), StandaloneError> {
@@ -207,6 +259,26 @@ mod tests {
         assert!(
             secrets.path().join("example-com-accounts/passwd").exists(),
             "the accounts Secret is written"
+        );
+        // example-com asks for a generated Ed25519 DKIM key, as the
+        // operator would make it; the relay can sign with it.
+        let key = secrets.path().join("example-com-dkim/private.pem");
+        let pem = std::fs::read(&key).expect("the DKIM key is generated");
+        assert!(
+            crate::dkim::keys::parse(
+                &pem,
+                mailrelay_crds::maildomain::DkimAlgorithm::Ed25519Sha256,
+                "k"
+            )
+            .is_ok()
+        );
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w
+                    .contains("mail2026._domainkey.example.com. IN TXT \"v=DKIM1; k=ed25519; p=")),
+            "{:?}",
+            p.warnings
         );
     }
 }

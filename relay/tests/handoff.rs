@@ -161,11 +161,12 @@ fn sigterm_hands_the_queue_to_peers_and_nothing_is_lost() {
         WITHIN,
         || {
             let q = a.queued();
-            let tried = q.len() == MESSAGES && q.iter().all(|m| {
-                m.recipients.iter().all(
+            let tried = q.len() == MESSAGES
+                && q.iter().all(|m| {
+                    m.recipients.iter().all(
                     |r| matches!(r, RecipientState::Deferred { attempts, .. } if *attempts >= 1),
                 )
-            });
+                });
             tried.then_some(())
         },
         || format!("a's queue: {:#?}\n{}", a.queued(), a.relay.log_text()),

@@ -42,9 +42,13 @@ install_peers() {
 # A venv under target/ (made by this run when absent; never committed).
 install_python_tools() {
   VENV="$ROOT/target/tests-venv"
-  if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
-    python3 -m venv "$VENV"
+  # Installed again whenever tests/requirements.txt changed since (a copy
+  # of it is kept in the venv), so an existing venv gets new tools.
+  if [ ! -x "$VENV/bin/kubernetes-validate" ] ||
+     ! cmp -s "$ROOT/tests/requirements.txt" "$VENV/requirements.txt"; then
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+    cp "$ROOT/tests/requirements.txt" "$VENV/requirements.txt"
   fi
   export PATH="$VENV/bin:$PATH"
 }

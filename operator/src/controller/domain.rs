@@ -15,6 +15,7 @@ use mailrelay_crds::maildomain::DnsCheck;
 use mailrelay_crds::{MailDomain, MailDomainStatus};
 
 use super::{Context, Error, Outcome, apply_status};
+use crate::dkim::KeyState;
 use crate::status::{Cond, State, entered, find, list_message, merge};
 
 pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -69,7 +70,8 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
         }
         _ => None,
     };
-    let status = status(domain, &view, dns, &Time(Timestamp::now()));
+    let dkim = dkim_key(domain, ctx, &ns).await;
+    let status = status(domain, &view, dns, dkim.as_ref(), &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
     if domain.status.as_ref() != Some(&status) {
         apply_status(&ctx.client, domain, &status).await?;
@@ -97,6 +99,7 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
             )
             .await;
         }
+        announce_dkim(domain, ctx, &old, &status, dkim.as_ref()).await;
         if entered(&old.conditions, &status.conditions, "Accepted", State::True) {
             ctx.event(
                 domain,
@@ -108,11 +111,81 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
             .await;
         }
     }
-    Ok(if ctx.mx.is_some() && !view.serving.is_empty() {
-        Action::requeue(crate::mx::INTERVAL)
-    } else {
-        Action::await_change()
+    let mx = (ctx.mx.is_some() && !view.serving.is_empty()).then_some(crate::mx::INTERVAL);
+    // Secrets are not watched (that would cache every Secret of the
+    // cluster): a DKIM key is looked at again after a while.
+    let key = dkim.as_ref().map(|k| match k {
+        KeyState::Ready { .. } => DKIM_RECHECK,
+        KeyState::Problem { .. } => DKIM_RETRY,
+    });
+    Ok(match mx.into_iter().chain(key).min() {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
     })
+}
+
+/// How soon a DKIM key is read again: after a problem, and otherwise (a
+/// rotated key changes the record).
+const DKIM_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+const DKIM_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The domain's DKIM key, generated when asked for and missing — client.
+async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeyState> {
+    let dkim = domain.spec.dkim.as_ref()?;
+    let name = normalize::domain_name(&domain.spec.domain).ok()?;
+    let state = crate::dkim::ensure(&ctx.client, ns, &domain.name_any(), &name, dkim).await;
+    if let KeyState::Problem { reason, message } = &state {
+        tracing::warn!(maildomain = %domain.name_any(), reason, %message, "DKIM key not usable");
+    }
+    Some(state)
+}
+
+/// Events for what happened to the DKIM key.
+async fn announce_dkim(
+    domain: &MailDomain,
+    ctx: &Context,
+    old: &MailDomainStatus,
+    new: &MailDomainStatus,
+    dkim: Option<&KeyState>,
+) {
+    match dkim {
+        Some(KeyState::Ready {
+            generated: true, ..
+        }) => {
+            let secret = domain
+                .spec
+                .dkim
+                .as_ref()
+                .map(|d| d.private_key.name.clone())
+                .unwrap_or_default();
+            ctx.event(
+                domain,
+                EventType::Normal,
+                "DkimKeyGenerated",
+                "GenerateKey",
+                format!("generated a DKIM key into Secret {secret}; publish the record in status.dkimRecord"),
+            )
+            .await;
+        }
+        Some(KeyState::Problem { reason, message })
+            if entered(
+                &old.conditions,
+                &new.conditions,
+                DKIM_CONDITION,
+                State::False,
+            ) =>
+        {
+            ctx.event(
+                domain,
+                EventType::Warning,
+                reason,
+                "ReadKey",
+                message.clone(),
+            )
+            .await;
+        }
+        _ => {}
+    }
 }
 
 /// What the Relays of the namespace say about one MailDomain.
@@ -174,11 +247,16 @@ impl View {
     }
 }
 
-/// The MailDomain's status from what the Relays say and the MX check.
+/// The condition about the DKIM key, present when `spec.dkim` is set.
+pub const DKIM_CONDITION: &str = "DkimKeyReady";
+
+/// The MailDomain's status from what the Relays say, the MX check and the
+/// DKIM key.
 pub fn status(
     domain: &MailDomain,
     view: &View,
     dns: Option<Result<DnsCheck, String>>,
+    dkim: Option<&KeyState>,
     now: &Time,
 ) -> MailDomainStatus {
     let old = domain.status.clone().unwrap_or_default();
@@ -277,6 +355,25 @@ pub fn status(
             d.message.clone(),
         ),
     };
+    let dkim_cond = dkim.map(|k| match k {
+        KeyState::Ready { .. } => Cond::new(
+            DKIM_CONDITION,
+            State::True,
+            "KeyPresent",
+            "the signing key is in its Secret; publish the record in status.dkimRecord",
+        ),
+        KeyState::Problem { reason, message } => {
+            Cond::new(DKIM_CONDITION, State::False, reason, message.clone())
+        }
+    });
+    let dkim_record = match dkim {
+        Some(KeyState::Ready { record, .. }) => Some(record.clone()),
+        _ => None,
+    };
+    let conditions: Vec<Cond> = [accepted, ready, dns_cond]
+        .into_iter()
+        .chain(dkim_cond)
+        .collect();
     let generation = domain.metadata.generation;
     MailDomainStatus {
         observed_generation: generation,
@@ -287,14 +384,8 @@ pub fn status(
             Some(Err(_)) => old.dns.clone(),
             None => None,
         },
-        // Written by nothing yet: DKIM key generation (issue 10) will.
-        dkim_record: old.dkim_record.clone(),
-        conditions: merge(
-            &old.conditions,
-            &[accepted, ready, dns_cond],
-            generation,
-            now,
-        ),
+        dkim_record,
+        conditions: merge(&old.conditions, &conditions, generation, now),
     }
 }
 
@@ -327,7 +418,7 @@ mod tests {
             unknown: vec!["edge".into()],
             ..View::default()
         };
-        let s = status(&domain(), &view, None, &at());
+        let s = status(&domain(), &view, None, None, &at());
         assert_eq!(
             cond(&s, "Accepted"),
             ("Unknown".into(), "RelayNotReconciled".into())
@@ -347,7 +438,7 @@ mod tests {
             message: "ok".into(),
         };
         let mut d = domain();
-        d.status = Some(status(&d, &view, Some(Ok(good.clone())), &at()));
+        d.status = Some(status(&d, &view, Some(Ok(good.clone())), None, &at()));
         assert_eq!(
             cond(
                 d.status.as_ref().unwrap_or_else(|| panic!()),
@@ -360,6 +451,7 @@ mod tests {
             &d,
             &view,
             Some(Err("MX lookup for example.com failed: timeout".into())),
+            None,
             &at(),
         );
         assert_eq!(

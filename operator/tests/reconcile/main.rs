@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: panics are its failures
 
+mod dkim;
 mod fake;
 mod rbac;
 

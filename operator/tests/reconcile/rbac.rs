@@ -149,6 +149,23 @@ async fn all_calls() -> Vec<Call> {
     assert_eq!(deleted.len(), 2, "the shard and the HPA: {deleted:?}");
     calls.extend(last);
     calls.extend(h.reconcile_domain("other").await.1);
+    // DKIM keys: example-com's Secret was created above (get, create); a
+    // Secret without the key gets it by a patch.
+    h.domain(crate::dkim::dkim_domain(
+        "keyed",
+        "keyed.example",
+        "ed25519-sha256",
+        true,
+    ));
+    h.fake.put(
+        "",
+        "secrets",
+        NS,
+        "keyed-dkim",
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "keyed-dkim", "namespace": NS, "resourceVersion": "1"}}),
+    );
+    calls.extend(h.reconcile_domain("keyed").await.1);
     calls.extend(h.fake.take_calls());
 
     // The controllers' watches: run them briefly against an empty API.

@@ -28,6 +28,8 @@ pub struct ConnCtx {
     pub spool: Spool,
     pub tls: Option<Tls>,
     pub metrics: Arc<Metrics>,
+    /// DKIM keys of the hosted domains, for signing submitted mail.
+    pub dkim: crate::dkim::DkimKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +321,12 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     let id = ctx.spool.new_id();
     let id_text = id.to_string();
     let tx = &accepted.transaction;
+    // Signed here, before the spool: 250 means the signed message is on disk.
+    let (content, signature) =
+        match crate::dkim::sign_accepted(&ctx.dkim, session, &id_text, accepted.content).await {
+            Ok(signed) => signed,
+            Err(reply) => return reply,
+        };
     let header = received::header(&Trace {
         conn: &session.conn,
         helo: session.helo().unwrap_or_default(),
@@ -330,9 +338,11 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         recipients: &tx.recipients,
         now: jiff::Timestamp::now(),
     });
-    let mut body = Vec::with_capacity(header.len() + accepted.content.len());
+    let signature = signature.unwrap_or_default();
+    let mut body = Vec::with_capacity(header.len() + signature.len() + content.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&accepted.content);
+    body.extend_from_slice(signature.as_bytes());
+    body.extend_from_slice(&content);
     let envelope = Envelope {
         sender: tx
             .sender
