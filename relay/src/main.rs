@@ -69,6 +69,10 @@ enum Command {
         /// DNS server to use instead of the configured or system ones (ADDR:PORT).
         #[arg(long)]
         dns: Option<SocketAddr>,
+        /// PEM file of CA certificates trusted besides the Mozilla roots for
+        /// outbound TLS (MTA-STS policy fetches, required STARTTLS to MX hosts).
+        #[arg(long, env = "MAILRELAY_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         /// Log as JSON lines (the default with --config, as in a pod).
         #[arg(long)]
         json_logs: bool,
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             spool,
             http,
             dns,
+            tls_ca,
             json_logs,
         } => {
             let source = match (manifests, config) {
@@ -214,6 +219,7 @@ fn main() -> ExitCode {
                 spool,
                 http,
                 dns,
+                tls_ca,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
