@@ -82,10 +82,21 @@ impl RelayProcess {
     /// the relay's bind: then the relay says so and exits, and it is
     /// started again on other ports.
     pub fn start(dir: &Path, n: usize, smtp_ip: IpAddr, dns: SocketAddr) -> RelayProcess {
+        RelayProcess::start_with(dir, n, smtp_ip, dns, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments of `mailrelay run`.
+    pub fn start_with(
+        dir: &Path,
+        n: usize,
+        smtp_ip: IpAddr,
+        dns: SocketAddr,
+        args: &[String],
+    ) -> RelayProcess {
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
             let log = dir.join(format!("relay-{n}-{attempt}.log"));
-            let mut relay = RelayProcess::spawn(dir, &log, Addrs::free(smtp_ip), dns);
+            let mut relay = RelayProcess::spawn(dir, &log, Addrs::free(smtp_ip), dns, args);
             match relay.wait_ready() {
                 Ok(()) => return relay,
                 Err(status) if attempt < ATTEMPTS && relay.log_text().contains("cannot listen") => {
@@ -100,7 +111,13 @@ impl RelayProcess {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn spawn(dir: &Path, log: &Path, addrs: Addrs, dns: SocketAddr) -> RelayProcess {
+    fn spawn(
+        dir: &Path,
+        log: &Path,
+        addrs: Addrs,
+        dns: SocketAddr,
+        args: &[String],
+    ) -> RelayProcess {
         let log_file = std::fs::File::create(log).expect("relay log file");
         let mut command = Command::new(MAILRELAY);
         command
@@ -119,6 +136,7 @@ impl RelayProcess {
             .arg(addrs.http.to_string())
             .arg("--dns")
             .arg(dns.to_string())
+            .args(args)
             .env("TMPDIR", dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -277,7 +295,7 @@ impl Env {
         } else {
             LOCALHOST
         };
-        RelayProcess::start(dir, n, smtp_ip, dns)
+        RelayProcess::start_with(dir, n, smtp_ip, dns, &setup.relay_args)
     }
 
     /// Kill the relay if it still runs and start a new one on the same
