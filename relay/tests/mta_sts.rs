@@ -550,3 +550,50 @@ impl TapSort for Vec<String> {
         self
     }
 }
+
+#[test]
+fn a_policy_that_cannot_be_fetched_and_is_not_cached_counts_as_none() {
+    let rt = runtime();
+    let pki = Pki::new();
+    // The TXT record says there is a policy, but nothing answers on
+    // mta-sts.gone.test:443 (RFC 8461 §5: deliver as without MTA-STS).
+    let (nothing_ip, mx_ip) = (ip(188), ip(189));
+    let tls = TlsScript::StartTls(pki.server(&["someone-else.test"]));
+    let mx = rt.block_on(TestServer::start_at(
+        SocketAddr::new(IpAddr::V4(mx_ip), 25),
+        tls,
+        None,
+        false,
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let env = relay(
+        dir.path(),
+        &pki,
+        &records("gone.test", "mx.gone.test", mx_ip, Some(nothing_ip)),
+        "delivery: {tls: {policy: MtaSts}}",
+    );
+
+    let id = send(&env, "user@gone.test", "to-gone");
+    wait_body(&mx, "to-gone", &env);
+    env.wait_until_spool_is_empty(WITHIN);
+    let log = env.relay.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MTA-STS policy lookup failed") && l.contains(&id)),
+        "{log}"
+    );
+    assert_eq!(
+        metric(
+            &env,
+            "mailrelay_mta_sts_lookups_total{result=\"failed_no_policy\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &env,
+            "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"encrypted\"}"
+        ),
+        1
+    );
+}

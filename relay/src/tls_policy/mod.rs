@@ -21,6 +21,8 @@ mod fetch;
 pub mod sts;
 
 #[cfg(test)]
+mod fetch_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
@@ -106,6 +108,18 @@ fn root_store(extra: &[Vec<u8>]) -> Result<RootCertStore, TlsPolicyError> {
     Ok(roots)
 }
 
+/// The TLS client for policy fetches: HTTP/1.1, certificates checked
+/// against `roots`.
+fn https_client(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsPolicyError> {
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsPolicyError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(client))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
@@ -164,14 +178,8 @@ impl OutboundTls {
         https_port: u16,
     ) -> Result<Self, TlsPolicyError> {
         let roots = Arc::new(root_store(&extra_roots)?);
-        let mut client = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsPolicyError::Tls(e.to_string()))?
-            .with_root_certificates(Arc::clone(&roots))
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            source: HttpsSource::new(dns, Arc::new(client), https_port),
+            source: HttpsSource::new(dns, https_client(Arc::clone(&roots))?, https_port),
             cache: StsCache::default(),
             extra_roots,
             chain: ChainCheck::new(roots)?,
