@@ -414,8 +414,18 @@ fn outbound_tls_domains_are_normalised_sorted_and_listed_once() {
     );
     let tls = ok(&r, &[], &[]).config.outbound_tls;
     assert_eq!(tls.policy, P::MtaSts);
-    let domains: Vec<(&str, P)> = tls.domains.iter().map(|d| (d.domain.as_str(), d.policy)).collect();
-    assert_eq!(domains, [("alpha.example", P::Opportunistic), ("zeta.example", P::Required)]);
+    let domains: Vec<(&str, P)> = tls
+        .domains
+        .iter()
+        .map(|d| (d.domain.as_str(), d.policy))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("alpha.example", P::Opportunistic),
+            ("zeta.example", P::Required)
+        ]
+    );
     assert_eq!(tls.policy_for("zeta.example"), P::Required);
     assert_eq!(tls.policy_for("other.example"), P::MtaSts);
 
@@ -426,7 +436,10 @@ fn outbound_tls_domains_are_normalised_sorted_and_listed_once() {
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["spec.delivery.tls.domains[1].domain", "spec.delivery.tls.domains[2].domain"],
+        [
+            "spec.delivery.tls.domains[1].domain",
+            "spec.delivery.tls.domains[2].domain"
+        ],
         "{problems:?}"
     );
 }

@@ -432,7 +432,10 @@ fn a_chain_is_checked_against_the_roots_and_the_mx_name() {
     let roots = Arc::new(root_store(&[ca]).expect("roots"));
     let check = ChainCheck::new(roots).expect("verifier");
     let now = UnixTime::now();
-    assert_eq!(check.check("mx.d.test", &[leaf.clone()], now), Ok(()));
+    assert_eq!(
+        check.check("mx.d.test", std::slice::from_ref(&leaf), now),
+        Ok(())
+    );
     let wrong_name = check.check("other.d.test", &[leaf], now).expect_err("name");
     assert!(wrong_name.contains("not valid for name"), "{wrong_name}");
     let unknown = check
