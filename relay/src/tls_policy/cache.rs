@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::sts::Policy;
@@ -86,6 +86,10 @@ impl Found {
 #[derive(Default)]
 pub struct StsCache {
     entries: Mutex<HashMap<String, Entry>>,
+    /// One refresh per domain at a time: the workers of a busy
+    /// destination that find the cache cold wait for the first one's
+    /// lookup instead of each fetching the policy.
+    refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl StsCache {
@@ -101,21 +105,55 @@ impl StsCache {
         domain: &str,
         now: Instant,
     ) -> (Option<Policy>, Found) {
+        if let Some(answer) = self.current(domain, now) {
+            return answer;
+        }
+        let gate = {
+            let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(gates.entry(domain.to_string()).or_default())
+        };
+        let answer = {
+            let _turn = gate.lock().await;
+            // Another task may have refreshed it while this one waited.
+            match self.current(domain, now) {
+                Some(answer) => answer,
+                None => self.lookup(source, domain, now).await,
+            }
+        };
+        let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and ours: nobody else waits on it.
+        if Arc::strong_count(&gate) <= 2 {
+            gates.remove(domain);
+        }
+        answer
+    }
+
+    /// The answer from the cache alone, when it is recent enough.
+    fn current(&self, domain: &str, now: Instant) -> Option<(Option<Policy>, Found)> {
+        let entries = self.lock();
+        let e = entries.get(domain)?;
+        if now.saturating_duration_since(e.checked) >= RECHECK {
+            return None;
+        }
+        match &e.policy {
+            Some(c) if !c.expired(now) => Some((Some(c.policy.clone()), Found::Cached)),
+            // Expired since the last check: look again now.
+            Some(_) => None,
+            None => Some((None, Found::NoRecord)),
+        }
+    }
+
+    async fn lookup<S: StsSource>(
+        &self,
+        source: &S,
+        domain: &str,
+        now: Instant,
+    ) -> (Option<Policy>, Found) {
         let previous = self.lock().get(domain).cloned();
         let cached = previous
             .as_ref()
             .and_then(|e| e.policy.clone())
             .filter(|c| !c.expired(now));
-        if let Some(e) = &previous
-            && now.saturating_duration_since(e.checked) < RECHECK
-        {
-            return match cached {
-                Some(c) => (Some(c.policy), Found::Cached),
-                None if e.policy.is_none() => (None, Found::NoRecord),
-                // Expired since the last check: look again now.
-                None => self.refresh(source, domain, None, now).await,
-            };
-        }
         self.refresh(source, domain, cached, now).await
     }
 

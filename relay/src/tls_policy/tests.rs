@@ -162,6 +162,8 @@ impl StsSource for FakeSource {
     }
     async fn fetch(&self, _: &str) -> Result<Policy, String> {
         *self.fetches.lock().expect("lock") += 1;
+        // Let the other lookups of a join run while this one "fetches".
+        tokio::task::yield_now().await;
         self.policy.lock().expect("lock").clone()
     }
 }
@@ -254,6 +256,23 @@ async fn failures_keep_an_unexpired_policy_and_otherwise_mean_no_policy() {
     // Until it expires: then no policy.
     let (p, found) = cache.policy(&source, "d.test", at(step + 3600)).await;
     assert_eq!((p, found), (None, Found::NoRecord));
+}
+
+#[tokio::test]
+async fn lookups_of_one_domain_at_once_share_one_fetch() {
+    let enforce = policy(Mode::Enforce, 3600, &["mx.d.test"]);
+    let source = FakeSource::new(Some("1"), Ok(enforce.clone()));
+    let cache = StsCache::default();
+    let now = Instant::now();
+    let lookups = (0..10).map(|_| cache.policy(&source, "d.test", now));
+    let answers = futures::future::join_all(lookups).await;
+    assert!(
+        answers.iter().all(|(p, _)| p.as_ref() == Some(&enforce)),
+        "{answers:?}"
+    );
+    assert_eq!((source.lookups(), source.fetches()), (1, 1));
+    let fetched = answers.iter().filter(|(_, f)| *f == Found::Fetched).count();
+    assert_eq!(fetched, 1, "{answers:?}");
 }
 
 #[tokio::test]
