@@ -46,11 +46,11 @@ pub struct RunOptions {
     pub source: Source,
     pub listen: Vec<(ListenerName, SocketAddr)>,
     pub spool: Option<PathBuf>,
-    pub http: Option<SocketAddr>,
-    pub dns: Option<SocketAddr>,
     /// PEM CA certificates trusted besides the Mozilla roots for outbound
     /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts.
     pub tls_ca: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +69,12 @@ pub enum RunError {
     },
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    #[error("outbound TLS: {0}")]
+    OutboundTls(#[from] crate::tls_policy::TlsPolicyError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
     #[error("DNS: {0}")]
     Dns(#[from] policy::ResolverError),
-    #[error("outbound TLS: {0}")]
-    OutboundTls(#[from] crate::tls_policy::TlsPolicyError),
     #[error("cannot create {}: {source}", path.display())]
     Dir {
         path: PathBuf,

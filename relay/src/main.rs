@@ -219,9 +219,9 @@ fn main() -> ExitCode {
                 source,
                 listen,
                 spool,
+                tls_ca,
                 http,
                 dns,
-                tls_ca,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -85,18 +85,18 @@ impl RelayProcess {
         RelayProcess::start_with(dir, n, smtp_ip, dns, &[])
     }
 
-    /// [`start`](Self::start) with more arguments of `mailrelay run`.
+    /// `start` with more `mailrelay run` arguments.
     pub fn start_with(
         dir: &Path,
         n: usize,
         smtp_ip: IpAddr,
         dns: SocketAddr,
-        args: &[String],
+        extra: &[String],
     ) -> RelayProcess {
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
             let log = dir.join(format!("relay-{n}-{attempt}.log"));
-            let mut relay = RelayProcess::spawn(dir, &log, Addrs::free(smtp_ip), dns, args);
+            let mut relay = RelayProcess::spawn(dir, &log, Addrs::free(smtp_ip), dns, extra);
             match relay.wait_ready() {
                 Ok(()) => return relay,
                 Err(status) if attempt < ATTEMPTS && relay.log_text().contains("cannot listen") => {
@@ -116,7 +116,7 @@ impl RelayProcess {
         log: &Path,
         addrs: Addrs,
         dns: SocketAddr,
-        args: &[String],
+        extra: &[String],
     ) -> RelayProcess {
         let log_file = std::fs::File::create(log).expect("relay log file");
         let mut command = Command::new(MAILRELAY);
@@ -136,7 +136,7 @@ impl RelayProcess {
             .arg(addrs.http.to_string())
             .arg("--dns")
             .arg(dns.to_string())
-            .args(args)
+            .args(extra)
             .env("TMPDIR", dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
