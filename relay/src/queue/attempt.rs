@@ -171,7 +171,7 @@ async fn reuse(
 ) -> Option<Vec<Outcome>> {
     let out = match pool.take(route)? {
         // Kept under a weaker policy than the one now in force.
-        Client::Smtp(c) if check.is_some_and(|k| !k.reusable(c.security())) => {
+        Client::Smtp(c) if check.is_some_and(|k| !k.reusable(&c)) => {
             c.quit().await;
             return None;
         }

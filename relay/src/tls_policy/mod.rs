@@ -285,9 +285,14 @@ impl Check<'_> {
         }
     }
 
-    /// Whether a kept connection with `security` may carry mail now.
-    pub fn reusable(&self, security: &Security) -> bool {
-        !self.plan.enforced() || *security == Security::Verified
+    /// Whether a kept connection may carry mail under the plan now in
+    /// force (it may have been opened under a weaker one).
+    pub fn reusable(&self, client: &SmtpClient) -> bool {
+        let host_ok = matches!(
+            self.plan.admit(self.domain, &client.target().host),
+            Verdict::Deliver | Verdict::DeliverAndReport(_)
+        );
+        host_ok && (!self.plan.enforced() || *client.security() == Security::Verified)
     }
 
     fn apply(
