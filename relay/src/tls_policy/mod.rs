@@ -21,6 +21,8 @@ mod fetch;
 pub mod sts;
 
 #[cfg(test)]
+mod check_tests;
+#[cfg(test)]
 mod fetch_tests;
 #[cfg(test)]
 mod tests;
