@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::blocklist::BlockAction;
 use crate::common::ObjectRef;
 use crate::maildomain::{DkimAlgorithm, TlsMode};
-use crate::relay::{AutoscalingEngine, ListenerName};
+use crate::relay::{AutoscalingEngine, ListenerName, OutboundTlsPolicy};
 
 /// The format version written by this code. A relay refuses a config with
 /// another version instead of guessing.
@@ -52,6 +52,10 @@ pub struct RelayConfig {
     pub queue: QueueConfig,
     pub smarthost: Option<SmarthostConfig>,
     pub dns: DnsConfig,
+    /// Outbound TLS policy for MX delivery; absent means opportunistic
+    /// everywhere (and configs written before it existed still load).
+    #[serde(default, skip_serializing_if = "OutboundTlsConfig::is_default")]
+    pub outbound_tls: OutboundTlsConfig,
     /// Replica settings, for the operator's builders.
     pub scaling: ScalingConfig,
 }
@@ -308,6 +312,38 @@ pub struct SmarthostConfig {
     pub tls: TlsMode,
     pub username: Option<SecretFile>,
     pub password: Option<SecretFile>,
+}
+
+/// Outbound TLS policy for MX delivery (`spec.delivery.tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTlsConfig {
+    /// For domains not in `domains`.
+    pub policy: OutboundTlsPolicy,
+    /// Per destination domain (lower-case A-labels), sorted by domain.
+    pub domains: Vec<DomainTlsConfig>,
+}
+
+impl OutboundTlsConfig {
+    pub fn is_default(&self) -> bool {
+        *self == OutboundTlsConfig::default()
+    }
+
+    /// The policy for `domain` (lower-case A-label).
+    pub fn policy_for(&self, domain: &str) -> OutboundTlsPolicy {
+        self.domains
+            .binary_search_by(|d| d.domain.as_str().cmp(domain))
+            .map(|i| self.domains[i].policy)
+            .unwrap_or(self.policy)
+    }
+}
+
+/// One destination domain's outbound TLS policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainTlsConfig {
+    pub domain: String,
+    pub policy: OutboundTlsPolicy,
 }
 
 /// DNS settings.

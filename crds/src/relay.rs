@@ -124,6 +124,12 @@ pub struct RelaySpec {
     #[serde(default)]
     pub dns: Dns,
 
+    /// How mail for remote domains is delivered: outbound TLS policy
+    /// (opportunistic, required, MTA-STS), for all destinations and per
+    /// destination domain.
+    #[serde(default, skip_serializing_if = "Delivery::is_default")]
+    pub delivery: Delivery,
+
     /// CPU and memory for each relay pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -451,6 +457,65 @@ pub struct Dns {
     #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("must be a duration such as 5s"))]
     pub timeout: String,
+}
+
+/// Delivery to remote domains (by MX).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Outbound TLS policy.
+    #[serde(default)]
+    pub tls: DeliveryTls,
+}
+
+impl Delivery {
+    pub fn is_default(&self) -> bool {
+        *self == Delivery::default()
+    }
+}
+
+/// Outbound TLS policy for mail delivered by MX. It does not apply to a
+/// smarthost or to a MailDomain's mailbox server, whose `tls` says how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryTls {
+    /// The policy for every destination domain not listed in `domains`.
+    /// `Opportunistic` (default): STARTTLS when the MX offers it, in clear
+    /// otherwise, certificates not checked (RFC 7435). `MtaSts`: as
+    /// `Opportunistic`, except for domains that publish an MTA-STS policy
+    /// (RFC 8461), which is fetched, cached and applied. `Required`:
+    /// STARTTLS with a certificate valid for the MX host name, or the
+    /// message waits in the queue (4xx); never sent in clear.
+    #[serde(default)]
+    pub policy: OutboundTlsPolicy,
+    /// Policies for particular destination domains (exact names), which
+    /// take precedence over `policy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub domains: Vec<DomainTlsPolicy>,
+}
+
+/// How TLS is used towards a destination's MX hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum OutboundTlsPolicy {
+    /// STARTTLS when offered; delivery in clear otherwise.
+    #[default]
+    Opportunistic,
+    /// Apply the domain's MTA-STS policy when it publishes one.
+    MtaSts,
+    /// STARTTLS with a valid certificate for the MX name, or defer.
+    Required,
+}
+
+/// The outbound TLS policy of one destination domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainTlsPolicy {
+    /// The destination domain (exact name, such as `example.org`).
+    #[schemars(length(min = 1, max = 253))]
+    pub domain: String,
+    /// Its policy.
+    pub policy: OutboundTlsPolicy,
 }
 
 /// Observed state of a Relay.

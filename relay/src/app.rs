@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub source: Source,
     pub listen: Vec<(ListenerName, SocketAddr)>,
     pub spool: Option<PathBuf>,
+    /// PEM CA certificates trusted besides the Mozilla roots for outbound
+    /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts.
+    pub tls_ca: Option<PathBuf>,
     pub http: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
     pub drain: DrainArgs,
@@ -69,6 +72,8 @@ pub enum RunError {
     },
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    #[error("outbound TLS: {0}")]
+    OutboundTls(#[from] crate::tls_policy::TlsPolicyError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
     #[error("DNS: {0}")]
@@ -146,6 +151,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         .unwrap_or_else(|| default_spool(&opts.source));
     let http_addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
     let dns = policy::resolver(&config.dns, opts.dns)?;
+    let extra_roots = match &opts.tls_ca {
+        Some(path) => crate::tls_policy::read_ca_bundle(path)?,
+        None => Vec::new(),
+    };
+    let outbound_tls = crate::tls_policy::OutboundTls::new(
+        dns.clone(),
+        extra_roots,
+        crate::tls_policy::HTTPS_PORT,
+    )?;
     let tls = match &config.tls {
         Some(files) => {
             let tls = Tls::new(
@@ -261,6 +275,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Arc::clone(&metrics),
         SMTP_PORT,
         Concurrency::default(),
+        outbound_tls,
     );
     let _delivery = tokio::spawn(Arc::clone(&manager).run());
     let handoff_listener = match (opts.drain.handoff_listen, &key) {

@@ -21,6 +21,7 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod standalone;
+pub mod tls_policy;
 
 #[cfg(test)]
 mod testutil;

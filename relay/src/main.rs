@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Check the manifests in a directory: print every problem and exit
@@ -69,6 +71,10 @@ enum Command {
         /// DNS server to use instead of the configured or system ones (ADDR:PORT).
         #[arg(long)]
         dns: Option<SocketAddr>,
+        /// PEM file of CA certificates trusted besides the Mozilla roots for
+        /// outbound TLS (MTA-STS policy fetches, required STARTTLS to MX hosts).
+        #[arg(long, env = "MAILRELAY_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         /// Log as JSON lines (the default with --config, as in a pod).
         #[arg(long)]
         json_logs: bool,
@@ -183,6 +189,7 @@ fn main() -> ExitCode {
             spool,
             http,
             dns,
+            tls_ca,
             json_logs,
             drain,
         } => {
@@ -215,6 +222,7 @@ fn main() -> ExitCode {
                 source,
                 listen,
                 spool,
+                tls_ca,
                 http,
                 dns,
                 drain,

@@ -35,6 +35,15 @@ pub struct DeliveryLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundTlsLabel {
+    /// `opportunistic`, `required`, `mta_sts_enforce` or `mta_sts_testing`.
+    pub policy: &'static str,
+    /// `verified`, `encrypted`, `clear`, `failed_deferred` (the policy kept
+    /// the message) or `failed_reported` (MTA-STS testing: delivered anyway).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -57,6 +66,8 @@ pub struct Metrics {
     pub oldest_message_age: Gauge,
     pub dns_failures: Counter,
     pub outbound_connections: Family<ResultLabel, Counter>,
+    pub outbound_tls: Family<OutboundTlsLabel, Counter>,
+    pub mta_sts_lookups: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -161,8 +172,22 @@ impl Metrics {
             "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
             outbound_connections.clone(),
         );
+        let outbound_tls = Family::<OutboundTlsLabel, Counter>::default();
+        registry.register(
+            "outbound_tls",
+            "Outbound TLS policy decisions for MX delivery, by policy and outcome",
+            outbound_tls.clone(),
+        );
+        let mta_sts_lookups = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "mta_sts_lookups",
+            "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
+            mta_sts_lookups.clone(),
+        );
         Self {
             registry,
+            outbound_tls,
+            mta_sts_lookups,
             dns_failures,
             outbound_connections,
             deliveries,
@@ -205,6 +230,20 @@ impl Metrics {
         if result != "deferred" {
             self.delivery_latency.observe(age as f64);
         }
+    }
+
+    /// One outbound TLS policy decision (see [`OutboundTlsLabel`]).
+    pub fn outbound_tls(&self, policy: &'static str, outcome: &'static str) {
+        self.outbound_tls
+            .get_or_create(&OutboundTlsLabel { policy, outcome })
+            .inc();
+    }
+
+    /// One MTA-STS policy lookup, by how it was answered.
+    pub fn mta_sts_lookup(&self, result: &'static str) {
+        self.mta_sts_lookups
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn queue_state(

@@ -10,9 +10,9 @@ use super::selector::Selector;
 use super::{Problem, Report, namespace_of};
 use crate::common::{ObjectRef, SecretKeyRef};
 use crate::config::{
-    AutoscalingConfig, CONFIG_VERSION, DEFAULT_SECRETS_DIR, DnsConfig, LimitsConfig,
-    ListenerConfig, PolicyConfig, QueueConfig, QueueStorageConfig, RelayConfig, ScalingConfig,
-    SecretFile, SmarthostConfig, TlsFiles,
+    AutoscalingConfig, CONFIG_VERSION, DEFAULT_SECRETS_DIR, DnsConfig, DomainTlsConfig,
+    LimitsConfig, ListenerConfig, OutboundTlsConfig, PolicyConfig, QueueConfig, QueueStorageConfig,
+    RelayConfig, ScalingConfig, SecretFile, SmarthostConfig, TlsFiles,
 };
 use crate::relay::{ListenerName, Relay, RelaySpec};
 
@@ -69,6 +69,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let queue = r.queue(spec);
     let smarthost = r.smarthost(spec);
     let dns = r.dns(spec);
+    let outbound_tls = r.outbound_tls(spec);
     let scaling = r.scaling(spec);
 
     match (
@@ -104,6 +105,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 queue,
                 smarthost: smarthost.flatten(),
                 dns,
+                outbound_tls,
                 scaling,
             },
             domain_selector,
@@ -345,6 +347,31 @@ impl Report<'_> {
             username,
             password,
         }))
+    }
+
+    /// `spec.delivery.tls`: domains normalised, sorted, each once.
+    fn outbound_tls(&mut self, spec: &RelaySpec) -> OutboundTlsConfig {
+        let tls = &spec.delivery.tls;
+        let mut domains: Vec<DomainTlsConfig> = Vec::with_capacity(tls.domains.len());
+        for (i, d) in tls.domains.iter().enumerate() {
+            let field = format!("spec.delivery.tls.domains[{i}].domain");
+            let Some(domain) = self.check(field.clone(), normalize::domain_name(&d.domain)) else {
+                continue;
+            };
+            if domains.iter().any(|e| e.domain == domain) {
+                self.add(field, format!("{domain} is listed more than once"));
+                continue;
+            }
+            domains.push(DomainTlsConfig {
+                domain,
+                policy: d.policy,
+            });
+        }
+        domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+        OutboundTlsConfig {
+            policy: tls.policy,
+            domains,
+        }
     }
 
     fn dns(&mut self, spec: &RelaySpec) -> Option<DnsConfig> {

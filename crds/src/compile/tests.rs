@@ -405,6 +405,46 @@ fn an_open_relay_by_configuration_is_refused() {
 }
 
 #[test]
+fn outbound_tls_domains_are_normalised_sorted_and_listed_once() {
+    use crate::relay::OutboundTlsPolicy as P;
+    let c = ok(&plain_relay(), &[], &[]);
+    assert!(c.config.outbound_tls.is_default());
+    let r = relay(
+        "  hostname: mx.example.com\n  delivery: {tls: {policy: MtaSts, domains: [{domain: Zeta.Example., policy: Required}, {domain: alpha.example, policy: Opportunistic}]}}\n",
+    );
+    let tls = ok(&r, &[], &[]).config.outbound_tls;
+    assert_eq!(tls.policy, P::MtaSts);
+    let domains: Vec<(&str, P)> = tls
+        .domains
+        .iter()
+        .map(|d| (d.domain.as_str(), d.policy))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("alpha.example", P::Opportunistic),
+            ("zeta.example", P::Required)
+        ]
+    );
+    assert_eq!(tls.policy_for("zeta.example"), P::Required);
+    assert_eq!(tls.policy_for("other.example"), P::MtaSts);
+
+    let r = relay(
+        "  hostname: mx.example.com\n  delivery: {tls: {domains: [{domain: a.example, policy: Required}, {domain: A.example, policy: MtaSts}, {domain: 'not a domain', policy: Required}]}}\n",
+    );
+    let problems = compile(&r, &[], &[]).expect_err("duplicate and bad domain");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.delivery.tls.domains[1].domain",
+            "spec.delivery.tls.domains[2].domain"
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn relay_defaults_compile_to_rfc_values() {
     let c = ok(&plain_relay(), &[], &[]);
     let cfg = &c.config;

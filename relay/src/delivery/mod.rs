@@ -44,4 +44,4 @@ mod peers;
 #[cfg(test)]
 mod smtp_tests;
 #[cfg(test)]
-mod test_server;
+pub(crate) mod test_server;

@@ -39,6 +39,14 @@ enum Plan {
     Implicit,
 }
 
+/// Why [`SmtpClient::connect_checked`] failed: the outcome every
+/// recipient of the attempt gets, and whether TLS was the reason.
+#[derive(Clone, Debug)]
+pub struct ConnectFailure {
+    pub outcome: Outcome,
+    pub tls: bool,
+}
+
 /// Why opening failed: a STARTTLS failure is apart because opportunistic
 /// TLS can try again in clear.
 enum OpenError {
@@ -51,6 +59,18 @@ impl SmtpClient {
     /// Failure is the outcome every recipient of this attempt gets; a
     /// router would usually try the next target.
     pub async fn connect(target: &Target, config: &OutboundConfig) -> Result<SmtpClient, Outcome> {
+        Self::connect_checked(target, config)
+            .await
+            .map_err(|f| f.outcome)
+    }
+
+    /// [`connect`](Self::connect), saying whether a failure was TLS's:
+    /// STARTTLS missing where required, refused, or a failed handshake or
+    /// certificate check. Outbound TLS policy counts those.
+    pub async fn connect_checked(
+        target: &Target,
+        config: &OutboundConfig,
+    ) -> Result<SmtpClient, ConnectFailure> {
         let opened = match config.tls {
             TlsMode::None => open(target, config, Plan::Clear).await,
             TlsMode::Required => open(target, config, Plan::RequiredStartTls).await,
@@ -72,13 +92,26 @@ impl SmtpClient {
             }
         };
         let mut client = opened.map_err(|e| match e {
-            OpenError::Failed(outcome) => outcome,
-            OpenError::Tls(reason) => Outcome::temp(reason),
+            OpenError::Failed(outcome) => ConnectFailure {
+                outcome,
+                tls: false,
+            },
+            OpenError::Tls(reason) => ConnectFailure {
+                outcome: Outcome::temp(reason),
+                tls: true,
+            },
         })?;
+        let failed = |outcome| ConnectFailure {
+            outcome,
+            tls: false,
+        };
         // Before AUTH: an EHLO after it may cost the authentication.
-        client.pipelining = client.probe_pipelining(&config.hostname).await?;
+        client.pipelining = client
+            .probe_pipelining(&config.hostname)
+            .await
+            .map_err(failed)?;
         if let Some(credentials) = &config.auth {
-            client.authenticate(credentials).await?;
+            client.authenticate(credentials).await.map_err(failed)?;
         }
         tracing::info!(host = %target.host, addr = %target.addr, security = ?client.security,
             "SMTP connection established");
@@ -121,6 +154,15 @@ impl SmtpClient {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The server's certificate chain (DER, leaf first) when the
+    /// connection is encrypted.
+    pub fn peer_certificates(&self) -> Option<Vec<Vec<u8>>> {
+        if !self.conn.is_encrypted() {
+            return None;
+        }
+        self.conn.certificate_chain().ok()
     }
 
     /// Why this connection cannot carry another message, if it cannot.
@@ -396,10 +438,10 @@ async fn open(
         } else if plan == Plan::RequiredStartTls {
             // RFC 3207 §4: a client that requires TLS must not go on.
             abort(&mut conn, t.command).await;
-            return Err(OpenError::Failed(Outcome::temp(format!(
+            return Err(OpenError::Tls(format!(
                 "TLS is required but {} does not offer STARTTLS",
                 peer(target)
-            ))));
+            )));
         }
     }
     Ok(SmtpClient {

@@ -87,7 +87,18 @@ impl TestServer {
         auth: Option<(&str, &str)>,
         pipelining: bool,
     ) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_at(any, tls, auth, pipelining).await
+    }
+
+    /// On `addr` (an MX on `127.0.0.N:25` for the end-to-end tests).
+    pub async fn start_at(
+        addr: SocketAddr,
+        tls: TlsScript,
+        auth: Option<(&str, &str)>,
+        pipelining: bool,
+    ) -> TestServer {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));

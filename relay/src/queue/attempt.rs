@@ -17,6 +17,8 @@ use crate::delivery::{
 use crate::metrics::{Metrics, ResultLabel};
 use crate::runtime::Runtime;
 use crate::smtp::address::base_local_part;
+use crate::spool::QueueId;
+use crate::tls_policy::{Check, OutboundTls};
 
 /// What an attempt needs besides the message.
 pub struct AttemptCtx<'a, D> {
@@ -28,6 +30,10 @@ pub struct AttemptCtx<'a, D> {
     /// Connections kept from earlier messages.
     pub pool: &'a Pool,
     pub metrics: &'a Metrics,
+    /// Outbound TLS policy for MX delivery (see `tls_policy`).
+    pub outbound_tls: &'a OutboundTls,
+    /// The message being delivered, for the policy's log events.
+    pub queue_id: Option<QueueId>,
 }
 
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
@@ -38,7 +44,25 @@ pub async fn attempt<D: MxDns>(
     recipients: &[String],
     body: &[u8],
 ) -> Vec<Outcome> {
-    if let Some(out) = reuse(ctx.pool, route, sender, recipients, body).await {
+    // MX delivery follows the destination's TLS policy (tls_policy).
+    let check = match route {
+        Route::Mx { domain } => Some(Check {
+            tls: ctx.outbound_tls,
+            plan: (ctx.outbound_tls)
+                .plan(
+                    &ctx.runtime.config.outbound_tls,
+                    domain,
+                    ctx.queue_id,
+                    ctx.metrics,
+                )
+                .await,
+            domain,
+            queue_id: ctx.queue_id,
+            metrics: ctx.metrics,
+        }),
+        _ => None,
+    };
+    if let Some(out) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
         return out;
     }
     let hostname = &ctx.runtime.config.hostname;
@@ -57,7 +81,7 @@ pub async fn attempt<D: MxDns>(
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
             Ok(targets) => {
                 let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
-                try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
+                try_targets(ctx, route, &targets, &cfg, None, sender, recipients, body).await
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
@@ -76,7 +100,7 @@ pub async fn attempt<D: MxDns>(
             }
             match resolve_host(ctx.dns, &s.host, s.port).await {
                 Ok(targets) => {
-                    try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
+                    try_targets(ctx, route, &targets, &cfg, None, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -85,9 +109,16 @@ pub async fn attempt<D: MxDns>(
             let mut rng = StdRng::from_os_rng();
             match mx_route(ctx.dns, domain, ctx.mx_port, &mut rng).await {
                 Ok(targets) => {
-                    let cfg = OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
-                        .with_timeouts(ctx.timeouts);
-                    try_targets(ctx, route, &targets, &cfg, sender, recipients, body).await
+                    let check = check.as_ref();
+                    let cfg = match check {
+                        Some(c) => {
+                            ctx.outbound_tls
+                                .outbound_config(&c.plan, hostname, ctx.timeouts)
+                        }
+                        None => OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
+                            .with_timeouts(ctx.timeouts),
+                    };
+                    try_targets(ctx, route, &targets, &cfg, check, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -133,11 +164,17 @@ fn count_security(metrics: &Metrics, security: &Security) {
 async fn reuse(
     pool: &Pool,
     route: &Route,
+    check: Option<&Check<'_>>,
     sender: &str,
     recipients: &[String],
     body: &[u8],
 ) -> Option<Vec<Outcome>> {
     let out = match pool.take(route)? {
+        // Kept under a weaker policy than the one now in force.
+        Client::Smtp(c) if check.is_some_and(|k| !k.reusable(&c)) => {
+            c.quit().await;
+            return None;
+        }
         Client::Smtp(mut c) => {
             let out = c.send(sender, recipients, body).await;
             let broken = c.broken().is_some();
@@ -164,26 +201,42 @@ async fn reuse(
 }
 
 /// Try each target in order until one takes the transaction (RFC 5321
-/// §5.1: every address of every MX before giving up for now).
+/// §5.1: every address of every MX before giving up for now). `check`
+/// applies an MX destination's TLS policy to each host and connection.
+#[allow(clippy::too_many_arguments)]
 async fn try_targets<D: MxDns>(
     ctx: &AttemptCtx<'_, D>,
     route: &Route,
     targets: &[Target],
     cfg: &OutboundConfig,
+    check: Option<&Check<'_>>,
     sender: &str,
     recipients: &[String],
     body: &[u8],
 ) -> Vec<Outcome> {
     let mut last = Outcome::temp("no address to connect to");
     for target in targets {
-        match SmtpClient::connect(target, cfg).await {
+        if let Some(Err(outcome)) = check.map(|c| c.admit(target)) {
+            last = outcome;
+            continue;
+        }
+        match SmtpClient::connect_checked(target, cfg).await {
             Ok(mut client) => {
                 count_security(ctx.metrics, client.security());
+                if let Some(Err(outcome)) = check.map(|c| c.connected(&client)) {
+                    client.quit().await;
+                    last = outcome;
+                    continue;
+                }
                 let out = client.send(sender, recipients, body).await;
                 ctx.pool.put(route, Client::Smtp(Box::new(client)));
                 return out;
             }
-            Err(outcome) => {
+            Err(failure) => {
+                let outcome = match check {
+                    Some(c) => c.failed(target, failure),
+                    None => failure.outcome,
+                };
                 tracing::info!(host = %target.host, addr = %target.addr, reason = %outcome, "connection failed; trying the next host");
                 last = outcome;
             }

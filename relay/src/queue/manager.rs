@@ -36,6 +36,7 @@ use crate::policy::HickoryDns;
 use crate::runtime::Runtime;
 use crate::server::listener::Current;
 use crate::spool::{Envelope, Notice, QueueId, Queued, RecipientState, Spool};
+use crate::tls_policy::OutboundTls;
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +65,8 @@ pub struct Manager {
     pub(super) total: Arc<Semaphore>,
     pub(super) per_destination: usize,
     pub(super) pool: Pool,
+    /// Outbound TLS policy state: the MTA-STS cache, trusted roots.
+    pub(super) outbound_tls: OutboundTls,
     pub(super) book: Mutex<Book>,
     /// A worker let a message go: it may need another look.
     pub(super) done: tokio::sync::Notify,
@@ -135,6 +138,7 @@ impl Manager {
         metrics: Arc<Metrics>,
         mx_port: u16,
         concurrency: Concurrency,
+        outbound_tls: OutboundTls,
     ) -> Arc<Self> {
         Arc::new(Self {
             spool,
@@ -145,6 +149,7 @@ impl Manager {
             total: Arc::new(Semaphore::new(concurrency.total.max(1))),
             per_destination: concurrency.per_destination.max(1),
             pool: Pool::new(concurrency.per_destination.max(1), concurrency.total.max(1)),
+            outbound_tls,
             book: Mutex::new(Book::default()),
             done: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),

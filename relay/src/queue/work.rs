@@ -155,6 +155,8 @@ impl Manager {
             mx_port: self.mx_port,
             pool: &self.pool,
             metrics: &self.metrics,
+            outbound_tls: &self.outbound_tls,
+            queue_id: Some(job.q.id),
         };
         let q = &job.q;
         let recipients: Vec<String> = indices

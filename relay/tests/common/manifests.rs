@@ -39,6 +39,8 @@ pub struct Setup {
     pub hosted_local_parts: Vec<String>,
     /// More MailDomain manifests (YAML documents).
     pub domains: Vec<String>,
+    /// More arguments of `mailrelay run` (`--tls-ca FILE`).
+    pub relay_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -58,6 +60,7 @@ impl Default for Setup {
             hosted_delivery: "{lmtp: {host: 127.0.0.1, port: 9}}".into(),
             hosted_local_parts: ["alice", "bob", "postmaster"].map(String::from).to_vec(),
             domains: Vec::new(),
+            relay_args: Vec::new(),
         }
     }
 }
@@ -81,6 +84,12 @@ impl Setup {
     pub fn dns_records(mut self, lines: &str) -> Setup {
         self.dns_records.push_str(lines);
         self.dns_records.push('\n');
+        self
+    }
+
+    /// Give `mailrelay run` one more argument.
+    pub fn relay_arg(mut self, arg: impl Into<String>) -> Setup {
+        self.relay_args.push(arg.into());
         self
     }
 

@@ -301,7 +301,7 @@ impl Env {
         } else {
             LOCALHOST
         };
-        RelayProcess::start(dir, n, smtp_ip, dns)
+        RelayProcess::start_with(dir, n, smtp_ip, dns, &setup.relay_args)
     }
 
     /// Kill the relay if it still runs and start a new one on the same

@@ -1,0 +1,335 @@
+//! Outbound TLS policy for mail delivered by MX: opportunistic, required
+//! (per Relay or per destination domain, `spec.delivery.tls`), or the
+//! destination's own MTA-STS policy (RFC 8461).
+//!
+//! - [`sts`] parses the `_mta-sts` TXT record and the policy file and
+//!   matches MX hosts against its patterns;
+//! - [`cache`] keeps policies for their `max_age` and notices new ids;
+//! - `fetch` looks them up (DNS through the relay's resolver, HTTPS with
+//!   rustls against the Mozilla roots plus `--tls-ca`);
+//! - [`decide`] is the decision, pure: plan × host × what the host offered
+//!   → deliver, deliver and report (MTA-STS testing), or defer (4xx);
+//! - [`OutboundTls`] ties them together for the queue, and [`Check`]
+//!   applies a plan to one attempt, with one log event and one metric per
+//!   decision.
+//!
+//! DANE (RFC 7672) is not implemented: see the README, "Outbound TLS".
+
+pub mod cache;
+pub mod decide;
+mod fetch;
+pub mod sts;
+
+#[cfg(test)]
+mod check_tests;
+#[cfg(test)]
+mod fetch_tests;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mailrelay_crds::config::OutboundTlsConfig;
+use mailrelay_crds::relay::OutboundTlsPolicy;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use crate::delivery::smtp::ConnectFailure;
+use crate::delivery::{OutboundConfig, Outcome, Security, SmtpClient, Target, Timeouts};
+use crate::metrics::Metrics;
+use crate::policy::HickoryDns;
+use crate::spool::QueueId;
+pub use cache::{Found, StsCache, StsSource};
+pub use decide::{TlsPlan, TlsSeen, Verdict};
+use fetch::HttpsSource;
+use sts::Mode;
+
+/// Where MTA-STS policies are served (§3.3: HTTPS, the default port).
+pub const HTTPS_PORT: u16 = 443;
+
+/// Why the outbound TLS set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsPolicyError {
+    #[error("cannot read the CA bundle {path}: {source}")]
+    ReadCa {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA bundle {path} holds no certificate")]
+    EmptyCa { path: String },
+    #[error("certificate {index} of {path} is not a usable root: {reason}")]
+    BadRoot {
+        path: String,
+        index: usize,
+        reason: String,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+/// The DER certificates of a PEM bundle (`--tls-ca`).
+pub fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, TlsPolicyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| TlsPolicyError::ReadCa {
+        path: shown.clone(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut text.as_slice())
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsPolicyError::ReadCa {
+            path: shown.clone(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsPolicyError::EmptyCa { path: shown });
+    }
+    Ok(certs)
+}
+
+/// The Mozilla roots (webpki-roots) and `extra`.
+fn root_store(extra: &[Vec<u8>]) -> Result<RootCertStore, TlsPolicyError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for (index, der) in extra.iter().enumerate() {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| TlsPolicyError::BadRoot {
+                path: "--tls-ca".into(),
+                index,
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(roots)
+}
+
+/// The TLS client for policy fetches: HTTP/1.1, certificates checked
+/// against `roots`.
+fn https_client(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsPolicyError> {
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsPolicyError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(client))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// Checks a certificate chain against the roots for a host name, as a
+/// TLS handshake with verification would.
+pub struct ChainCheck {
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl ChainCheck {
+    fn new(roots: Arc<RootCertStore>) -> Result<Self, TlsPolicyError> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| TlsPolicyError::Tls(e.to_string()))?;
+        Ok(Self { verifier })
+    }
+
+    /// `chain` is DER, leaf first, as the server sent it.
+    pub fn check(&self, host: &str, chain: &[Vec<u8>], now: UnixTime) -> Result<(), String> {
+        let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+        let intermediates: Vec<CertificateDer<'_>> = rest
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        self.verifier
+            .verify_server_cert(
+                &CertificateDer::from(leaf.as_slice()),
+                &intermediates,
+                &name,
+                &[],
+                now,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The relay's outbound TLS state: the MTA-STS cache and fetcher, and the
+/// roots certificates are checked against. One per relay process; the
+/// policy configuration comes with each attempt (it may be reloaded).
+pub struct OutboundTls {
+    source: HttpsSource,
+    cache: StsCache,
+    extra_roots: Vec<Vec<u8>>,
+    chain: ChainCheck,
+}
+
+impl OutboundTls {
+    /// With the Mozilla roots and `extra_roots` (DER) trusted, policies
+    /// fetched from `https_port` ([`HTTPS_PORT`] outside tests).
+    pub fn new(
+        dns: HickoryDns,
+        extra_roots: Vec<Vec<u8>>,
+        https_port: u16,
+    ) -> Result<Self, TlsPolicyError> {
+        let roots = Arc::new(root_store(&extra_roots)?);
+        Ok(Self {
+            source: HttpsSource::new(dns, https_client(Arc::clone(&roots))?, https_port),
+            cache: StsCache::default(),
+            extra_roots,
+            chain: ChainCheck::new(roots)?,
+        })
+    }
+
+    /// The plan for mail to `domain` under `config`, looking up the
+    /// domain's MTA-STS policy when the configuration asks for it.
+    pub async fn plan(
+        &self,
+        config: &OutboundTlsConfig,
+        domain: &str,
+        queue_id: Option<QueueId>,
+        metrics: &Metrics,
+    ) -> TlsPlan {
+        let configured = config.policy_for(domain);
+        if configured != OutboundTlsPolicy::MtaSts {
+            return TlsPlan::new(configured, None);
+        }
+        let (policy, found) = self
+            .cache
+            .policy(&self.source, domain, Instant::now())
+            .await;
+        metrics.mta_sts_lookup(found.label());
+        let queue_id = queue_id.map(|q| q.to_string()).unwrap_or_default();
+        match &found {
+            Found::Failed { error, kept } => {
+                tracing::warn!(queue_id = %queue_id, domain, %error, cached_policy_kept = kept,
+                    "MTA-STS policy lookup failed")
+            }
+            Found::Fetched => {
+                let mode = policy.as_ref().map_or(Mode::None, |p| p.mode);
+                tracing::info!(queue_id = %queue_id, domain, %mode, "MTA-STS policy fetched")
+            }
+            _ => {}
+        }
+        TlsPlan::new(configured, policy)
+    }
+
+    /// How to connect to the MX hosts under `plan`.
+    pub fn outbound_config(
+        &self,
+        plan: &TlsPlan,
+        hostname: &str,
+        timeouts: Timeouts,
+    ) -> OutboundConfig {
+        let mut config = OutboundConfig::new(hostname, plan.tls_mode()).with_timeouts(timeouts);
+        config.extra_roots = self.extra_roots.clone();
+        config
+    }
+}
+
+/// One attempt's plan applied to its hosts and connections; each decision
+/// that falls short is one log event with the queue id and one metric.
+pub struct Check<'a> {
+    pub tls: &'a OutboundTls,
+    pub plan: TlsPlan,
+    pub domain: &'a str,
+    pub queue_id: Option<QueueId>,
+    pub metrics: &'a Metrics,
+}
+
+impl Check<'_> {
+    /// Whether `target` may be tried at all; `Err` is the reason to keep
+    /// the message for this host.
+    pub fn admit(&self, target: &Target) -> Result<(), Outcome> {
+        let verdict = self.plan.admit(self.domain, &target.host);
+        self.apply(target, verdict, None)
+    }
+
+    /// Whether to deliver over `client`. For an unchecked TLS connection
+    /// (MTA-STS testing) the certificate is checked here, for the report.
+    pub fn connected(&self, client: &SmtpClient) -> Result<(), Outcome> {
+        let target = client.target();
+        let seen = match client.security() {
+            Security::Verified => TlsSeen::Verified,
+            Security::Clear => TlsSeen::Clear,
+            Security::ClearAfterTlsFailure { error } => TlsSeen::ClearAfterFailure(error.clone()),
+            Security::Encrypted => TlsSeen::Unverified {
+                cert: match (&self.plan, client.peer_certificates()) {
+                    // Nobody looks at an opportunistic certificate.
+                    (TlsPlan::Opportunistic, _) => Err("not checked".into()),
+                    (_, Some(chain)) => self.tls.chain.check(&target.host, &chain, UnixTime::now()),
+                    (_, None) => Err("no certificate".into()),
+                },
+            },
+        };
+        let verdict = self.plan.verdict(&target.host, &seen);
+        self.apply(target, verdict, Some(&seen))
+    }
+
+    /// A connection that failed: the outcome to keep. A TLS failure
+    /// counts against the plan, and its reason says which policy.
+    pub fn failed(&self, target: &Target, failure: ConnectFailure) -> Outcome {
+        if !failure.tls {
+            return failure.outcome;
+        }
+        let seen = TlsSeen::Failed(failure.outcome.text().to_string());
+        let verdict = self.plan.verdict(&target.host, &seen);
+        match self.apply(target, verdict, Some(&seen)) {
+            Err(outcome) => outcome,
+            Ok(()) => failure.outcome,
+        }
+    }
+
+    /// Whether a kept connection may carry mail under the plan now in
+    /// force (it may have been opened under a weaker one).
+    pub fn reusable(&self, client: &SmtpClient) -> bool {
+        let host_ok = matches!(
+            self.plan.admit(self.domain, &client.target().host),
+            Verdict::Deliver | Verdict::DeliverAndReport(_)
+        );
+        host_ok && (!self.plan.enforced() || *client.security() == Security::Verified)
+    }
+
+    fn apply(
+        &self,
+        target: &Target,
+        verdict: Verdict,
+        seen: Option<&TlsSeen>,
+    ) -> Result<(), Outcome> {
+        let policy = self.plan.label();
+        let queue_id = self.queue_id.map(|q| q.to_string()).unwrap_or_default();
+        let (host, domain) = (target.host.as_str(), self.domain);
+        match verdict {
+            Verdict::Deliver => {
+                if let Some(seen) = seen {
+                    self.metrics.outbound_tls(policy, seen.label());
+                }
+                Ok(())
+            }
+            Verdict::DeliverAndReport(reason) => {
+                self.metrics.outbound_tls(policy, "failed_reported");
+                tracing::warn!(queue_id = %queue_id, domain, host, addr = %target.addr, policy, %reason,
+                    "MTA-STS testing: the policy would refuse this host; delivering anyway");
+                Ok(())
+            }
+            Verdict::Defer(reason) => {
+                self.metrics.outbound_tls(policy, "failed_deferred");
+                tracing::warn!(queue_id = %queue_id, domain, host, addr = %target.addr, policy, %reason,
+                    "outbound TLS policy not met; not delivering to this host");
+                // RFC 3463 X.7.5: cryptographic failure. Temporary: the
+                // host may be fixed, or the policy changed, before expiry.
+                Err(Outcome::temp(format!(
+                    "4.7.5 {} policy of {domain} not met by {host}: {reason}",
+                    self.plan.name()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Outbound TLS policy end to end (issue 10, acceptance 3): a real relay
+//! process, dnsmasq serving the `_mta-sts` TXT records and the addresses
+//! of `mta-sts.DOMAIN` and the MX hosts, an HTTPS server on
+//! `127.0.0.N:443` serving the policies with a certificate from a test CA
+//! (given to the relay with `--tls-ca`), and MX hosts on `127.0.0.N:25`
+//! that offer STARTTLS with certificates of that CA, for the right name
+//! or not, or no STARTTLS at all.
+//!
+//! Addresses 127.0.0.171–189 are this file's.
+
+// A panic is a test failure: unwrap and expect are how tests fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../src/delivery/test_server.rs"]
+#[allow(dead_code)]
+mod test_server;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::manifests::{REMOTE_SENDER, Setup};
+use common::{Env, LOCALHOST, wait_for};
+use mailrelay::spool::RecipientState;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use test_server::{TestServer, TlsScript};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// How long a message may take to arrive or be tried: generous, never a
+/// timing claim.
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, n)
+}
+
+/// A test CA, and server certificates it issues.
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mailrelay MTA-STS test CA");
+        let key = KeyPair::generate().expect("ca key");
+        let cert = params.self_signed(&key).expect("ca cert");
+        Pki {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server config whose certificate names `names`.
+    fn server(&self, names: &[&str]) -> Arc<ServerConfig> {
+        let key = KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let leaf = CertificateParams::new(names)
+            .expect("leaf params")
+            .signed_by(&key, &self.issuer)
+            .expect("leaf cert");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        Arc::new(config)
+    }
+}
+
+/// `https://mta-sts.DOMAIN/.well-known/mta-sts.txt` for several domains
+/// on one address: the policy by Host header, 404 for anything else.
+struct PolicyServer {
+    /// `Host path` of every request.
+    requests: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PolicyServer {
+    async fn start(
+        addr: SocketAddr,
+        tls: Arc<ServerConfig>,
+        policies: HashMap<String, String>,
+    ) -> PolicyServer {
+        let listener = TcpListener::bind(addr).await.expect("bind the HTTPS port");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        let policies = Arc::new(policies);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, log, policies) = (
+                    TlsAcceptor::from(tls.clone()),
+                    log.clone(),
+                    policies.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(mut stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let path = head
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    let host = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    log.lock().expect("log").push(format!("{host} {path}"));
+                    let response = match policies.get(&host) {
+                        Some(body) if path == "/.well-known/mta-sts.txt" => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string(),
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        PolicyServer { requests, task }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("log").clone()
+    }
+}
+
+fn policy(mode: &str, mx: &[&str]) -> String {
+    let mut text = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        text.push_str(&format!("mx: {m}\r\n"));
+    }
+    text.push_str("max_age: 86400\r\n");
+    text
+}
+
+/// dnsmasq lines: `domain` has one MX `mx` at `mx_ip`, and when
+/// `policy_ip` is given an MTA-STS record and `mta-sts.domain` there.
+fn records(domain: &str, mx: &str, mx_ip: Ipv4Addr, policy_ip: Option<Ipv4Addr>) -> String {
+    let mut lines = format!("mx-host={domain},{mx},10\nhost-record={mx},{mx_ip}\n");
+    if let Some(p) = policy_ip {
+        lines.push_str(&format!(
+            "txt-record=_mta-sts.{domain},\"v=STSv1; id=20261130T1;\"\nhost-record=mta-sts.{domain},{p}\n"
+        ));
+    }
+    lines
+}
+
+/// The test's relay: relays for loopback clients, MTA-STS on, the test
+/// CA trusted, retries every few seconds.
+fn relay(dir: &std::path::Path, pki: &Pki, dns: &str, spec: &str) -> Env {
+    let ca = dir.join("test-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write the CA");
+    Env::start(
+        Setup::default()
+            .relay_from_loopback()
+            .relay_spec("queue: {retrySchedule: [1s], jitterPercent: 0}")
+            .relay_spec(spec)
+            .dns_records(dns)
+            .relay_arg("--tls-ca")
+            .relay_arg(ca.display().to_string()),
+    )
+}
+
+fn content(marker: &str) -> String {
+    format!("From: <{REMOTE_SENDER}>\r\nSubject: {marker}\r\n\r\nbody of {marker}\r\n")
+}
+
+#[track_caller]
+fn send(env: &Env, to: &str, marker: &str) -> String {
+    let mut smtp = env.smtp_from(LOCALHOST);
+    let sent = smtp.send_mail(REMOTE_SENDER, &[to], &content(marker));
+    smtp.quit();
+    sent.queue_id()
+        .unwrap_or_else(|| panic!("{marker} to {to} was not queued: {sent:?}"))
+}
+
+/// Wait until the message for `rcpt` has been tried and deferred at
+/// least `attempts` times; its last reply.
+#[track_caller]
+fn wait_deferred(env: &Env, rcpt: &str, attempts: u32) -> String {
+    wait_for(
+        WITHIN,
+        || {
+            common::spool::states(&env.spool_dir())
+                .into_iter()
+                .find_map(|q| {
+                    let i = q.envelope.recipients.iter().position(|r| r == rcpt)?;
+                    match &q.recipients[i] {
+                        RecipientState::Deferred {
+                            attempts: n,
+                            last_reply,
+                            ..
+                        } if *n >= attempts => Some(last_reply.clone()),
+                        _ => None,
+                    }
+                })
+        },
+        || {
+            format!(
+                "{rcpt} was not deferred {attempts} times\n{}",
+                env.relay.log_text()
+            )
+        },
+    )
+}
+
+#[track_caller]
+fn wait_body(server: &TestServer, marker: &str, env: &Env) -> Vec<String> {
+    wait_for(
+        WITHIN,
+        || {
+            let seen = server.seen();
+            seen.iter()
+                .any(|l| l.starts_with("BODY:") && l.contains(marker))
+                .then_some(seen)
+        },
+        || {
+            format!(
+                "{marker} did not arrive: {:?}\n{}",
+                server.seen(),
+                env.relay.log_text()
+            )
+        },
+    )
+}
+
+/// `mailrelay_NAME{LABELS}` from /metrics, 0 when absent.
+fn metric(env: &Env, name_and_labels: &str) -> u64 {
+    let addr = env.addrs().http;
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("get");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn enforce_defers_mail_to_hosts_the_policy_does_not_vouch_for_and_delivers_over_verified_tls() {
+    let rt = runtime();
+    let pki = Pki::new();
+    let (https, bad_mx, off_policy_mx, good_mx) = (ip(171), ip(172), ip(173), ip(174));
+    // bad.test: its MX is in the policy but its certificate names another host.
+    // off.test: its MX (valid certificate) is not among the policy's mx.
+    // good.test: the MX is in the policy with a valid certificate.
+    let policies = HashMap::from([
+        (
+            "mta-sts.bad.test".to_string(),
+            policy("enforce", &["mx.bad.test"]),
+        ),
+        (
+            "mta-sts.off.test".to_string(),
+            policy("enforce", &["*.mail.off.test"]),
+        ),
+        (
+            "mta-sts.good.test".to_string(),
+            policy("enforce", &["*.good.test"]),
+        ),
+    ]);
+    let names = ["mta-sts.bad.test", "mta-sts.off.test", "mta-sts.good.test"];
+    let policy_server = rt.block_on(PolicyServer::start(
+        SocketAddr::new(IpAddr::V4(https), 443),
+        pki.server(&names),
+        policies,
+    ));
+    let mx = |addr: Ipv4Addr, name: &str| {
+        let tls = TlsScript::StartTls(pki.server(&[name]));
+        rt.block_on(TestServer::start_at(
+            SocketAddr::new(IpAddr::V4(addr), 25),
+            tls,
+            None,
+            false,
+        ))
+    };
+    let bad = mx(bad_mx, "not-the-mx.bad.test");
+    let off = mx(off_policy_mx, "mx.off.test");
+    let good = mx(good_mx, "mx.good.test");
+    let dns = [
+        records("bad.test", "mx.bad.test", bad_mx, Some(https)),
+        records("off.test", "mx.off.test", off_policy_mx, Some(https)),
+        records("good.test", "mx.good.test", good_mx, Some(https)),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().expect("dir");
+    let env = relay(dir.path(), &pki, &dns, "delivery: {tls: {policy: MtaSts}}");
+
+    let bad_id = send(&env, "user@bad.test", "to-bad");
+    let off_id = send(&env, "user@off.test", "to-off");
+    let good_id = send(&env, "user@good.test", "to-good");
+
+    // Delivered where the policy is met, over TLS.
+    let seen = wait_body(&good, "to-good", &env);
+    assert!(seen.contains(&"TLS".to_string()), "{seen:?}");
+    let tls_at = seen.iter().position(|l| l == "TLS").expect("TLS");
+    let mail_at = seen
+        .iter()
+        .position(|l| l.starts_with("C: MAIL"))
+        .expect("MAIL");
+    assert!(tls_at < mail_at, "MAIL only after STARTTLS: {seen:?}");
+
+    // Deferred with a 4xx reason naming the policy, tried again, and
+    // never sent: the wrong certificate ends the handshake before any
+    // mail command; the host outside the policy is not even connected to.
+    let reason = wait_deferred(&env, "user@bad.test", 2);
+    assert!(
+        reason.contains("4.7.5 MTA-STS (enforce) policy of bad.test not met by mx.bad.test"),
+        "{reason}"
+    );
+    assert!(reason.contains("not valid for name"), "{reason}");
+    let reason = wait_deferred(&env, "user@off.test", 2);
+    assert!(
+        reason.contains("MX host mx.off.test does not match the MTA-STS policy of off.test"),
+        "{reason}"
+    );
+    let bad_seen = bad.seen();
+    assert!(bad_seen.iter().any(|l| l == "C: STARTTLS"), "{bad_seen:?}");
+    assert!(
+        !bad_seen
+            .iter()
+            .any(|l| l.starts_with("C: MAIL") || l.starts_with("BODY") || l == "TLS"),
+        "nothing went to the host with the wrong certificate: {bad_seen:?}"
+    );
+    assert!(
+        off.seen().is_empty(),
+        "the host outside the policy was not contacted: {:?}",
+        off.seen()
+    );
+    let queued: Vec<String> = env.spool().into_iter().map(|q| q.id).collect();
+    assert!(
+        queued.contains(&bad_id) && queued.contains(&off_id),
+        "{queued:?}"
+    );
+    assert!(!queued.contains(&good_id), "{queued:?}");
+
+    // One event per decision with the queue id, and the metrics.
+    let log = env.relay.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("outbound TLS policy not met") && l.contains(&bad_id)),
+        "{log}"
+    );
+    let policy = "policy=\"mta_sts_enforce\"";
+    assert!(
+        metric(
+            &env,
+            &format!("mailrelay_outbound_tls_total{{{policy},outcome=\"failed_deferred\"}}")
+        ) >= 4
+    );
+    assert!(
+        metric(
+            &env,
+            &format!("mailrelay_outbound_tls_total{{{policy},outcome=\"verified\"}}")
+        ) >= 1
+    );
+    // Each policy was fetched once; retries used the cache.
+    assert_eq!(
+        metric(&env, "mailrelay_mta_sts_lookups_total{result=\"fetched\"}"),
+        3
+    );
+    let mut fetched = policy_server.requests();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        names
+            .iter()
+            .map(|n| format!("{n} /.well-known/mta-sts.txt"))
+            .collect::<Vec<_>>()
+            .tap_sort()
+    );
+}
+
+#[test]
+fn testing_mode_delivers_to_a_host_that_fails_the_policy_and_reports_it() {
+    let rt = runtime();
+    let pki = Pki::new();
+    let (https, mx_ip) = (ip(181), ip(182));
+    let policy_server = rt.block_on(PolicyServer::start(
+        SocketAddr::new(IpAddr::V4(https), 443),
+        pki.server(&["mta-sts.trial.test"]),
+        HashMap::from([(
+            "mta-sts.trial.test".to_string(),
+            policy("testing", &["mx.trial.test"]),
+        )]),
+    ));
+    let tls = TlsScript::StartTls(pki.server(&["someone-else.test"]));
+    let mx = rt.block_on(TestServer::start_at(
+        SocketAddr::new(IpAddr::V4(mx_ip), 25),
+        tls,
+        None,
+        false,
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let env = relay(
+        dir.path(),
+        &pki,
+        &records("trial.test", "mx.trial.test", mx_ip, Some(https)),
+        "delivery: {tls: {policy: MtaSts}}",
+    );
+
+    let id = send(&env, "user@trial.test", "to-trial");
+    let seen = wait_body(&mx, "to-trial", &env);
+    assert!(
+        seen.contains(&"TLS".to_string()),
+        "still encrypted: {seen:?}"
+    );
+    env.wait_until_spool_is_empty(WITHIN);
+
+    let log = env.relay.log_text();
+    let report = log
+        .lines()
+        .find(|l| l.contains("MTA-STS testing") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no report for {id}:\n{log}"));
+    assert!(report.contains("not valid for name"), "{report}");
+    assert_eq!(
+        metric(
+            &env,
+            "mailrelay_outbound_tls_total{policy=\"mta_sts_testing\",outcome=\"failed_reported\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        policy_server.requests(),
+        ["mta-sts.trial.test /.well-known/mta-sts.txt"]
+    );
+}
+
+#[test]
+fn required_tls_for_a_domain_defers_a_host_without_starttls_while_others_stay_opportunistic() {
+    let rt = runtime();
+    let pki = Pki::new();
+    let (strict_ip, plain_ip) = (ip(186), ip(187));
+    let strict = rt.block_on(TestServer::start_at(
+        SocketAddr::new(IpAddr::V4(strict_ip), 25),
+        TlsScript::None,
+        None,
+        false,
+    ));
+    let plain = rt.block_on(TestServer::start_at(
+        SocketAddr::new(IpAddr::V4(plain_ip), 25),
+        TlsScript::None,
+        None,
+        false,
+    ));
+    let dns = [
+        records("strict.test", "mx.strict.test", strict_ip, None),
+        records("plain.test", "mx.plain.test", plain_ip, None),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().expect("dir");
+    let env = relay(
+        dir.path(),
+        &pki,
+        &dns,
+        "delivery: {tls: {domains: [{domain: Strict.Test, policy: Required}]}}",
+    );
+
+    send(&env, "user@strict.test", "to-strict");
+    send(&env, "user@plain.test", "to-plain");
+
+    let seen = wait_body(&plain, "to-plain", &env);
+    assert!(
+        !seen.contains(&"TLS".to_string()),
+        "opportunistic, in clear: {seen:?}"
+    );
+    let reason = wait_deferred(&env, "user@strict.test", 2);
+    assert!(
+        reason.contains("4.7.5 required TLS policy of strict.test not met by mx.strict.test"),
+        "{reason}"
+    );
+    assert!(reason.contains("does not offer STARTTLS"), "{reason}");
+    let strict_seen = strict.seen();
+    assert!(
+        !strict_seen
+            .iter()
+            .any(|l| l.starts_with("C: MAIL") || l.starts_with("BODY")),
+        "nothing was sent in clear: {strict_seen:?}"
+    );
+    assert!(
+        metric(
+            &env,
+            "mailrelay_outbound_tls_total{policy=\"required\",outcome=\"failed_deferred\"}"
+        ) >= 2
+    );
+    assert!(
+        metric(
+            &env,
+            "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"clear\"}"
+        ) >= 1
+    );
+}
+
+trait TapSort {
+    fn tap_sort(self) -> Self;
+}
+
+impl TapSort for Vec<String> {
+    fn tap_sort(mut self) -> Self {
+        self.sort();
+        self
+    }
+}
+
+#[test]
+fn a_policy_that_cannot_be_fetched_and_is_not_cached_counts_as_none() {
+    let rt = runtime();
+    let pki = Pki::new();
+    // The TXT record says there is a policy, but nothing answers on
+    // mta-sts.gone.test:443 (RFC 8461 §5: deliver as without MTA-STS).
+    let (nothing_ip, mx_ip) = (ip(188), ip(189));
+    let tls = TlsScript::StartTls(pki.server(&["someone-else.test"]));
+    let mx = rt.block_on(TestServer::start_at(
+        SocketAddr::new(IpAddr::V4(mx_ip), 25),
+        tls,
+        None,
+        false,
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let env = relay(
+        dir.path(),
+        &pki,
+        &records("gone.test", "mx.gone.test", mx_ip, Some(nothing_ip)),
+        "delivery: {tls: {policy: MtaSts}}",
+    );
+
+    let id = send(&env, "user@gone.test", "to-gone");
+    wait_body(&mx, "to-gone", &env);
+    env.wait_until_spool_is_empty(WITHIN);
+    let log = env.relay.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MTA-STS policy lookup failed") && l.contains(&id)),
+        "{log}"
+    );
+    assert_eq!(
+        metric(
+            &env,
+            "mailrelay_mta_sts_lookups_total{result=\"failed_no_policy\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &env,
+            "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"encrypted\"}"
+        ),
+        1
+    );
+}
