@@ -7,6 +7,7 @@ pub mod check;
 pub mod configwatch;
 pub mod delivery;
 pub mod http;
+pub mod inbound_auth;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

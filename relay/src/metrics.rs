@@ -57,6 +57,8 @@ pub struct Metrics {
     pub oldest_message_age: Gauge,
     pub dns_failures: Counter,
     pub outbound_connections: Family<ResultLabel, Counter>,
+    /// SPF/DKIM/DMARC results and decisions on the smtp listener.
+    pub inbound_auth: crate::inbound_auth::AuthMetrics,
 }
 
 impl Metrics {
@@ -161,8 +163,10 @@ impl Metrics {
             "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
             outbound_connections.clone(),
         );
+        let inbound_auth = crate::inbound_auth::AuthMetrics::register(&mut registry);
         Self {
             registry,
+            inbound_auth,
             dns_failures,
             outbound_connections,
             deliveries,

@@ -28,6 +28,8 @@ pub struct ConnCtx {
     pub spool: Spool,
     pub tls: Option<Tls>,
     pub metrics: Arc<Metrics>,
+    /// SPF/DKIM/DMARC checks of mail on the smtp listener.
+    pub inbound_auth: Arc<crate::inbound_auth::Checker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +320,18 @@ where
 async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     let id = ctx.spool.new_id();
     let id_text = id.to_string();
+    let stamped = match crate::inbound_auth::stamp(
+        &ctx.inbound_auth,
+        &ctx.metrics.inbound_auth,
+        session,
+        &accepted,
+        &id_text,
+    )
+    .await
+    {
+        Ok(stamped) => stamped,
+        Err(reply) => return reply,
+    };
     let tx = &accepted.transaction;
     let header = received::header(&Trace {
         conn: &session.conn,
@@ -330,9 +344,10 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         recipients: &tx.recipients,
         now: jiff::Timestamp::now(),
     });
-    let mut body = Vec::with_capacity(header.len() + accepted.content.len());
+    let mut body = Vec::with_capacity(header.len() + stamped.headers.len() + stamped.content.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&accepted.content);
+    body.extend_from_slice(stamped.headers.as_bytes());
+    body.extend_from_slice(&stamped.content);
     let envelope = Envelope {
         sender: tx
             .sender
