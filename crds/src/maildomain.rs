@@ -135,10 +135,12 @@ pub struct InboundAuth {
     /// `550 5.7.1`, `p=quarantine` mail is accepted with `X-Spam-Flag: YES`,
     /// `p=none` mail is accepted; a DNS failure that leaves the outcome
     /// open is answered `451 4.7.0` (try again later). `Tag`: check and
-    /// add the headers, never refuse (like OpenDMARC with
-    /// `RejectFailures false`). `Accept`: no checks; the header says
-    /// `none`. When one message goes to domains with different policies,
-    /// the strictest applies (Enforce, then Tag, then Accept).
+    /// record, never refuse or defer (like OpenDMARC with
+    /// `RejectFailures false`); a failure under `p=reject` or
+    /// `p=quarantine` gets `X-Spam-Flag: YES`. `Accept`: no checks; the
+    /// header says `none`. When one message goes to domains with
+    /// different policies, the strictest applies (Enforce, then Tag, then
+    /// Accept).
     #[serde(default)]
     pub policy: InboundAuthPolicy,
 }
