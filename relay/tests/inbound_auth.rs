@@ -65,6 +65,7 @@ fn records(silent: SocketAddr) -> String {
         r#"txt-record=spf-pass.test,"v=spf1 ip4:127.0.0.0/8 -all"
 txt-record=spf-fail.test,"v=spf1 -all"
 txt-record=spf-soft.test,"v=spf1 ~all"
+txt-record=spf-perm.test,"v=spf1 ip4:not-an-address -all"
 txt-record=forged.test,"v=spf1 ip4:192.0.2.1 -all"
 txt-record=_dmarc.forged.test,"v=DMARC1; p=reject"
 txt-record=quarantined.test,"v=spf1 -all"
@@ -212,7 +213,7 @@ fn method<'a>(f: &'a AuthResultsField, name: &str, ptype: &str, property: &str) 
 }
 
 #[test]
-fn spf_pass_fail_softfail_and_none_are_recorded_for_mail_from_and_helo() {
+fn spf_pass_fail_softfail_none_and_permerror_are_recorded_for_mail_from_and_helo() {
     let (env, _silent) = start();
     // No DMARC record for these: the result is recorded, the mail accepted.
     for (domain, want) in [
@@ -220,6 +221,8 @@ fn spf_pass_fail_softfail_and_none_are_recorded_for_mail_from_and_helo() {
         ("spf-fail.test", "fail"),
         ("spf-soft.test", "softfail"),
         ("spf-none.test", "none"),
+        // A record that cannot be parsed (RFC 7208 §4.6): permerror.
+        ("spf-perm.test", "permerror"),
     ] {
         let from = format!("sender@{domain}");
         let marker = format!("spf-{want}");

@@ -36,7 +36,13 @@ fn results(spf_result: Spf, dmarc: Dmarc, p: Option<DmarcPolicy>) -> AuthResults
     }
 }
 
-fn kind(a: &Action) -> (&'static str, Option<u16>, Option<&'static str>) {
+/// The action's name, and the reply's code and enhanced code if any.
+type Kind = (&'static str, Option<u16>, Option<&'static str>);
+
+/// Policy, SPF, DMARC result and policy found, and what must happen.
+type Row = (InboundAuthPolicy, Spf, Dmarc, Option<DmarcPolicy>, Kind);
+
+fn kind(a: &Action) -> Kind {
     match a {
         Action::Reject(r) | Action::Defer(r) => (a.as_str(), Some(r.code), r.enhanced),
         _ => (a.as_str(), None, None),
@@ -46,13 +52,7 @@ fn kind(a: &Action) -> (&'static str, Option<u16>, Option<&'static str>) {
 #[test]
 fn policy_by_dmarc_outcome_table() {
     use DmarcPolicy::{None as PNone, Quarantine, Reject};
-    let rows: &[(
-        InboundAuthPolicy,
-        Spf,
-        Dmarc,
-        Option<DmarcPolicy>,
-        (&str, Option<u16>, Option<&str>),
-    )] = &[
+    let rows: &[Row] = &[
         // Enforce honours p=.
         (
             Enforce,
