@@ -69,6 +69,10 @@ txt-record=spf-perm.test,"v=spf1 ip4:not-an-address -all"
 txt-record=forged.test,"v=spf1 ip4:192.0.2.1 -all"
 txt-record=_dmarc.forged.test,"v=DMARC1; p=reject"
 txt-record=quarantined.test,"v=spf1 -all"
+txt-record=bounce.relaxed.test,"v=spf1 ip4:127.0.0.0/8 -all"
+txt-record=_dmarc.relaxed.test,"v=DMARC1; p=reject"
+txt-record=bounce.strict.test,"v=spf1 ip4:127.0.0.0/8 -all"
+txt-record=_dmarc.strict.test,"v=DMARC1; p=reject; aspf=s"
 txt-record=_dmarc.quarantined.test,"v=DMARC1; p=quarantine"
 txt-record=signed.test,"v=spf1 -all"
 txt-record=_dmarc.signed.test,"v=DMARC1; p=reject; adkim=s"
@@ -366,6 +370,39 @@ fn forged_mail_from_a_p_reject_domain_is_refused_at_end_of_data_with_550_5_7_1()
         ("fail", Some("forged.test"))
     );
     assert_eq!(fields(&q, "X-Spam-Flag"), [" YES"]);
+}
+
+#[test]
+fn spf_alignment_is_relaxed_or_strict_as_the_dmarc_record_says() {
+    let (env, _silent) = start();
+    // SPF passes for a subdomain of the From: domain: aligned under the
+    // default relaxed mode (same organizational domain, RFC 7489 §3.1.2).
+    let sent = send(
+        &env,
+        "client.test",
+        "a@bounce.relaxed.test",
+        &[ALICE],
+        &message("news@relaxed.test", ALICE, "relaxed"),
+    );
+    assert_reply(end_reply(&sent), 250, "2.0.0", "relaxed alignment");
+    let f = our_results(&queued(&env, "relaxed"));
+    assert_eq!(method(&f, "spf", "smtp", "mailfrom").result, "pass");
+    assert_eq!(method(&f, "dmarc", "header", "from").result, "pass");
+    // The same under aspf=s is not aligned: p=reject refuses it.
+    let sent = send(
+        &env,
+        "client.test",
+        "a@bounce.strict.test",
+        &[ALICE],
+        &message("news@strict.test", ALICE, "strict"),
+    );
+    let end = end_reply(&sent);
+    assert_reply(end, 550, "5.7.1", "strict alignment");
+    assert!(
+        end.text()
+            .contains("SPF pass for a@bounce.strict.test is not aligned with strict.test"),
+        "{end}"
+    );
 }
 
 #[test]
