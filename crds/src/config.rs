@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocklist::BlockAction;
 use crate::common::ObjectRef;
-use crate::maildomain::{DkimAlgorithm, TlsMode};
+use crate::maildomain::{DkimAlgorithm, InboundAuthPolicy, TlsMode};
 use crate::relay::{AutoscalingEngine, ListenerName, OutboundTlsPolicy};
 
 /// The format version written by this code. A relay refuses a config with
@@ -135,6 +135,14 @@ pub struct DomainConfig {
     pub delivery: DeliveryConfig,
     pub submission: Option<SubmissionConfig>,
     pub dkim: Option<DkimConfig>,
+    /// What the smtp listener does with SPF/DKIM/DMARC results; left out
+    /// when it is the default, `Enforce`.
+    #[serde(default, skip_serializing_if = "is_enforce")]
+    pub inbound_auth: InboundAuthPolicy,
+}
+
+fn is_enforce(policy: &InboundAuthPolicy) -> bool {
+    *policy == InboundAuthPolicy::Enforce
 }
 
 /// Recipients accepted on the smtp listener.

@@ -61,6 +61,12 @@ pub struct MailDomainSpec {
     #[serde(default)]
     pub inbound: Inbound,
 
+    /// What the `smtp` listener does with the SPF, DKIM and DMARC results
+    /// of mail for this domain. Mail from authenticated submission clients
+    /// and from the Relay's trusted networks is not checked.
+    #[serde(default, skip_serializing_if = "InboundAuth::is_default")]
+    pub inbound_auth: InboundAuth,
+
     /// Where accepted mail for this domain is delivered.
     pub delivery: Delivery,
 
@@ -115,6 +121,59 @@ impl Default for Inbound {
             recipient_delimiter: crate::defaults::recipient_delimiter(),
         }
     }
+}
+
+/// Authentication of inbound mail: SPF (RFC 7208) for the HELO and MAIL
+/// FROM identities, DKIM signatures (RFC 6376) and the sender domain's
+/// DMARC policy (RFC 7489), recorded in an `Authentication-Results:`
+/// header (RFC 8601) named after the Relay's hostname.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundAuth {
+    /// `Enforce` (default): honour the DMARC policy the sender's domain
+    /// publishes: `p=reject` mail that fails DMARC is refused with
+    /// `550 5.7.1`, `p=quarantine` mail is accepted with `X-Spam-Flag: YES`,
+    /// `p=none` mail is accepted; a DNS failure that leaves the outcome
+    /// open is answered `451 4.7.0` (try again later). `Tag`: check and
+    /// record, never refuse or defer (like OpenDMARC with
+    /// `RejectFailures false`); a failure under `p=reject` or
+    /// `p=quarantine` gets `X-Spam-Flag: YES`. `Accept`: no checks; the
+    /// header says `none`. When one message goes to domains with
+    /// different policies, the strictest applies (Enforce, then Tag, then
+    /// Accept).
+    #[serde(default)]
+    pub policy: InboundAuthPolicy,
+}
+
+impl InboundAuth {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What is done with the authentication results of inbound mail.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub enum InboundAuthPolicy {
+    /// Check nothing; add `Authentication-Results: HOST; none`.
+    Accept,
+    /// Check and record the results; never refuse or defer.
+    Tag,
+    /// Check, record, and act on the sender domain's DMARC policy.
+    #[default]
+    Enforce,
 }
 
 /// Where mail for the domain goes: exactly one of `lmtp`, `smtp` and `maildir`.

@@ -203,6 +203,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             tls,
             metrics: Arc::clone(&metrics),
             dkim: crate::dkim::DkimKeys::default(),
+            // The relay's own resolver; three lookups' worth per check.
+            inbound_auth: Arc::new(crate::inbound_auth::Checker::new(
+                dns.inner().clone(),
+                dns.deadline().saturating_mul(3),
+            )),
         },
         dnsbl: Arc::new(DnsblChecker::new(dns.clone(), 100_000)),
     };

@@ -10,6 +10,7 @@ pub mod dkim;
 pub mod drain;
 pub mod handoff;
 pub mod http;
+pub mod inbound_auth;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub outbound_connections: Family<ResultLabel, Counter>,
     pub outbound_tls: Family<OutboundTlsLabel, Counter>,
     pub mta_sts_lookups: Family<ResultLabel, Counter>,
+    /// SPF/DKIM/DMARC results and decisions on the smtp listener.
+    pub inbound_auth: crate::inbound_auth::AuthMetrics,
 }
 
 impl Metrics {
@@ -184,10 +186,12 @@ impl Metrics {
             "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
             mta_sts_lookups.clone(),
         );
+        let inbound_auth = crate::inbound_auth::AuthMetrics::register(&mut registry);
         Self {
             registry,
             outbound_tls,
             mta_sts_lookups,
+            inbound_auth,
             dns_failures,
             outbound_connections,
             deliveries,

@@ -110,6 +110,7 @@ fn compile_domain(
         delivery: delivery?,
         submission,
         dkim,
+        inbound_auth: spec.inbound_auth.policy,
     })
 }
 

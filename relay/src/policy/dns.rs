@@ -84,6 +84,11 @@ impl HickoryDns {
     pub fn inner(&self) -> &TokioResolver {
         &self.resolver
     }
+
+    /// The bound on one lookup, retries included.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
 }
 
 /// A resolver for `config`: its nameservers, or the system's from

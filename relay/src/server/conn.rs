@@ -30,6 +30,8 @@ pub struct ConnCtx {
     pub metrics: Arc<Metrics>,
     /// DKIM keys of the hosted domains, for signing submitted mail.
     pub dkim: crate::dkim::DkimKeys,
+    /// SPF/DKIM/DMARC checks of mail on the smtp listener.
+    pub inbound_auth: Arc<crate::inbound_auth::Checker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,10 +322,31 @@ where
 async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     let id = ctx.spool.new_id();
     let id_text = id.to_string();
+    // Inbound checks (smtp listener) and DKIM signing (submission) apply
+    // to different mail; both happen before the spool, so 250 means the
+    // message is on disk as it will leave.
+    let (auth_headers, stripped) = match crate::inbound_auth::stamp(
+        &ctx.inbound_auth,
+        &ctx.metrics.inbound_auth,
+        session,
+        &accepted,
+        &id_text,
+    )
+    .await
+    {
+        Ok(stamped) => (
+            stamped.headers,
+            match stamped.content {
+                std::borrow::Cow::Owned(content) => Some(content),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
+        ),
+        Err(reply) => return reply,
+    };
     let tx = &accepted.transaction;
-    // Signed here, before the spool: 250 means the signed message is on disk.
+    let content = stripped.unwrap_or(accepted.content);
     let (content, signature) =
-        match crate::dkim::sign_accepted(&ctx.dkim, session, &id_text, accepted.content).await {
+        match crate::dkim::sign_accepted(&ctx.dkim, session, &id_text, content).await {
             Ok(signed) => signed,
             Err(reply) => return reply,
         };
@@ -339,8 +362,10 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         now: jiff::Timestamp::now(),
     });
     let signature = signature.unwrap_or_default();
-    let mut body = Vec::with_capacity(header.len() + signature.len() + content.len());
+    let mut body =
+        Vec::with_capacity(header.len() + auth_headers.len() + signature.len() + content.len());
     body.extend_from_slice(header.as_bytes());
+    body.extend_from_slice(auth_headers.as_bytes());
     body.extend_from_slice(signature.as_bytes());
     body.extend_from_slice(&content);
     let envelope = Envelope {

@@ -1,0 +1,126 @@
+//! Inbound mail authentication on the `smtp` listener: SPF for the HELO
+//! and MAIL FROM identities (RFC 7208), DKIM verification (RFC 6376) and
+//! DMARC with alignment (RFC 7489), run with mail-auth over the relay's
+//! resolver at the end of DATA, before the spool commit.
+//!
+//! The pipeline: [`check`] gathers the results (DNS, the only I/O),
+//! [`verdict::decide`] turns results and the recipients' MailDomain
+//! policy into an action, [`header`] writes `Authentication-Results:`
+//! (RFC 8601) and removes forged ones that name our host.
+
+pub mod arparse;
+pub mod check;
+pub mod header;
+pub mod metrics;
+pub mod results;
+pub mod verdict;
+
+use std::borrow::Cow;
+
+use mailrelay_crds::maildomain::InboundAuthPolicy;
+use mailrelay_crds::relay::ListenerName;
+
+pub use check::{Checker, Subject};
+pub use metrics::AuthMetrics;
+use verdict::Action;
+
+use crate::runtime::Recipient;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Accepted, Session};
+
+/// What to spool: header fields to put after our `Received:`, and the
+/// content (without forged `Authentication-Results:`).
+#[derive(Debug)]
+pub struct Stamped<'a> {
+    pub headers: String,
+    pub content: Cow<'a, [u8]>,
+}
+
+/// Check an accepted message and decide. `Err` is the reply that refuses
+/// it (550 for a DMARC `p=reject` failure, 451 when DNS did not answer).
+/// Mail on the submission listeners, from authenticated clients and from
+/// the Relay's trusted networks is not checked and passes unchanged.
+pub async fn stamp<'a>(
+    checker: &Checker,
+    metrics: &AuthMetrics,
+    session: &Session,
+    accepted: &'a Accepted,
+    queue_id: &str,
+) -> Result<Stamped<'a>, Reply> {
+    let rt = session.runtime();
+    let unchanged = Stamped {
+        headers: String::new(),
+        content: Cow::Borrowed(&accepted.content),
+    };
+    if session.conn.listener != ListenerName::Smtp
+        || session.authenticated().is_some()
+        || rt.is_trusted(session.conn.client_ip)
+    {
+        return Ok(unchanged);
+    }
+    let tx = &accepted.transaction;
+    let policy = verdict::strictest(
+        tx.recipients
+            .iter()
+            .filter_map(|to| match rt.recipient(to) {
+                Recipient::Hosted(d)
+                | Recipient::UnknownUser(d)
+                | Recipient::InboundDisabled(d) => Some(d.inbound_auth),
+                Recipient::Remote => None,
+            }),
+    );
+    let hostname = rt.config.hostname.as_str();
+    let (content, forged) = header::strip_ours(&accepted.content, hostname);
+    if forged > 0 {
+        tracing::info!(
+            queue_id,
+            removed = forged,
+            "removed Authentication-Results fields that claim to be ours"
+        );
+    }
+    if policy == InboundAuthPolicy::Accept {
+        metrics.action("unchecked");
+        tracing::info!(queue_id, policy = ?policy, action = "unchecked", "inbound auth");
+        return Ok(Stamped {
+            headers: header::authentication_results(hostname, None),
+            content: Cow::Owned(content),
+        });
+    }
+    let sender = tx.sender.as_ref().map(|a| a.as_string());
+    let results = checker
+        .check(&Subject {
+            // An IPv4 client on a dual-stack socket is checked as IPv4.
+            client_ip: mailrelay_crds::compile::normalize::unmap_addr(session.conn.client_ip),
+            helo: session.helo().unwrap_or_default(),
+            sender: sender.as_deref(),
+            hostname,
+            // DKIM is verified over the message exactly as it came.
+            content: &accepted.content,
+        })
+        .await;
+    let action = verdict::decide(policy, &results);
+    metrics.record(&results, &action);
+    tracing::info!(
+        queue_id,
+        client = %session.conn.client_ip,
+        from_domain = results.dmarc.from_domain.as_deref().unwrap_or(""),
+        spf_helo = results.spf_helo.result.as_str(),
+        spf_mailfrom = results.spf_mailfrom.result.as_str(),
+        dkim = %results.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>().join(","),
+        dmarc = results.dmarc.result.as_str(),
+        dmarc_policy = results.dmarc.policy.map_or("", |p| p.as_str()),
+        policy = ?policy,
+        action = action.as_str(),
+        "inbound auth"
+    );
+    let mut headers = header::authentication_results(hostname, Some(&results));
+    match action {
+        Action::Reject(reply) | Action::Defer(reply) => return Err(reply),
+        Action::Quarantine => headers.push_str(header::SPAM_FLAG),
+        Action::Accept => {}
+    }
+    Ok(Stamped {
+        headers,
+        content: Cow::Owned(content),
+    })
+}
