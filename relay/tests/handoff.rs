@@ -110,32 +110,14 @@ fn sigterm_hands_the_queue_to_peers_and_nothing_is_lost() {
         .iter()
         .map(|p| SocketAddr::new(LOCALHOST, *p))
         .collect();
-    let mut a = start(
-        root.path(),
-        "a",
-        dns.addr,
-        at[0],
-        &[at[1], at[2]],
-        &secret,
-        "60s",
-    );
-    let b = start(
-        root.path(),
-        "b",
-        dns.addr,
-        at[1],
-        &[at[0], at[2]],
-        &secret,
-        "60s",
-    );
-    let c = start(
-        root.path(),
-        "c",
-        dns.addr,
-        at[2],
-        &[at[0], at[1]],
-        &secret,
-        "60s",
+    let mut pods = ["a", "b", "c"].into_iter().enumerate().map(|(i, name)| {
+        let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| at[j]).collect();
+        start(root.path(), name, dns.addr, at[i], &peers, &secret, "60s")
+    });
+    let (mut a, b, c) = (
+        pods.next().unwrap(),
+        pods.next().unwrap(),
+        pods.next().unwrap(),
     );
 
     // Mail for a destination that is down: it stays queued on a.

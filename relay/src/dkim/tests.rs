@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use mailrelay_crds::compile;
 use mailrelay_crds::maildomain::DkimAlgorithm;
-use mailrelay_crds::manifests::{Manifests, load_text};
 use mailrelay_crds::relay::ListenerName;
 
 use super::keys::{self, DkimKeys, KeyError};
@@ -49,42 +47,21 @@ spec:
 "#;
 
 fn runtime() -> (Runtime, tempfile::TempDir) {
-    let mut m = Manifests::default();
-    let mut errors = Vec::new();
-    load_text(
-        std::path::Path::new("t.yaml"),
-        MANIFESTS,
-        &mut m,
-        &mut errors,
-    );
-    assert!(errors.is_empty(), "{errors:?}");
-    let compiled = compile(
-        &m.relays[0].object,
-        &m.domain_objects(),
-        &m.blocklist_objects(),
-    )
-    .expect("compiles");
-    assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("accounts")).expect("mkdir");
-    std::fs::create_dir_all(dir.path().join("dkim")).expect("mkdir");
     let hash = bcrypt::hash("secret", 4).expect("hash");
-    std::fs::write(
-        dir.path().join("accounts/signed"),
-        format!("alice@signed.example:{hash}\n"),
+    crate::testutil::runtime_from(
+        MANIFESTS,
+        &[
+            (
+                "accounts/signed",
+                format!("alice@signed.example:{hash}\n").as_bytes(),
+            ),
+            (
+                "accounts/plain",
+                format!("bob@plain.example:{hash}\n").as_bytes(),
+            ),
+            ("dkim/key.pem", RSA),
+        ],
     )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("accounts/plain"),
-        format!("bob@plain.example:{hash}\n"),
-    )
-    .expect("write");
-    std::fs::write(dir.path().join("dkim/key.pem"), RSA).expect("write");
-    let mut config = compiled.config;
-    config.secrets_dir = dir.path().to_string_lossy().into_owned();
-    let (rt, warnings) = Runtime::build(config, 0);
-    assert!(warnings.is_empty(), "{warnings:?}");
-    (rt, dir)
 }
 
 fn message(from: &str) -> Vec<u8> {

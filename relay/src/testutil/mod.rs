@@ -35,11 +35,26 @@ spec:
 /// The compiled runtime, with its secrets in a temporary directory that
 /// lives as long as the returned guard.
 pub fn runtime() -> (Runtime, tempfile::TempDir) {
+    // bcrypt at its lowest cost keeps debug-build tests fast.
+    let hash = bcrypt::hash("secret", 4).expect("hash");
+    runtime_from(
+        MANIFESTS,
+        &[(
+            "accounts/passwd",
+            format!("alice@hosted.example:{hash}\ncarol@hosted.example:{hash}\n").as_bytes(),
+        )],
+    )
+}
+
+/// The runtime of the one Relay in `manifests`, its Secrets' files
+/// (`(path under the secrets dir, content)`) written into a temporary
+/// directory that lives as long as the returned guard.
+pub fn runtime_from(manifests: &str, secrets: &[(&str, &[u8])]) -> (Runtime, tempfile::TempDir) {
     let mut m = Manifests::default();
     let mut errors = Vec::new();
     load_text(
         std::path::Path::new("test.yaml"),
-        MANIFESTS,
+        manifests,
         &mut m,
         &mut errors,
     );
@@ -52,15 +67,13 @@ pub fn runtime() -> (Runtime, tempfile::TempDir) {
     .expect("test relay compiles");
     assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
     let dir = tempfile::tempdir().expect("tempdir");
-    let accounts = dir.path().join("accounts");
-    std::fs::create_dir_all(&accounts).expect("mkdir");
-    // bcrypt at its lowest cost keeps debug-build tests fast.
-    let hash = bcrypt::hash("secret", 4).expect("hash");
-    std::fs::write(
-        accounts.join("passwd"),
-        format!("alice@hosted.example:{hash}\ncarol@hosted.example:{hash}\n"),
-    )
-    .expect("write accounts");
+    for (path, content) in secrets {
+        let path = dir.path().join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, content).expect("write a secret file");
+    }
     let mut config = compiled.config;
     config.secrets_dir = dir.path().to_string_lossy().into_owned();
     let (rt, warnings) = Runtime::build(config, 0);
