@@ -13,7 +13,7 @@ mod throughput;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use super::{Envelope, Recovery, Spool, SpoolOptions};
+use super::{Envelope, Recovery, Spool, SpoolError, SpoolOptions};
 
 /// A distinct, fully populated envelope per `n`.
 pub(crate) fn envelope(n: usize) -> Envelope {
@@ -58,11 +58,23 @@ pub(crate) fn small_reserve() -> SpoolOptions {
 }
 
 pub(crate) async fn open(dir: &Path) -> (Spool, Recovery) {
-    Spool::open_with(dir, small_reserve()).await.unwrap()
+    open_with(dir, small_reserve()).await
 }
 
+/// Open, waiting out a lock another test's child process may hold for a
+/// moment: a fork copies every descriptor, the spool's locked one too,
+/// until the child execs (which closes it, O_CLOEXEC). A reopen right
+/// after a drop can land in that window and see `Locked`.
 pub(crate) async fn open_with(dir: &Path, options: SpoolOptions) -> (Spool, Recovery) {
-    Spool::open_with(dir, options).await.unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Spool::open_with(dir, options.clone()).await {
+            Err(SpoolError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 /// The segment files, in order.
