@@ -213,13 +213,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let mut accepting = Vec::new();
     for l in listeners_config {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|source| RunError::Bind {
-                name: l.name.to_string(),
-                addr: l.address,
-                source,
-            })?;
+        let listener = bind(l.name.as_str(), l.address).await?;
         tracing::info!(listener = %l.name, address = %l.address, "listening");
         accepting.push(tokio::spawn(accept_loop(listener, l, shared.clone())));
     }
@@ -244,35 +238,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     shared.conn.dkim.refresh(&shared.current.get()).await;
     let _dkim =
         (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
-    if let Source::Config(path, maps) = &opts.source {
-        let hash = crate::reload::load(path)
-            .map(|(_, h)| h)
-            .unwrap_or_default();
-        let listen = opts.listen.clone();
-        let adjust = move |c: &mut RelayConfig| {
-            let _ = apply_listen(c, &listen);
-        };
-        match maps {
-            Some(maps) => {
-                tracing::info!(namespace = %maps.namespace, configmaps = ?maps.names, "watching the config through the API");
-                tokio::spawn(crate::configwatch::watch(
-                    maps.namespace.clone(),
-                    maps.names.clone(),
-                    shared.current.clone(),
-                    hash,
-                    adjust,
-                ));
-            }
-            None => {
-                tokio::spawn(crate::reload::watch(
-                    path.clone(),
-                    shared.current.clone(),
-                    hash,
-                    adjust,
-                ));
-            }
-        }
-    }
+    watch_config(&opts, &shared.current);
     let manager = Manager::new(
         spool.clone(),
         shared.current.clone(),
@@ -285,14 +251,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let _delivery = tokio::spawn(Arc::clone(&manager).run());
     let handoff_listener = match (opts.drain.handoff_listen, &key) {
         (Some(addr), Some(key)) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind {
-                    name: "handoff".into(),
-                    addr,
-                    source,
-                })?;
-            tracing::info!(address = %addr, "listening for queue hand-offs from peers");
             let receiver = handoff::server::Receiver {
                 spool: spool.clone(),
                 current: shared.current.clone(),
@@ -304,6 +262,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     })
                     .clone(),
             };
+            let listener = bind("handoff", addr).await?;
+            tracing::info!(address = %addr, "listening for queue hand-offs from peers");
             Some(tokio::spawn(handoff::server::serve(
                 listener,
                 Arc::new(receiver),
@@ -330,6 +290,50 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     .run()
     .await;
     Ok(())
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            name: name.to_string(),
+            addr,
+            source,
+        })
+}
+
+/// Follow config changes: through the API when the pod names its
+/// ConfigMaps, else by polling the file. Standalone runs do not reload.
+fn watch_config(opts: &RunOptions, current: &Current) {
+    if let Source::Config(path, maps) = &opts.source {
+        let hash = crate::reload::load(path)
+            .map(|(_, h)| h)
+            .unwrap_or_default();
+        let listen = opts.listen.clone();
+        let adjust = move |c: &mut RelayConfig| {
+            let _ = apply_listen(c, &listen);
+        };
+        match maps {
+            Some(maps) => {
+                tracing::info!(namespace = %maps.namespace, configmaps = ?maps.names, "watching the config through the API");
+                tokio::spawn(crate::configwatch::watch(
+                    maps.namespace.clone(),
+                    maps.names.clone(),
+                    current.clone(),
+                    hash,
+                    adjust,
+                ));
+            }
+            None => {
+                tokio::spawn(crate::reload::watch(
+                    path.clone(),
+                    current.clone(),
+                    hash,
+                    adjust,
+                ));
+            }
+        }
+    }
 }
 
 /// Blocklist entries with an expiry stop applying on time: rebuild the
