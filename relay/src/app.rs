@@ -292,14 +292,29 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Connections the kernel may queue before we accept them: a burst of
+/// clients (or 10,000 opening at once, W5 in BENCHMARKS.md) must not
+/// overflow the default 1,024 and see SYN retries. The kernel caps it at
+/// net.core.somaxconn.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            name: name.to_string(),
-            addr,
-            source,
-        })
+    let bound = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // What std's and tokio's own bind do, so a restart can bind at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|source| RunError::Bind {
+        name: name.to_string(),
+        addr,
+        source,
+    })
 }
 
 /// Follow config changes: through the API when the pod names its
