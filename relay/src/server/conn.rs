@@ -20,7 +20,11 @@ use crate::spool::{Envelope, Spool};
 const MAX_COMMAND: usize = 512;
 /// Longest AUTH response line (RFC 4954 §4: at least 12288).
 const MAX_AUTH_LINE: usize = 12288;
+/// Room made for each read of message content.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room made for each read of commands: a few pipelined command lines. An
+/// idle session holds only this much input buffer (W5).
+const COMMAND_ROOM: usize = 2 * MAX_COMMAND;
 
 /// What a connection needs besides its session.
 #[derive(Clone)]
@@ -78,10 +82,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(())
     }
 
-    /// Read more input, bounded by `wait` and by the session deadline.
-    async fn fill(&mut self, wait: Duration) -> Result<(), ConnError> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let read = timeout_at(self.deadline, timeout(wait, self.stream.read(&mut chunk)));
+    /// Read more input (up to at least `room` bytes), bounded by `wait`
+    /// and by the session deadline.
+    ///
+    /// Reads straight into the spare capacity of `inbuf`: no zeroed chunk
+    /// per read and no copy out of it (callgrind: a zeroed 16 KiB array
+    /// per read was a quarter of the relay's instructions per message), and
+    /// the session's future, which `tokio::spawn` moves, holds no buffer.
+    async fn fill(&mut self, wait: Duration, room: usize) -> Result<(), ConnError> {
+        self.inbuf.reserve(room);
+        let read = timeout_at(
+            self.deadline,
+            timeout(wait, self.stream.read_buf(&mut self.inbuf)),
+        );
         let n = read
             .await
             .map_err(|_| ConnError::Deadline)?
@@ -89,7 +102,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if n == 0 {
             return Err(ConnError::Closed);
         }
-        self.inbuf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
@@ -111,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
             // Replies to pipelined commands go out before we wait for more.
             self.flush().await?;
-            self.fill(self.command_timeout).await?;
+            self.fill(self.command_timeout, COMMAND_ROOM).await?;
         }
     }
 }
@@ -228,7 +240,7 @@ where
                         break;
                     }
                     conn.inbuf.clear();
-                    conn.fill(conn.data_timeout).await?;
+                    conn.fill(conn.data_timeout, READ_CHUNK).await?;
                 }
                 let reply = match session.data_end(reader.finish()) {
                     Ok(accepted) => commit(session, ctx, accepted).await,
@@ -240,7 +252,7 @@ where
                 let mut left = size;
                 while left > 0 {
                     if conn.inbuf.is_empty() {
-                        conn.fill(conn.data_timeout).await?;
+                        conn.fill(conn.data_timeout, READ_CHUNK).await?;
                     }
                     let take = left.min(conn.inbuf.len());
                     session.bdat_data(&conn.inbuf[..take]);

@@ -109,6 +109,10 @@ impl DataReader {
     /// after `n` bytes of `input` (the rest belongs to the next command), or
     /// `None` when all of `input` was consumed.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        // Room for this read at once, not a doubling every few lines;
+        // never more than the size limit leaves.
+        self.body
+            .reserve(input.len().min(self.max_size.saturating_sub(self.size)));
         let mut i = 0;
         while i < input.len() {
             let b = input[i];

@@ -1,8 +1,6 @@
 //! SMTP replies as typed values: a code, an enhanced status code (RFC 3463),
 //! text lines, and whether the server closes the connection after it.
 
-use std::fmt::Write as _;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
@@ -53,24 +51,30 @@ impl Reply {
 
     /// The reply on the wire: `250-a`, `250 b` (RFC 5321 §4.2.1). Text is
     /// stripped of CR and LF so no reply can grow extra lines.
+    ///
+    /// Byte-wise, without `fmt` or a per-character filter: every reply of
+    /// every session goes through here (callgrind: ≈2k instructions per
+    /// reply before).
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        let (digits, start) = code_digits(self.code);
+        let code = &digits[start..];
         let last = self.lines.len().saturating_sub(1);
-        let mut line = String::new();
         for (i, text) in self.lines.iter().enumerate() {
-            line.clear();
-            let sep = if i == last { ' ' } else { '-' };
-            let _ = write!(line, "{}{}", self.code, sep);
+            out.reserve(code.len() + 10 + text.len());
+            out.extend_from_slice(code);
+            out.push(if i == last { b' ' } else { b'-' });
             if let Some(enhanced) = self.enhanced {
-                line.push_str(enhanced);
-                line.push(' ');
+                out.extend_from_slice(enhanced.as_bytes());
+                out.push(b' ');
             }
-            line.extend(text.chars().filter(|c| *c != '\r' && *c != '\n'));
-            line.push_str("\r\n");
-            out.extend_from_slice(line.as_bytes());
+            for piece in text.as_bytes().split(|b| *b == b'\r' || *b == b'\n') {
+                out.extend_from_slice(piece);
+            }
+            out.extend_from_slice(b"\r\n");
         }
         if self.lines.is_empty() {
-            let _ = write!(line, "{} \r\n", self.code);
-            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(code);
+            out.extend_from_slice(b" \r\n");
         }
     }
 
@@ -78,6 +82,23 @@ impl Reply {
         let mut out = Vec::new();
         self.write_to(&mut out);
         out
+    }
+}
+
+/// A reply code's decimal digits (three for every code SMTP defines):
+/// the buffer and where the digits start in it.
+fn code_digits(code: u16) -> ([u8; 5], usize) {
+    let mut buf = [0u8; 5];
+    let mut n = code;
+    let mut start = buf.len();
+    // A u16 has at most five digits: `start` never goes below zero.
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return (buf, start);
+        }
     }
 }
 
@@ -105,6 +126,13 @@ mod tests {
             ehlo.to_bytes(),
             b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
         );
+    }
+
+    #[test]
+    fn any_code_and_no_text() {
+        assert_eq!(Reply::multiline(354, vec![]).to_bytes(), b"354 \r\n");
+        assert_eq!(Reply::plain(7, "x").to_bytes(), b"7 x\r\n");
+        assert_eq!(Reply::plain(65535, "x").to_bytes(), b"65535 x\r\n");
     }
 
     #[test]
