@@ -144,6 +144,7 @@ fn default_http(source: &Source) -> SocketAddr {
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let mut signals = StopSignals::install();
     let (config, warnings, _secrets) = load(&opts)?;
     let spool_dir = opts
         .spool
@@ -274,7 +275,18 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     health.set_ready(true);
     tracing::info!(hostname = %hostname, "mailrelay ready");
 
-    shutdown_signal().await;
+    // A drain request (the pod's annotation) drains like SIGTERM, but the
+    // relay stays up, not ready, until it is stopped.
+    let requested = async {
+        match &opts.drain.drain_request_file {
+            Some(path) => crate::drain::until_requested(path).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        _ = signals.recv() => true,
+        _ = requested => false,
+    };
     Draining {
         args: opts.drain.clone(),
         health,
@@ -289,6 +301,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     .run()
     .await;
+    if !stopped {
+        signals.recv().await;
+    }
     Ok(())
 }
 
@@ -390,21 +405,32 @@ async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from start-up on: one that arrives
+/// while a requested drain runs is not lost.
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals(
+            signal(SignalKind::terminate())
+                .ok()
+                .zip(signal(SignalKind::interrupt()).ok()),
+        )
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
             // Without signal handlers, Ctrl-C through tokio's fallback.
-            let _ = tokio::signal::ctrl_c().await;
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

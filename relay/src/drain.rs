@@ -84,6 +84,34 @@ pub struct Draining {
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// The annotation that asks a relay to drain.
+pub const DRAIN_ANNOTATION: &str = "mailrelay.io/drain";
+
+/// Whether a downward-API annotations file asks for a drain: a line
+/// `mailrelay.io/drain="true"` (the kubelet writes `key="value"` lines,
+/// values quoted and escaped as Go strings).
+pub fn drain_requested(annotations: &str) -> bool {
+    annotations.lines().any(|line| {
+        line.split_once('=')
+            .is_some_and(|(k, v)| k.trim() == DRAIN_ANNOTATION && v.trim() == "\"true\"")
+    })
+}
+
+/// Wait until `path` asks for a drain (looked at every two seconds; the
+/// kubelet refreshes the file within its sync period). A missing or
+/// unreadable file asks for nothing.
+pub async fn until_requested(path: &std::path::Path) {
+    loop {
+        if let Ok(text) = tokio::fs::read_to_string(path).await
+            && drain_requested(&text)
+        {
+            tracing::info!(file = %path.display(), "drain requested by the pod's annotation");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 impl Draining {
     /// Run the drain from the moment the signal arrived.
     pub async fn run(self) {
@@ -213,6 +241,19 @@ mod tests {
             next_attempt,
             last_reply: "451".into(),
         }
+    }
+
+    #[test]
+    fn the_annotation_asks_for_a_drain_only_when_true() {
+        assert!(drain_requested(
+            "kubernetes.io/config.seen=\"x\"\nmailrelay.io/drain=\"true\"\n"
+        ));
+        assert!(!drain_requested("mailrelay.io/drain=\"false\"\n"));
+        assert!(!drain_requested("mailrelay.io/drain-later=\"true\"\n"));
+        assert!(!drain_requested(
+            "other=\"mailrelay.io/drain=\\\"true\\\"\"\n"
+        ));
+        assert!(!drain_requested(""));
     }
 
     #[test]

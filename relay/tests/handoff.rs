@@ -3,7 +3,7 @@
 //! handed to the other two when it gets SIGTERM, keeps its retry state and
 //! history there, and is delivered once the destination comes back.
 //!
-//! Hosts: 127.0.0.70 and .71 (unique in the suite, see common/sink.rs).
+//! Hosts: 127.0.0.70 to .72 (unique in the suite, see common/sink.rs).
 
 // A panic is a test failure: unwrap and expect are how tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,7 +22,7 @@ use common::process::free_ports;
 use common::sink::{Answer, Sink, saved};
 use common::smtp::Smtp;
 use common::spool::states;
-use common::{LOCALHOST, RelayProcess, wait_for};
+use common::{LOCALHOST, RelayProcess, http_status, wait_for};
 use mailrelay::spool::{Queued, RecipientState};
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -31,6 +31,9 @@ const DOMAIN: &str = "scalein.test";
 /// For the test without peers, which runs at the same time.
 const MX_ALONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 71);
 const DOMAIN_ALONE: &str = "alone.test";
+/// Mail of the drain-request test (never delivered: no sink there).
+const DOMAIN_REQUEST: &str = "request.test";
+const MX_REQUEST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 72);
 const MESSAGES: usize = 30;
 const SECRET: &str = "0123456789abcdef-test-handoff-secret";
 
@@ -42,7 +45,8 @@ fn setup() -> Setup {
         )
         .dns_records(&format!(
             "mx-host={DOMAIN},mx.{DOMAIN},10\nhost-record=mx.{DOMAIN},{MX}\n\
-             mx-host={DOMAIN_ALONE},mx.{DOMAIN_ALONE},10\nhost-record=mx.{DOMAIN_ALONE},{MX_ALONE}"
+             mx-host={DOMAIN_ALONE},mx.{DOMAIN_ALONE},10\nhost-record=mx.{DOMAIN_ALONE},{MX_ALONE}\n\
+             mx-host={DOMAIN_REQUEST},mx.{DOMAIN_REQUEST},10\nhost-record=mx.{DOMAIN_REQUEST},{MX_REQUEST}"
         ))
 }
 
@@ -65,7 +69,7 @@ fn start(
     me: SocketAddr,
     peers: &[SocketAddr],
     secret: &Path,
-    deadline: &str,
+    more: &[&str],
 ) -> Pod {
     let dir = root.join(name);
     setup().write(&dir.join("manifests"));
@@ -81,12 +85,11 @@ fn start(
         "10s".into(),
         "--drain-deliver".into(),
         "2s".into(),
-        "--drain-deadline".into(),
-        deadline.into(),
     ];
     for p in peers {
         extra.extend(["--peer".to_string(), p.to_string()]);
     }
+    extra.extend(more.iter().map(|s| s.to_string()));
     let relay = RelayProcess::start_with(&dir, 0, LOCALHOST, dns, &extra);
     Pod { relay, dir }
 }
@@ -112,7 +115,7 @@ fn sigterm_hands_the_queue_to_peers_and_nothing_is_lost() {
         .collect();
     let mut pods = ["a", "b", "c"].into_iter().enumerate().map(|(i, name)| {
         let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| at[j]).collect();
-        start(root.path(), name, dns.addr, at[i], &peers, &secret, "60s")
+        start(root.path(), name, dns.addr, at[i], &peers, &secret, &[])
     });
     let (mut a, b, c) = (
         pods.next().unwrap(),
@@ -311,7 +314,15 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
     // A peer address where nothing listens.
     let nobody = SocketAddr::new(LOCALHOST, ports[1]);
     // Hand-off is retried until the deadline: keep it short here.
-    let mut a = start(root.path(), "a", dns.addr, me, &[nobody], &secret, "5s");
+    let mut a = start(
+        root.path(),
+        "a",
+        dns.addr,
+        me,
+        &[nobody],
+        &secret,
+        &["--drain-deadline", "5s"],
+    );
     let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
     let sent = smtp.send_mail(
         REMOTE_SENDER,
@@ -332,7 +343,15 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
 
     // The relay comes back on the same spool and delivers it.
     let sink = Sink::start(MX_ALONE, &root.path().join("sink"), Answer::Accept);
-    let b = start(root.path(), "a", dns.addr, me, &[nobody], &secret, "5s");
+    let b = start(
+        root.path(),
+        "a",
+        dns.addr,
+        me,
+        &[nobody],
+        &secret,
+        &["--drain-deadline", "5s"],
+    );
     wait_for(
         WITHIN,
         || b.queued().is_empty().then_some(()),
@@ -349,4 +368,70 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
     assert_eq!(files.len(), 1);
     assert!(files[0].contains("Subject: kept"));
     drop(sink);
+}
+
+/// An annotation on the pod (the downward-API file) drains the relay
+/// without stopping it: the queue goes to the peer, /readyz fails, and the
+/// process stays until it is stopped.
+#[test]
+fn a_drain_request_hands_the_queue_off_and_the_relay_stays_up_not_ready() {
+    let root = tempfile::Builder::new()
+        .prefix("mailrelay-handoff-")
+        .tempdir()
+        .unwrap();
+    let dns = Dnsmasq::start(root.path(), &setup().dns_records);
+    let secret = root.path().join("handoff-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let annotations = root.path().join("annotations");
+    std::fs::write(&annotations, "kubernetes.io/config.seen=\"now\"\n").unwrap();
+    let ports = free_ports(&[LOCALHOST, LOCALHOST]);
+    let (at_a, at_b) = (
+        SocketAddr::new(LOCALHOST, ports[0]),
+        SocketAddr::new(LOCALHOST, ports[1]),
+    );
+    let annotations_arg = annotations.display().to_string();
+    let request = ["--drain-request-file", annotations_arg.as_str()];
+    let mut a = start(root.path(), "a", dns.addr, at_a, &[at_b], &secret, &request);
+    let b = start(root.path(), "b", dns.addr, at_b, &[at_a], &secret, &[]);
+    let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
+    let sent = smtp.send_mail(
+        REMOTE_SENDER,
+        &[&format!("x@{DOMAIN_REQUEST}")],
+        "Subject: requested\r\n\r\nrequested\r\n",
+    );
+    smtp.quit();
+    let id = sent.queue_id().expect("queued");
+
+    std::fs::write(
+        &annotations,
+        "kubernetes.io/config.seen=\"now\"\nmailrelay.io/drain=\"true\"\n",
+    )
+    .unwrap();
+    let moved = wait_for(
+        WITHIN,
+        || {
+            let q = b.queued();
+            (!q.is_empty()).then_some(q)
+        },
+        || format!("nothing reached b:\n{}", a.relay.log_text()),
+    );
+    let lineage = moved[0]
+        .envelope
+        .handed_off
+        .as_ref()
+        .map(|h| h.lineage.clone());
+    assert_eq!(lineage, Some(vec![id]), "{moved:#?}");
+    wait_for(
+        WITHIN,
+        || a.queued().is_empty().then_some(()),
+        || format!("a kept {:#?}", a.queued()),
+    );
+    assert_eq!(http_status(a.relay.addrs.http, "/readyz"), Some(503));
+    assert_eq!(
+        a.relay.exited(),
+        None,
+        "a drain request does not stop the relay"
+    );
+    let status = a.relay.terminate(WITHIN).expect("a exits");
+    assert!(status.success(), "{}", a.relay.log_text());
 }

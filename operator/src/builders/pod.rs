@@ -125,6 +125,10 @@ fn container(
             peers_service_name(&model.relay.name),
             handoff::PORT
         ),
+        // `kubectl annotate pod POD mailrelay.io/drain=true` drains a pod
+        // (hands its queue off) without stopping it.
+        "--drain-request-file".into(),
+        format!("{}/{}", volumes::PODINFO_DIR, volumes::ANNOTATIONS_FILE),
     ]);
     let mut ports: Vec<ContainerPort> = model
         .config

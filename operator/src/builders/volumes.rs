@@ -11,12 +11,14 @@
 //!   provides it.
 //! - `tmp`: an emptyDir at /tmp, since the root filesystem is read-only.
 //! - `handoff`: the Relay's hand-off Secret (see `handoff`).
+//! - `podinfo`: the pod's annotations (downward API), for drain requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaimVolumeSource,
-    ProjectedVolumeSource, SecretVolumeSource, Volume, VolumeMount, VolumeProjection,
+    ConfigMapProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, ProjectedVolumeSource,
+    SecretVolumeSource, Volume, VolumeMount, VolumeProjection,
 };
 use mailrelay_crds::config::{RelayConfig, SecretFile};
 
@@ -119,6 +121,7 @@ pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volume
         v.add(secret_volume(&secret, &u), &path);
     }
     v.add(handoff_volume(&model.relay.name), super::handoff::DIR);
+    v.add(podinfo_volume(), PODINFO_DIR);
     let mut claims = BTreeSet::new();
     for m in &model.maildirs {
         let name = volume_name("maildir", &m.claim_name);
@@ -145,6 +148,30 @@ pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volume
     v.volumes.push(empty_dir("tmp"));
     v.mounts.push(writable("tmp", TMP_DIR));
     v
+}
+
+/// Where the pod's annotations appear (downward API): the relay drains
+/// when one says `mailrelay.io/drain="true"`.
+pub const PODINFO_DIR: &str = "/etc/mailrelay/podinfo";
+/// The file in it.
+pub const ANNOTATIONS_FILE: &str = "annotations";
+
+fn podinfo_volume() -> Volume {
+    Volume {
+        name: "podinfo".into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: ANNOTATIONS_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.annotations".into(),
+                    api_version: None,
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            default_mode: None,
+        }),
+        ..Volume::default()
+    }
 }
 
 /// The hand-off secret. Required: a pod that cannot take part in hand-off

@@ -205,7 +205,9 @@ fn probes_use_healthz_and_readyz_on_the_http_port_and_shutdown_leaves_time_to_dr
             "--handoff-secret-file",
             "/etc/mailrelay/handoff/secret",
             "--peers-dns",
-            "edge-peers:10025"
+            "edge-peers:10025",
+            "--drain-request-file",
+            "/etc/mailrelay/podinfo/annotations"
         ]
     );
     let env = c.env.as_ref().unwrap();
@@ -411,9 +413,25 @@ fn config_tmp_and_spool_are_mounted_and_only_the_config_and_secrets_read_only() 
         BTreeMap::from([
             ("/etc/mailrelay".to_string(), Some(true)),
             ("/etc/mailrelay/handoff".to_string(), Some(true)),
+            ("/etc/mailrelay/podinfo".to_string(), Some(true)),
             ("/tmp".to_string(), None),
             ("/var/spool/mailrelay".to_string(), None),
         ])
+    );
+    // Drain requests: the pod's annotations through the downward API.
+    let podinfo = pod_spec(&objects)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "podinfo")
+        .and_then(|v| v.downward_api.clone())
+        .unwrap();
+    let items = podinfo.items.unwrap();
+    assert_eq!(items[0].path, "annotations");
+    assert_eq!(
+        items[0].field_ref.as_ref().unwrap().field_path,
+        "metadata.annotations"
     );
     let config = pod_spec(&objects)
         .volumes

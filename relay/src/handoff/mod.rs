@@ -53,6 +53,12 @@ pub struct DrainArgs {
     /// period); what is left stays in the spool.
     #[arg(long, default_value = "100s", value_parser = duration)]
     pub drain_deadline: Duration,
+    /// Drain without being stopped when this file (the pod's annotations
+    /// through the downward API) holds `mailrelay.io/drain="true"`: the
+    /// relay then hands its queue off and stays up, not ready, until it is
+    /// stopped.
+    #[arg(long)]
+    pub drain_request_file: Option<PathBuf>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -173,6 +173,11 @@ impl RelayProcess {
         self.process.kill();
     }
 
+    /// The exit status, if the relay has ended (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.exited()
+    }
+
     /// SIGTERM, as Kubernetes stops a pod, and wait up to `grace` for the
     /// relay to exit (SIGKILL after that); its exit status.
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
