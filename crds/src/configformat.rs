@@ -44,10 +44,12 @@ use sha2::{Digest, Sha256};
 
 /// Lower-case hex SHA-256, as stored under [`HASH_KEY`].
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where the ConfigMaps are mounted in the relay pod.

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use mailrelay_crds::configformat::hex;
 
 use super::object_meta;
 use crate::model::Model;
@@ -34,13 +35,12 @@ pub fn secret_name(relay: &str) -> String {
 
 /// The Secret with `random` as its key, hex encoded.
 pub fn secret(model: &Model, random: &[u8; SECRET_BYTES]) -> Secret {
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     Secret {
         metadata: object_meta(model, secret_name(&model.relay.name)),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             KEY.to_string(),
-            ByteString(hex.into_bytes()),
+            ByteString(hex(random).into_bytes()),
         )])),
         ..Secret::default()
     }

@@ -26,6 +26,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mailrelay_crds::configformat::hex;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
@@ -166,10 +167,6 @@ pub fn parse_message_args(args: &str) -> Result<MessageCommand<'_>, WireError> {
         return Err(WireError::MacSyntax);
     }
     Ok(MessageCommand { len, transfer, mac })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
