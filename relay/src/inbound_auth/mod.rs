@@ -48,16 +48,29 @@ pub async fn stamp<'a>(
     queue_id: &str,
 ) -> Result<Stamped<'a>, Reply> {
     let rt = session.runtime();
-    let unchanged = Stamped {
-        headers: String::new(),
-        content: Cow::Borrowed(&accepted.content),
-    };
     if session.conn.listener != ListenerName::Smtp
         || session.authenticated().is_some()
         || rt.is_trusted(session.conn.client_ip)
     {
-        return Ok(unchanged);
+        return Ok(Stamped {
+            headers: String::new(),
+            content: Cow::Borrowed(&accepted.content),
+        });
     }
+    // Boxed: the checks' futures (mail-auth's DNS lookups) are large, and
+    // inlined they would make every session's future — which `tokio::spawn`
+    // copies per connection — that much bigger, checked mail or not.
+    Box::pin(check(checker, metrics, session, accepted, queue_id)).await
+}
+
+async fn check<'a>(
+    checker: &Checker,
+    metrics: &AuthMetrics,
+    session: &Session,
+    accepted: &'a Accepted,
+    queue_id: &str,
+) -> Result<Stamped<'a>, Reply> {
+    let rt = session.runtime();
     let tx = &accepted.transaction;
     let policy = verdict::strictest(
         tx.recipients
