@@ -168,10 +168,11 @@ impl Draining {
             if self.spool.stats().messages == 0 {
                 return;
             }
+            // The whole queue is copied to look: once a second is enough.
             if self.manager.busy() == 0 && !anything_due(&self.spool.queued(), until_unix) {
                 return;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
