@@ -50,6 +50,27 @@ fn setup() -> Setup {
         ))
 }
 
+/// What the relays of one test share: a directory, dnsmasq and the
+/// hand-off secret. dnsmasq stops before the directory goes.
+struct Site {
+    dns: Dnsmasq,
+    secret: std::path::PathBuf,
+    root: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let root = tempfile::Builder::new()
+            .prefix("mailrelay-handoff-")
+            .tempdir()
+            .unwrap();
+        let dns = Dnsmasq::start(root.path(), &setup().dns_records);
+        let secret = root.path().join("handoff-secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        Site { dns, secret, root }
+    }
+}
+
 struct Pod {
     relay: RelayProcess,
     dir: std::path::PathBuf,
@@ -101,13 +122,8 @@ fn marker(n: usize) -> String {
 
 #[test]
 fn sigterm_hands_the_queue_to_peers_and_nothing_is_lost() {
-    let root = tempfile::Builder::new()
-        .prefix("mailrelay-handoff-")
-        .tempdir()
-        .unwrap();
-    let dns = Dnsmasq::start(root.path(), &setup().dns_records);
-    let secret = root.path().join("handoff-secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let site = Site::new();
+    let (root, dns, secret) = (&site.root, &site.dns, &site.secret);
     let ports = free_ports(&[LOCALHOST, LOCALHOST, LOCALHOST]);
     let at: Vec<SocketAddr> = ports
         .iter()
@@ -302,13 +318,8 @@ fn assert_forged_handoff_is_refused(peer: SocketAddr) {
 /// and says how much it left; the next relay on that spool resumes it.
 #[test]
 fn without_a_peer_the_queue_stays_in_the_spool() {
-    let root = tempfile::Builder::new()
-        .prefix("mailrelay-handoff-")
-        .tempdir()
-        .unwrap();
-    let dns = Dnsmasq::start(root.path(), &setup().dns_records);
-    let secret = root.path().join("handoff-secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let site = Site::new();
+    let (root, dns, secret) = (&site.root, &site.dns, &site.secret);
     let ports = free_ports(&[LOCALHOST, LOCALHOST]);
     let me = SocketAddr::new(LOCALHOST, ports[0]);
     // A peer address where nothing listens.
@@ -375,13 +386,8 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
 /// process stays until it is stopped.
 #[test]
 fn a_drain_request_hands_the_queue_off_and_the_relay_stays_up_not_ready() {
-    let root = tempfile::Builder::new()
-        .prefix("mailrelay-handoff-")
-        .tempdir()
-        .unwrap();
-    let dns = Dnsmasq::start(root.path(), &setup().dns_records);
-    let secret = root.path().join("handoff-secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let site = Site::new();
+    let (root, dns, secret) = (&site.root, &site.dns, &site.secret);
     let annotations = root.path().join("annotations");
     std::fs::write(&annotations, "kubernetes.io/config.seen=\"now\"\n").unwrap();
     let ports = free_ports(&[LOCALHOST, LOCALHOST]);
