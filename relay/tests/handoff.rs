@@ -131,7 +131,7 @@ fn sigterm_hands_the_queue_to_peers_and_nothing_is_lost() {
         .collect();
     let mut pods = ["a", "b", "c"].into_iter().enumerate().map(|(i, name)| {
         let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| at[j]).collect();
-        start(root.path(), name, dns.addr, at[i], &peers, &secret, &[])
+        start(root.path(), name, dns.addr, at[i], &peers, secret, &[])
     });
     let (mut a, b, c) = (
         pods.next().unwrap(),
@@ -331,7 +331,7 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
         dns.addr,
         me,
         &[nobody],
-        &secret,
+        secret,
         &["--drain-deadline", "5s"],
     );
     let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
@@ -360,7 +360,7 @@ fn without_a_peer_the_queue_stays_in_the_spool() {
         dns.addr,
         me,
         &[nobody],
-        &secret,
+        secret,
         &["--drain-deadline", "5s"],
     );
     wait_for(
@@ -397,8 +397,8 @@ fn a_drain_request_hands_the_queue_off_and_the_relay_stays_up_not_ready() {
     );
     let annotations_arg = annotations.display().to_string();
     let request = ["--drain-request-file", annotations_arg.as_str()];
-    let mut a = start(root.path(), "a", dns.addr, at_a, &[at_b], &secret, &request);
-    let b = start(root.path(), "b", dns.addr, at_b, &[at_a], &secret, &[]);
+    let mut a = start(root.path(), "a", dns.addr, at_a, &[at_b], secret, &request);
+    let b = start(root.path(), "b", dns.addr, at_b, &[at_a], secret, &[]);
     let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
     let sent = smtp.send_mail(
         REMOTE_SENDER,
