@@ -1,28 +1,25 @@
-//! The mailrelay data plane.
+//! The mailrelay data plane, in the order a message travels through it.
 
-pub mod accounts;
-pub mod admin;
-pub mod app;
-pub mod check;
-pub mod configwatch;
-pub mod delivery;
-pub mod dkim;
-pub mod drain;
-pub mod handoff;
-pub mod http;
-pub mod inbound_auth;
-pub mod limits;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
-pub mod queue;
-pub mod reload;
-pub mod runtime;
+// What is in force and how it changes: runtime, reload, standalone manifests.
+pub mod config;
+// Listeners, the connection loop, TLS, PROXY protocol, per-client limits.
 pub mod server;
+// The SMTP protocol: session state machine, replies, DATA/BDAT readers.
 pub mod smtp;
+// Who may send what: blocklists, DNSBL, accounts, inbound SPF/DKIM/DMARC.
+pub mod policy;
+// DKIM signing of outgoing mail.
+pub mod dkim;
+// Durable bytes: the append-only spool with group commit.
 pub mod spool;
-pub mod standalone;
-pub mod tls_policy;
+// What is due, per destination: scheduling, outcomes, bounces.
+pub mod queue;
+// How mail leaves: SMTP, LMTP, maildir transports and outbound TLS policy.
+pub mod delivery;
+// Start-up, drain and hand-off of the queue to peers.
+pub mod lifecycle;
+// HTTP endpoints, metrics, the queue admin commands, offline checks.
+pub mod ops;
 
 #[cfg(test)]
 mod testutil;

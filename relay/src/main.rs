@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mailrelay::admin::{QueueCommand, execute};
-use mailrelay::app::{ConfigMaps, RunOptions, Source};
+use mailrelay::lifecycle::app::{ConfigMaps, RunOptions, Source};
+use mailrelay::ops::admin::{QueueCommand, execute};
 use mailrelay::spool::QueueId;
 use mailrelay_crds::relay::ListenerName;
 
@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
         #[command(flatten)]
-        drain: mailrelay::handoff::DrainArgs,
+        drain: mailrelay::lifecycle::handoff::DrainArgs,
     },
 }
 
@@ -146,7 +146,7 @@ fn init_logs(json: bool) {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { manifests, relay } => {
-            let report = mailrelay::check::check(&manifests, relay.as_deref());
+            let report = mailrelay::ops::check::check(&manifests, relay.as_deref());
             for note in &report.notes {
                 println!("{note}");
             }
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(mailrelay::app::run(RunOptions {
+            match runtime.block_on(mailrelay::lifecycle::app::run(RunOptions {
                 source,
                 listen,
                 spool,

@@ -284,7 +284,7 @@ fn assert_forged_handoff_is_refused(peer: SocketAddr) {
         .to_string();
     let ehlo = smtp.command("EHLO stranger");
     assert!(ehlo.text().contains("XHANDOFF"), "{ehlo:?}");
-    let transfer = mailrelay::handoff::wire::Transfer {
+    let transfer = mailrelay::lifecycle::handoff::wire::Transfer {
         id: "forged".into(),
         envelope: mailrelay::spool::Envelope {
             sender: "x@forged.test".into(),
@@ -303,10 +303,10 @@ fn assert_forged_handoff_is_refused(peer: SocketAddr) {
         held: false,
         warned: false,
     };
-    let encoded = mailrelay::handoff::wire::encode_transfer(&transfer).unwrap();
-    let wrong = mailrelay::handoff::wire::key(b"not the relay's secret at all");
-    let mac = mailrelay::handoff::wire::mac(&wrong, &nonce, 0, &encoded, b"x\r\n\r\n");
-    let mut line = mailrelay::handoff::wire::command(5, &encoded, &mac);
+    let encoded = mailrelay::lifecycle::handoff::wire::encode_transfer(&transfer).unwrap();
+    let wrong = mailrelay::lifecycle::handoff::wire::key(b"not the relay's secret at all");
+    let mac = mailrelay::lifecycle::handoff::wire::mac(&wrong, &nonce, 0, &encoded, b"x\r\n\r\n");
+    let mut line = mailrelay::lifecycle::handoff::wire::command(5, &encoded, &mac);
     line.push_str("\r\nx\r\n\r\n");
     smtp.send(line.as_bytes());
     let reply = smtp.reply();

@@ -114,7 +114,7 @@ fn a_hundred_config_swaps_during_a_20000_message_load_fail_no_session() {
             "--spool",
         ])
         .arg(dir.path().join("spool"))
-        .env(mailrelay::reload::POLL_ENV, "50")
+        .env(mailrelay::config::reload::POLL_ENV, "50")
         .env("RUST_LOG", "info")
         .env("TMPDIR", dir.path())
         .stdout(log.try_clone().unwrap())

@@ -14,9 +14,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use mailrelay::limits::Limiter;
-use mailrelay::proxy::{self, ProxyParse};
-use mailrelay::runtime::Runtime;
+use mailrelay::config::runtime::Runtime;
+use mailrelay::server::limits::Limiter;
+use mailrelay::server::proxy::{self, ProxyParse};
 use mailrelay::smtp::ConnInfo;
 use mailrelay::smtp::data::{BdatCollector, DataReader};
 use mailrelay::smtp::reply::Reply;

@@ -22,6 +22,7 @@ pub mod smtp;
 mod smtp_pipeline;
 mod smtp_steps;
 mod timeouts;
+pub mod tls_policy;
 pub(crate) mod wire;
 
 pub use lmtp::LmtpClient;

@@ -17,8 +17,8 @@ use mailrelay_crds::maildomain::DkimAlgorithm;
 use rustls_pemfile::Item;
 use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 
-use crate::runtime::Runtime;
-use crate::server::listener::Current;
+use crate::config::Current;
+use crate::config::runtime::Runtime;
 
 /// How often the key files are re-read. Kubernetes takes a minute or more
 /// to update a mounted Secret anyway.

@@ -9,7 +9,7 @@ use mailrelay_crds::config::DkimConfig;
 use mailrelay_crds::relay::ListenerName;
 
 use super::headers::{self, AuthorError};
-use crate::runtime::Runtime;
+use crate::config::runtime::Runtime;
 
 /// What to do with one accepted message.
 #[derive(Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use mailrelay_crds::relay::ListenerName;
 
 use super::keys::{self, DkimKeys, KeyError};
 use super::sign::{self, Decision, Skip};
-use crate::runtime::Runtime;
+use crate::config::runtime::Runtime;
 
 const RSA: &[u8] = include_bytes!("testdata/rsa.pem");
 const RSA_PKCS1: &[u8] = include_bytes!("testdata/rsa-pkcs1.pem");

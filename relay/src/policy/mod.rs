@@ -6,11 +6,13 @@
 //! the caller can rebuild then. Lookups are synchronous and allocation-free
 //! on a miss; DNSBL zones need DNS and live in [`dnsbl`].
 
+pub mod accounts;
 mod dns;
 mod dnsbl;
 #[cfg(test)]
 mod dnsmasq_tests;
 mod hit;
+pub mod inbound_auth;
 mod ipset;
 #[cfg(test)]
 mod measure;

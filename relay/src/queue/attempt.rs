@@ -10,15 +10,15 @@ use rand::rngs::StdRng;
 
 use super::pool::{Client, Pool};
 use super::router::Route;
+use crate::config::runtime::Runtime;
+use crate::delivery::tls_policy::{Check, OutboundTls};
 use crate::delivery::{
     Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, Security, SmtpClient, Target,
     Timeouts, resolve_host, route as mx_route,
 };
-use crate::metrics::{Metrics, ResultLabel};
-use crate::runtime::Runtime;
+use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::smtp::address::base_local_part;
 use crate::spool::QueueId;
-use crate::tls_policy::{Check, OutboundTls};
 
 /// What an attempt needs besides the message.
 pub struct AttemptCtx<'a, D> {

@@ -30,13 +30,13 @@ use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
 use super::work::{Book, Job};
+use crate::config::Current;
+use crate::config::runtime::Runtime;
 use crate::delivery::CachedDns;
-use crate::metrics::Metrics;
+use crate::delivery::tls_policy::OutboundTls;
+use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
-use crate::runtime::Runtime;
-use crate::server::listener::Current;
 use crate::spool::{Envelope, Notice, QueueId, Queued, RecipientState, Spool};
-use crate::tls_policy::OutboundTls;
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 
 use mailrelay_crds::config::{DeliveryConfig, RelayConfig, SmarthostConfig};
 
-use crate::runtime::Runtime;
+use crate::config::runtime::Runtime;
 use mailrelay_crds::maildomain::TlsMode;
 
 /// One destination: recipients with the same route go out together.

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::stream::Stream;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::server::tls::Tls;
 use crate::smtp::received::{self, Trace};
 use crate::smtp::reply::Reply;
@@ -35,7 +35,7 @@ pub struct ConnCtx {
     /// DKIM keys of the hosted domains, for signing submitted mail.
     pub dkim: crate::dkim::DkimKeys,
     /// SPF/DKIM/DMARC checks of mail on the smtp listener.
-    pub inbound_auth: Arc<crate::inbound_auth::Checker>,
+    pub inbound_auth: Arc<crate::policy::inbound_auth::Checker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +221,7 @@ where
             Effect::Verify(credentials) => {
                 let hash = session.runtime().accounts.hash_of(&credentials.login);
                 let ok = tokio::task::spawn_blocking(move || {
-                    crate::accounts::verify(hash.as_deref(), &credentials.password)
+                    crate::policy::accounts::verify(hash.as_deref(), &credentials.password)
                 })
                 .await
                 .unwrap_or(false);
@@ -305,7 +305,7 @@ where
         Ok(Err(e)) => {
             ctx.metrics
                 .tls_handshakes
-                .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
+                .get_or_create(&crate::ops::metrics::ResultLabel { result: "failed" })
                 .inc();
             return Err(ConnError::Tls(e));
         }
@@ -313,7 +313,7 @@ where
     };
     ctx.metrics
         .tls_handshakes
-        .get_or_create(&crate::metrics::ResultLabel { result: "ok" })
+        .get_or_create(&crate::ops::metrics::ResultLabel { result: "ok" })
         .inc();
     let (_, state) = tls_stream.get_ref();
     let info = match (state.protocol_version(), state.negotiated_cipher_suite()) {
@@ -337,7 +337,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     // Inbound checks (smtp listener) and DKIM signing (submission) apply
     // to different mail; both happen before the spool, so 250 means the
     // message is on disk as it will leave.
-    let (auth_headers, stripped) = match crate::inbound_auth::stamp(
+    let (auth_headers, stripped) = match crate::policy::inbound_auth::stamp(
         &ctx.inbound_auth,
         &ctx.metrics.inbound_auth,
         session,

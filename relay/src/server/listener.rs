@@ -3,7 +3,7 @@
 //! reverse DNS), then the session.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -14,38 +14,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::{ConnCtx, serve};
-use crate::limits::{ConnRefused, LimitSettings, Limiter};
-use crate::metrics::{ListenerLabel, ResultLabel};
+use crate::config::Current;
+use crate::config::runtime::Runtime;
+use crate::ops::metrics::{ListenerLabel, ResultLabel};
 use crate::policy::{DnsblChecker, HickoryDns, NameRole, reverse_name};
-use crate::proxy::{self, ProxyParse};
-use crate::runtime::Runtime;
+use crate::server::limits::{ConnRefused, LimitSettings, Limiter};
+use crate::server::proxy::{self, ProxyParse};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Session;
 use crate::smtp::{ConnInfo, policy_reply};
-
-/// The configuration in force; swapped on reload, read per connection.
-#[derive(Clone)]
-pub struct Current(Arc<RwLock<Arc<Runtime>>>);
-
-impl Current {
-    pub fn new(rt: Runtime) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(rt))))
-    }
-
-    pub fn get(&self) -> Arc<Runtime> {
-        match self.0.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
-    pub fn set(&self, rt: Runtime) {
-        match self.0.write() {
-            Ok(mut g) => *g = Arc::new(rt),
-            Err(p) => *p.into_inner() = Arc::new(rt),
-        }
-    }
-}
 
 /// Everything the accept loops share.
 #[derive(Clone)]

@@ -14,9 +14,9 @@ use super::auth::{self, Credentials, SaslError};
 use super::data::{BdatCollector, ContentError, DataReader};
 use super::reply::Reply;
 use super::{ConnInfo, Transaction};
-use crate::limits::{LimitSettings, Limiter};
+use crate::config::runtime::{Recipient, Runtime};
 use crate::policy::NameRole;
-use crate::runtime::{Recipient, Runtime};
+use crate::server::limits::{LimitSettings, Limiter};
 
 /// What the connection loop does after sending `reply`.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mailrelay_crds::relay::ListenerName;
 
 use super::*;
-use crate::limits::Limiter;
+use crate::server::limits::Limiter;
 use crate::smtp::ConnInfo;
 use crate::testutil;
 
@@ -47,7 +47,7 @@ impl Driver {
         match out.effect {
             Effect::Verify(c) => {
                 let hash = self.session_rt().accounts.hash_of(&c.login);
-                let ok = crate::accounts::verify(hash.as_deref(), &c.password);
+                let ok = crate::policy::accounts::verify(hash.as_deref(), &c.password);
                 replies.push(self.session.auth_result(ok));
             }
             Effect::StartTls => self.session.tls_started(),

@@ -5,7 +5,7 @@ pub mod dnsmasq;
 use mailrelay_crds::compile;
 use mailrelay_crds::manifests::{Manifests, load_text};
 
-use crate::runtime::Runtime;
+use crate::config::runtime::Runtime;
 
 /// A Relay `mx.test` hosting `hosted.example` (alice, postmaster), with
 /// accounts alice@ and carol@ (suspended), both with password `secret`,

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use mailrelay_crds::compile::normalize;
 use mailrelay_crds::config::{DomainConfig, RelayConfig};
 
-use crate::accounts::Accounts;
 use crate::policy::Policy;
+use crate::policy::accounts::Accounts;
 use crate::smtp::address::{Address, base_local_part};
 
 pub struct Runtime {

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::wire::{self, EXTENSION, MAX_COMMAND, Transfer};
-use crate::server::listener::Current;
+use crate::config::Current;
 use crate::spool::{HandedOff, QueueId, RecipientState, Spool, SpoolError};
 
 /// Idle time allowed between commands, and for a body to arrive.

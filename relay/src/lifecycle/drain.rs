@@ -19,10 +19,10 @@ use ring::hmac;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::handoff::{self, DrainArgs, client};
-use crate::http::Health;
-use crate::limits::Limiter;
+use crate::lifecycle::handoff::{self, DrainArgs, client};
+use crate::ops::http::Health;
 use crate::queue::manager::Manager;
+use crate::server::limits::Limiter;
 use crate::spool::{Queued, RecipientState, Spool};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -13,8 +13,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::admin::{self, QueueCommand};
-use crate::metrics::Metrics;
+use crate::ops::admin::{self, QueueCommand};
+use crate::ops::metrics::Metrics;
 use crate::spool::Spool;
 
 /// Readiness: set once the spool is loaded, cleared when draining.

@@ -18,13 +18,13 @@ use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::configformat;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::Runtime;
-use crate::server::listener::Current;
+use crate::config::Current;
+use crate::config::runtime::Runtime;
 
 /// How often the file is read. The kubelet itself takes up to a minute
 /// (its sync period plus the ConfigMap cache TTL) to update the volume,
 /// which is why pods also watch their ConfigMaps through the API
-/// ([`crate::configwatch`]) and take the file only at start.
+/// ([`crate::config::watch`]) and take the file only at start.
 pub const POLL: Duration = Duration::from_secs(2);
 
 /// Overrides `POLL`, in milliseconds (at least 50): for a config file that

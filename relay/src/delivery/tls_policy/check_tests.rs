@@ -142,6 +142,6 @@ async fn testing_mode_reports_a_certificate_for_another_name_and_enforce_refuses
     assert!(!seen.iter().any(|l| l.starts_with("C: MAIL")), "{seen:?}");
 }
 
-fn label(policy: &'static str, outcome: &'static str) -> crate::metrics::OutboundTlsLabel {
-    crate::metrics::OutboundTlsLabel { policy, outcome }
+fn label(policy: &'static str, outcome: &'static str) -> crate::ops::metrics::OutboundTlsLabel {
+    crate::ops::metrics::OutboundTlsLabel { policy, outcome }
 }

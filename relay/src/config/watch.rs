@@ -23,8 +23,8 @@ use kube::{Api, Client};
 use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::configformat;
 
-use crate::reload;
-use crate::server::listener::Current;
+use crate::config::Current;
+use crate::config::reload;
 
 /// A change to one of the watched ConfigMaps: its new content, or `None`
 /// when it was deleted.

@@ -10,19 +10,20 @@ use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::relay::ListenerName;
 use tokio::net::TcpListener;
 
-use crate::drain::{DirectionLabel, DrainMetrics, Draining};
-use crate::handoff::{self, DrainArgs};
-use crate::http::{self, Health};
-use crate::limits::Limiter;
-use crate::metrics::Metrics;
+use crate::config::Current;
+use crate::config::runtime::Runtime;
+use crate::config::standalone;
+use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Draining};
+use crate::lifecycle::handoff::{self, DrainArgs};
+use crate::ops::http::{self, Health};
+use crate::ops::metrics::Metrics;
 use crate::policy::{self, DnsblChecker};
 use crate::queue::manager::{Concurrency, Manager};
-use crate::runtime::Runtime;
 use crate::server::conn::ConnCtx;
-use crate::server::listener::{Current, Shared, accept_loop};
+use crate::server::limits::Limiter;
+use crate::server::listener::{Shared, accept_loop};
 use crate::server::tls::Tls;
 use crate::spool::Spool;
-use crate::standalone;
 
 /// Where the config comes from.
 /// Remote MX hosts listen here (RFC 5321 §4.5.4.2 / IANA).
@@ -61,7 +62,7 @@ pub enum RunError {
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
     #[error(transparent)]
-    Config(#[from] crate::reload::ReloadError),
+    Config(#[from] crate::config::reload::ReloadError),
     #[error("--listen {0}: the Relay has no such listener")]
     NoSuchListener(ListenerName),
     #[error("cannot listen on {addr} ({name}): {source}")]
@@ -73,7 +74,7 @@ pub enum RunError {
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
     #[error("outbound TLS: {0}")]
-    OutboundTls(#[from] crate::tls_policy::TlsPolicyError),
+    OutboundTls(#[from] crate::delivery::tls_policy::TlsPolicyError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
     #[error("DNS: {0}")]
@@ -105,7 +106,7 @@ fn load(
             (p.config, p.warnings, Some(secrets))
         }
         Source::Config(path, _) => {
-            let (config, _) = crate::reload::load(path)?;
+            let (config, _) = crate::config::reload::load(path)?;
             (config, Vec::new(), None)
         }
     };
@@ -153,13 +154,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let http_addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
     let dns = policy::resolver(&config.dns, opts.dns)?;
     let extra_roots = match &opts.tls_ca {
-        Some(path) => crate::tls_policy::read_ca_bundle(path)?,
+        Some(path) => crate::delivery::tls_policy::read_ca_bundle(path)?,
         None => Vec::new(),
     };
-    let outbound_tls = crate::tls_policy::OutboundTls::new(
+    let outbound_tls = crate::delivery::tls_policy::OutboundTls::new(
         dns.clone(),
         extra_roots,
-        crate::tls_policy::HTTPS_PORT,
+        crate::delivery::tls_policy::HTTPS_PORT,
     )?;
     let tls = match &config.tls {
         Some(files) => {
@@ -205,7 +206,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             metrics: Arc::clone(&metrics),
             dkim: crate::dkim::DkimKeys::default(),
             // The relay's own resolver; three lookups' worth per check.
-            inbound_auth: Arc::new(crate::inbound_auth::Checker::new(
+            inbound_auth: Arc::new(crate::policy::inbound_auth::Checker::new(
                 dns.inner().clone(),
                 dns.deadline().saturating_mul(3),
             )),
@@ -279,7 +280,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     // relay stays up, not ready, until it is stopped.
     let requested = async {
         match &opts.drain.drain_request_file {
-            Some(path) => crate::drain::until_requested(path).await,
+            Some(path) => crate::lifecycle::drain::until_requested(path).await,
             None => std::future::pending().await,
         }
     };
@@ -336,7 +337,7 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
 /// ConfigMaps, else by polling the file. Standalone runs do not reload.
 fn watch_config(opts: &RunOptions, current: &Current) {
     if let Source::Config(path, maps) = &opts.source {
-        let hash = crate::reload::load(path)
+        let hash = crate::config::reload::load(path)
             .map(|(_, h)| h)
             .unwrap_or_default();
         let listen = opts.listen.clone();
@@ -346,7 +347,7 @@ fn watch_config(opts: &RunOptions, current: &Current) {
         match maps {
             Some(maps) => {
                 tracing::info!(namespace = %maps.namespace, configmaps = ?maps.names, "watching the config through the API");
-                tokio::spawn(crate::configwatch::watch(
+                tokio::spawn(crate::config::watch::watch(
                     maps.namespace.clone(),
                     maps.names.clone(),
                     current.clone(),
@@ -355,7 +356,7 @@ fn watch_config(opts: &RunOptions, current: &Current) {
                 ));
             }
             None => {
-                tokio::spawn(crate::reload::watch(
+                tokio::spawn(crate::config::reload::watch(
                     path.clone(),
                     current.clone(),
                     hash,

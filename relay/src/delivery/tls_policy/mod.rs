@@ -41,7 +41,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::delivery::smtp::ConnectFailure;
 use crate::delivery::{OutboundConfig, Outcome, Security, SmtpClient, Target, Timeouts};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::QueueId;
 pub use cache::{Found, StsCache, StsSource};

@@ -24,7 +24,7 @@ pub use check::{Checker, Subject};
 pub use metrics::AuthMetrics;
 use verdict::Action;
 
-use crate::runtime::Recipient;
+use crate::config::runtime::Recipient;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Accepted, Session};
 

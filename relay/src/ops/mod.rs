@@ -1,0 +1,8 @@
+//! What operators see and do: the HTTP endpoints (health, readiness,
+//! metrics, admin API), the metrics themselves, the queue admin commands
+//! and the offline `check` of manifests.
+
+pub mod admin;
+pub mod check;
+pub mod http;
+pub mod metrics;
