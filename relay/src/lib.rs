@@ -2,11 +2,12 @@
 
 // What is in force and how it changes: runtime, reload, standalone manifests.
 pub mod config;
-// Listeners, the connection loop, TLS, PROXY protocol, per-client limits.
+// Listeners, the connection loop, TLS, PROXY protocol.
 pub mod server;
-// The SMTP protocol: session state machine, replies, DATA/BDAT readers.
+// The SMTP protocol: session state machine, replies, DATA/BDAT readers,
+// the SPF/DKIM/DMARC checks made at the end of DATA.
 pub mod smtp;
-// Who may send what: blocklists, DNSBL, accounts, inbound SPF/DKIM/DMARC.
+// Who may send what: blocklists, DNSBL, accounts, per-client limits.
 pub mod policy;
 // DKIM signing of outgoing mail.
 pub mod dkim;

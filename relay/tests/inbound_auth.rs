@@ -20,7 +20,7 @@ use common::{Env, LOCALHOST, spool::Queued};
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailrelay::policy::inbound_auth::arparse::{self, AuthResultsField, ResInfo};
+use mailrelay::smtp::inbound_auth::arparse::{self, AuthResultsField, ResInfo};
 
 /// The Ed25519 key pair of RFC 8463 §A.2 (a test key, published below).
 const ED25519_SEED: &str = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";

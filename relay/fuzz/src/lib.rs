@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use mailrelay::config::runtime::Runtime;
-use mailrelay::server::limits::Limiter;
+use mailrelay::policy::limits::Limiter;
 use mailrelay::server::proxy::{self, ProxyParse};
 use mailrelay::smtp::ConnInfo;
 use mailrelay::smtp::data::{BdatCollector, DataReader};

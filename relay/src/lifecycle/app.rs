@@ -17,10 +17,10 @@ use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Draining};
 use crate::lifecycle::handoff::{self, DrainArgs};
 use crate::ops::http::{self, Health};
 use crate::ops::metrics::Metrics;
+use crate::policy::limits::Limiter;
 use crate::policy::{self, DnsblChecker};
 use crate::queue::manager::{Concurrency, Manager};
 use crate::server::conn::ConnCtx;
-use crate::server::limits::Limiter;
 use crate::server::listener::{Shared, accept_loop};
 use crate::server::tls::Tls;
 use crate::spool::Spool;
@@ -206,7 +206,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             metrics: Arc::clone(&metrics),
             dkim: crate::dkim::DkimKeys::default(),
             // The relay's own resolver; three lookups' worth per check.
-            inbound_auth: Arc::new(crate::policy::inbound_auth::Checker::new(
+            inbound_auth: Arc::new(crate::smtp::inbound_auth::Checker::new(
                 dns.inner().clone(),
                 dns.deadline().saturating_mul(3),
             )),

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::lifecycle::handoff::{self, DrainArgs, client};
 use crate::ops::http::Health;
+use crate::policy::limits::Limiter;
 use crate::queue::manager::Manager;
-use crate::server::limits::Limiter;
 use crate::spool::{Queued, RecipientState, Spool};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

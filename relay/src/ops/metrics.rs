@@ -69,7 +69,7 @@ pub struct Metrics {
     pub outbound_tls: Family<OutboundTlsLabel, Counter>,
     pub mta_sts_lookups: Family<ResultLabel, Counter>,
     /// SPF/DKIM/DMARC results and decisions on the smtp listener.
-    pub inbound_auth: crate::policy::inbound_auth::AuthMetrics,
+    pub inbound_auth: crate::smtp::inbound_auth::AuthMetrics,
 }
 
 impl Metrics {
@@ -186,7 +186,7 @@ impl Metrics {
             "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
             mta_sts_lookups.clone(),
         );
-        let inbound_auth = crate::policy::inbound_auth::AuthMetrics::register(&mut registry);
+        let inbound_auth = crate::smtp::inbound_auth::AuthMetrics::register(&mut registry);
         Self {
             registry,
             outbound_tls,

@@ -12,8 +12,8 @@ mod dnsbl;
 #[cfg(test)]
 mod dnsmasq_tests;
 mod hit;
-pub mod inbound_auth;
 mod ipset;
+pub mod limits;
 #[cfg(test)]
 mod measure;
 mod names;

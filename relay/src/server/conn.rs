@@ -35,7 +35,7 @@ pub struct ConnCtx {
     /// DKIM keys of the hosted domains, for signing submitted mail.
     pub dkim: crate::dkim::DkimKeys,
     /// SPF/DKIM/DMARC checks of mail on the smtp listener.
-    pub inbound_auth: Arc<crate::policy::inbound_auth::Checker>,
+    pub inbound_auth: Arc<crate::smtp::inbound_auth::Checker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +337,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     // Inbound checks (smtp listener) and DKIM signing (submission) apply
     // to different mail; both happen before the spool, so 250 means the
     // message is on disk as it will leave.
-    let (auth_headers, stripped) = match crate::policy::inbound_auth::stamp(
+    let (auth_headers, stripped) = match crate::smtp::inbound_auth::stamp(
         &ctx.inbound_auth,
         &ctx.metrics.inbound_auth,
         session,

@@ -1,8 +1,7 @@
-//! The SMTP server's I/O: listeners, the connection loop, TLS, the PROXY
-//! header from trusted load balancers and the per-client limits.
+//! The SMTP server's I/O: listeners, the connection loop, TLS and the
+//! PROXY header from trusted load balancers.
 
 pub mod conn;
-pub mod limits;
 pub mod listener;
 pub mod proxy;
 pub mod stream;

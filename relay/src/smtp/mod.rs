@@ -1,9 +1,11 @@
-//! SMTP: replies, addresses, content readers and the session state machine.
-//! Everything here is pure; `server` does the I/O.
+//! SMTP: replies, addresses, content readers and the session state machine,
+//! all pure (`server` does the I/O), and the SPF/DKIM/DMARC checks the
+//! session runs at the end of DATA (`inbound_auth`, which asks DNS).
 
 pub mod address;
 pub mod auth;
 pub mod data;
+pub mod inbound_auth;
 pub mod received;
 pub mod reply;
 pub mod session;

@@ -16,7 +16,7 @@ use super::reply::Reply;
 use super::{ConnInfo, Transaction};
 use crate::config::runtime::{Recipient, Runtime};
 use crate::policy::NameRole;
-use crate::server::limits::{LimitSettings, Limiter};
+use crate::policy::limits::{LimitSettings, Limiter};
 
 /// What the connection loop does after sending `reply`.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mailrelay_crds::relay::ListenerName;
 
 use super::*;
-use crate::server::limits::Limiter;
+use crate::policy::limits::Limiter;
 use crate::smtp::ConnInfo;
 use crate::testutil;
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::inbound_auth::results::{
+use crate::smtp::inbound_auth::results::{
     AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck,
 };
 

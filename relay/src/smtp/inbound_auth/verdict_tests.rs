@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::inbound_auth::results::{DkimCheck, DmarcCheck, SpfCheck};
+use crate::smtp::inbound_auth::results::{DkimCheck, DmarcCheck, SpfCheck};
 use InboundAuthPolicy::{Accept, Enforce, Tag};
 
 fn spf(result: Spf, identity: &str) -> SpfCheck {
