@@ -12,7 +12,6 @@ use mailrelay_crds::config::{DomainConfig, RelayConfig};
 
 use crate::policy::Policy;
 use crate::policy::accounts::Accounts;
-use crate::smtp::address::{Address, base_local_part};
 
 pub struct Runtime {
     pub config: RelayConfig,
@@ -101,15 +100,16 @@ impl Runtime {
             .any(|n: &IpNet| n.contains(&ip))
     }
 
-    pub fn recipient(&self, to: &Address) -> Recipient<'_> {
-        let Some(domain) = self.domain(&to.domain) else {
+    /// What `local@domain` (domain a lower-case A-label) is to this relay.
+    pub fn recipient(&self, local: &str, domain: &str) -> Recipient<'_> {
+        let Some(domain) = self.domain(domain) else {
             return Recipient::Remote;
         };
         let inbound = &domain.inbound;
         if !inbound.enabled {
             return Recipient::InboundDisabled(domain);
         }
-        let local = to.local.to_lowercase();
+        let local = local.to_lowercase();
         let base = base_local_part(&local, inbound.recipient_delimiter);
         if inbound.catch_all
             || inbound
@@ -127,10 +127,10 @@ impl Runtime {
         self.suspended.contains(login)
     }
 
-    /// May `login` (normalised) use `sender` in MAIL FROM? Its own address
-    /// always; others by grant.
-    pub fn may_send_as(&self, login: &str, sender: &Address) -> bool {
-        let sender = sender.normalised();
+    /// May `login` use `sender` in MAIL FROM (both normalised: local part
+    /// lower-cased, domain an A-label)? Its own address always; others by
+    /// grant.
+    pub fn may_send_as(&self, login: &str, sender: &str) -> bool {
         if sender == login {
             return true;
         }
@@ -140,5 +140,26 @@ impl Runtime {
                 None => *g == sender,
             })
         })
+    }
+}
+
+/// The local part with a sub-address removed: `alice+news` → `alice`.
+pub fn base_local_part(local: &str, delimiter: Option<char>) -> &str {
+    match delimiter.and_then(|d| local.split_once(d)) {
+        Some((base, _)) if !base.is_empty() => base,
+        _ => local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_local_part;
+
+    #[test]
+    fn sub_addresses_fold_to_the_base() {
+        assert_eq!(base_local_part("alice+news", Some('+')), "alice");
+        assert_eq!(base_local_part("alice", Some('+')), "alice");
+        assert_eq!(base_local_part("+x", Some('+')), "+x");
+        assert_eq!(base_local_part("alice+news", None), "alice+news");
     }
 }

@@ -12,8 +12,6 @@ use mailrelay_crds::config::RelayConfig;
 use mailrelay_crds::dkimkey;
 use mailrelay_crds::manifests::{Manifests, load_dir};
 
-use crate::server::tls;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
     #[error("{0}")]
@@ -31,8 +29,8 @@ pub enum StandaloneError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    #[error("cannot create a self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StandaloneError + '_ {
@@ -115,7 +113,7 @@ pub fn prepare(
             if let Some(parent) = cert.parent() {
                 private_dir(parent)?;
             }
-            tls::write_self_signed(&config.hostname, &cert, &key)?;
+            write_self_signed(&config.hostname, &cert, &key)?;
             warnings.push(format!(
                 "Secret {} is not among the manifests: using a self-signed certificate for {}",
                 files.cert.secret, config.hostname
@@ -232,6 +230,14 @@ fn write_secrets(m: &Manifests, namespace: &str, dir: &Path) -> Result<(), Stand
         }
     }
     Ok(())
+}
+
+/// Write a self-signed certificate for `hostname` (standalone try-outs
+/// only: real deployments mount a Secret).
+pub fn write_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), StandaloneError> {
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
+    std::fs::write(cert, generated.cert.pem()).map_err(io(cert))?;
+    std::fs::write(key, generated.signing_key.serialize_pem()).map_err(io(key))
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub fn decide<'a>(
     let Some(dkim) = &domain.dkim else {
         return Decision::Skip(Skip::NoDkim);
     };
-    if !rt.may_send_as(login, &author) {
+    if !rt.may_send_as(login, &author.normalised()) {
         return Decision::Skip(Skip::NotAllowed);
     }
     Decision::Sign {

@@ -11,13 +11,13 @@ use rand::rngs::StdRng;
 use super::pool::{Client, Pool};
 use super::router::Route;
 use crate::config::runtime::Runtime;
+use crate::config::runtime::base_local_part;
 use crate::delivery::tls_policy::{Check, OutboundTls};
 use crate::delivery::{
     Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, Security, SmtpClient, Target,
     Timeouts, resolve_host, route as mx_route,
 };
 use crate::ops::metrics::{Metrics, ResultLabel};
-use crate::smtp::address::base_local_part;
 use crate::spool::QueueId;
 
 /// What an attempt needs besides the message.

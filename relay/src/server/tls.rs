@@ -23,8 +23,6 @@ pub enum TlsError {
     NoKey(PathBuf),
     #[error("certificate and key do not make a TLS configuration: {0}")]
     Config(#[from] tokio_rustls::rustls::Error),
-    #[error("cannot create a self-signed certificate: {0}")]
-    SelfSigned(#[from] rcgen::Error),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -60,20 +58,6 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     .with_no_client_auth()
     .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
-}
-
-/// Write a self-signed certificate for `hostname` (standalone try-outs
-/// only: real deployments mount a Secret).
-pub fn write_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-    let write = |path: &Path, data: String| {
-        std::fs::write(path, data).map_err(|source| TlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    write(cert, generated.cert.pem())?;
-    write(key, generated.signing_key.serialize_pem())
 }
 
 /// The current acceptor, swapped when the files change.
@@ -147,6 +131,7 @@ impl Tls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::standalone::write_self_signed;
 
     #[test]
     fn self_signed_pair_loads_and_reloads_on_change() {

@@ -108,14 +108,6 @@ pub fn parse(path: &str) -> Result<Address, AddressError> {
     })
 }
 
-/// The local part with a sub-address removed: `alice+news` → `alice`.
-pub fn base_local_part(local: &str, delimiter: Option<char>) -> &str {
-    match delimiter.and_then(|d| local.split_once(d)) {
-        Some((base, _)) if !base.is_empty() => base,
-        _ => local,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,13 +152,5 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn sub_addresses_fold_to_the_base() {
-        assert_eq!(base_local_part("alice+news", Some('+')), "alice");
-        assert_eq!(base_local_part("alice", Some('+')), "alice");
-        assert_eq!(base_local_part("+x", Some('+')), "+x");
-        assert_eq!(base_local_part("alice+news", None), "alice+news");
     }
 }

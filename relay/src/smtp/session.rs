@@ -344,7 +344,7 @@ impl Session {
         if let Some(login) = &self.auth {
             let owned = sender
                 .as_ref()
-                .is_some_and(|s| self.rt.may_send_as(login, s));
+                .is_some_and(|s| self.rt.may_send_as(login, &s.normalised()));
             if !owned {
                 return Reply::new(553, "5.7.1", format!("Sender address not owned by {login}"))
                     .into();
@@ -393,7 +393,7 @@ impl Session {
                 .into();
             }
         };
-        let reply = match self.rt.recipient(&to) {
+        let reply = match self.rt.recipient(&to.local, &to.domain) {
             Recipient::Hosted(_) => None,
             Recipient::InboundDisabled(_) if may_relay => None,
             Recipient::InboundDisabled(d) => Some(Reply::new(

@@ -72,16 +72,14 @@ async fn check<'a>(
 ) -> Result<Stamped<'a>, Reply> {
     let rt = session.runtime();
     let tx = &accepted.transaction;
-    let policy = verdict::strictest(
-        tx.recipients
-            .iter()
-            .filter_map(|to| match rt.recipient(to) {
-                Recipient::Hosted(d)
-                | Recipient::UnknownUser(d)
-                | Recipient::InboundDisabled(d) => Some(d.inbound_auth),
-                Recipient::Remote => None,
-            }),
-    );
+    let policy = verdict::strictest(tx.recipients.iter().filter_map(|to| {
+        match rt.recipient(&to.local, &to.domain) {
+            Recipient::Hosted(d) | Recipient::UnknownUser(d) | Recipient::InboundDisabled(d) => {
+                Some(d.inbound_auth)
+            }
+            Recipient::Remote => None,
+        }
+    }));
     let hostname = rt.config.hostname.as_str();
     let (content, forged) = header::strip_ours(&accepted.content, hostname);
     if forged > 0 {
