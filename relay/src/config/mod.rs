@@ -4,8 +4,8 @@
 
 pub mod reload;
 pub mod runtime;
-pub mod standalone;
-pub mod watch;
+pub(crate) mod standalone;
+pub(crate) mod watch;
 
 use std::sync::{Arc, RwLock};
 
@@ -13,21 +13,21 @@ use self::runtime::Runtime;
 
 /// The configuration in force; swapped on reload, read per connection.
 #[derive(Clone)]
-pub struct Current(Arc<RwLock<Arc<Runtime>>>);
+pub(crate) struct Current(Arc<RwLock<Arc<Runtime>>>);
 
 impl Current {
-    pub fn new(rt: Runtime) -> Self {
+    pub(crate) fn new(rt: Runtime) -> Self {
         Self(Arc::new(RwLock::new(Arc::new(rt))))
     }
 
-    pub fn get(&self) -> Arc<Runtime> {
+    pub(crate) fn get(&self) -> Arc<Runtime> {
         match self.0.read() {
             Ok(g) => Arc::clone(&g),
             Err(p) => Arc::clone(&p.into_inner()),
         }
     }
 
-    pub fn set(&self, rt: Runtime) {
+    pub(crate) fn set(&self, rt: Runtime) {
         match self.0.write() {
             Ok(mut g) => *g = Arc::new(rt),
             Err(p) => *p.into_inner() = Arc::new(rt),

@@ -25,7 +25,7 @@ use crate::config::runtime::Runtime;
 /// (its sync period plus the ConfigMap cache TTL) to update the volume,
 /// which is why pods also watch their ConfigMaps through the API
 /// ([`crate::config::watch`]) and take the file only at start.
-pub const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// Overrides `POLL`, in milliseconds (at least 50): for a config file that
 /// is not a ConfigMap volume and may change faster (and for tests that
@@ -33,7 +33,7 @@ pub const POLL: Duration = Duration::from_secs(2);
 pub const POLL_ENV: &str = "MAILRELAY_CONFIG_POLL_MS";
 
 /// How often the file is read: `POLL`, or what `POLL_ENV` says.
-pub fn poll_interval() -> Duration {
+pub(crate) fn poll_interval() -> Duration {
     poll_from(std::env::var(POLL_ENV).ok().as_deref())
 }
 
@@ -99,7 +99,7 @@ fn read_set(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ReloadError> {
 }
 
 /// The config named by `path` and the hash of its JSON.
-pub fn load(path: &Path) -> Result<(RelayConfig, [u8; 32]), ReloadError> {
+pub(crate) fn load(path: &Path) -> Result<(RelayConfig, [u8; 32]), ReloadError> {
     let files = read_set(path)?;
     let json = configformat::assemble(&files).map_err(|source| ReloadError::Assemble {
         path: path.to_path_buf(),
@@ -124,7 +124,7 @@ fn restart_needed(old: &RelayConfig, new: &RelayConfig) -> Option<&'static str> 
 
 /// Watch `path` until the task is dropped. `adjust` applies the command
 /// line's overrides (listener addresses) to each new config, as at start.
-pub async fn watch(
+pub(crate) async fn watch(
     path: PathBuf,
     current: Current,
     mut hash: [u8; 32],
@@ -153,13 +153,15 @@ pub async fn watch(
 }
 
 /// Parse an assembled config: the config and the hash of its JSON.
-pub fn parse(json: &str) -> Result<(RelayConfig, [u8; 32]), mailrelay_crds::config::ConfigError> {
+pub(crate) fn parse(
+    json: &str,
+) -> Result<(RelayConfig, [u8; 32]), mailrelay_crds::config::ConfigError> {
     let hash: [u8; 32] = Sha256::digest(json.as_bytes()).into();
     Ok((RelayConfig::from_json(json)?, hash))
 }
 
 /// Swap `config` in: new sessions get it, open ones finish under the old.
-pub async fn swap(current: &Current, config: RelayConfig) {
+pub(crate) async fn swap(current: &Current, config: RelayConfig) {
     let old = current.get();
     if let Some(what) = restart_needed(&old.config, &config) {
         tracing::warn!(

@@ -26,7 +26,7 @@ pub struct Runtime {
 
 /// Where a recipient's mail would go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recipient<'a> {
+pub(crate) enum Recipient<'a> {
     /// A hosted domain that accepts this local part.
     Hosted(&'a DomainConfig),
     /// A hosted domain that does not know this local part.
@@ -88,11 +88,11 @@ impl Runtime {
         (runtime, warnings)
     }
 
-    pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
+    pub(crate) fn domain(&self, name: &str) -> Option<&DomainConfig> {
         self.domains.get(name).map(|&i| &self.config.domains[i])
     }
 
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = normalize::unmap_addr(ip);
         self.config
             .trusted_networks
@@ -101,7 +101,7 @@ impl Runtime {
     }
 
     /// What `local@domain` (domain a lower-case A-label) is to this relay.
-    pub fn recipient(&self, local: &str, domain: &str) -> Recipient<'_> {
+    pub(crate) fn recipient(&self, local: &str, domain: &str) -> Recipient<'_> {
         let Some(domain) = self.domain(domain) else {
             return Recipient::Remote;
         };
@@ -123,14 +123,14 @@ impl Runtime {
         }
     }
 
-    pub fn is_suspended(&self, login: &str) -> bool {
+    pub(crate) fn is_suspended(&self, login: &str) -> bool {
         self.suspended.contains(login)
     }
 
     /// May `login` use `sender` in MAIL FROM (both normalised: local part
     /// lower-cased, domain an A-label)? Its own address always; others by
     /// grant.
-    pub fn may_send_as(&self, login: &str, sender: &str) -> bool {
+    pub(crate) fn may_send_as(&self, login: &str, sender: &str) -> bool {
         if sender == login {
             return true;
         }
@@ -144,7 +144,7 @@ impl Runtime {
 }
 
 /// The local part with a sub-address removed: `alice+news` → `alice`.
-pub fn base_local_part(local: &str, delimiter: Option<char>) -> &str {
+pub(crate) fn base_local_part(local: &str, delimiter: Option<char>) -> &str {
     match delimiter.and_then(|d| local.split_once(d)) {
         Some((base, _)) if !base.is_empty() => base,
         _ => local,

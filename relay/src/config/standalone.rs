@@ -41,13 +41,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StandaloneError + '_ {
 }
 
 /// The config to run, and problems of other objects to show as warnings.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub config: RelayConfig,
     pub warnings: Vec<String>,
 }
 
 /// Compile the Relay in `dir` (or the one named `relay`).
-pub fn prepare(
+pub(crate) fn prepare(
     dir: &Path,
     relay: Option<&str>,
     secrets_dir: &Path,
@@ -234,7 +234,11 @@ fn write_secrets(m: &Manifests, namespace: &str, dir: &Path) -> Result<(), Stand
 
 /// Write a self-signed certificate for `hostname` (standalone try-outs
 /// only: real deployments mount a Secret).
-pub fn write_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), StandaloneError> {
+pub(crate) fn write_self_signed(
+    hostname: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), StandaloneError> {
     let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
     std::fs::write(cert, generated.cert.pem()).map_err(io(cert))?;
     std::fs::write(key, generated.signing_key.serialize_pem()).map_err(io(key))

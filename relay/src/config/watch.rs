@@ -28,11 +28,11 @@ use crate::config::reload;
 
 /// A change to one of the watched ConfigMaps: its new content, or `None`
 /// when it was deleted.
-pub type Change = (String, Option<ConfigMap>);
+pub(crate) type Change = (String, Option<ConfigMap>);
 
 /// The config files held by `maps`, by key, as the mounted volume would
 /// show them: `data` as UTF-8 bytes, `binaryData` as is.
-pub fn files_of(maps: &BTreeMap<String, ConfigMap>) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn files_of(maps: &BTreeMap<String, ConfigMap>) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for cm in maps.values() {
         for (k, v) in cm.data.iter().flatten() {
@@ -47,7 +47,7 @@ pub fn files_of(maps: &BTreeMap<String, ConfigMap>) -> BTreeMap<String, Vec<u8>>
 
 /// Follow `changes`, swapping in each complete config whose hash differs
 /// from the running one's (`hash`). Returns when the stream ends.
-pub async fn follow<S>(
+pub(crate) async fn follow<S>(
     changes: S,
     current: Current,
     mut hash: [u8; 32],
@@ -88,7 +88,7 @@ pub async fn follow<S>(
 
 /// Watch ConfigMaps `names` of `namespace` and follow them, until the task
 /// is dropped. Watch errors are retried with backoff and logged.
-pub async fn watch(
+pub(crate) async fn watch(
     namespace: String,
     names: Vec<String>,
     current: Current,
@@ -108,7 +108,7 @@ pub async fn watch(
 }
 
 /// The changes of ConfigMaps `names`, one watch each.
-pub fn changes(
+pub(crate) fn changes(
     client: Client,
     namespace: &str,
     names: &[String],

@@ -26,7 +26,7 @@ pub struct LmtpClient<S = TcpStream> {
 impl LmtpClient<TcpStream> {
     /// Connect to `host:port` (a name is resolved by the system resolver,
     /// as a Kubernetes Service name must be) and say LHLO `hostname`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         host: &str,
         port: u16,
         hostname: &str,
@@ -56,7 +56,7 @@ impl LmtpClient<TcpStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
     /// Greeting and LHLO over an open stream (tests use in-memory ones).
-    pub async fn start(
+    pub(crate) async fn start(
         stream: S,
         peer: String,
         hostname: &str,
@@ -90,14 +90,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
     }
 
     /// Why this connection cannot carry another message, if it cannot.
-    pub fn broken(&self) -> Option<&str> {
+    pub(crate) fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
     }
 
     /// Deliver one message: MAIL FROM (`sender` empty for the null
     /// sender), RCPT per recipient, DATA if any was accepted, then one
     /// reply per accepted recipient. One outcome per recipient, in order.
-    pub async fn send<R: AsRef<str>>(
+    pub(crate) async fn send<R: AsRef<str>>(
         &mut self,
         sender: &str,
         recipients: &[R],
@@ -262,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LmtpClient<S> {
     }
 
     /// QUIT and close; errors only get logged.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         if self.broken.is_some() {
             return;
         }

@@ -15,7 +15,7 @@ use super::Outcome;
 
 /// Why a maildir delivery failed.
 #[derive(Debug, thiserror::Error)]
-pub enum MaildirError {
+pub(crate) enum MaildirError {
     /// The local part cannot be a path component: permanent.
     #[error("local part {0:?} cannot name a maildir")]
     UnsafeLocalPart(String),
@@ -56,7 +56,7 @@ pub struct Maildir {
 /// A message written and synced in `tmp/`, not yet visible in `new/`.
 /// Dropped without [`commit`](Pending::commit), it removes its file.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     tmp: PathBuf,
     new: PathBuf,
     new_dir: PathBuf,
@@ -70,7 +70,7 @@ enum Committed {
 }
 
 impl Maildir {
-    pub fn new(root: impl Into<PathBuf>, hostname: &str) -> Self {
+    pub(crate) fn new(root: impl Into<PathBuf>, hostname: &str) -> Self {
         // The spec: `/` and `:` in the host name become \057 and \072.
         let host = hostname.replace('/', "\\057").replace(':', "\\072");
         Maildir {
@@ -81,7 +81,7 @@ impl Maildir {
     }
 
     /// Deliver to `local_part`'s maildir off the async runtime.
-    pub async fn deliver(&self, sender: &str, local_part: &str, body: &[u8]) -> Outcome {
+    pub(crate) async fn deliver(&self, sender: &str, local_part: &str, body: &[u8]) -> Outcome {
         let (this, sender, local_part, body) = (
             self.clone(),
             sender.to_string(),
@@ -94,7 +94,7 @@ impl Maildir {
     }
 
     /// Deliver, blocking the thread on the disk.
-    pub fn deliver_blocking(&self, sender: &str, local_part: &str, body: &[u8]) -> Outcome {
+    pub(crate) fn deliver_blocking(&self, sender: &str, local_part: &str, body: &[u8]) -> Outcome {
         let outcome = match self
             .write_tmp(sender, local_part, body)
             .and_then(Pending::commit)
@@ -114,7 +114,7 @@ impl Maildir {
     }
 
     /// Write the message into `tmp/` and fsync it.
-    pub fn write_tmp(
+    pub(crate) fn write_tmp(
         &self,
         sender: &str,
         local_part: &str,
@@ -173,7 +173,7 @@ impl Maildir {
 impl Pending {
     /// Rename into `new/` and fsync `new/`: from here on the message is
     /// visible and durable. Returns its path.
-    pub fn commit(mut self) -> Result<PathBuf, MaildirError> {
+    pub(crate) fn commit(mut self) -> Result<PathBuf, MaildirError> {
         fs::rename(&self.tmp, &self.new).map_err(io("rename", &self.tmp))?;
         self.committed = Committed::Yes;
         sync_dir(&self.new_dir)?;
@@ -181,7 +181,8 @@ impl Pending {
     }
 
     /// Where the message waits in `tmp/`.
-    pub fn tmp_path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn tmp_path(&self) -> &Path {
         &self.tmp
     }
 }

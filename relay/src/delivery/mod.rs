@@ -11,19 +11,19 @@
 //! Each gives one typed [`Outcome`] per recipient; what to do with it
 //! (dequeue, retry with backoff, bounce) is the queue's business.
 
-pub mod lmtp;
-pub mod maildir;
-pub mod mx;
-pub mod mx_cache;
+pub(crate) mod lmtp;
+pub(crate) mod maildir;
+pub(crate) mod mx;
+pub(crate) mod mx_cache;
 mod mx_hickory;
-pub mod outbound;
-pub mod outcome;
-pub mod smtp;
+pub(crate) mod outbound;
+pub(crate) mod outcome;
+pub(crate) mod smtp;
 mod smtp_pipeline;
 mod smtp_steps;
 mod timeouts;
 pub mod tls_policy;
-pub(crate) mod wire;
+pub mod wire;
 
 pub use lmtp::LmtpClient;
 pub use maildir::Maildir;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::mx::{DnsError, MxDns};
 
 /// How long an answer is reused.
-pub const KEEP: Duration = Duration::from_secs(5);
+pub(crate) const KEEP: Duration = Duration::from_secs(5);
 /// Entries kept at most per kind; past it the cache starts over.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -32,7 +32,7 @@ pub struct CachedDns<D> {
 }
 
 impl<D> CachedDns<D> {
-    pub fn new(inner: D) -> Self {
+    pub(crate) fn new(inner: D) -> Self {
         CachedDns {
             inner,
             mx: Mutex::new(HashMap::new()),
@@ -40,7 +40,8 @@ impl<D> CachedDns<D> {
         }
     }
 
-    pub fn inner(&self) -> &D {
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &D {
         &self.inner
     }
 }

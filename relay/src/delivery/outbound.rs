@@ -35,7 +35,7 @@ impl OutboundConfig {
         }
     }
 
-    pub fn with_auth(mut self, credentials: Credentials) -> Self {
+    pub(crate) fn with_auth(mut self, credentials: Credentials) -> Self {
         self.auth = Some(credentials);
         self
     }
@@ -45,7 +45,8 @@ impl OutboundConfig {
         self
     }
 
-    pub fn with_extra_root(mut self, der: Vec<u8>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_extra_root(mut self, der: Vec<u8>) -> Self {
         self.extra_roots.push(der);
         self
     }

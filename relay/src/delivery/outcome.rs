@@ -17,13 +17,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn temp(reason: impl Into<String>) -> Self {
+    pub(crate) fn temp(reason: impl Into<String>) -> Self {
         Outcome::TempFail {
             reason: reason.into(),
         }
     }
 
-    pub fn perm(reason: impl Into<String>) -> Self {
+    pub(crate) fn perm(reason: impl Into<String>) -> Self {
         Outcome::PermFail {
             reason: reason.into(),
         }
@@ -34,7 +34,7 @@ impl Outcome {
     /// completion reply was due is a protocol error on the server's side,
     /// and anything else is not SMTP: both are worth another try later
     /// rather than a bounce.
-    pub fn from_reply(code: u16, reply: impl Into<String>) -> Self {
+    pub(crate) fn from_reply(code: u16, reply: impl Into<String>) -> Self {
         let reply = reply.into();
         match code / 100 {
             2 => Outcome::Delivered { reply },
@@ -47,7 +47,7 @@ impl Outcome {
     }
 
     /// A short fixed label for metrics and structured logs.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Outcome::Delivered { .. } => "delivered",
             Outcome::TempFail { .. } => "deferred",
@@ -56,7 +56,7 @@ impl Outcome {
     }
 
     /// The reply or reason, whichever this outcome carries.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         match self {
             Outcome::Delivered { reply } => reply,
             Outcome::TempFail { reason } | Outcome::PermFail { reason } => reason,

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Panic, never skip, when a peer is missing.
-pub fn require(name: &str, path: &str) {
+pub(crate) fn require(name: &str, path: &str) {
     assert!(
         Path::new(path).exists(),
         "{name} not installed: run tests/run (it installs the test peers)"
@@ -18,14 +18,14 @@ pub fn require(name: &str, path: &str) {
 }
 
 /// A child process in its own process group.
-pub struct Peer {
+pub(crate) struct Peer {
     child: Child,
     name: String,
     reaped: bool,
 }
 
 impl Peer {
-    pub fn spawn(name: &str, command: &mut Command) -> Peer {
+    pub(crate) fn spawn(name: &str, command: &mut Command) -> Peer {
         command.process_group(0).stdin(Stdio::null());
         let child = command
             .spawn()
@@ -38,7 +38,7 @@ impl Peer {
     }
 
     /// Panic with `log` if the process has already exited.
-    pub fn assert_running(&mut self, log: &str) {
+    pub(crate) fn assert_running(&mut self, log: &str) {
         if let Ok(Some(status)) = self.child.try_wait() {
             self.reaped = true;
             panic!("{} exited ({status}):\n{log}", self.name);
@@ -46,7 +46,7 @@ impl Peer {
     }
 
     /// Wait until `addr` accepts TCP connections.
-    pub fn wait_for_port(&mut self, addr: SocketAddr, log: impl Fn() -> String) {
+    pub(crate) fn wait_for_port(&mut self, addr: SocketAddr, log: impl Fn() -> String) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             self.assert_running(&log());
@@ -96,14 +96,14 @@ impl Drop for Peer {
 }
 
 /// A TCP port free right now on `ip`.
-pub fn free_port(ip: IpAddr) -> u16 {
+pub(crate) fn free_port(ip: IpAddr) -> u16 {
     let listener = TcpListener::bind(SocketAddr::new(ip, 0))
         .unwrap_or_else(|e| panic!("cannot bind a free port on {ip}: {e}"));
     listener.local_addr().expect("local address").port()
 }
 
 /// A loopback port free for both UDP and TCP right now (for dnsmasq).
-pub fn free_udp_tcp_port() -> u16 {
+pub(crate) fn free_udp_tcp_port() -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
         let port = udp.local_addr().expect("local address").port();
@@ -115,6 +115,6 @@ pub fn free_udp_tcp_port() -> u16 {
 }
 
 /// The text of a log file, or nothing.
-pub fn read_log(path: &Path) -> String {
+pub(crate) fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

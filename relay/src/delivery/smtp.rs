@@ -42,7 +42,7 @@ enum Plan {
 /// Why [`SmtpClient::connect_checked`] failed: the outcome every
 /// recipient of the attempt gets, and whether TLS was the reason.
 #[derive(Clone, Debug)]
-pub struct ConnectFailure {
+pub(crate) struct ConnectFailure {
     pub outcome: Outcome,
     pub tls: bool,
 }
@@ -67,7 +67,7 @@ impl SmtpClient {
     /// [`connect`](Self::connect), saying whether a failure was TLS's:
     /// STARTTLS missing where required, refused, or a failed handshake or
     /// certificate check. Outbound TLS policy counts those.
-    pub async fn connect_checked(
+    pub(crate) async fn connect_checked(
         target: &Target,
         config: &OutboundConfig,
     ) -> Result<SmtpClient, ConnectFailure> {
@@ -148,17 +148,17 @@ impl SmtpClient {
         }
     }
 
-    pub fn security(&self) -> &Security {
+    pub(crate) fn security(&self) -> &Security {
         &self.security
     }
 
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 
     /// The server's certificate chain (DER, leaf first) when the
     /// connection is encrypted.
-    pub fn peer_certificates(&self) -> Option<Vec<Vec<u8>>> {
+    pub(crate) fn peer_certificates(&self) -> Option<Vec<Vec<u8>>> {
         if !self.conn.is_encrypted() {
             return None;
         }
@@ -166,7 +166,7 @@ impl SmtpClient {
     }
 
     /// Why this connection cannot carry another message, if it cannot.
-    pub fn broken(&self) -> Option<&str> {
+    pub(crate) fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
     }
 
@@ -330,7 +330,7 @@ impl SmtpClient {
 
     /// QUIT and close (RFC 5321 §4.1.1.10). Errors only get logged: the
     /// outcomes are already known.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         if self.broken.is_some() {
             return;
         }

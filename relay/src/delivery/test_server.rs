@@ -16,7 +16,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 
 /// How the server does TLS.
 #[derive(Clone)]
-pub enum TlsScript {
+pub(crate) enum TlsScript {
     None,
     /// Offer STARTTLS and do it properly.
     StartTls(Arc<ServerConfig>),
@@ -27,12 +27,12 @@ pub enum TlsScript {
 }
 
 /// A test CA and a server certificate for `host` it issued.
-pub struct TestPki {
+pub(crate) struct TestPki {
     pub ca_der: Vec<u8>,
     pub server: Arc<ServerConfig>,
 }
 
-pub fn pki(host: &str) -> TestPki {
+pub(crate) fn pki(host: &str) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -64,7 +64,7 @@ pub fn pki(host: &str) -> TestPki {
 
 /// The server: what it saw, per connection, as lines (`C: ...` for
 /// commands, `TLS` when a handshake completed, `BODY: ...` for a message).
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
@@ -77,12 +77,12 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
-    pub async fn start(tls: TlsScript, auth: Option<(&str, &str)>) -> TestServer {
+    pub(crate) async fn start(tls: TlsScript, auth: Option<(&str, &str)>) -> TestServer {
         Self::start_with(tls, auth, false).await
     }
 
     /// `pipelining`: offer PIPELINING (RFC 2920) in the EHLO reply.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         tls: TlsScript,
         auth: Option<(&str, &str)>,
         pipelining: bool,
@@ -92,7 +92,7 @@ impl TestServer {
     }
 
     /// On `addr` (an MX on `127.0.0.N:25` for the end-to-end tests).
-    pub async fn start_at(
+    pub(crate) async fn start_at(
         addr: SocketAddr,
         tls: TlsScript,
         auth: Option<(&str, &str)>,
@@ -127,12 +127,12 @@ impl TestServer {
         TestServer { addr, seen, task }
     }
 
-    pub fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 fn push(log: &Mutex<Vec<String>>, line: &str) {

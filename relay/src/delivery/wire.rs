@@ -14,7 +14,7 @@ const MAX_REPLY_LINES: usize = 100;
 
 /// One server reply: the code and the text of each line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub code: u16,
     pub lines: Vec<String>,
 }
@@ -23,7 +23,7 @@ impl Reply {
     /// The reply as one line, for an [`Outcome`](super::Outcome) reason:
     /// `550 5.1.1 <bob@x>: Recipient address rejected`. The lines of a
     /// multiline reply are joined with spaces.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut text = self.code.to_string();
         for line in self.lines.iter().filter(|l| !l.is_empty()) {
             text.push(' ');
@@ -34,7 +34,7 @@ impl Reply {
 
     /// Whether an EHLO/LHLO reply lists `keyword`: the first word of a
     /// line after the first, compared without case (RFC 5321 §4.1.1.1).
-    pub fn has_extension(&self, keyword: &str) -> bool {
+    pub(crate) fn has_extension(&self, keyword: &str) -> bool {
         self.lines.iter().skip(1).any(|line| {
             line.split_whitespace()
                 .next()
@@ -85,7 +85,9 @@ fn parse_line(raw: &[u8]) -> Result<(u16, bool, String), WireError> {
 /// Read one (possibly multiline) reply. RFC 5321 §4.2.1: every line but
 /// the last has a hyphen after the code, the last a space; the code of
 /// the last line is the reply's.
-pub async fn read_reply<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Reply, WireError> {
+pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Reply, WireError> {
     let mut lines = Vec::new();
     let mut raw = Vec::with_capacity(128);
     loop {
@@ -120,7 +122,7 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Reply
 /// ending on the wire, and the dot-stuffing of §4.5.2 (ours and lettre's)
 /// only recognises a line start after CRLF: a `\n.\n` left alone could end
 /// the message early at a lenient server (SMTP smuggling).
-pub fn normalize_crlf(body: &[u8]) -> Vec<u8> {
+pub(crate) fn normalize_crlf(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
     let mut rest = body;
     while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
@@ -143,7 +145,7 @@ pub fn normalize_crlf(body: &[u8]) -> Vec<u8> {
 /// The bytes to send after a 354: the body with CRLF line endings, each
 /// line that starts with a dot given a second one (RFC 5321 §4.5.2), and
 /// the terminating `.` line.
-pub fn encode_data(body: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_data(body: &[u8]) -> Vec<u8> {
     let body = normalize_crlf(body);
     let mut out = Vec::with_capacity(body.len() + 64);
     // After normalisation every LF ends a CRLF line, so this splits lines.
@@ -159,7 +161,7 @@ pub fn encode_data(body: &[u8]) -> Vec<u8> {
 
 /// Why one step of a conversation failed.
 #[derive(Debug)]
-pub enum StepError {
+pub(crate) enum StepError {
     /// The server answered 4xx/5xx (or something unexpected); the
     /// connection is still in step.
     Reply { code: u16, text: String },
@@ -168,13 +170,13 @@ pub enum StepError {
 }
 
 impl StepError {
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         match self {
             StepError::Reply { text, .. } | StepError::Lost(text) => text,
         }
     }
 
-    pub fn into_outcome(self) -> Outcome {
+    pub(crate) fn into_outcome(self) -> Outcome {
         match self {
             StepError::Reply { code, text } => Outcome::from_reply(code, text),
             StepError::Lost(reason) => Outcome::temp(reason),
@@ -185,7 +187,7 @@ impl StepError {
 /// Every recipient without an outcome yet gets `outcome`: a
 /// transaction-level failure (MAIL, DATA, a lost connection) applies to
 /// every recipient of the attempt.
-pub fn fill_missing(outcomes: &mut [Option<Outcome>], outcome: &Outcome) {
+pub(crate) fn fill_missing(outcomes: &mut [Option<Outcome>], outcome: &Outcome) {
     for o in outcomes.iter_mut().filter(|o| o.is_none()) {
         *o = Some(outcome.clone());
     }
@@ -193,7 +195,7 @@ pub fn fill_missing(outcomes: &mut [Option<Outcome>], outcome: &Outcome) {
 
 /// The outcomes of a finished attempt. Every path fills each slot; a gap
 /// would be our bug, and retrying is the safe reading of it.
-pub fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
+pub(crate) fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
     outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::temp("internal error: recipient not attempted")))
@@ -203,12 +205,12 @@ pub fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
 /// Why an address cannot go into a MAIL or RCPT command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("address {0:?} cannot be sent: it holds a control character or an angle bracket")]
-pub struct BadAddress(pub String);
+pub(crate) struct BadAddress(pub String);
 
 /// Refuse what would break out of `MAIL FROM:<...>` / `RCPT TO:<...>`:
 /// control characters (a CRLF would inject a command) and angle brackets.
 /// The session has validated addresses already; this is the last guard.
-pub fn check_address(addr: &str) -> Result<(), BadAddress> {
+pub(crate) fn check_address(addr: &str) -> Result<(), BadAddress> {
     if addr.chars().any(|c| c.is_control() || c == '<' || c == '>') {
         return Err(BadAddress(addr.to_string()));
     }

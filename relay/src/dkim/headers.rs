@@ -11,7 +11,7 @@ use crate::smtp::address::{self, Address};
 /// Absent fields are not listed (an absent `List-Id` in `h=` would break
 /// the signature of every mailing list that forwards the message) —
 /// except `From`, which is over-signed: see [`signed_header_names`].
-pub const SIGNED: &[&str] = &[
+pub(crate) const SIGNED: &[&str] = &[
     "From",
     "Sender",
     "Reply-To",
@@ -45,7 +45,7 @@ pub const SIGNED: &[&str] = &[
 
 /// Names of the header fields of `message`, in order (continuation lines
 /// folded into their field), up to the empty line that ends the header.
-pub fn field_names(message: &[u8]) -> Vec<&str> {
+pub(crate) fn field_names(message: &[u8]) -> Vec<&str> {
     let mut names = Vec::new();
     for line in message.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -70,7 +70,7 @@ pub fn field_names(message: &[u8]) -> Vec<&str> {
 /// and `From` one more time. RFC 6376 §5.4.2 and §8.15: naming a field
 /// once more than it occurs signs its absence, so nobody can add a second
 /// `From:` that a mail client would show instead of the signed one.
-pub fn signed_header_names(message: &[u8]) -> Vec<String> {
+pub(crate) fn signed_header_names(message: &[u8]) -> Vec<String> {
     let present = field_names(message);
     let mut names: Vec<String> = SIGNED
         .iter()
@@ -83,7 +83,7 @@ pub fn signed_header_names(message: &[u8]) -> Vec<String> {
 
 /// Why a message carries no author we can sign for.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthorError {
+pub(crate) enum AuthorError {
     #[error("the message has no From: header")]
     NoFrom,
     #[error("the message has more than one From: header")]
@@ -96,7 +96,7 @@ pub enum AuthorError {
 
 /// The one author address of the message's `From:` field (RFC 5322
 /// §3.6.2). DMARC, which a signature serves, needs exactly one.
-pub fn author(message: &[u8]) -> Result<Address, AuthorError> {
+pub(crate) fn author(message: &[u8]) -> Result<Address, AuthorError> {
     let parsed = MessageParser::new()
         .parse_headers(message)
         .ok_or(AuthorError::NoFrom)?;

@@ -22,7 +22,7 @@ use crate::config::runtime::Runtime;
 
 /// How often the key files are re-read. Kubernetes takes a minute or more
 /// to update a mounted Secret anyway.
-pub const REFRESH: Duration = Duration::from_secs(10);
+pub(crate) const REFRESH: Duration = Duration::from_secs(10);
 
 /// Why a key file cannot be used to sign.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +45,7 @@ pub enum KeyError {
     },
 }
 
-pub fn algorithm_name(a: DkimAlgorithm) -> &'static str {
+pub(crate) fn algorithm_name(a: DkimAlgorithm) -> &'static str {
     match a {
         DkimAlgorithm::RsaSha256 => "rsa-sha256",
         DkimAlgorithm::Ed25519Sha256 => "ed25519-sha256",
@@ -119,14 +119,14 @@ struct Slot {
 
 /// The keys of the running config, by file path. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct DkimKeys {
+pub(crate) struct DkimKeys {
     slots: Arc<RwLock<HashMap<PathBuf, Slot>>>,
 }
 
 impl DkimKeys {
     /// The key at `path` for `algorithm`: from memory, or read now when the
     /// path is new (the first message after a config change names it).
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         path: &Path,
         algorithm: DkimAlgorithm,
@@ -140,7 +140,7 @@ impl DkimKeys {
     }
 
     /// Re-read every key the runtime's domains name; forget the others.
-    pub async fn refresh(&self, rt: &Runtime) {
+    pub(crate) async fn refresh(&self, rt: &Runtime) {
         let mut wanted = Vec::new();
         for d in &rt.config.domains {
             if let Some(dkim) = &d.dkim {
@@ -155,7 +155,7 @@ impl DkimKeys {
     }
 
     /// Refresh from the current runtime every `period`, until dropped.
-    pub fn watch(self, current: Current, period: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn watch(self, current: Current, period: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {

@@ -9,17 +9,17 @@
 //! internal errors tempfail), and what keeps mail of a domain with a
 //! DMARC `p=reject` policy from being sent only to be rejected or bounced.
 
-pub mod headers;
+pub(crate) mod headers;
 pub mod keys;
 pub mod sign;
 
-pub use keys::DkimKeys;
+pub(crate) use keys::DkimKeys;
 
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Session;
 
 /// The reply when mail that must be signed cannot be.
-pub fn unavailable_reply() -> Reply {
+pub(crate) fn unavailable_reply() -> Reply {
     // RFC 3463 4.3.0: other or undefined mail system status; the client retries.
     Reply::new(
         451,
@@ -33,7 +33,7 @@ pub fn unavailable_reply() -> Reply {
 /// front of it, if any; `Err` is the reply refusing the message.
 /// Signing runs off the async threads (an RSA signature and a hash of the
 /// whole body).
-pub async fn sign_accepted(
+pub(crate) async fn sign_accepted(
     keys: &DkimKeys,
     session: &Session,
     queue_id: &str,

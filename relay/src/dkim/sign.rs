@@ -13,7 +13,7 @@ use crate::config::runtime::Runtime;
 
 /// What to do with one accepted message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision<'a> {
+pub(crate) enum Decision<'a> {
     /// Sign as `domain` (the `d=` tag: the From: address's domain) with the
     /// hosted domain's key.
     Sign {
@@ -25,7 +25,7 @@ pub enum Decision<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Skip {
+pub(crate) enum Skip {
     #[error("not submitted by an authenticated client")]
     NotSubmission,
     #[error("{0}")]
@@ -43,7 +43,7 @@ pub enum Skip {
 /// account may send as (the rule MAIL FROM follows), so one tenant's
 /// account never gets another tenant's signature. Mail received on port 25
 /// is someone else's to sign.
-pub fn decide<'a>(
+pub(crate) fn decide<'a>(
     rt: &'a Runtime,
     listener: ListenerName,
     login: Option<&str>,

@@ -26,20 +26,20 @@ use crate::queue::manager::Manager;
 use crate::spool::{Queued, RecipientState, Spool};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
+pub(crate) struct DirectionLabel {
     /// `sent` (to a peer, while draining) or `received` (from one).
     pub direction: &'static str,
 }
 
 /// Hand-off and drain figures, registered beside the relay's metrics.
 #[derive(Clone, Default)]
-pub struct DrainMetrics {
+pub(crate) struct DrainMetrics {
     pub handoffs: Family<DirectionLabel, Counter>,
     pub left: Gauge,
 }
 
 impl DrainMetrics {
-    pub fn register(registry: &mut Registry) -> DrainMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> DrainMetrics {
         let m = DrainMetrics::default();
         registry.register(
             "handoff_messages",
@@ -57,7 +57,7 @@ impl DrainMetrics {
 
 /// Whether some recipient of `queued` may be tried before `until` (unix
 /// seconds): then delivery is worth waiting for.
-pub fn anything_due(queued: &[Queued], until: i64) -> bool {
+pub(crate) fn anything_due(queued: &[Queued], until: i64) -> bool {
     queued.iter().filter(|q| !q.held).any(|q| {
         q.recipients.iter().any(|r| match r {
             RecipientState::Pending => true,
@@ -68,7 +68,7 @@ pub fn anything_due(queued: &[Queued], until: i64) -> bool {
 }
 
 /// What draining needs of the running relay.
-pub struct Draining {
+pub(crate) struct Draining {
     pub args: DrainArgs,
     pub health: Health,
     pub accepting: Vec<JoinHandle<()>>,
@@ -85,12 +85,12 @@ pub struct Draining {
 const POLL: Duration = Duration::from_millis(100);
 
 /// The annotation that asks a relay to drain.
-pub const DRAIN_ANNOTATION: &str = "mailrelay.io/drain";
+pub(crate) const DRAIN_ANNOTATION: &str = "mailrelay.io/drain";
 
 /// Whether a downward-API annotations file asks for a drain: a line
 /// `mailrelay.io/drain="true"` (the kubelet writes `key="value"` lines,
 /// values quoted and escaped as Go strings).
-pub fn drain_requested(annotations: &str) -> bool {
+pub(crate) fn drain_requested(annotations: &str) -> bool {
     annotations.lines().any(|line| {
         line.split_once('=')
             .is_some_and(|(k, v)| k.trim() == DRAIN_ANNOTATION && v.trim() == "\"true\"")
@@ -100,7 +100,7 @@ pub fn drain_requested(annotations: &str) -> bool {
 /// Wait until `path` asks for a drain (looked at every two seconds; the
 /// kubelet refreshes the file within its sync period). A missing or
 /// unreadable file asks for nothing.
-pub async fn until_requested(path: &std::path::Path) {
+pub(crate) async fn until_requested(path: &std::path::Path) {
     loop {
         if let Ok(text) = tokio::fs::read_to_string(path).await
             && drain_requested(&text)
@@ -114,7 +114,7 @@ pub async fn until_requested(path: &std::path::Path) {
 
 impl Draining {
     /// Run the drain from the moment the signal arrived.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let start = Instant::now();
         let args = &self.args;
         self.health.set_ready(false);

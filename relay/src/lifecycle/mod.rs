@@ -2,5 +2,5 @@
 //! on request, and the hand-off of what is still queued to a peer.
 
 pub mod app;
-pub mod drain;
+pub(crate) mod drain;
 pub mod handoff;

@@ -89,7 +89,7 @@ pub async fn execute(
 }
 
 /// Run a command on the open spool of a running relay (its HTTP endpoint).
-pub async fn execute_live(
+pub(crate) async fn execute_live(
     spool: &Spool,
     command: &QueueCommand,
     now_unix: i64,
@@ -267,7 +267,7 @@ fn due_now(queued: &Queued, now: i64) -> Vec<(usize, RecipientState)> {
 
 /// `postqueue -p` style: one line per message (id, `!` when held, size,
 /// arrival, sender), then one per recipient with its state, then a total.
-pub fn format_list(queued: &[Queued], now_unix: i64) -> String {
+pub(crate) fn format_list(queued: &[Queued], now_unix: i64) -> String {
     if queued.is_empty() {
         return "Mail queue is empty\n".into();
     }
@@ -315,7 +315,7 @@ pub fn format_list(queued: &[Queued], now_unix: i64) -> String {
 
 /// Everything the envelope says, each recipient's state, then the header
 /// fields found in `body_head` (the start of the body).
-pub fn format_show(q: &Queued, body_head: &[u8]) -> String {
+pub(crate) fn format_show(q: &Queued, body_head: &[u8]) -> String {
     let envelope = &q.envelope;
     let mut out = String::new();
     let mut field = |name: &str, value: String| {

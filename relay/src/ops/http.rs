@@ -19,16 +19,16 @@ use crate::spool::Spool;
 
 /// Readiness: set once the spool is loaded, cleared when draining.
 #[derive(Clone, Default)]
-pub struct Health {
+pub(crate) struct Health {
     ready: Arc<AtomicBool>,
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 }
@@ -111,7 +111,12 @@ async fn queue(
 }
 
 /// Serve until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health, spool: Spool) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Health,
+    spool: Spool,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -144,7 +149,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health,
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 

@@ -9,12 +9,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabel {
+pub(crate) struct ListenerLabel {
     pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplyLabel {
+pub(crate) struct ReplyLabel {
     /// `2xx`, `4xx` or `5xx`.
     pub class: &'static str,
     /// The enhanced status code, or `none`.
@@ -22,12 +22,12 @@ pub struct ReplyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeliveryLabel {
+pub(crate) struct DeliveryLabel {
     /// `lmtp`, `smtp`, `maildir`, `smarthost` or `mx`.
     pub route: &'static str,
     /// `delivered`, `deferred` or `bounced`.
@@ -35,7 +35,7 @@ pub struct DeliveryLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutboundTlsLabel {
+pub(crate) struct OutboundTlsLabel {
     /// `opportunistic`, `required`, `mta_sts_enforce` or `mta_sts_testing`.
     pub policy: &'static str,
     /// `verified`, `encrypted`, `clear`, `failed_deferred` (the policy kept
@@ -44,11 +44,11 @@ pub struct OutboundTlsLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
+pub(crate) struct StateLabel {
     pub state: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Registry,
     pub sessions: Family<ListenerLabel, Counter>,
     pub sessions_open: Gauge,
@@ -73,7 +73,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("mailrelay");
         let sessions = Family::<ListenerLabel, Counter>::default();
         registry.register(
@@ -211,7 +211,7 @@ impl Metrics {
         }
     }
 
-    pub fn reply(&self, code: u16, enhanced: Option<&'static str>) {
+    pub(crate) fn reply(&self, code: u16, enhanced: Option<&'static str>) {
         let class = match code {
             200..=399 => "2xx",
             400..=499 => "4xx",
@@ -227,7 +227,7 @@ impl Metrics {
 
     /// One recipient's attempt: `result` is `delivered`, `deferred` or
     /// `bounced`; `age` is seconds since the message arrived.
-    pub fn delivery(&self, route: &'static str, result: &'static str, age: i64) {
+    pub(crate) fn delivery(&self, route: &'static str, result: &'static str, age: i64) {
         self.deliveries
             .get_or_create(&DeliveryLabel { route, result })
             .inc();
@@ -237,20 +237,20 @@ impl Metrics {
     }
 
     /// One outbound TLS policy decision (see [`OutboundTlsLabel`]).
-    pub fn outbound_tls(&self, policy: &'static str, outcome: &'static str) {
+    pub(crate) fn outbound_tls(&self, policy: &'static str, outcome: &'static str) {
         self.outbound_tls
             .get_or_create(&OutboundTlsLabel { policy, outcome })
             .inc();
     }
 
     /// One MTA-STS policy lookup, by how it was answered.
-    pub fn mta_sts_lookup(&self, result: &'static str) {
+    pub(crate) fn mta_sts_lookup(&self, result: &'static str) {
         self.mta_sts_lookups
             .get_or_create(&ResultLabel { result })
             .inc();
     }
 
-    pub fn queue_state(
+    pub(crate) fn queue_state(
         &self,
         by_state: &std::collections::BTreeMap<&'static str, i64>,
         oldest: i64,
@@ -265,7 +265,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -4,5 +4,5 @@
 
 pub mod admin;
 pub mod check;
-pub mod http;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod metrics;

@@ -9,7 +9,7 @@ use mailrelay_crds::compile::normalize;
 
 /// One account as read from the file.
 #[derive(Clone, Debug)]
-pub struct Account {
+pub(crate) struct Account {
     hash: String,
 }
 
@@ -21,7 +21,7 @@ pub struct Accounts {
 
 /// A line that could not be used (reported, never fatal for the others).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadLine {
+pub(crate) struct BadLine {
     pub line: usize,
     pub reason: String,
 }
@@ -29,7 +29,7 @@ pub struct BadLine {
 impl Accounts {
     /// Parse one accounts file's text. Logins outside `domains` are refused:
     /// a domain's Secret may only hold that domain's accounts.
-    pub fn parse_into(&mut self, text: &str, domains: &[&str]) -> Vec<BadLine> {
+    pub(crate) fn parse_into(&mut self, text: &str, domains: &[&str]) -> Vec<BadLine> {
         let mut bad = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -70,7 +70,7 @@ impl Accounts {
     }
 
     /// Read one accounts file.
-    pub fn load_file(
+    pub(crate) fn load_file(
         &mut self,
         path: &Path,
         domains: &[&str],
@@ -79,16 +79,13 @@ impl Accounts {
         Ok(self.parse_into(&text, domains))
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.by_login.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_login.is_empty()
-    }
-
     /// The stored hash for a login, for verification off the async runtime.
-    pub fn hash_of(&self, login: &str) -> Option<String> {
+    pub(crate) fn hash_of(&self, login: &str) -> Option<String> {
         let login = normalize::address(login).ok()?;
         self.by_login.get(&login).map(|a| a.hash.clone())
     }
@@ -97,7 +94,7 @@ impl Accounts {
 /// Check a password against a stored hash. CPU-heavy by design: call it
 /// from a blocking thread. Unknown logins are checked against a dummy hash
 /// so timing does not reveal which logins exist.
-pub fn verify(hash: Option<&str>, password: &str) -> bool {
+pub(crate) fn verify(hash: Option<&str>, password: &str) -> bool {
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ktq1TW+Y1qGIg5tnKSqsDbN4RR4Bj/HgvUS9Is6xNvM";
     let (hash, known) = match hash {
         Some(h) => (h, true),

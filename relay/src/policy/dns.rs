@@ -86,7 +86,7 @@ impl HickoryDns {
     }
 
     /// The bound on one lookup, retries included.
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.deadline
     }
 }
@@ -246,7 +246,7 @@ pub(crate) mod fake {
     use std::sync::Mutex;
 
     #[derive(Default)]
-    pub struct FakeDns {
+    pub(crate) struct FakeDns {
         pub a: HashMap<String, Result<DnsAnswer, DnsError>>,
         pub ptr: HashMap<IpAddr, Result<Vec<String>, DnsError>>,
         /// Every name asked for, in order.
@@ -254,7 +254,7 @@ pub(crate) mod fake {
     }
 
     impl FakeDns {
-        pub fn asked(&self) -> Vec<String> {
+        pub(crate) fn asked(&self) -> Vec<String> {
             self.asked.lock().map(|a| a.clone()).unwrap_or_default()
         }
     }

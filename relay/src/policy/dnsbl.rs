@@ -47,7 +47,7 @@ pub enum DnsblError {
 
 impl DnsblError {
     /// 451 4.7.1 (RFC 3463 §3.8): try again later, when DNS answers.
-    pub fn reply(&self) -> BlockReply {
+    pub(crate) fn reply(&self) -> BlockReply {
         BlockReply {
             code: 451,
             enhanced: "4.7.1",
@@ -97,7 +97,7 @@ struct Cached {
 }
 
 impl DnsblCache {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
             map: HashMap::new(),
@@ -107,7 +107,7 @@ impl DnsblCache {
     }
 
     /// The cached answers (empty: not listed), unless absent or stale.
-    pub fn get(&self, zone: &str, ip: IpAddr, now: Instant) -> Option<&[IpAddr]> {
+    pub(crate) fn get(&self, zone: &str, ip: IpAddr, now: Instant) -> Option<&[IpAddr]> {
         let cached = self.map.get(&(Box::from(zone), ip))?;
         (now < cached.until).then_some(cached.answers.as_slice())
     }
@@ -115,7 +115,14 @@ impl DnsblCache {
     /// Remember the answers to one query: a listing for its TTL clamped to
     /// [`POSITIVE_TTL_MIN`, `POSITIVE_TTL_MAX`], no answer for
     /// [`NEGATIVE_TTL`].
-    pub fn insert(&mut self, zone: &str, ip: IpAddr, answers: Vec<IpAddr>, ttl: u32, now: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        zone: &str,
+        ip: IpAddr,
+        answers: Vec<IpAddr>,
+        ttl: u32,
+        now: Instant,
+    ) {
         let life = if answers.is_empty() {
             NEGATIVE_TTL
         } else {
@@ -143,12 +150,9 @@ impl DnsblCache {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -161,14 +165,14 @@ pub struct DnsblChecker<D> {
 
 impl<D: Dns> DnsblChecker<D> {
     /// A checker keeping up to `cache_capacity` answers.
-    pub fn new(dns: D, cache_capacity: usize) -> Self {
+    pub(crate) fn new(dns: D, cache_capacity: usize) -> Self {
         Self {
             dns,
             cache: Mutex::new(DnsblCache::new(cache_capacity)),
         }
     }
 
-    pub fn dns(&self) -> &D {
+    pub(crate) fn dns(&self) -> &D {
         &self.dns
     }
 
@@ -178,7 +182,11 @@ impl<D: Dns> DnsblChecker<D> {
     /// failure elsewhere (the client is refused either way); with no
     /// listing, any failure is an error: the client must not pass on a
     /// DNS outage.
-    pub async fn check(&self, zones: &[DnsblZone], ip: IpAddr) -> Result<Option<Hit>, DnsblError> {
+    pub(crate) async fn check(
+        &self,
+        zones: &[DnsblZone],
+        ip: IpAddr,
+    ) -> Result<Option<Hit>, DnsblError> {
         let ip = normalize::unmap_addr(ip);
         let mut names: Vec<&str> = zones.iter().map(|z| z.zone.as_str()).collect();
         names.sort_unstable();

@@ -74,14 +74,10 @@ impl fmt::Display for BlockReply {
 }
 
 impl Hit {
-    pub fn action(&self) -> BlockAction {
-        self.rule.action
-    }
-
     /// The reply: 550 5.7.1 for Reject, 450 4.7.1 for TempFail (RFC 3463
     /// §3.8: X.7.1 "delivery not authorized, message refused"), with the
     /// zone's or rule's text, else a default naming what matched.
-    pub fn reply(&self) -> BlockReply {
+    pub(crate) fn reply(&self) -> BlockReply {
         let (code, enhanced) = match self.rule.action {
             BlockAction::Reject => (550, "5.7.1"),
             BlockAction::TempFail => (450, "4.7.1"),

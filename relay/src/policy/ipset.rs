@@ -20,7 +20,7 @@ const NONE: u32 = u32::MAX;
 
 /// A set of networks, each with a value, answering longest-prefix lookups.
 #[derive(Clone, Debug)]
-pub struct IpSet<V> {
+pub(crate) struct IpSet<V> {
     /// The networks kept, with their values; the tables index into it.
     entries: Vec<(IpNet, V)>,
     v4: RangeTable<u32>,
@@ -41,7 +41,7 @@ impl<V> IpSet<V> {
     /// Build from networks and values. Host bits are cleared. When the same
     /// network comes more than once, the first one given wins: callers pass
     /// entries in rule order, so that is the strictest rule.
-    pub fn build(items: impl IntoIterator<Item = (IpNet, V)>) -> Self {
+    pub(crate) fn build(items: impl IntoIterator<Item = (IpNet, V)>) -> Self {
         let mut entries: Vec<(IpNet, V)> =
             items.into_iter().map(|(net, v)| (net.trunc(), v)).collect();
         // Stable, so equal networks keep their given order for dedup below.
@@ -75,7 +75,7 @@ impl<V> IpSet<V> {
     /// The most specific network containing `ip`, and its value. An
     /// IPv4-mapped IPv6 address is looked up as the IPv4 address it stands
     /// for, as the compiled networks are unmapped the same way.
-    pub fn lookup(&self, ip: IpAddr) -> Option<(&IpNet, &V)> {
+    pub(crate) fn lookup(&self, ip: IpAddr) -> Option<(&IpNet, &V)> {
         let index = match normalize::unmap_addr(ip) {
             IpAddr::V4(a) => self.v4.find(u32::from(a)),
             IpAddr::V6(a) => self.v6.find(u128::from(a)),
@@ -86,12 +86,8 @@ impl<V> IpSet<V> {
     }
 
     /// Networks in the set (after dropping duplicates).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -7,14 +7,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long failed AUTH attempts count against an address.
 const AUTH_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone, Copy, Debug)]
-pub struct LimitSettings {
+pub(crate) struct LimitSettings {
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
     pub messages_per_minute_per_ip: u32,
@@ -77,13 +77,13 @@ pub struct Limiter {
 
 /// Refusal of a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnRefused {
+pub(crate) enum ConnRefused {
     Total,
     PerIp,
 }
 
 /// Holds one connection slot; released on drop.
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     limiter: Arc<Limiter>,
     ip: IpAddr,
 }
@@ -102,7 +102,7 @@ impl Drop for ConnSlot {
 }
 
 impl Limiter {
-    pub fn new(clock: Clock) -> Arc<Self> {
+    pub(crate) fn new(clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             clock,
             state: Mutex::new(State {
@@ -123,7 +123,11 @@ impl Limiter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn open(self: &Arc<Self>, ip: IpAddr, l: &LimitSettings) -> Result<ConnSlot, ConnRefused> {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        l: &LimitSettings,
+    ) -> Result<ConnSlot, ConnRefused> {
         let now = (self.clock)();
         let mut s = self.lock();
         s.opened = s.opened.wrapping_add(1);
@@ -146,7 +150,7 @@ impl Limiter {
     }
 
     /// Count a message from `ip`; false when over the per-minute limit.
-    pub fn message(&self, ip: IpAddr, l: &LimitSettings) -> bool {
+    pub(crate) fn message(&self, ip: IpAddr, l: &LimitSettings) -> bool {
         let now = (self.clock)();
         let mut s = self.lock();
         let p = s.by_ip.entry(ip).or_default();
@@ -163,7 +167,7 @@ impl Limiter {
     }
 
     /// Whether `ip` may try AUTH now.
-    pub fn auth_allowed(&self, ip: IpAddr, l: &LimitSettings) -> bool {
+    pub(crate) fn auth_allowed(&self, ip: IpAddr, l: &LimitSettings) -> bool {
         let now = (self.clock)();
         let mut s = self.lock();
         let Some(p) = s.by_ip.get_mut(&ip) else {
@@ -174,7 +178,7 @@ impl Limiter {
         p.auth_failures.len() < l.max_auth_failures_per_ip as usize
     }
 
-    pub fn auth_failed(&self, ip: IpAddr) {
+    pub(crate) fn auth_failed(&self, ip: IpAddr) {
         let now = (self.clock)();
         self.lock()
             .by_ip
@@ -184,12 +188,13 @@ impl Limiter {
             .push(now);
     }
 
-    pub fn open_connections(&self) -> u32 {
+    pub(crate) fn open_connections(&self) -> u32 {
         self.lock().total
     }
 
     /// Addresses with state kept (for tests and metrics).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.lock().by_ip.len()
     }
 }

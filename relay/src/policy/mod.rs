@@ -6,7 +6,7 @@
 //! the caller can rebuild then. Lookups are synchronous and allocation-free
 //! on a miss; DNSBL zones need DNS and live in [`dnsbl`].
 
-pub mod accounts;
+pub(crate) mod accounts;
 mod dns;
 mod dnsbl;
 #[cfg(test)]
@@ -33,8 +33,8 @@ pub use dnsbl::{
     query_name,
 };
 pub use hit::{BlockReply, Hit, Matched, NameRole};
-pub use ipset::IpSet;
-pub use names::{AddressSet, NameHit, NameSet, normalize_address, normalize_name};
+pub(crate) use ipset::IpSet;
+pub(crate) use names::{AddressSet, NameSet, normalize_name};
 
 /// The blocklists of one config, ready for lookups.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +49,7 @@ pub struct Policy {
 
 /// One DNSBL zone to query for each client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsblZone {
+pub(crate) struct DnsblZone {
     /// Lower-case A-label name, no trailing dot.
     pub zone: String,
     /// Answers that count as listed.
@@ -63,7 +63,7 @@ pub struct DnsblZone {
 
 impl DnsblZone {
     /// Whether a DNSBL answer counts as a listing.
-    pub fn lists(&self, answer: IpAddr) -> bool {
+    pub(crate) fn lists(&self, answer: IpAddr) -> bool {
         self.return_codes.iter().any(|net| net.contains(&answer))
     }
 }
@@ -152,7 +152,7 @@ impl Policy {
     }
 
     /// Unix time at which the next entry expires: rebuild then.
-    pub fn next_expiry(&self) -> Option<i64> {
+    pub(crate) fn next_expiry(&self) -> Option<i64> {
         self.next_expiry
     }
 
@@ -184,7 +184,7 @@ impl Policy {
     /// The MAIL FROM address against the listed senders (exact, lower
     /// case). Its domain is checked separately with
     /// [`check_name`](Self::check_name) and [`NameRole::SenderDomain`].
-    pub fn check_sender(&self, address: &str) -> Option<Hit> {
+    pub(crate) fn check_sender(&self, address: &str) -> Option<Hit> {
         let (entry, rule) = self.senders.lookup(address)?;
         Some(Hit {
             rule: self.rule(*rule)?,
@@ -195,7 +195,7 @@ impl Policy {
     }
 
     /// DNSBL zones to query, strictest rule first.
-    pub fn dnsbl_zones(&self) -> &[DnsblZone] {
+    pub(crate) fn dnsbl_zones(&self) -> &[DnsblZone] {
         &self.dnsbl
     }
 

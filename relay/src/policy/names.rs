@@ -14,7 +14,7 @@ use mailrelay_crds::compile::normalize;
 
 /// Names and wildcard suffixes, each with a value.
 #[derive(Clone, Debug)]
-pub struct NameSet<V> {
+pub(crate) struct NameSet<V> {
     exact: HashMap<Box<str>, V>,
     /// `spam.example` here blocks every name under `spam.example`.
     wildcard: HashMap<Box<str>, V>,
@@ -50,7 +50,7 @@ fn label_count(name: &str) -> usize {
 
 /// What a name lookup matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NameHit<'a, V> {
+pub(crate) struct NameHit<'a, V> {
     /// The listed name (for a wildcard, the domain under which it matches).
     pub entry: &'a str,
     pub wildcard: bool,
@@ -62,7 +62,7 @@ impl<V> NameSet<V> {
     /// keeps the first value given (callers pass rule order). Names that
     /// do not normalise are left out: the compiler has already reported
     /// them, and they could never match a normalised lookup anyway.
-    pub fn build(items: impl IntoIterator<Item = (String, bool, V)>) -> Self {
+    pub(crate) fn build(items: impl IntoIterator<Item = (String, bool, V)>) -> Self {
         let mut set = Self::default();
         for (name, wildcard, value) in items {
             let Some(norm) = normalize_name(&name) else {
@@ -87,7 +87,7 @@ impl<V> NameSet<V> {
     /// The most specific entry matching `name`: the name itself, else the
     /// closest wildcard parent. `*.spam.example` matches `a.spam.example`
     /// and `x.y.spam.example` but not `spam.example` itself.
-    pub fn lookup(&self, name: &str) -> Option<NameHit<'_, V>> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<NameHit<'_, V>> {
         let name = normalize_name(name)?;
         let name = name.as_ref();
         let mut labels = label_count(name);
@@ -121,18 +121,14 @@ impl<V> NameSet<V> {
     }
 
     /// Entries, exact and wildcard.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Sender addresses, each with a value.
 #[derive(Clone, Debug)]
-pub struct AddressSet<V> {
+pub(crate) struct AddressSet<V> {
     map: HashMap<Box<str>, V>,
 }
 
@@ -146,7 +142,7 @@ impl<V> Default for AddressSet<V> {
 
 impl<V> AddressSet<V> {
     /// Build from `(address, value)`; the first value of an address wins.
-    pub fn build(items: impl IntoIterator<Item = (String, V)>) -> Self {
+    pub(crate) fn build(items: impl IntoIterator<Item = (String, V)>) -> Self {
         let mut set = Self::default();
         for (address, value) in items {
             let Some(norm) = normalize_address(&address) else {
@@ -161,19 +157,15 @@ impl<V> AddressSet<V> {
     }
 
     /// The entry equal to `address` after lower-casing, if any.
-    pub fn lookup(&self, address: &str) -> Option<(&str, &V)> {
+    pub(crate) fn lookup(&self, address: &str) -> Option<(&str, &V)> {
         let address = normalize_address(address)?;
         self.map
             .get_key_value(address.as_ref())
             .map(|(k, v)| (k.as_ref(), v))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -182,7 +174,7 @@ impl<V> AddressSet<V> {
 /// without allocating when already lower case; anything else goes through
 /// the compiler's own [`normalize::domain_name`] so U-labels compare equal
 /// to the A-labels in the config. `None`: not a name that could match.
-pub fn normalize_name(input: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn normalize_name(input: &str) -> Option<Cow<'_, str>> {
     if !input.is_ascii() {
         return normalize::domain_name(input).ok().map(Cow::Owned);
     }
@@ -195,7 +187,7 @@ pub fn normalize_name(input: &str) -> Option<Cow<'_, str>> {
 
 /// An address as the compiled config spells it: lower case, its domain
 /// without a trailing dot; non-ASCII input through [`normalize::address`].
-pub fn normalize_address(input: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn normalize_address(input: &str) -> Option<Cow<'_, str>> {
     if !input.is_ascii() {
         return normalize::address(input).ok().map(Cow::Owned);
     }

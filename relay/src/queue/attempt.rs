@@ -21,7 +21,7 @@ use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::spool::QueueId;
 
 /// What an attempt needs besides the message.
-pub struct AttemptCtx<'a, D> {
+pub(crate) struct AttemptCtx<'a, D> {
     pub runtime: &'a Runtime,
     pub dns: &'a D,
     pub timeouts: Timeouts,
@@ -37,7 +37,7 @@ pub struct AttemptCtx<'a, D> {
 }
 
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
-pub async fn attempt<D: MxDns>(
+pub(crate) async fn attempt<D: MxDns>(
     ctx: &AttemptCtx<'_, D>,
     route: &Route,
     sender: &str,

@@ -10,7 +10,7 @@ use crate::spool::{Queued, RecipientState};
 
 /// The recipients of `q` to try now (their indices), and the earliest time
 /// a deferred one falls due later.
-pub fn due(q: &Queued, now: i64) -> (Vec<usize>, Option<i64>) {
+pub(crate) fn due(q: &Queued, now: i64) -> (Vec<usize>, Option<i64>) {
     let mut due = Vec::new();
     let mut later: Option<i64> = None;
     for (i, state) in q.recipients.iter().enumerate() {
@@ -34,7 +34,7 @@ fn attempts(state: &RecipientState) -> u32 {
 }
 
 /// The new state of a recipient after an attempt.
-pub fn after_attempt(
+pub(crate) fn after_attempt(
     previous: &RecipientState,
     outcome: &Outcome,
     schedule: &Schedule,
@@ -64,14 +64,14 @@ pub fn after_attempt(
 }
 
 /// The final state of a recipient whose message outlived the queue lifetime.
-pub fn expired(last_reply: &str) -> RecipientState {
+pub(crate) fn expired(last_reply: &str) -> RecipientState {
     RecipientState::Failed {
         reply: format!("4.4.7 message expired in the queue; last reply: {last_reply}"),
     }
 }
 
 /// The last reply of a not-yet-final recipient, for an expiry notice.
-pub fn last_reply(state: &RecipientState) -> &str {
+pub(crate) fn last_reply(state: &RecipientState) -> &str {
     match state {
         RecipientState::Deferred { last_reply, .. } => last_reply,
         _ => "none (never attempted)",
@@ -80,7 +80,7 @@ pub fn last_reply(state: &RecipientState) -> &str {
 
 /// The enhanced status code in a reply (`550 5.1.1 ...` → `5.1.1`), or one
 /// made from its class.
-pub fn status_of(reply: &str, failed: bool) -> String {
+pub(crate) fn status_of(reply: &str, failed: bool) -> String {
     let found = reply.split_whitespace().take(2).find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
         parts.len() == 3
@@ -97,7 +97,7 @@ pub fn status_of(reply: &str, failed: bool) -> String {
 }
 
 /// DSN reports for the failed recipients of a finished message.
-pub fn failure_reports(q: &Queued, now: Timestamp) -> Vec<RecipientReport> {
+pub(crate) fn failure_reports(q: &Queued, now: Timestamp) -> Vec<RecipientReport> {
     q.recipients
         .iter()
         .zip(&q.envelope.recipients)
@@ -117,7 +117,7 @@ pub fn failure_reports(q: &Queued, now: Timestamp) -> Vec<RecipientReport> {
 }
 
 /// Delay-warning reports for the recipients still being retried.
-pub fn delay_reports(q: &Queued, now: Timestamp, until: Timestamp) -> Vec<RecipientReport> {
+pub(crate) fn delay_reports(q: &Queued, now: Timestamp, until: Timestamp) -> Vec<RecipientReport> {
     q.recipients
         .iter()
         .zip(&q.envelope.recipients)

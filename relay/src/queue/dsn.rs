@@ -26,7 +26,7 @@ mod text;
 /// this relay reports on: success is never notified (we do not implement
 /// NOTIFY=SUCCESS), and `relayed`/`expanded` do not occur.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Given up: a 5xx reply, or the queue lifetime ran out.
     Failed,
     /// Still queued; this is a warning.
@@ -44,7 +44,7 @@ impl Action {
 
 /// One recipient to report on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecipientReport {
+pub(crate) struct RecipientReport {
     /// The envelope recipient (RCPT TO), without angle brackets.
     pub recipient: String,
     pub action: Action,
@@ -63,7 +63,7 @@ pub struct RecipientReport {
 /// Everything a notice is built from. Time is a parameter: this module
 /// never reads the clock.
 #[derive(Clone, Copy, Debug)]
-pub struct DsnInput<'a> {
+pub(crate) struct DsnInput<'a> {
     pub envelope: &'a Envelope,
     /// The original message as queued: header section, empty line, body;
     /// CRLF line endings.
@@ -80,7 +80,7 @@ pub struct DsnInput<'a> {
 /// A notice ready to queue: sent from the null reverse path to the
 /// original sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dsn {
+pub(crate) struct Dsn {
     /// Always "" (`MAIL FROM:<>`), so a notice that fails in turn is never
     /// bounced again (RFC 5321 §4.5.5, RFC 3464 §2).
     pub sender: String,
@@ -93,13 +93,13 @@ pub struct Dsn {
 impl Dsn {
     /// The recipient is not ASCII, so the notice can only be sent with
     /// SMTPUTF8 (RFC 6531), and its `To:` is an RFC 6532 UTF-8 header.
-    pub fn needs_smtputf8(&self) -> bool {
+    pub(crate) fn needs_smtputf8(&self) -> bool {
         !self.recipient.is_ascii()
     }
 
     /// The notice holds 8-bit text (a UTF-8 address, or 8-bit original
     /// headers), so it must be sent with BODY=8BITMIME (RFC 6152).
-    pub fn is_8bit(&self) -> bool {
+    pub(crate) fn is_8bit(&self) -> bool {
         !self.message.is_ascii()
     }
 }
@@ -111,7 +111,7 @@ const MAX_HEADER_SECTION: usize = 64 * 1024;
 /// original sender is the null sender (never bounce a bounce: RFC 5321
 /// §6.1, RFC 3464 §2), is not a usable address, or there is nothing to
 /// report. The caller logs and drops.
-pub fn build(input: &DsnInput<'_>) -> Option<Dsn> {
+pub(crate) fn build(input: &DsnInput<'_>) -> Option<Dsn> {
     let to = input.envelope.sender.trim();
     if to.is_empty() || to == "<>" || input.recipients.is_empty() {
         return None;

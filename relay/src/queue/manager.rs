@@ -40,7 +40,7 @@ use crate::spool::{Envelope, Notice, QueueId, Queued, RecipientState, Spool};
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
-pub struct Concurrency {
+pub(crate) struct Concurrency {
     pub total: usize,
     pub per_destination: usize,
 }
@@ -54,7 +54,7 @@ impl Default for Concurrency {
     }
 }
 
-pub struct Manager {
+pub(crate) struct Manager {
     pub(super) spool: Spool,
     pub(super) current: Current,
     /// Routing lookups, kept for a few seconds (see `delivery::mx_cache`).
@@ -131,7 +131,7 @@ impl Timers {
 }
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         spool: Spool,
         current: Current,
         dns: HickoryDns,
@@ -158,7 +158,7 @@ impl Manager {
 
     /// Start no new delivery; those under way finish and record their
     /// outcome (see `busy`), queued jobs are let go untouched.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.done.notify_one();
     }
@@ -168,12 +168,12 @@ impl Manager {
     }
 
     /// Messages a worker holds: being delivered or having results recorded.
-    pub fn busy(&self) -> usize {
+    pub(crate) fn busy(&self) -> usize {
         self.book().busy.len()
     }
 
     /// Run until `stop` or until the task is dropped.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let mut timers = Timers::default();
         let mut last_rescan: Option<Instant> = None;
         let mut last_expire = Instant::now();

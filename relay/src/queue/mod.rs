@@ -6,11 +6,11 @@
 //! ([`attempt`]), the loop that drives the spool ([`manager`]) and the
 //! per-destination workers that send what it finds due (`work`).
 
-pub mod attempt;
-pub mod decide;
-pub mod dsn;
-pub mod manager;
-pub mod pool;
-pub mod router;
-pub mod schedule;
+pub(crate) mod attempt;
+pub(crate) mod decide;
+pub(crate) mod dsn;
+pub(crate) mod manager;
+pub(crate) mod pool;
+pub(crate) mod router;
+pub(crate) mod schedule;
 mod work;

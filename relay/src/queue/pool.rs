@@ -15,9 +15,9 @@ use crate::delivery::{LmtpClient, SmtpClient};
 
 /// Postfix keeps cached connections for 2 s by default; a little longer
 /// here still frees them long before a server's 5-minute timeout.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_LIMIT: Duration = Duration::from_secs(5);
 
-pub enum Client {
+pub(crate) enum Client {
     // Boxed: both clients carry large buffers, and pools hold many of these.
     Smtp(Box<SmtpClient>),
     Lmtp(Box<LmtpClient<TcpStream>>),
@@ -31,7 +31,7 @@ impl Client {
         }
     }
 
-    pub async fn quit(self) {
+    pub(crate) async fn quit(self) {
         match self {
             Client::Smtp(c) => c.quit().await,
             Client::Lmtp(c) => c.quit().await,
@@ -39,14 +39,14 @@ impl Client {
     }
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<HashMap<Route, Vec<(Client, Instant)>>>,
     per_destination: usize,
     total: usize,
 }
 
 impl Pool {
-    pub fn new(per_destination: usize, total: usize) -> Self {
+    pub(crate) fn new(per_destination: usize, total: usize) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
             per_destination,
@@ -59,7 +59,7 @@ impl Pool {
     }
 
     /// An idle connection to `route`, if one is fresh enough.
-    pub fn take(&self, route: &Route) -> Option<Client> {
+    pub(crate) fn take(&self, route: &Route) -> Option<Client> {
         let mut idle = self.lock();
         let list = idle.get_mut(route)?;
         while let Some((client, since)) = list.pop() {
@@ -72,7 +72,7 @@ impl Pool {
     }
 
     /// Keep `client` for the next message to `route`, or close it.
-    pub fn put(&self, route: &Route, client: Client) {
+    pub(crate) fn put(&self, route: &Route, client: Client) {
         if client.broken() {
             tokio::spawn(client.quit());
             return;
@@ -89,7 +89,7 @@ impl Pool {
     }
 
     /// Close the connections that have been idle too long.
-    pub fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let mut idle = self.lock();
         for list in idle.values_mut() {
             let (fresh, stale): (Vec<_>, Vec<_>) = std::mem::take(list)
@@ -101,9 +101,5 @@ impl Pool {
             }
         }
         idle.retain(|_, list| !list.is_empty());
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
     }
 }

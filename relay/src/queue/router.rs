@@ -1,14 +1,14 @@
 //! Where a recipient's mail goes (DESIGN.md §1 step 4). Pure: the decision
 //! from the compiled config alone; DNS and connections come after.
 
-use mailrelay_crds::config::{DeliveryConfig, RelayConfig, SmarthostConfig};
+use mailrelay_crds::config::DeliveryConfig;
 
 use crate::config::runtime::Runtime;
 use mailrelay_crds::maildomain::TlsMode;
 
 /// One destination: recipients with the same route go out together.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Route {
+pub(crate) enum Route {
     /// A hosted domain's LMTP server.
     Lmtp { host: String, port: u16 },
     /// A hosted domain's SMTP mailbox server.
@@ -27,7 +27,7 @@ pub enum Route {
 
 impl Route {
     /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Route::Lmtp { .. } => "lmtp",
             Route::Smtp { .. } => "smtp",
@@ -39,7 +39,7 @@ impl Route {
 }
 
 /// The route for a recipient whose domain (lower-case A-labels) is `domain`.
-pub fn route(runtime: &Runtime, domain: &str) -> Route {
+pub(crate) fn route(runtime: &Runtime, domain: &str) -> Route {
     let config = &runtime.config;
     // The runtime's index (domains and aliases), not a scan of the config.
     match runtime.domain(domain).map(|d| &d.delivery) {
@@ -60,13 +60,8 @@ pub fn route(runtime: &Runtime, domain: &str) -> Route {
     }
 }
 
-/// The smarthost, when the route says so.
-pub fn smarthost(config: &RelayConfig) -> Option<&SmarthostConfig> {
-    config.smarthost.as_ref()
-}
-
 /// The domain of an address (`local@domain`), lower-cased.
-pub fn domain_of(address: &str) -> String {
+pub(crate) fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
         .map(|(_, d)| d.to_ascii_lowercase())
@@ -76,6 +71,7 @@ pub fn domain_of(address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailrelay_crds::config::SmarthostConfig;
 
     fn config(smarthost: bool) -> Runtime {
         let (rt, _dir) = crate::testutil::runtime();

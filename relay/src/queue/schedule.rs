@@ -16,7 +16,7 @@ use rand::Rng;
 /// Waits between attempts, jitter, lifetime and the delay warning of one
 /// relay, from its compiled [`QueueConfig`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Wait after attempt n is `waits[min(n - 1, len - 1)]`; never empty.
     waits: Vec<Duration>,
     /// Each wait varies uniformly by ± this share of itself; 0..=100.
@@ -29,7 +29,7 @@ pub struct Schedule {
 
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Try again at this time.
     RetryAt(Timestamp),
     /// The lifetime is over, or would be before the next attempt: bounce
@@ -40,7 +40,7 @@ pub enum Next {
 /// A queue configuration that cannot be scheduled. `compile()` never
 /// produces one; this guards a hand-written or older config file.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     #[error("the retry schedule has no waits")]
     NoWaits,
     #[error("jitter of {0}% is more than 100%")]
@@ -55,7 +55,7 @@ const MIN_WAIT_SECS: u64 = 1;
 const MAX_WAIT_SECS: u64 = 1 << 40;
 
 impl Schedule {
-    pub fn new(config: &QueueConfig) -> Result<Self, ScheduleError> {
+    pub(crate) fn new(config: &QueueConfig) -> Result<Self, ScheduleError> {
         if config.retry_schedule_secs.is_empty() {
             return Err(ScheduleError::NoWaits);
         }
@@ -76,13 +76,13 @@ impl Schedule {
 
     /// When a message received at `received_at` must be given up: the
     /// `Will-Retry-Until` of a delay warning (RFC 3464 §2.3.9).
-    pub fn expires_at(&self, received_at: Timestamp) -> Timestamp {
+    pub(crate) fn expires_at(&self, received_at: Timestamp) -> Timestamp {
         add(received_at, self.lifetime).unwrap_or(Timestamp::MAX)
     }
 
     /// The wait after `attempt` attempts (≥ 1; 0 counts as 1) before
     /// jitter: the configured waits in order, then the last one repeating.
-    pub fn nominal_wait(&self, attempt: u32) -> Duration {
+    pub(crate) fn nominal_wait(&self, attempt: u32) -> Duration {
         let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
         self.waits
             .get(index)
@@ -96,7 +96,7 @@ impl Schedule {
     /// is still made; one that would come after it is not, and the message
     /// is bounced now instead of sitting in the queue for another wait only
     /// to be bounced then.
-    pub fn next_attempt(
+    pub(crate) fn next_attempt(
         &self,
         attempt: u32,
         received_at: Timestamp,
@@ -115,7 +115,7 @@ impl Schedule {
     /// `Action: delayed`) now: once per message, after it has waited the
     /// configured time, and not when the lifetime is over (a bounce is due
     /// instead, and a warning that we "will retry" would be false).
-    pub fn delay_warning_due(
+    pub(crate) fn delay_warning_due(
         &self,
         received_at: Timestamp,
         now: Timestamp,

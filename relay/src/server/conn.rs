@@ -28,7 +28,7 @@ const COMMAND_ROOM: usize = 2 * MAX_COMMAND;
 
 /// What a connection needs besides its session.
 #[derive(Clone)]
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     pub spool: Spool,
     pub tls: Option<Tls>,
     pub metrics: Arc<Metrics>,
@@ -39,7 +39,7 @@ pub struct ConnCtx {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnError {
+pub(crate) enum ConnError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("TLS handshake: {0}")]
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
 /// Serve one session to its end.
 /// `initial` holds bytes already read from the client (after a PROXY header).
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     stream: S,
     mut session: Session,
     ctx: &ConnCtx,

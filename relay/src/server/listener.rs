@@ -26,7 +26,7 @@ use crate::smtp::{ConnInfo, policy_reply};
 
 /// Everything the accept loops share.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub current: Current,
     pub limiter: Arc<Limiter>,
     pub conn: ConnCtx,
@@ -37,7 +37,7 @@ pub struct Shared {
 const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections until the task is dropped.
-pub async fn accept_loop(listener: TcpListener, config: ListenerConfig, shared: Shared) {
+pub(crate) async fn accept_loop(listener: TcpListener, config: ListenerConfig, shared: Shared) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,

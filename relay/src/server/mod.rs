@@ -1,8 +1,8 @@
 //! The SMTP server's I/O: listeners, the connection loop, TLS and the
 //! PROXY header from trusted load balancers.
 
-pub mod conn;
+pub(crate) mod conn;
 pub mod listener;
 pub mod proxy;
-pub mod stream;
-pub mod tls;
+pub(crate) mod stream;
+pub(crate) mod tls;

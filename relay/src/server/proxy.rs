@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// §2.1: the longest v1 line, CRLF included.
-pub const V1_MAX: usize = 107;
+pub(crate) const V1_MAX: usize = 107;
 /// §2.2: the v2 signature.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// §2.2: the fixed part of a v2 header.

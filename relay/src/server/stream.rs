@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
-pub enum Stream<S> {
+pub(crate) enum Stream<S> {
     Plain(S),
     Tls(Box<TlsStream<S>>),
     /// Only while the handshake owns the plain stream.

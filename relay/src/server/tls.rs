@@ -33,7 +33,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Build a rustls server configuration from PEM files.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
@@ -62,7 +62,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// The current acceptor, swapped when the files change.
 #[derive(Clone)]
-pub struct Tls {
+pub(crate) struct Tls {
     inner: Arc<RwLock<(TlsAcceptor, Option<SystemTime>)>>,
     cert: PathBuf,
     key: PathBuf,
@@ -73,7 +73,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl Tls {
-    pub fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let config = load(cert, key)?;
         Ok(Self {
             inner: Arc::new(RwLock::new((
@@ -85,7 +85,7 @@ impl Tls {
         })
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         match self.inner.read() {
             Ok(g) => g.0.clone(),
             Err(p) => p.into_inner().0.clone(),
@@ -94,7 +94,7 @@ impl Tls {
 
     /// Re-read the files if they changed. A broken new pair is logged and
     /// the old one kept: a bad rotation must not take TLS down.
-    pub fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         let stamp = modified(&self.cert).max(modified(&self.key));
         let current = match self.inner.read() {
             Ok(g) => g.1,
@@ -117,7 +117,7 @@ impl Tls {
     }
 
     /// Refresh every `period` until the task is dropped.
-    pub fn watch(self, period: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn watch(self, period: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {

@@ -19,19 +19,19 @@ pub struct Address {
 }
 
 impl Address {
-    pub fn as_string(&self) -> String {
+    pub(crate) fn as_string(&self) -> String {
         format!("{}@{}", self.local, self.domain)
     }
 
     /// Lower-cased form, for comparisons.
-    pub fn normalised(&self) -> String {
+    pub(crate) fn normalised(&self) -> String {
         format!("{}@{}", self.local.to_lowercase(), self.domain)
     }
 }
 
 /// Why an address is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AddressError {
+pub(crate) enum AddressError {
     /// Not an address at all.
     Syntax(&'static str),
     /// A routing form that could make us relay (see the module doc).
@@ -39,7 +39,7 @@ pub enum AddressError {
 }
 
 impl AddressError {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Syntax(r) | Self::Routing(r) => r,
         }
@@ -49,7 +49,7 @@ impl AddressError {
 /// Parse the path given in MAIL FROM or RCPT TO (without the angle
 /// brackets). A source route is ignored as RFC 5321 §4.1.1.3 allows for the
 /// forward path; we refuse it instead, as its only modern use is abuse.
-pub fn parse(path: &str) -> Result<Address, AddressError> {
+pub(crate) fn parse(path: &str) -> Result<Address, AddressError> {
     if path.bytes().any(|b| b.is_ascii_control()) {
         return Err(AddressError::Syntax(
             "control characters are not allowed in an address",

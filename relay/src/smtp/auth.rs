@@ -12,7 +12,7 @@ pub struct Credentials {
 
 /// Why a SASL response is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SaslError {
+pub(crate) enum SaslError {
     /// `*`: the client gave up (RFC 4954 §4).
     Cancelled,
     NotBase64,
@@ -20,7 +20,7 @@ pub enum SaslError {
 }
 
 /// Decode one base64 response line.
-pub fn decode(line: &str) -> Result<Vec<u8>, SaslError> {
+pub(crate) fn decode(line: &str) -> Result<Vec<u8>, SaslError> {
     let line = line.trim_end_matches(['\r', '\n']);
     if line == "*" {
         return Err(SaslError::Cancelled);
@@ -33,7 +33,7 @@ pub fn decode(line: &str) -> Result<Vec<u8>, SaslError> {
 
 /// `authzid NUL authcid NUL passwd`. An authorization identity other than
 /// the login itself is refused: nobody may act as another account.
-pub fn plain(response: &[u8]) -> Result<Credentials, SaslError> {
+pub(crate) fn plain(response: &[u8]) -> Result<Credentials, SaslError> {
     let mut parts = response.split(|b| *b == 0);
     let (Some(authz), Some(authc), Some(pass), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -49,13 +49,13 @@ pub fn plain(response: &[u8]) -> Result<Credentials, SaslError> {
 }
 
 /// A LOGIN step's text (user name or password).
-pub fn login_text(response: &[u8]) -> Result<String, SaslError> {
+pub(crate) fn login_text(response: &[u8]) -> Result<String, SaslError> {
     String::from_utf8(response.to_vec()).map_err(|_| SaslError::Malformed)
 }
 
 /// The 334 challenges of LOGIN.
-pub const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
-pub const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
+pub(crate) const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
+pub(crate) const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
 
 #[cfg(test)]
 mod tests {

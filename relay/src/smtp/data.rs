@@ -8,7 +8,7 @@
 //! the message is never parsed as commands.
 
 /// Longest text line, without its CRLF (RFC 5321 §4.5.3.1.6: 1000 with it).
-pub const MAX_LINE: usize = 998;
+pub(crate) const MAX_LINE: usize = 998;
 
 /// Why message content is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! all pure (`server` does the I/O), and the SPF/DKIM/DMARC checks the
 //! session runs at the end of DATA (`inbound_auth`, which asks DNS).
 
-pub mod address;
-pub mod auth;
+pub(crate) mod address;
+pub(crate) mod auth;
 pub mod data;
 pub mod inbound_auth;
 pub mod received;
@@ -44,6 +44,6 @@ pub struct Transaction {
 }
 
 /// The reply for a blocklist hit.
-pub fn policy_reply(block: &crate::policy::BlockReply) -> Reply {
+pub(crate) fn policy_reply(block: &crate::policy::BlockReply) -> Reply {
     Reply::new(block.code, block.enhanced, block.text.clone())
 }

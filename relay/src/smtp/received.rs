@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use super::ConnInfo;
 use super::address::Address;
 
-pub struct Trace<'a> {
+pub(crate) struct Trace<'a> {
     pub conn: &'a ConnInfo,
     pub helo: &'a str,
     pub esmtp: bool,
@@ -20,7 +20,7 @@ pub struct Trace<'a> {
 }
 
 /// `Received: ...` with CRLF line endings, folded, ready to prepend.
-pub fn header(t: &Trace) -> String {
+pub(crate) fn header(t: &Trace) -> String {
     let mut proto = String::new();
     if t.smtputf8 {
         proto.push_str("UTF8");

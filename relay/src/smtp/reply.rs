@@ -22,7 +22,7 @@ impl Reply {
     }
 
     /// A reply without an enhanced code (greeting, EHLO, 334 challenges).
-    pub fn plain(code: u16, text: impl Into<String>) -> Self {
+    pub(crate) fn plain(code: u16, text: impl Into<String>) -> Self {
         Self {
             code,
             enhanced: None,
@@ -31,7 +31,7 @@ impl Reply {
         }
     }
 
-    pub fn multiline(code: u16, lines: Vec<String>) -> Self {
+    pub(crate) fn multiline(code: u16, lines: Vec<String>) -> Self {
         Self {
             code,
             enhanced: None,
@@ -40,12 +40,13 @@ impl Reply {
         }
     }
 
-    pub fn and_close(mut self) -> Self {
+    pub(crate) fn and_close(mut self) -> Self {
         self.close = true;
         self
     }
 
-    pub fn is_positive(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_positive(&self) -> bool {
         self.code < 400
     }
 
@@ -55,7 +56,7 @@ impl Reply {
     /// Byte-wise, without `fmt` or a per-character filter: every reply of
     /// every session goes through here (callgrind: ≈2k instructions per
     /// reply before).
-    pub fn write_to(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         let (digits, start) = code_digits(self.code);
         let code = &digits[start..];
         let last = self.lines.len().saturating_sub(1);
@@ -78,7 +79,7 @@ impl Reply {
         }
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_to(&mut out);
         out

@@ -137,7 +137,7 @@ impl Session {
         Reply::plain(220, format!("{} ESMTP mailrelay", self.hostname()))
     }
 
-    pub fn authenticated(&self) -> Option<&str> {
+    pub(crate) fn authenticated(&self) -> Option<&str> {
         self.auth.as_deref()
     }
 
@@ -652,7 +652,7 @@ impl Session {
 }
 
 /// The spool cannot take the message now (disk full or failing).
-pub fn storage_full_reply() -> Reply {
+pub(crate) fn storage_full_reply() -> Reply {
     Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
 }
 
@@ -678,7 +678,7 @@ fn routing_trick(line: &[u8]) -> Option<Reply> {
 
 /// What was said, for logs and the Received: header; what the loop needs.
 impl Session {
-    pub fn runtime(&self) -> &Runtime {
+    pub(crate) fn runtime(&self) -> &Runtime {
         &self.rt
     }
 
@@ -700,11 +700,11 @@ impl Session {
         self.storage_full = full;
     }
 
-    pub fn helo(&self) -> Option<&str> {
+    pub(crate) fn helo(&self) -> Option<&str> {
         self.helo.as_deref()
     }
 
-    pub fn esmtp(&self) -> bool {
+    pub(crate) fn esmtp(&self) -> bool {
         self.esmtp
     }
 }

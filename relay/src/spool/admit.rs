@@ -23,7 +23,7 @@ pub(crate) struct Ahead<'a> {
 }
 
 impl<'a> Ahead<'a> {
-    pub fn new(index: &'a Index) -> Ahead<'a> {
+    pub(crate) fn new(index: &'a Index) -> Ahead<'a> {
         Ahead {
             index,
             added: HashMap::new(),
@@ -44,7 +44,7 @@ impl<'a> Ahead<'a> {
     }
 
     /// Check `op` and, if it may be written, account for its effects.
-    pub fn admit(&mut self, op: &Op) -> Result<(), SpoolError> {
+    pub(crate) fn admit(&mut self, op: &Op) -> Result<(), SpoolError> {
         match op {
             Op::Commit {
                 id,

@@ -61,7 +61,7 @@ pub enum SpoolError {
 
 impl SpoolError {
     /// The filesystem ran out of room (as opposed to failing).
-    pub fn is_no_space(&self) -> bool {
+    pub(crate) fn is_no_space(&self) -> bool {
         matches!(self, SpoolError::Io { source, .. } if super::reserve::is_no_space(source))
     }
 

@@ -32,7 +32,7 @@ pub struct QueueId(u128);
 
 impl QueueId {
     /// Build an id from its parts; each is masked to its field width.
-    pub fn from_parts(unix_millis: u64, counter: u32, random: u64) -> QueueId {
+    pub(crate) fn from_parts(unix_millis: u64, counter: u32, random: u64) -> QueueId {
         let time = u128::from(unix_millis) & mask(TIME_BITS);
         let counter = u128::from(counter) & mask(COUNTER_BITS);
         let random = u128::from(random) & mask(RANDOM_BITS);
@@ -40,7 +40,8 @@ impl QueueId {
     }
 
     /// When the id was made (as the id source's clock said).
-    pub fn unix_millis(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn unix_millis(&self) -> u64 {
         // 50 bits always fit in a u64.
         u64::try_from(self.0 >> (COUNTER_BITS + RANDOM_BITS)).unwrap_or(u64::MAX)
     }
@@ -144,14 +145,14 @@ pub struct IdGenerator {
 }
 
 impl IdGenerator {
-    pub fn new(source: Arc<dyn IdSource>) -> IdGenerator {
+    pub(crate) fn new(source: Arc<dyn IdSource>) -> IdGenerator {
         IdGenerator {
             source,
             counter: AtomicU32::new(0),
         }
     }
 
-    pub fn next_id(&self) -> QueueId {
+    pub(crate) fn next_id(&self) -> QueueId {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
         QueueId::from_parts(self.source.unix_millis(), counter, self.source.random_u64())
     }

@@ -58,7 +58,7 @@ struct Pins {
 
 impl Entry {
     /// A freshly committed message: every recipient pending.
-    pub fn new(envelope: Envelope, location: Location, body_len: u64) -> Entry {
+    pub(crate) fn new(envelope: Envelope, location: Location, body_len: u64) -> Entry {
         let count = envelope.recipients.len();
         Entry {
             recipients: vec![RecipientState::Pending; count],
@@ -134,18 +134,18 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    pub fn add_segment(&mut self, number: u64, bytes: u64) {
+    pub(crate) fn add_segment(&mut self, number: u64, bytes: u64) {
         self.segments.entry(number).or_default().bytes = bytes;
     }
 
-    pub fn set_segment_bytes(&mut self, number: u64, bytes: u64) {
+    pub(crate) fn set_segment_bytes(&mut self, number: u64, bytes: u64) {
         if let Some(ledger) = self.segments.get_mut(&number) {
             ledger.bytes = bytes;
         }
     }
 
     /// Replay one record found at `location`, in write order.
-    pub fn apply(&mut self, location: Location, record: Record<'_>) {
+    pub(crate) fn apply(&mut self, location: Location, record: Record<'_>) {
         let at = location.segment;
         match record {
             Record::Message { id, envelope, body } => {
@@ -170,7 +170,7 @@ impl Index {
     }
 
     /// A later record for the same id wins, as replay order demands.
-    pub fn insert(&mut self, id: QueueId, entry: Entry) {
+    pub(crate) fn insert(&mut self, id: QueueId, entry: Entry) {
         for number in entry.segments() {
             pin(&mut self.segments, number);
         }
@@ -181,7 +181,7 @@ impl Index {
     }
 
     /// Remove a message whose removal record is in segment `at`.
-    pub fn remove(&mut self, id: &QueueId, at: u64) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, id: &QueueId, at: u64) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.forget(&entry);
         let home = entry.location.segment;
@@ -194,7 +194,7 @@ impl Index {
     }
 
     /// What a notice (in segment `at`) does to the message it is about.
-    pub fn notice(&mut self, about: &QueueId, notice: Notice, at: u64) {
+    pub(crate) fn notice(&mut self, about: &QueueId, notice: Notice, at: u64) {
         match notice {
             Notice::Bounce => {
                 self.remove(about, at);
@@ -210,7 +210,12 @@ impl Index {
 
     /// New states from a record in segment `at`. A message that is gone
     /// stays gone: states never create an entry.
-    pub fn set_states(&mut self, id: &QueueId, updates: Vec<(usize, RecipientState)>, at: u64) {
+    pub(crate) fn set_states(
+        &mut self,
+        id: &QueueId,
+        updates: Vec<(usize, RecipientState)>,
+        at: u64,
+    ) {
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
@@ -228,7 +233,7 @@ impl Index {
         }
     }
 
-    pub fn set_held(&mut self, id: &QueueId, held: bool, at: u64) {
+    pub(crate) fn set_held(&mut self, id: &QueueId, held: bool, at: u64) {
         if let Some(entry) = self.entries.get_mut(id) {
             entry.held = held;
             repin(&mut self.segments, &mut entry.pins.held, at);
@@ -242,59 +247,59 @@ impl Index {
         }
     }
 
-    pub fn get(&self, id: &QueueId) -> Option<&Entry> {
+    pub(crate) fn get(&self, id: &QueueId) -> Option<&Entry> {
         self.entries.get(id)
     }
 
-    pub fn contains(&self, id: &QueueId) -> bool {
+    pub(crate) fn contains(&self, id: &QueueId) -> bool {
         self.entries.contains_key(id)
     }
 
-    pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
+    pub(crate) fn messages(&self) -> Vec<(QueueId, Envelope)> {
         self.entries
             .iter()
             .map(|(id, entry)| (*id, entry.envelope.clone()))
             .collect()
     }
 
-    pub fn queued(&self) -> Vec<Queued> {
+    pub(crate) fn queued(&self) -> Vec<Queued> {
         self.entries
             .iter()
             .map(|(id, entry)| entry.queued(*id))
             .collect()
     }
 
-    pub fn queued_one(&self, id: &QueueId) -> Option<Queued> {
+    pub(crate) fn queued_one(&self, id: &QueueId) -> Option<Queued> {
         self.entries.get(id).map(|entry| entry.queued(*id))
     }
 
     /// The queued ids, sorted, with nothing else copied.
-    pub fn ids(&self) -> Vec<QueueId> {
+    pub(crate) fn ids(&self) -> Vec<QueueId> {
         self.entries.keys().copied().collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn body_bytes(&self) -> u64 {
+    pub(crate) fn body_bytes(&self) -> u64 {
         self.body_bytes
     }
 
-    pub fn segment_count(&self) -> usize {
+    pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
 
-    pub fn segment_bytes(&self, number: u64) -> Option<u64> {
+    pub(crate) fn segment_bytes(&self, number: u64) -> Option<u64> {
         self.segments.get(&number).map(|l| l.bytes)
     }
 
-    pub fn last_segment(&self) -> Option<u64> {
+    pub(crate) fn last_segment(&self) -> Option<u64> {
         self.segments.keys().next_back().copied()
     }
 
     /// The oldest segment other than `active` that can be deleted.
-    pub fn collectable(&self, active: u64) -> Option<u64> {
+    pub(crate) fn collectable(&self, active: u64) -> Option<u64> {
         self.segments
             .iter()
             .find(|(number, ledger)| {
@@ -308,7 +313,7 @@ impl Index {
             .map(|(number, _)| *number)
     }
 
-    pub fn drop_segment(&mut self, number: u64) {
+    pub(crate) fn drop_segment(&mut self, number: u64) {
         self.segments.remove(&number);
         for ledger in self.segments.values_mut() {
             ledger.removals_of.remove(&number);

@@ -24,12 +24,12 @@ pub(crate) struct Linger {
 }
 
 impl Linger {
-    pub fn record_sync(&mut self, took: Duration) {
+    pub(crate) fn record_sync(&mut self, took: Duration) {
         self.sync = self.sync * 7 / 8 + took / 8;
     }
 
     /// The longest total wait, and the longest quiet gap that ends it.
-    pub fn budget(&self) -> Option<(Duration, Duration)> {
+    pub(crate) fn budget(&self) -> Option<(Duration, Duration)> {
         let most = (self.sync / 8).min(MAX_LINGER);
         (most >= MIN_LINGER).then_some((most, most / 4))
     }

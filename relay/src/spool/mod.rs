@@ -106,7 +106,7 @@ pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
 
 /// Segments roll over past this size.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// What `open` found and repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub struct Recovery {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpoolStats {
+pub(crate) struct SpoolStats {
     /// Messages queued.
     pub messages: usize,
     /// Body bytes of the queued messages.
@@ -137,7 +137,7 @@ pub struct SpoolStats {
 
 /// How to open a spool; `Default` is what production uses.
 #[derive(Clone)]
-pub struct SpoolOptions {
+pub(crate) struct SpoolOptions {
     segment_bytes: u64,
     ids: Arc<dyn IdSource>,
     disk: Arc<dyn Disk>,
@@ -159,21 +159,24 @@ impl Default for SpoolOptions {
 
 impl SpoolOptions {
     /// Start a new segment once the current one reaches this size.
-    pub fn segment_bytes(mut self, bytes: u64) -> SpoolOptions {
+    #[cfg(test)]
+    pub(crate) fn segment_bytes(mut self, bytes: u64) -> SpoolOptions {
         self.segment_bytes = bytes;
         self
     }
 
     /// Room held back for delivery's records when the disk fills up, and
     /// how often a full spool tries to take it back (see `reserve`).
-    pub fn reserve(mut self, bytes: u64, retry: Duration) -> SpoolOptions {
+    #[cfg(test)]
+    pub(crate) fn reserve(mut self, bytes: u64, retry: Duration) -> SpoolOptions {
         self.reserve_bytes = bytes;
         self.reserve_retry = retry;
         self
     }
 
     /// Where queue ids get their time and randomness.
-    pub fn id_source(mut self, source: Arc<dyn IdSource>) -> SpoolOptions {
+    #[cfg(test)]
+    pub(crate) fn id_source(mut self, source: Arc<dyn IdSource>) -> SpoolOptions {
         self.ids = source;
         self
     }
@@ -230,7 +233,7 @@ impl Spool {
         Spool::open_with(dir, SpoolOptions::default()).await
     }
 
-    pub async fn open_with(
+    pub(crate) async fn open_with(
         dir: &Path,
         options: SpoolOptions,
     ) -> Result<(Spool, Recovery), SpoolError> {
@@ -272,7 +275,7 @@ impl Spool {
     /// call first has the writer look for space again, at most once per
     /// retry interval, so a relay that refuses mail at MAIL still notices
     /// when space comes back.
-    pub async fn has_room(&self) -> bool {
+    pub(crate) async fn has_room(&self) -> bool {
         let full = || self.inner.shared.full.load(Ordering::SeqCst);
         if !full() {
             return true;
@@ -296,7 +299,7 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
-    pub fn stats(&self) -> SpoolStats {
+    pub(crate) fn stats(&self) -> SpoolStats {
         let shared = &self.inner.shared;
         let state = shared.lock();
         SpoolStats {
@@ -308,23 +311,24 @@ impl Spool {
 
     /// What is queued, sorted by id (so by arrival); `queued` adds the
     /// delivery state.
-    pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> Vec<(QueueId, Envelope)> {
         self.inner.shared.lock().index.messages()
     }
 
-    pub fn envelope(&self, id: &QueueId) -> Option<Envelope> {
+    pub(crate) fn envelope(&self, id: &QueueId) -> Option<Envelope> {
         let state = self.inner.shared.lock();
         state.index.get(id).map(|entry| entry.envelope.clone())
     }
 
-    pub async fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+    pub(crate) async fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
         let body = self.inner.shared.lock().body_ref(id)?;
         tokio::task::spawn_blocking(move || body.read())
             .await
             .map_err(|_| SpoolError::Closed)?
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.inner.dir
     }
 }

@@ -39,7 +39,7 @@ pub enum RecipientState {
 
 impl RecipientState {
     /// Nothing more will be tried for this recipient.
-    pub fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(
             self,
             RecipientState::Delivered { .. } | RecipientState::Failed { .. }
@@ -87,17 +87,17 @@ pub(crate) fn check_recipients(
 
 impl Spool {
     /// All queued messages with their state, sorted by id.
-    pub fn queued(&self) -> Vec<Queued> {
+    pub(crate) fn queued(&self) -> Vec<Queued> {
         self.inner.shared.lock().index.queued()
     }
 
-    pub fn queued_one(&self, id: &QueueId) -> Option<Queued> {
+    pub(crate) fn queued_one(&self, id: &QueueId) -> Option<Queued> {
         self.inner.shared.lock().index.queued_one(id)
     }
 
     /// The ids of all queued messages, sorted: what the delivery manager
     /// scans for new mail without copying every envelope and state.
-    pub fn ids(&self) -> Vec<QueueId> {
+    pub(crate) fn ids(&self) -> Vec<QueueId> {
         self.inner.shared.lock().index.ids()
     }
 
@@ -105,7 +105,7 @@ impl Spool {
     /// `envelope.recipients`), all in one record. Unknown id:
     /// `SpoolError::NotFound`; an index out of range:
     /// `SpoolError::NoSuchRecipient`, and nothing is written.
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         id: &QueueId,
         updates: &[(usize, RecipientState)],
@@ -131,7 +131,7 @@ impl Spool {
     }
 
     /// Hold (no delivery attempts until released) or release a message.
-    pub async fn set_held(&self, id: &QueueId, held: bool) -> Result<(), SpoolError> {
+    pub(crate) async fn set_held(&self, id: &QueueId, held: bool) -> Result<(), SpoolError> {
         let frame = record::encode_held(self.inner.salt, id, held)?;
         self.submit(Op::Held {
             id: *id,
@@ -146,7 +146,7 @@ impl Spool {
     /// `about`; `Notice::DelayWarning` marks it warned. A crash can neither
     /// lose the notice nor produce it twice. If `about` is not queued
     /// (any more), `SpoolError::NotFound` names it and nothing is stored.
-    pub async fn commit_notice(
+    pub(crate) async fn commit_notice(
         &self,
         id: &QueueId,
         envelope: &Envelope,
@@ -170,7 +170,7 @@ impl Spool {
     /// not when the future is first polled, so
     /// `let changed = spool.changed(); scan(spool.queued()); changed.await`
     /// cannot miss a change made during the scan.
-    pub fn changed(&self) -> impl Future<Output = ()> + Send + use<> {
+    pub(crate) fn changed(&self) -> impl Future<Output = ()> + Send + use<> {
         Arc::clone(&self.inner.shared.changed).notified_owned()
     }
 }

@@ -26,19 +26,19 @@ pub(crate) const HEADER_LEN: usize = 13;
 /// so a downgrade keeps the messages, if not their delivery state.
 pub(crate) mod kind {
     /// `[id][envelope JSON len u32][envelope JSON][body]`
-    pub const MESSAGE: u8 = 1;
+    pub(crate) const MESSAGE: u8 = 1;
     /// `[id]`: the message is gone (delivered, bounced or deleted).
-    pub const REMOVED: u8 = 2;
+    pub(crate) const REMOVED: u8 = 2;
     /// `[id][JSON [[recipient index, state], ...]]`: new delivery states
     /// for some recipients; a later state for a recipient wins.
-    pub const STATES: u8 = 3;
+    pub(crate) const STATES: u8 = 3;
     /// `[id][0 | 1]`: released / held.
-    pub const HELD: u8 = 4;
+    pub(crate) const HELD: u8 = 4;
     /// `[id][about id][notice u8][envelope JSON len u32][envelope JSON]
     /// [body]`: a message the relay generated about message `about`, and
     /// what it does to `about` (1 = bounce: removes it, 2 = delay warning:
     /// marks it warned). One frame, so both effects land or neither does.
-    pub const NOTICE: u8 = 5;
+    pub(crate) const NOTICE: u8 = 5;
 }
 
 const NOTICE_BOUNCE: u8 = 1;

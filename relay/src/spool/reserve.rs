@@ -50,7 +50,7 @@ pub(crate) struct Reserve {
 }
 
 impl Reserve {
-    pub fn new(dir: &Path, bytes: u64, retry: Duration) -> Reserve {
+    pub(crate) fn new(dir: &Path, bytes: u64, retry: Duration) -> Reserve {
         Reserve {
             path: dir.join("reserve"),
             bytes,
@@ -61,7 +61,7 @@ impl Reserve {
 
     /// Write the ballast unless it is already whole. `Err`: it does not fit
     /// (what was written of it is removed again).
-    pub fn fill(&mut self, disk: &dyn Disk) -> io::Result<()> {
+    pub(crate) fn fill(&mut self, disk: &dyn Disk) -> io::Result<()> {
         self.last_try = Some(Instant::now());
         if self.bytes == 0 || fs::metadata(&self.path).is_ok_and(|m| m.len() == self.bytes) {
             return Ok(());
@@ -74,7 +74,7 @@ impl Reserve {
     }
 
     /// Give the ballast's room to whoever writes next.
-    pub fn release(&mut self) -> io::Result<()> {
+    pub(crate) fn release(&mut self) -> io::Result<()> {
         match fs::remove_file(&self.path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -83,7 +83,7 @@ impl Reserve {
 
     /// Whether space has come back: twice the ballast fits. If so, the
     /// ballast is written again. `Err`: not yet (nothing is kept).
-    pub fn refill(&mut self, disk: &dyn Disk) -> io::Result<()> {
+    pub(crate) fn refill(&mut self, disk: &dyn Disk) -> io::Result<()> {
         self.last_try = Some(Instant::now());
         let probe = self.path.with_extension("probe");
         let fits = write_zeros(disk, &probe, self.bytes.saturating_mul(2));
@@ -93,11 +93,11 @@ impl Reserve {
     }
 
     /// A retry interval has passed since the last `fill`.
-    pub fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         self.last_try.is_none_or(|t| t.elapsed() >= self.retry)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -128,7 +128,7 @@ pub(crate) struct Found<'a> {
 }
 
 impl Found<'_> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         HEADER_LEN + self.payload.len()
     }
 }

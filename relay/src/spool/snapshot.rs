@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
+use super::Recovery;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
 use super::queued::Queued;
 use super::recover::{self, Access};
 use super::state::State;
-use super::{Recovery, SpoolStats};
 
 /// The queue as it was on disk when read. Against a running relay it may
 /// show a torn tail (a batch being written) as `truncated_bytes`; nothing
@@ -40,7 +40,7 @@ impl SpoolSnapshot {
         self.state.index.queued()
     }
 
-    pub fn queued_one(&self, id: &QueueId) -> Option<Queued> {
+    pub(crate) fn queued_one(&self, id: &QueueId) -> Option<Queued> {
         self.state.index.queued_one(id)
     }
 
@@ -50,7 +50,8 @@ impl SpoolSnapshot {
     }
 
     /// Messages, bytes and segments; commits and syncs are zero.
-    pub fn stats(&self) -> SpoolStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> super::SpoolStats {
         super::stats_of(&self.state)
     }
 

@@ -31,18 +31,18 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn add_segment(&mut self, number: u64, handle: SegmentHandle, bytes: u64) {
+    pub(crate) fn add_segment(&mut self, number: u64, handle: SegmentHandle, bytes: u64) {
         self.files.insert(number, handle);
         self.index.add_segment(number, bytes);
     }
 
-    pub fn drop_segment(&mut self, number: u64) {
+    pub(crate) fn drop_segment(&mut self, number: u64) {
         self.files.remove(&number);
         self.index.drop_segment(number);
     }
 
     /// Where to read `id`'s body from, without holding the lock to read it.
-    pub fn body_ref(&self, id: &QueueId) -> Result<BodyRef, SpoolError> {
+    pub(crate) fn body_ref(&self, id: &QueueId) -> Result<BodyRef, SpoolError> {
         let entry = self.index.get(id).ok_or(SpoolError::NotFound { id: *id })?;
         let segment = self
             .files
@@ -65,7 +65,7 @@ pub(crate) struct BodyRef {
 impl BodyRef {
     /// Read the whole frame back and verify it again, so a body damaged on
     /// disk since recovery is an error rather than a delivered corruption.
-    pub fn read(self) -> Result<Vec<u8>, SpoolError> {
+    pub(crate) fn read(self) -> Result<Vec<u8>, SpoolError> {
         let path = &self.segment.path;
         let corrupt = |reason: String| SpoolError::Corrupt {
             path: path.clone(),
@@ -110,7 +110,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(state: State) -> Shared {
+    pub(crate) fn new(state: State) -> Shared {
         Shared {
             state: Mutex::new(state),
             ..Shared::default()
@@ -119,7 +119,7 @@ impl Shared {
 
     /// The state is consistent between statements that touch it, so a
     /// panic elsewhere while it was held does not make it unusable.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

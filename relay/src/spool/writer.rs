@@ -132,7 +132,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         rx: Receiver<Request>,
         shared: Arc<Shared>,
         disk: Arc<dyn Disk>,
@@ -163,7 +163,7 @@ impl Writer {
 
     /// Write the reserve when the spool opens; without room for it the
     /// spool starts refusing new mail.
-    pub fn fill_reserve(&mut self) {
+    pub(crate) fn fill_reserve(&mut self) {
         if let Err(e) = self.reserve.fill(self.disk.as_ref()) {
             tracing::error!(reserve = %self.reserve.path().display(), error = %e,
                 "spool: no room for the reserve; refusing new mail until there is");
@@ -201,7 +201,7 @@ impl Writer {
     }
 
     /// Until every `Spool` handle is gone.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         while let Some(mut batch) = self.next_batch() {
             let probes: Vec<Waiter> = batch
                 .extract_if(.., |r| matches!(r.op, Op::Probe))
@@ -454,7 +454,7 @@ impl Writer {
     /// Delete every segment the index no longer needs, oldest first, each
     /// deletion made durable before the next so none can be undone by a
     /// crash after a later one (see `index` for why order matters).
-    pub fn collect(&mut self) {
+    pub(crate) fn collect(&mut self) {
         loop {
             let (number, path) = {
                 let mut state = self.shared.lock();

@@ -15,7 +15,7 @@ const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// Answered by every instance, to know when it is up.
 const PROBE: &str = "probe.dnsmasq.test.";
 
-pub struct Dnsmasq {
+pub(crate) struct Dnsmasq {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
@@ -30,7 +30,7 @@ impl Drop for Dnsmasq {
 }
 
 /// A loopback port free for both UDP and TCP right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
@@ -44,7 +44,7 @@ pub fn free_port() -> u16 {
 impl Dnsmasq {
     /// Start serving `records` (dnsmasq config lines); unknown `.test`
     /// names get NXDOMAIN. Returns once it answers.
-    pub async fn start(records: &str) -> Dnsmasq {
+    pub(crate) async fn start(records: &str) -> Dnsmasq {
         assert!(
             Path::new(DNSMASQ).exists(),
             "dnsmasq not installed: run tests/run (it installs the test peers)"
@@ -92,12 +92,12 @@ impl Dnsmasq {
         server
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A resolver asking only this server.
-    pub fn resolver(&self, timeout_ms: u64) -> HickoryDns {
+    pub(crate) fn resolver(&self, timeout_ms: u64) -> HickoryDns {
         resolver(
             &DnsConfig {
                 nameservers: vec![self.addr],

@@ -1,6 +1,6 @@
 //! Test fixtures shared by the relay's unit tests.
 
-pub mod dnsmasq;
+pub(crate) mod dnsmasq;
 
 use mailrelay_crds::compile;
 use mailrelay_crds::manifests::{Manifests, load_text};
@@ -10,7 +10,7 @@ use crate::config::runtime::Runtime;
 /// A Relay `mx.test` hosting `hosted.example` (alice, postmaster), with
 /// accounts alice@ and carol@ (suspended), both with password `secret`,
 /// trusting 10.0.0.0/8 without letting it relay.
-pub const MANIFESTS: &str = r#"
+pub(crate) const MANIFESTS: &str = r#"
 apiVersion: mailrelay.io/v1alpha1
 kind: Relay
 metadata: {name: test}
@@ -34,7 +34,7 @@ spec:
 
 /// The compiled runtime, with its secrets in a temporary directory that
 /// lives as long as the returned guard.
-pub fn runtime() -> (Runtime, tempfile::TempDir) {
+pub(crate) fn runtime() -> (Runtime, tempfile::TempDir) {
     // bcrypt at its lowest cost keeps debug-build tests fast.
     let hash = bcrypt::hash("secret", 4).expect("hash");
     runtime_from(
@@ -49,7 +49,10 @@ pub fn runtime() -> (Runtime, tempfile::TempDir) {
 /// The runtime of the one Relay in `manifests`, its Secrets' files
 /// (`(path under the secrets dir, content)`) written into a temporary
 /// directory that lives as long as the returned guard.
-pub fn runtime_from(manifests: &str, secrets: &[(&str, &[u8])]) -> (Runtime, tempfile::TempDir) {
+pub(crate) fn runtime_from(
+    manifests: &str,
+    secrets: &[(&str, &[u8])],
+) -> (Runtime, tempfile::TempDir) {
     let mut m = Manifests::default();
     let mut errors = Vec::new();
     load_text(

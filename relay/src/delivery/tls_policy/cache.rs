@@ -15,13 +15,13 @@ use super::sts::Policy;
 /// enough that a new policy id is noticed within minutes, long enough
 /// that a busy destination costs one TXT lookup per interval, not one per
 /// message.
-pub const RECHECK: Duration = Duration::from_secs(300);
+pub(crate) const RECHECK: Duration = Duration::from_secs(300);
 
 /// Domains remembered at most (policies and "has none" alike).
-pub const CAPACITY: usize = 10_000;
+pub(crate) const CAPACITY: usize = 10_000;
 
 /// Where policies come from: DNS and HTTPS in production, a fake in tests.
-pub trait StsSource: Send + Sync {
+pub(crate) trait StsSource: Send + Sync {
     /// The id of the domain's `_mta-sts` TXT record; `Ok(None)` when it
     /// has no (usable) record.
     fn record_id(
@@ -55,7 +55,7 @@ struct Entry {
 
 /// How the policy for one delivery was found, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     /// From the cache, without DNS.
     Cached,
     /// The TXT record is unchanged (or gone) and the cached policy is kept.
@@ -71,7 +71,7 @@ pub enum Found {
 
 impl Found {
     /// A bounded label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Found::Cached => "cached",
             Found::Confirmed => "confirmed",
@@ -84,7 +84,7 @@ impl Found {
 }
 
 #[derive(Default)]
-pub struct StsCache {
+pub(crate) struct StsCache {
     entries: Mutex<HashMap<String, Entry>>,
     /// One refresh per domain at a time: the workers of a busy
     /// destination that find the cache cold wait for the first one's
@@ -99,7 +99,7 @@ impl StsCache {
 
     /// The policy in force for `domain` (lower-case) at `now`, if any
     /// (a policy of mode `none` is returned as such), and how it was found.
-    pub async fn policy<S: StsSource>(
+    pub(crate) async fn policy<S: StsSource>(
         &self,
         source: &S,
         domain: &str,
@@ -221,11 +221,8 @@ impl StsCache {
         entries.insert(domain.to_string(), entry);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -10,7 +10,7 @@ use super::sts::{Mode, Policy};
 
 /// What a destination's TLS policy asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TlsPlan {
+pub(crate) enum TlsPlan {
     /// STARTTLS when offered, clear otherwise; nothing blocks delivery.
     Opportunistic,
     /// Configured: STARTTLS with a certificate valid for the MX name.
@@ -22,7 +22,7 @@ pub enum TlsPlan {
 impl TlsPlan {
     /// The plan for a destination whose configured policy is `configured`
     /// and whose MTA-STS policy (looked up only for `MtaSts`) is `sts`.
-    pub fn new(configured: OutboundTlsPolicy, sts: Option<Policy>) -> TlsPlan {
+    pub(crate) fn new(configured: OutboundTlsPolicy, sts: Option<Policy>) -> TlsPlan {
         match (configured, sts) {
             (OutboundTlsPolicy::Opportunistic, _) => TlsPlan::Opportunistic,
             (OutboundTlsPolicy::Required, _) => TlsPlan::Required,
@@ -33,7 +33,7 @@ impl TlsPlan {
     }
 
     /// A bounded label for metrics and logs.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TlsPlan::Opportunistic => "opportunistic",
             TlsPlan::Required => "required",
@@ -43,7 +43,7 @@ impl TlsPlan {
     }
 
     /// What the plan is called in reasons people read.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             TlsPlan::Opportunistic => "opportunistic TLS",
             TlsPlan::Required => "required TLS",
@@ -53,7 +53,7 @@ impl TlsPlan {
     }
 
     /// Whether a host that falls short makes the message wait.
-    pub fn enforced(&self) -> bool {
+    pub(crate) fn enforced(&self) -> bool {
         match self {
             TlsPlan::Opportunistic => false,
             TlsPlan::Required => true,
@@ -63,7 +63,7 @@ impl TlsPlan {
 
     /// How to connect: an enforced plan never falls back to clear text,
     /// and its certificate is checked in the handshake.
-    pub fn tls_mode(&self) -> TlsMode {
+    pub(crate) fn tls_mode(&self) -> TlsMode {
         if self.enforced() {
             TlsMode::Required
         } else {
@@ -72,7 +72,7 @@ impl TlsPlan {
     }
 
     /// Whether `host` may be tried (§4.1).
-    pub fn admit(&self, domain: &str, host: &str) -> Verdict {
+    pub(crate) fn admit(&self, domain: &str, host: &str) -> Verdict {
         match self {
             TlsPlan::Sts(p) if !p.allows(host) => {
                 let why = format!(
@@ -90,7 +90,7 @@ impl TlsPlan {
     }
 
     /// Whether to deliver over a connection that ended up as `seen`.
-    pub fn verdict(&self, host: &str, seen: &TlsSeen) -> Verdict {
+    pub(crate) fn verdict(&self, host: &str, seen: &TlsSeen) -> Verdict {
         let shortfall = match seen {
             TlsSeen::Verified | TlsSeen::Unverified { cert: Ok(()) } => None,
             TlsSeen::Clear => Some(format!("{host} does not offer STARTTLS")),
@@ -109,7 +109,7 @@ impl TlsPlan {
 
 /// What TLS a connection to an MX host got.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TlsSeen {
+pub(crate) enum TlsSeen {
     /// The host does not offer STARTTLS; the connection is in clear.
     Clear,
     /// STARTTLS failed and the connection was made again in clear
@@ -128,7 +128,7 @@ pub enum TlsSeen {
 impl TlsSeen {
     /// A bounded label for metrics: `verified`, `encrypted`, `clear` or
     /// `failed`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TlsSeen::Verified | TlsSeen::Unverified { cert: Ok(()) } => "verified",
             TlsSeen::Unverified { cert: Err(_) } => "encrypted",
@@ -140,7 +140,7 @@ impl TlsSeen {
 
 /// What to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Deliver,
     /// MTA-STS testing: the policy would have failed; deliver, and say so.
     DeliverAndReport(String),

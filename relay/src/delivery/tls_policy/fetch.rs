@@ -31,7 +31,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const WELL_KNOWN: &str = "/.well-known/mta-sts.txt";
 
 /// DNS and HTTPS behind [`StsSource`].
-pub struct HttpsSource {
+pub(crate) struct HttpsSource {
     dns: HickoryDns,
     tls: Arc<ClientConfig>,
     /// 443; another port only where a test serves the policy.
@@ -39,7 +39,7 @@ pub struct HttpsSource {
 }
 
 impl HttpsSource {
-    pub fn new(dns: HickoryDns, tls: Arc<ClientConfig>, port: u16) -> Self {
+    pub(crate) fn new(dns: HickoryDns, tls: Arc<ClientConfig>, port: u16) -> Self {
         Self { dns, tls, port }
     }
 

@@ -15,10 +15,10 @@
 //!
 //! DANE (RFC 7672) is not implemented: see the README, "Outbound TLS".
 
-pub mod cache;
-pub mod decide;
+pub(crate) mod cache;
+pub(crate) mod decide;
 mod fetch;
-pub mod sts;
+pub(crate) mod sts;
 
 #[cfg(test)]
 mod check_tests;
@@ -44,13 +44,13 @@ use crate::delivery::{OutboundConfig, Outcome, Security, SmtpClient, Target, Tim
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::QueueId;
-pub use cache::{Found, StsCache, StsSource};
-pub use decide::{TlsPlan, TlsSeen, Verdict};
+pub(crate) use cache::{Found, StsCache};
+pub(crate) use decide::{TlsPlan, TlsSeen, Verdict};
 use fetch::HttpsSource;
 use sts::Mode;
 
 /// Where MTA-STS policies are served (§3.3: HTTPS, the default port).
-pub const HTTPS_PORT: u16 = 443;
+pub(crate) const HTTPS_PORT: u16 = 443;
 
 /// Why the outbound TLS set-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ pub enum TlsPolicyError {
 }
 
 /// The DER certificates of a PEM bundle (`--tls-ca`).
-pub fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, TlsPolicyError> {
+pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, TlsPolicyError> {
     let shown = path.display().to_string();
     let text = std::fs::read(path).map_err(|source| TlsPolicyError::ReadCa {
         path: shown.clone(),
@@ -128,7 +128,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Checks a certificate chain against the roots for a host name, as a
 /// TLS handshake with verification would.
-pub struct ChainCheck {
+pub(crate) struct ChainCheck {
     verifier: Arc<WebPkiServerVerifier>,
 }
 
@@ -141,7 +141,7 @@ impl ChainCheck {
     }
 
     /// `chain` is DER, leaf first, as the server sent it.
-    pub fn check(&self, host: &str, chain: &[Vec<u8>], now: UnixTime) -> Result<(), String> {
+    pub(crate) fn check(&self, host: &str, chain: &[Vec<u8>], now: UnixTime) -> Result<(), String> {
         let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
         let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
         let intermediates: Vec<CertificateDer<'_>> = rest
@@ -164,7 +164,7 @@ impl ChainCheck {
 /// The relay's outbound TLS state: the MTA-STS cache and fetcher, and the
 /// roots certificates are checked against. One per relay process; the
 /// policy configuration comes with each attempt (it may be reloaded).
-pub struct OutboundTls {
+pub(crate) struct OutboundTls {
     source: HttpsSource,
     cache: StsCache,
     extra_roots: Vec<Vec<u8>>,
@@ -174,7 +174,7 @@ pub struct OutboundTls {
 impl OutboundTls {
     /// With the Mozilla roots and `extra_roots` (DER) trusted, policies
     /// fetched from `https_port` ([`HTTPS_PORT`] outside tests).
-    pub fn new(
+    pub(crate) fn new(
         dns: HickoryDns,
         extra_roots: Vec<Vec<u8>>,
         https_port: u16,
@@ -190,7 +190,7 @@ impl OutboundTls {
 
     /// The plan for mail to `domain` under `config`, looking up the
     /// domain's MTA-STS policy when the configuration asks for it.
-    pub async fn plan(
+    pub(crate) async fn plan(
         &self,
         config: &OutboundTlsConfig,
         domain: &str,
@@ -222,7 +222,7 @@ impl OutboundTls {
     }
 
     /// How to connect to the MX hosts under `plan`.
-    pub fn outbound_config(
+    pub(crate) fn outbound_config(
         &self,
         plan: &TlsPlan,
         hostname: &str,
@@ -236,7 +236,7 @@ impl OutboundTls {
 
 /// One attempt's plan applied to its hosts and connections; each decision
 /// that falls short is one log event with the queue id and one metric.
-pub struct Check<'a> {
+pub(crate) struct Check<'a> {
     pub tls: &'a OutboundTls,
     pub plan: TlsPlan,
     pub domain: &'a str,
@@ -247,14 +247,14 @@ pub struct Check<'a> {
 impl Check<'_> {
     /// Whether `target` may be tried at all; `Err` is the reason to keep
     /// the message for this host.
-    pub fn admit(&self, target: &Target) -> Result<(), Outcome> {
+    pub(crate) fn admit(&self, target: &Target) -> Result<(), Outcome> {
         let verdict = self.plan.admit(self.domain, &target.host);
         self.apply(target, verdict, None)
     }
 
     /// Whether to deliver over `client`. For an unchecked TLS connection
     /// (MTA-STS testing) the certificate is checked here, for the report.
-    pub fn connected(&self, client: &SmtpClient) -> Result<(), Outcome> {
+    pub(crate) fn connected(&self, client: &SmtpClient) -> Result<(), Outcome> {
         let target = client.target();
         let seen = match client.security() {
             Security::Verified => TlsSeen::Verified,
@@ -275,7 +275,7 @@ impl Check<'_> {
 
     /// A connection that failed: the outcome to keep. A TLS failure
     /// counts against the plan, and its reason says which policy.
-    pub fn failed(&self, target: &Target, failure: ConnectFailure) -> Outcome {
+    pub(crate) fn failed(&self, target: &Target, failure: ConnectFailure) -> Outcome {
         if !failure.tls {
             return failure.outcome;
         }
@@ -289,7 +289,7 @@ impl Check<'_> {
 
     /// Whether a kept connection may carry mail under the plan now in
     /// force (it may have been opened under a weaker one).
-    pub fn reusable(&self, client: &SmtpClient) -> bool {
+    pub(crate) fn reusable(&self, client: &SmtpClient) -> bool {
         let host_ok = matches!(
             self.plan.admit(self.domain, &client.target().host),
             Verdict::Deliver | Verdict::DeliverAndReport(_)

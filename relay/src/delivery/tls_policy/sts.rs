@@ -5,12 +5,12 @@
 use std::fmt;
 
 /// The longest `max_age` a policy may ask for (§3.2: about one year).
-pub const MAX_AGE_LIMIT: u64 = 31_557_600;
+pub(crate) const MAX_AGE_LIMIT: u64 = 31_557_600;
 
 /// Why a TXT record or a policy file is not usable. A domain whose record
 /// or policy is unusable is treated as having none (§3.3, §5).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StsError {
+pub(crate) enum StsError {
     #[error("more than one MTA-STS TXT record")]
     SeveralRecords,
     #[error("MTA-STS TXT record without a valid id")]
@@ -22,7 +22,7 @@ pub enum StsError {
 /// The policy id from the domain's TXT records: `Ok(None)` when none of
 /// them is an MTA-STS record. Each record is given as its strings joined
 /// (RFC 7208-style multi-string records are one text).
-pub fn record_id<S: AsRef<str>>(records: &[S]) -> Result<Option<String>, StsError> {
+pub(crate) fn record_id<S: AsRef<str>>(records: &[S]) -> Result<Option<String>, StsError> {
     // §3.1: records not starting with "v=STSv1;" are not ours.
     let ours: Vec<&str> = records
         .iter()
@@ -64,7 +64,7 @@ fn is_sts_record(record: &str) -> bool {
 
 /// `mode` of a policy (§5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Deliver only over validated TLS to a matching MX; otherwise defer.
     Enforce,
     /// Check as for enforce, report failures, deliver anyway.
@@ -85,7 +85,7 @@ impl fmt::Display for Mode {
 
 /// A parsed policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub mode: Mode,
     /// Seconds the policy may be cached (capped at [`MAX_AGE_LIMIT`]).
     pub max_age: u64,
@@ -96,7 +96,7 @@ pub struct Policy {
 
 impl Policy {
     /// Whether `host` (an MX host name) is allowed by the policy (§4.1).
-    pub fn allows(&self, host: &str) -> bool {
+    pub(crate) fn allows(&self, host: &str) -> bool {
         self.mx.iter().any(|p| mx_matches(p, host))
     }
 }
@@ -104,7 +104,7 @@ impl Policy {
 /// Parse a policy file (§3.2): `key: value` lines ending in CRLF (LF is
 /// taken too); `version`, `mode` and `max_age` required, `mx` at least
 /// once unless the mode is `none`; unknown keys ignored.
-pub fn parse_policy(text: &str) -> Result<Policy, StsError> {
+pub(crate) fn parse_policy(text: &str) -> Result<Policy, StsError> {
     let bad = |m: String| StsError::Policy(m);
     let (mut version, mut mode, mut max_age) = (None, None, None);
     let mut mx = Vec::new();
@@ -173,7 +173,7 @@ fn mx_pattern(value: &str) -> Option<String> {
 /// §4.1: an MX host matches a pattern when equal to it, or, for `*.D`,
 /// when it is one label followed by `.D` (the wildcard covers exactly
 /// the left-most label). Case-insensitive; trailing dots ignored.
-pub fn mx_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn mx_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
     match pattern.strip_prefix("*.") {

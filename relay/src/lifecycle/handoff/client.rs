@@ -117,7 +117,7 @@ impl Connection {
 /// Hand every queued message to one of `peers`, trying them in turn,
 /// until `deadline`. Nothing may be delivering from the spool meanwhile
 /// (the delivery manager is stopped first).
-pub async fn hand_off(
+pub(crate) async fn hand_off(
     spool: &Spool,
     peers: &[SocketAddr],
     key: &hmac::Key,

@@ -77,7 +77,7 @@ pub enum HandoffError {
 }
 
 /// The HMAC key from a secret file.
-pub fn load_key(path: &Path) -> Result<hmac::Key, HandoffError> {
+pub(crate) fn load_key(path: &Path) -> Result<hmac::Key, HandoffError> {
     let bytes = std::fs::read(path).map_err(|source| HandoffError::Read {
         path: path.to_path_buf(),
         source,
@@ -93,7 +93,7 @@ pub fn load_key(path: &Path) -> Result<hmac::Key, HandoffError> {
 
 /// The peers to try, in a random order (so draining pods spread their
 /// queues), without this relay itself.
-pub async fn peers(args: &DrainArgs) -> Vec<SocketAddr> {
+pub(crate) async fn peers(args: &DrainArgs) -> Vec<SocketAddr> {
     let mut found = args.peers.clone();
     if let Some(name) = &args.peers_dns {
         // The system resolver, unlike the relay's: the headless Service's

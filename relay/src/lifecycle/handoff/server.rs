@@ -23,7 +23,7 @@ const MAX_SESSIONS: usize = 32;
 /// Room for the headers a relay adds on top of the size limit it enforced.
 const SIZE_MARGIN: u64 = 1 << 20;
 
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub spool: Spool,
     pub current: Current,
     pub key: hmac::Key,
@@ -32,7 +32,7 @@ pub struct Receiver {
 }
 
 /// Accept hand-off sessions until the task is dropped.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
+pub(crate) async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -34,10 +34,10 @@ use crate::spool::{Envelope, RecipientState};
 
 /// What the server answers EHLO with, so a client knows it reached a
 /// hand-off listener and not some other SMTP server.
-pub const EXTENSION: &str = "XHANDOFF";
+pub(crate) const EXTENSION: &str = "XHANDOFF";
 /// Longest command line the server reads: TRANSFER carries the envelope,
 /// which can name many recipients.
-pub const MAX_COMMAND: usize = 4 << 20;
+pub(crate) const MAX_COMMAND: usize = 4 << 20;
 /// Bytes of randomness in a session's nonce.
 const NONCE_BYTES: usize = 16;
 const MAC_CONTEXT: &[u8] = b"mailrelay-handoff-v1\0";
@@ -73,7 +73,7 @@ pub enum WireError {
 }
 
 /// A fresh random nonce for a session's greeting, as hex.
-pub fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     hex(&rand::random::<[u8; NONCE_BYTES]>())
 }
 
@@ -100,7 +100,7 @@ pub fn mac(key: &hmac::Key, nonce: &str, seq: u64, transfer: &str, body: &[u8]) 
 }
 
 /// Constant-time check of a MAC the client sent.
-pub fn verify(
+pub(crate) fn verify(
     key: &hmac::Key,
     nonce: &str,
     seq: u64,
@@ -126,7 +126,7 @@ pub fn encode_transfer(t: &Transfer) -> Result<String, WireError> {
     Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
-pub fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
+pub(crate) fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
     let json = URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|e| WireError::Base64(e.to_string()))?;
@@ -147,13 +147,13 @@ pub fn command(len: usize, transfer: &str, mac: &str) -> String {
 
 /// The arguments of an XMESSAGE command line (after the verb).
 #[derive(Debug, PartialEq, Eq)]
-pub struct MessageCommand<'a> {
+pub(crate) struct MessageCommand<'a> {
     pub len: u64,
     pub transfer: &'a str,
     pub mac: &'a str,
 }
 
-pub fn parse_message_args(args: &str) -> Result<MessageCommand<'_>, WireError> {
+pub(crate) fn parse_message_args(args: &str) -> Result<MessageCommand<'_>, WireError> {
     let mut words = args.split_ascii_whitespace();
     let (Some(len), Some(transfer), Some(mac), None) =
         (words.next(), words.next(), words.next(), words.next())

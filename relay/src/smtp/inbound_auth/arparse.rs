@@ -113,7 +113,7 @@ pub fn parse(body: &str) -> Result<AuthResultsField, ParseError> {
 }
 
 /// Just the authserv-id, lower-cased: what RFC 8601 §5 compares.
-pub fn authserv_id(body: &str) -> Option<String> {
+pub(crate) fn authserv_id(body: &str) -> Option<String> {
     let mut c = Cursor { s: body, at: 0 };
     c.cfws().ok()?;
     c.value().ok().map(|v| v.to_ascii_lowercase())

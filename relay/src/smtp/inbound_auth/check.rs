@@ -18,7 +18,7 @@ use mail_auth::{
 use super::results::{AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck};
 
 /// What the checks look at.
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     pub client_ip: IpAddr,
     pub helo: &'a str,
     /// The MAIL FROM address; `None` for the null sender.
@@ -30,7 +30,7 @@ pub struct Subject<'a> {
 }
 
 /// Runs SPF, DKIM and DMARC with one resolver.
-pub struct Checker {
+pub(crate) struct Checker {
     auth: MessageAuthenticator,
     /// Bound on each of the three checks: a resolver that never answers
     /// makes a temperror, not a session that hangs.
@@ -41,14 +41,14 @@ impl Checker {
     /// `resolver` is the relay's (same nameservers, port and per-query
     /// timeout as every other lookup, and the same cache); `deadline`
     /// bounds each check, retries and recursion (SPF `include:`) included.
-    pub fn new(resolver: TokioResolver, deadline: Duration) -> Self {
+    pub(crate) fn new(resolver: TokioResolver, deadline: Duration) -> Self {
         Self {
             auth: MessageAuthenticator(resolver),
             deadline,
         }
     }
 
-    pub async fn check(&self, s: &Subject<'_>) -> AuthResults {
+    pub(crate) async fn check(&self, s: &Subject<'_>) -> AuthResults {
         let helo_identity = s.helo.to_string();
         // RFC 7208 §2.4: the null sender is checked as postmaster@HELO.
         let mailfrom_identity = s

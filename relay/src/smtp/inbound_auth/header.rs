@@ -7,7 +7,7 @@ use super::results::{AuthResults, DkimCheck};
 /// `Authentication-Results:` (RFC 8601 §2.2) with `authserv_id` (the
 /// Relay's hostname), CRLF line endings, one result per folded line.
 /// `None` results mean no checks were made: the field says `none`.
-pub fn authentication_results(authserv_id: &str, results: Option<&AuthResults>) -> String {
+pub(crate) fn authentication_results(authserv_id: &str, results: Option<&AuthResults>) -> String {
     let mut h = format!("Authentication-Results: {}", value(authserv_id));
     let Some(r) = results else {
         h.push_str("; none\r\n");
@@ -72,7 +72,7 @@ fn dkim(d: &DkimCheck) -> String {
 
 /// `X-Spam-Flag: YES`, the SpamAssassin field that Dovecot Sieve rules,
 /// Postfix header_checks and mail clients already file on.
-pub const SPAM_FLAG: &str = "X-Spam-Flag: YES\r\n";
+pub(crate) const SPAM_FLAG: &str = "X-Spam-Flag: YES\r\n";
 
 /// A property value as written: bare when it is an address or a token
 /// (the RFC 8601 `pvalue` forms), else a quoted-string.
@@ -116,7 +116,7 @@ fn comment(text: &str) -> String {
 /// The message without the `Authentication-Results:` fields whose
 /// authserv-id is `authserv_id` (RFC 8601 §5: a border MTA removes those,
 /// since only it may have added them). Returns how many were removed.
-pub fn strip_ours(content: &[u8], authserv_id: &str) -> (Vec<u8>, usize) {
+pub(crate) fn strip_ours(content: &[u8], authserv_id: &str) -> (Vec<u8>, usize) {
     let end = header_end(content);
     let mut out = Vec::with_capacity(content.len());
     let mut removed = 0;

@@ -10,7 +10,7 @@ use super::results::AuthResults;
 use super::verdict::Action;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabel {
+pub(crate) struct MethodLabel {
     /// `spf_helo`, `spf_mailfrom`, `dkim` or `dmarc`.
     pub method: &'static str,
     /// `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror`.
@@ -18,19 +18,19 @@ pub struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActionLabel {
+pub(crate) struct ActionLabel {
     /// `accept`, `quarantine`, `reject`, `defer`, or `unchecked` (policy Accept).
     pub action: &'static str,
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct AuthMetrics {
+pub(crate) struct AuthMetrics {
     pub results: Family<MethodLabel, Counter>,
     pub actions: Family<ActionLabel, Counter>,
 }
 
 impl AuthMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
             "inbound_auth_results",
@@ -45,7 +45,7 @@ impl AuthMetrics {
         m
     }
 
-    pub fn record(&self, r: &AuthResults, action: &Action) {
+    pub(crate) fn record(&self, r: &AuthResults, action: &Action) {
         let count = |method, result| {
             self.results
                 .get_or_create(&MethodLabel { method, result })
@@ -63,7 +63,7 @@ impl AuthMetrics {
         self.action(action.as_str());
     }
 
-    pub fn action(&self, action: &'static str) {
+    pub(crate) fn action(&self, action: &'static str) {
         self.actions.get_or_create(&ActionLabel { action }).inc();
     }
 }

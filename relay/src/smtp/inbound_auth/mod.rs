@@ -9,19 +9,19 @@
 //! (RFC 8601) and removes forged ones that name our host.
 
 pub mod arparse;
-pub mod check;
-pub mod header;
-pub mod metrics;
-pub mod results;
-pub mod verdict;
+pub(crate) mod check;
+pub(crate) mod header;
+pub(crate) mod metrics;
+pub(crate) mod results;
+pub(crate) mod verdict;
 
 use std::borrow::Cow;
 
 use mailrelay_crds::maildomain::InboundAuthPolicy;
 use mailrelay_crds::relay::ListenerName;
 
-pub use check::{Checker, Subject};
-pub use metrics::AuthMetrics;
+pub(crate) use check::{Checker, Subject};
+pub(crate) use metrics::AuthMetrics;
 use verdict::Action;
 
 use crate::config::runtime::Recipient;
@@ -31,7 +31,7 @@ use crate::smtp::session::{Accepted, Session};
 /// What to spool: header fields to put after our `Received:`, and the
 /// content (without forged `Authentication-Results:`).
 #[derive(Debug)]
-pub struct Stamped<'a> {
+pub(crate) struct Stamped<'a> {
     pub headers: String,
     pub content: Cow<'a, [u8]>,
 }
@@ -40,7 +40,7 @@ pub struct Stamped<'a> {
 /// it (550 for a DMARC `p=reject` failure, 451 when DNS did not answer).
 /// Mail on the submission listeners, from authenticated clients and from
 /// the Relay's trusted networks is not checked and passes unchanged.
-pub async fn stamp<'a>(
+pub(crate) async fn stamp<'a>(
     checker: &Checker,
     metrics: &AuthMetrics,
     session: &Session,

@@ -4,7 +4,7 @@
 
 /// An SPF result (RFC 7208 §2.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Spf {
+pub(crate) enum Spf {
     Pass,
     Fail,
     SoftFail,
@@ -15,7 +15,7 @@ pub enum Spf {
 }
 
 impl Spf {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Spf::Pass => "pass",
             Spf::Fail => "fail",
@@ -30,7 +30,7 @@ impl Spf {
 
 /// One SPF check and the identity it was made for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpfCheck {
+pub(crate) struct SpfCheck {
     pub result: Spf,
     /// The HELO name, or the MAIL FROM address (`postmaster@HELO` for the
     /// null sender, RFC 7208 §2.4).
@@ -39,7 +39,7 @@ pub struct SpfCheck {
 
 /// A DKIM result (RFC 8601 §2.7.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dkim {
+pub(crate) enum Dkim {
     Pass,
     Fail,
     Neutral,
@@ -49,7 +49,7 @@ pub enum Dkim {
 }
 
 impl Dkim {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dkim::Pass => "pass",
             Dkim::Fail => "fail",
@@ -63,7 +63,7 @@ impl Dkim {
 
 /// One DKIM-Signature header field and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DkimCheck {
+pub(crate) struct DkimCheck {
     pub result: Dkim,
     /// The signing domain (`d=`), when the signature could be parsed.
     pub domain: Option<String>,
@@ -78,7 +78,7 @@ pub struct DkimCheck {
 
 /// A DMARC result (RFC 7489 §11.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dmarc {
+pub(crate) enum Dmarc {
     Pass,
     Fail,
     None,
@@ -87,7 +87,7 @@ pub enum Dmarc {
 }
 
 impl Dmarc {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dmarc::Pass => "pass",
             Dmarc::Fail => "fail",
@@ -101,14 +101,14 @@ impl Dmarc {
 /// The policy a domain publishes (`p=`, or `sp=` for a subdomain), after
 /// its testing flag is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DmarcPolicy {
+pub(crate) enum DmarcPolicy {
     None,
     Quarantine,
     Reject,
 }
 
 impl DmarcPolicy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DmarcPolicy::None => "none",
             DmarcPolicy::Quarantine => "quarantine",
@@ -119,7 +119,7 @@ impl DmarcPolicy {
 
 /// The DMARC evaluation of the message's From: domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DmarcCheck {
+pub(crate) struct DmarcCheck {
     pub result: Dmarc,
     /// The RFC 5322 From: domain, when there is exactly one.
     pub from_domain: Option<String>,
@@ -133,7 +133,7 @@ pub struct DmarcCheck {
 
 impl DmarcCheck {
     /// Nothing to evaluate (no From: domain or no record).
-    pub fn none(from_domain: Option<String>) -> Self {
+    pub(crate) fn none(from_domain: Option<String>) -> Self {
         Self {
             result: Dmarc::None,
             from_domain,
@@ -146,7 +146,7 @@ impl DmarcCheck {
 
 /// Everything the checks found for one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthResults {
+pub(crate) struct AuthResults {
     /// SPF for the HELO identity (RFC 7208 §2.3); `none` when HELO is
     /// not a domain name.
     pub spf_helo: SpfCheck,

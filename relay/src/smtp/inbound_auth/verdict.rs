@@ -8,7 +8,7 @@ use crate::smtp::reply::Reply;
 
 /// The decision for one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Accept,
     /// Accept and mark it for the spam folder (`X-Spam-Flag: YES`).
     Quarantine,
@@ -20,7 +20,7 @@ pub enum Action {
 
 impl Action {
     /// For logs and metrics: a fixed word.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Action::Accept => "accept",
             Action::Quarantine => "quarantine",
@@ -36,12 +36,14 @@ impl Action {
 /// forged mail should be treated, and one domain that enforces that is
 /// enough reason to follow it. A message for no hosted domain (relayed
 /// for a trusted client) is tagged.
-pub fn strictest(policies: impl IntoIterator<Item = InboundAuthPolicy>) -> InboundAuthPolicy {
+pub(crate) fn strictest(
+    policies: impl IntoIterator<Item = InboundAuthPolicy>,
+) -> InboundAuthPolicy {
     policies.into_iter().max().unwrap_or(InboundAuthPolicy::Tag)
 }
 
 /// The action for `results` under `policy` (RFC 7489 §6.6.3, §6.7).
-pub fn decide(policy: InboundAuthPolicy, r: &AuthResults) -> Action {
+pub(crate) fn decide(policy: InboundAuthPolicy, r: &AuthResults) -> Action {
     let failed_policy = match (r.dmarc.result, r.dmarc.policy) {
         (Dmarc::Fail, Some(p)) => p,
         _ => DmarcPolicy::None,
@@ -109,7 +111,7 @@ fn temporary_failure(r: &AuthResults) -> Option<String> {
 }
 
 /// Why DMARC failed, in words a sender's postmaster can act on.
-pub fn failing_checks(r: &AuthResults) -> String {
+pub(crate) fn failing_checks(r: &AuthResults) -> String {
     let from = r.dmarc.from_domain.as_deref().unwrap_or("From:");
     let spf = &r.spf_mailfrom;
     let mut parts = vec![if spf.result == Spf::Pass && !r.dmarc.spf_aligned {

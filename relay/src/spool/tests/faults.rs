@@ -22,7 +22,7 @@ pub(crate) struct FaultDisk {
 }
 
 impl FaultDisk {
-    pub fn new() -> FaultDisk {
+    pub(crate) fn new() -> FaultDisk {
         FaultDisk {
             quota: AtomicU64::new(u64::MAX),
             failing_syncs: AtomicU32::new(0),
@@ -30,7 +30,7 @@ impl FaultDisk {
         }
     }
 
-    pub fn with_sync_delay(delay: Duration) -> FaultDisk {
+    pub(crate) fn with_sync_delay(delay: Duration) -> FaultDisk {
         FaultDisk {
             sync_delay: delay,
             ..FaultDisk::new()
