@@ -1,0 +1,448 @@
+//! What to send next (DESIGN.md §6), as pure bookkeeping: the time is
+//! passed in and nothing here does I/O, so the rules are property-tested.
+//!
+//! - Messages that wait for a time sit in a timer index (due time, id):
+//!   O(log n) to set, clear or take, whatever the backlog.
+//! - Messages due now sit in a bounded ready queue per destination; past
+//!   the bound only their ids are kept (`overflow`) and loaded again as the
+//!   ready queue drains, so a million messages for one place cost their
+//!   ids, not their envelopes.
+//! - Destinations take turns (round robin over those with work and a free
+//!   slot), within a per-destination and a total limit of attempts: a
+//!   destination with a million messages cannot delay one to another.
+//! - A suspended destination (see `health`) gets no attempts but one probe
+//!   per back-off step; its mail is deferred and parked by id, and all of
+//!   it is due again the moment a probe gets through.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+
+use super::health::{Change, Contact, Gate, Health, HealthSettings};
+use crate::spool::QueueId;
+
+/// Limits on attempts and on what is kept loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Attempts under way, over all destinations.
+    pub total: usize,
+    /// Attempts under way to one destination.
+    pub per_destination: usize,
+    /// Loaded jobs kept ready per destination; beyond, ids only.
+    pub ready: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            total: 100,
+            per_destination: 20,
+            ready: 256,
+        }
+    }
+}
+
+/// Messages waiting for a time, by due unix second.
+#[derive(Default)]
+struct Timers {
+    due: BTreeSet<(i64, QueueId)>,
+    of: HashMap<QueueId, i64>,
+}
+
+impl Timers {
+    fn set(&mut self, id: QueueId, at: i64) {
+        if let Some(old) = self.of.insert(id, at) {
+            self.due.remove(&(old, id));
+        }
+        self.due.insert((at, id));
+    }
+
+    fn clear(&mut self, id: &QueueId) {
+        if let Some(old) = self.of.remove(id) {
+            self.due.remove(&(old, *id));
+        }
+    }
+
+    fn take_due(&mut self, now: i64) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        while let Some(&(at, id)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            self.of.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn next(&self) -> Option<i64> {
+        self.due.first().map(|(at, _)| *at)
+    }
+}
+
+struct Dest<J> {
+    ready: VecDeque<(QueueId, J)>,
+    overflow: VecDeque<QueueId>,
+    /// Deferred while suspended; due again at release.
+    parked: HashSet<QueueId>,
+    running: usize,
+    health: Health,
+    /// In the round-robin ring.
+    in_turn: bool,
+}
+
+impl<J> Default for Dest<J> {
+    fn default() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            overflow: VecDeque::new(),
+            parked: HashSet::new(),
+            running: 0,
+            health: Health::default(),
+            in_turn: false,
+        }
+    }
+}
+
+impl<J> Dest<J> {
+    fn is_idle(&self) -> bool {
+        self.ready.is_empty()
+            && self.overflow.is_empty()
+            && self.parked.is_empty()
+            && self.running == 0
+            && self.health.is_clean()
+    }
+}
+
+/// What became of a pushed job.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push<J> {
+    /// Ready: it starts when its turn comes.
+    Ready,
+    /// The ready queue is full: only the id is kept, the job is dropped
+    /// and its message is loaded again later (`refill`).
+    Overflow,
+    /// The destination is suspended: defer the job with this reason and
+    /// `park` its message.
+    Suspended { job: J, reason: String },
+}
+
+/// An attempt to start now.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Start<K, J> {
+    pub dest: K,
+    pub id: QueueId,
+    pub job: J,
+    /// The one probe of a suspended destination.
+    pub probe: bool,
+}
+
+/// What an attempt's end asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Finished<J> {
+    pub change: Change,
+    /// The destination was just suspended: these ready jobs are to be
+    /// deferred (and their messages parked) …
+    pub defer: Vec<(QueueId, J)>,
+    /// … and these messages, whose ids only were kept, looked at again.
+    /// After a release: the parked messages, due now.
+    pub reexamine: Vec<QueueId>,
+}
+
+/// One destination as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DestView<K> {
+    pub dest: K,
+    pub suspended: bool,
+    /// Messages ready, waiting as ids, parked, or being attempted.
+    pub depth: usize,
+    pub running: usize,
+    pub last_error: Option<String>,
+    pub next_probe: Option<i64>,
+}
+
+pub(crate) struct Scheduler<K, J> {
+    timers: Timers,
+    dests: HashMap<K, Dest<J>>,
+    /// Destinations that may have a job to start, in turn order.
+    turn: VecDeque<K>,
+    running: usize,
+    limits: Limits,
+    health: HealthSettings,
+}
+
+impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
+    pub(crate) fn new(limits: Limits, health: HealthSettings) -> Self {
+        Self {
+            timers: Timers::default(),
+            dests: HashMap::new(),
+            turn: VecDeque::new(),
+            running: 0,
+            limits: Limits {
+                total: limits.total.max(1),
+                per_destination: limits.per_destination.max(1),
+                ready: limits.ready.max(1),
+            },
+            health,
+        }
+    }
+
+    pub(crate) fn set_health(&mut self, health: HealthSettings) {
+        self.health = health;
+    }
+
+    /// Look at `id` again at `at` (unix seconds); replaces an earlier time.
+    pub(crate) fn wait(&mut self, id: QueueId, at: i64) {
+        self.timers.set(id, at);
+    }
+
+    pub(crate) fn clear(&mut self, id: &QueueId) {
+        self.timers.clear(id);
+    }
+
+    /// The messages whose time has come.
+    pub(crate) fn take_due(&mut self, now: i64) -> Vec<QueueId> {
+        self.timers.take_due(now)
+    }
+
+    /// When something is next due: a timer or a probe.
+    pub(crate) fn next_wake(&self) -> Option<i64> {
+        let probe = self
+            .dests
+            .values()
+            .filter(|d| !d.parked.is_empty())
+            .filter_map(|d| d.health.next_probe())
+            .min();
+        match (self.timers.next(), probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Messages waiting for a time.
+    pub(crate) fn waiting(&self) -> usize {
+        self.timers.of.len()
+    }
+
+    /// Attempts under way.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Offer `job` (for message `id`) to `dest`.
+    pub(crate) fn push(&mut self, dest: K, id: QueueId, job: J, now: i64) -> Push<J> {
+        let limit = self.limits.ready;
+        let d = self.dests.entry(dest.clone()).or_default();
+        match d.health.gate(now) {
+            Gate::Closed => {
+                return Push::Suspended {
+                    job,
+                    reason: reason(&d.health),
+                };
+            }
+            // One candidate for the probe is enough.
+            Gate::Probe if !d.ready.is_empty() => {
+                return Push::Suspended {
+                    job,
+                    reason: reason(&d.health),
+                };
+            }
+            Gate::Probe | Gate::Open => {}
+        }
+        if d.ready.len() >= limit {
+            d.overflow.push_back(id);
+            return Push::Overflow;
+        }
+        d.ready.push_back((id, job));
+        if !d.in_turn {
+            d.in_turn = true;
+            self.turn.push_back(dest);
+        }
+        Push::Ready
+    }
+
+    /// Keep `id` (deferred while `dest` is suspended) for the release.
+    pub(crate) fn park(&mut self, dest: K, id: QueueId) {
+        self.dests.entry(dest).or_default().parked.insert(id);
+    }
+
+    /// The next attempt to start, taking destinations in turn.
+    pub(crate) fn next(&mut self, now: i64) -> Option<Start<K, J>> {
+        for _ in 0..self.turn.len() {
+            if self.running >= self.limits.total {
+                return None;
+            }
+            let key = self.turn.pop_front()?;
+            let Some(d) = self.dests.get_mut(&key) else {
+                continue;
+            };
+            let gate = d.health.gate(now);
+            let blocked = match gate {
+                Gate::Open => d.running >= self.limits.per_destination,
+                Gate::Probe => false,
+                Gate::Closed => true,
+            };
+            if d.ready.is_empty() || blocked {
+                // Back in the ring when a slot frees or work arrives.
+                d.in_turn = false;
+                continue;
+            }
+            let Some((id, job)) = d.ready.pop_front() else {
+                d.in_turn = false;
+                continue;
+            };
+            let probe = gate == Gate::Probe;
+            if probe {
+                d.health.probe_started();
+            }
+            d.running += 1;
+            self.running += 1;
+            if d.ready.is_empty() {
+                d.in_turn = false;
+            } else {
+                self.turn.push_back(key.clone());
+            }
+            return Some(Start {
+                dest: key,
+                id,
+                job,
+                probe,
+            });
+        }
+        None
+    }
+
+    /// An attempt to `dest` ended with `contact` (`reason`: its last error).
+    pub(crate) fn finished(
+        &mut self,
+        dest: &K,
+        contact: Contact,
+        reason: &str,
+        probe: bool,
+        now: i64,
+    ) -> Finished<J> {
+        self.running = self.running.saturating_sub(1);
+        let mut out = Finished {
+            change: Change::None,
+            defer: Vec::new(),
+            reexamine: Vec::new(),
+        };
+        let Some(d) = self.dests.get_mut(dest) else {
+            return out;
+        };
+        d.running = d.running.saturating_sub(1);
+        out.change = d.health.record(contact, reason, probe, now, &self.health);
+        match out.change {
+            Change::Suspended => {
+                out.defer = d.ready.drain(..).collect();
+                out.reexamine = d.overflow.drain(..).collect();
+            }
+            Change::Released => out.reexamine = d.parked.drain().collect(),
+            Change::None => {}
+        }
+        if !d.ready.is_empty() && !d.in_turn {
+            d.in_turn = true;
+            self.turn.push_back(dest.clone());
+        }
+        if d.is_idle() {
+            self.dests.remove(dest);
+        }
+        out
+    }
+
+    /// Ids to load again: overflow of destinations whose ready queue ran
+    /// below half its bound.
+    pub(crate) fn refill(&mut self) -> Vec<QueueId> {
+        let half = self.limits.ready.div_ceil(2);
+        let mut out = Vec::new();
+        for d in self.dests.values_mut() {
+            if d.ready.len() >= half || d.health.is_suspended() {
+                continue;
+            }
+            let take = self.limits.ready - d.ready.len();
+            let n = take.min(d.overflow.len());
+            out.extend(d.overflow.drain(..n));
+        }
+        out
+    }
+
+    /// Suspended destinations whose probe is due but that have nothing
+    /// ready: one parked message each, to be looked at now (and pushed,
+    /// where it becomes the probe).
+    pub(crate) fn take_probes(&mut self, now: i64) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        for d in self.dests.values_mut() {
+            if d.health.gate(now) != Gate::Probe || !d.ready.is_empty() {
+                continue;
+            }
+            let Some(id) = d.parked.iter().next().copied() else {
+                continue;
+            };
+            d.parked.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    /// Everything not yet started, for a new routing (config change): the
+    /// ready jobs and the ids kept instead of jobs. Health stays.
+    pub(crate) fn take_unstarted(&mut self) -> (Vec<(QueueId, J)>, Vec<QueueId>) {
+        let mut jobs = Vec::new();
+        let mut ids = Vec::new();
+        for d in self.dests.values_mut() {
+            jobs.extend(d.ready.drain(..));
+            ids.extend(d.overflow.drain(..));
+            d.in_turn = false;
+        }
+        self.turn.clear();
+        self.dests.retain(|_, d| !d.is_idle());
+        (jobs, ids)
+    }
+
+    pub(crate) fn is_suspended(&self, dest: &K) -> bool {
+        self.dests
+            .get(dest)
+            .is_some_and(|d| d.health.is_suspended())
+    }
+
+    /// Suspended destinations.
+    pub(crate) fn suspended(&self) -> usize {
+        self.dests
+            .values()
+            .filter(|d| d.health.is_suspended())
+            .count()
+    }
+
+    /// Messages parked at suspended destinations.
+    pub(crate) fn parked(&self) -> usize {
+        self.dests.values().map(|d| d.parked.len()).sum()
+    }
+
+    /// Every destination with mail or a state worth showing.
+    pub(crate) fn views(&self) -> Vec<DestView<K>> {
+        self.dests
+            .iter()
+            .map(|(k, d)| DestView {
+                dest: k.clone(),
+                suspended: d.health.is_suspended(),
+                depth: d.ready.len() + d.overflow.len() + d.parked.len() + d.running,
+                running: d.running,
+                last_error: d.health.last_error.clone(),
+                next_probe: d.health.next_probe(),
+            })
+            .collect()
+    }
+}
+
+fn reason(h: &Health) -> String {
+    let last = h
+        .last_error
+        .as_deref()
+        .unwrap_or("no connection could be made");
+    format!("destination suspended after repeated connection failures; last: {last}")
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
