@@ -25,6 +25,7 @@ use super::envelope::Envelope;
 use super::id::QueueId;
 use super::queued::{Notice, Queued, RecipientState};
 use super::record::Record;
+use super::tally::Tally;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Location {
@@ -131,6 +132,7 @@ pub(crate) struct Index {
     entries: BTreeMap<QueueId, Entry>,
     segments: Ledgers,
     body_bytes: u64,
+    tally: Tally,
 }
 
 impl Index {
@@ -175,6 +177,10 @@ impl Index {
             pin(&mut self.segments, number);
         }
         self.body_bytes += entry.body_len;
+        for state in &entry.recipients {
+            self.tally.add(state);
+        }
+        self.tally.hold(false, entry.held);
         if let Some(old) = self.entries.insert(id, entry) {
             self.forget(&old);
         }
@@ -228,6 +234,8 @@ impl Index {
             ) else {
                 continue;
             };
+            self.tally.sub(slot);
+            self.tally.add(&state);
             *slot = state;
             repin(&mut self.segments, pinned, at);
         }
@@ -235,6 +243,7 @@ impl Index {
 
     pub(crate) fn set_held(&mut self, id: &QueueId, held: bool, at: u64) {
         if let Some(entry) = self.entries.get_mut(id) {
+            self.tally.hold(entry.held, held);
             entry.held = held;
             repin(&mut self.segments, &mut entry.pins.held, at);
         }
@@ -242,9 +251,23 @@ impl Index {
 
     fn forget(&mut self, entry: &Entry) {
         self.body_bytes = self.body_bytes.saturating_sub(entry.body_len);
+        for state in &entry.recipients {
+            self.tally.sub(state);
+        }
+        self.tally.hold(entry.held, false);
         for number in entry.segments() {
             unpin(&mut self.segments, number);
         }
+    }
+
+    /// Queued recipients by state.
+    pub(crate) fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// When the oldest queued message arrived (ids grow with time).
+    pub(crate) fn oldest_received(&self) -> Option<i64> {
+        self.entries.values().next().map(|e| e.envelope.received_at)
     }
 
     pub(crate) fn get(&self, id: &QueueId) -> Option<&Entry> {

@@ -73,6 +73,7 @@ mod reserve;
 mod segment;
 mod snapshot;
 mod state;
+mod tally;
 mod writer;
 
 #[cfg(test)]
@@ -104,6 +105,7 @@ pub use self::queued::{Notice, Queued, RecipientState};
 pub use self::recover::{SegmentCheck, check_segment};
 pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
+pub use self::tally::Tally;
 
 /// Segments roll over past this size.
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -214,7 +216,13 @@ struct Inner {
     salt: u64,
     dir: PathBuf,
     _lock: File,
+    /// Told the id of every new message once it is durable (the delivery
+    /// manager learns of new mail this way instead of scanning the queue).
+    arrivals: std::sync::OnceLock<Arrivals>,
 }
+
+/// See [`Spool::on_arrival`].
+pub type Arrivals = Box<dyn Fn(QueueId) + Send + Sync>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -267,7 +275,22 @@ impl Spool {
             frame,
             notice: None,
         })
-        .await
+        .await?;
+        self.arrived(*id);
+        Ok(())
+    }
+
+    /// Call `f` with the id of every message committed from now on (new
+    /// mail, notices, hand-offs), after it is durable. Set once; a second
+    /// call is ignored.
+    pub(crate) fn on_arrival(&self, f: Arrivals) {
+        let _ = self.inner.arrivals.set(f);
+    }
+
+    fn arrived(&self, id: QueueId) {
+        if let Some(f) = self.inner.arrivals.get() {
+            f(id);
+        }
     }
 
     /// Whether a new message can be taken: false while the disk is full
@@ -414,6 +437,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         salt,
         dir,
         _lock: lock,
+        arrivals: std::sync::OnceLock::new(),
     };
     let spool = Spool {
         inner: Arc::new(inner),

@@ -5,9 +5,6 @@
 //! rather than in rewritten message records, so a retry costs one short
 //! append, not a copy of the body.
 
-use std::future::Future;
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use super::Spool;
@@ -15,6 +12,7 @@ use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
 use super::record;
+use super::tally::Tally;
 use super::writer::Op;
 
 /// Where one recipient of a queued message stands.
@@ -95,6 +93,12 @@ impl Spool {
         self.inner.shared.lock().index.queued_one(id)
     }
 
+    /// Queued recipients by state, and when the oldest message arrived.
+    pub(crate) fn tally(&self) -> (Tally, Option<i64>) {
+        let shared = self.inner.shared.lock();
+        (shared.index.tally(), shared.index.oldest_received())
+    }
+
     /// The ids of all queued messages, sorted: what the delivery manager
     /// scans for new mail without copying every envelope and state.
     pub(crate) fn ids(&self) -> Vec<QueueId> {
@@ -162,7 +166,9 @@ impl Spool {
             frame,
             notice: Some((*about, notice)),
         })
-        .await
+        .await?;
+        self.arrived(*id);
+        Ok(())
     }
 
     /// Resolves after the next successful commit, notice, removal, state
@@ -170,8 +176,9 @@ impl Spool {
     /// not when the future is first polled, so
     /// `let changed = spool.changed(); scan(spool.queued()); changed.await`
     /// cannot miss a change made during the scan.
-    pub(crate) fn changed(&self) -> impl Future<Output = ()> + Send + use<> {
-        Arc::clone(&self.inner.shared.changed).notified_owned()
+    #[cfg(test)]
+    pub(crate) fn changed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        std::sync::Arc::clone(&self.inner.shared.changed).notified_owned()
     }
 }
 
