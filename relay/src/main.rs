@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mailrelay::lifecycle::app::{ConfigMaps, RunOptions, Source};
 use mailrelay::ops::admin::{QueueCommand, execute};
+use mailrelay::ops::destinations;
 use mailrelay::spool::QueueId;
 use mailrelay_crds::relay::ListenerName;
 
@@ -97,17 +98,58 @@ enum QueueAction {
     Hold { id: QueueId },
     /// Let a held message be delivered again.
     Release { id: QueueId },
+    /// Where mail waits in a running relay: each destination's state
+    /// (active or suspended), depth, last error and next probe.
+    Destinations {
+        /// The relay's --http address (its admin API answers on loopback).
+        #[arg(long, default_value = "127.0.0.1:9725")]
+        http: SocketAddr,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-impl From<QueueAction> for QueueCommand {
+/// What a queue action asks of: the spool, or a running relay.
+enum QueueTarget {
+    Spool(QueueCommand),
+    Destinations { http: SocketAddr, json: bool },
+}
+
+impl From<QueueAction> for QueueTarget {
     fn from(a: QueueAction) -> Self {
-        match a {
+        QueueTarget::Spool(match a {
             QueueAction::List => QueueCommand::List,
             QueueAction::Show { id } => QueueCommand::Show(id),
             QueueAction::Flush { id } => QueueCommand::Flush(id),
             QueueAction::Delete { id } => QueueCommand::Delete(id),
             QueueAction::Hold { id } => QueueCommand::Hold(id),
             QueueAction::Release { id } => QueueCommand::Release(id),
+            QueueAction::Destinations { http, json } => {
+                return QueueTarget::Destinations { http, json };
+            }
+        })
+    }
+}
+
+/// `mailrelay queue …`: the text to print, or the error.
+async fn queue(spool: &std::path::Path, target: QueueTarget) -> Result<String, String> {
+    match target {
+        QueueTarget::Spool(command) => {
+            let now = jiff::Timestamp::now().as_second();
+            execute(spool, &command, now)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        QueueTarget::Destinations { http, json } => {
+            let rows = destinations::fetch(http).await.map_err(|e| e.to_string())?;
+            if json {
+                serde_json::to_string_pretty(&rows)
+                    .map(|j| j + "\n")
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(destinations::format(&rows))
+            }
         }
     }
 }
@@ -171,8 +213,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let now = jiff::Timestamp::now().as_second();
-            match runtime.block_on(execute(&spool, &action.into(), now)) {
+            match runtime.block_on(queue(&spool, action.into())) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

@@ -1,5 +1,7 @@
-//! `mailrelay run`: wires config, spool, listeners and HTTP together and
-//! runs until SIGTERM or SIGINT.
+//! `mailrelay run` in named phases — load the config, open the spool,
+//! bind the listeners, start delivery, start the hand-off listener, serve
+//! HTTP — giving a [`Running`] relay that runs until SIGTERM, SIGINT or a
+//! drain request, and then drains.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,10 +27,10 @@ use crate::server::listener::{Shared, accept_loop};
 use crate::server::tls::Tls;
 use crate::spool::Spool;
 
-/// Where the config comes from.
 /// Remote MX hosts listen here (RFC 5321 §4.5.4.2 / IANA).
 const SMTP_PORT: u16 = 25;
 
+/// Where the config comes from.
 pub enum Source {
     /// YAML manifests, compiled here (standalone mode).
     Manifests { dir: PathBuf, relay: Option<String> },
@@ -144,14 +146,60 @@ fn default_http(source: &Source) -> SocketAddr {
     }
 }
 
+/// A started relay: what drain works on.
+pub(crate) struct Running {
+    health: Health,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+    handoff_listener: Option<tokio::task::JoinHandle<()>>,
+    limiter: Arc<Limiter>,
+    manager: Arc<Manager>,
+    spool: Spool,
+    key: Option<ring::hmac::Key>,
+    hostname: String,
+    drain_metrics: DrainMetrics,
+    /// A standalone run's private secrets directory, kept while it runs.
+    _secrets: Option<tempfile::TempDir>,
+}
+
+/// The config and what is built from it before anything listens.
+struct Loaded {
+    runtime: Runtime,
+    listeners: Vec<mailrelay_crds::config::ListenerConfig>,
+    dns: policy::HickoryDns,
+    outbound_tls: crate::delivery::tls_policy::OutboundTls,
+    tls: Option<Tls>,
+    key: Option<ring::hmac::Key>,
+    secrets: Option<tempfile::TempDir>,
+}
+
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut signals = StopSignals::install();
-    let (config, warnings, _secrets) = load(&opts)?;
-    let spool_dir = opts
-        .spool
-        .clone()
-        .unwrap_or_else(|| default_spool(&opts.source));
-    let http_addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
+    let loaded = load_config(&opts)?;
+    let spool = open_spool(&opts).await?;
+    let running = start(&opts, loaded, spool).await?;
+    tracing::info!(hostname = %running.hostname, "mailrelay ready");
+    // A drain request (the pod's annotation) drains like SIGTERM, but the
+    // relay stays up, not ready, until it is stopped.
+    let requested = async {
+        match &opts.drain.drain_request_file {
+            Some(path) => crate::lifecycle::drain::until_requested(path).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        _ = signals.recv() => true,
+        _ = requested => false,
+    };
+    running.drain(opts.drain.clone()).await;
+    if !stopped {
+        signals.recv().await;
+    }
+    Ok(())
+}
+
+/// Phase 1: the config, its runtime, resolvers and TLS material.
+fn load_config(opts: &RunOptions) -> Result<Loaded, RunError> {
+    let (config, warnings, secrets) = load(opts)?;
     let dns = policy::resolver(&config.dns, opts.dns)?;
     let extra_roots = match &opts.tls_ca {
         Some(path) => crate::delivery::tls_policy::read_ca_bundle(path)?,
@@ -173,139 +221,202 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
         None => None,
     };
-    let listeners_config = config.listeners.clone();
-    let (runtime, runtime_warnings) =
-        Runtime::build(config.clone(), jiff::Timestamp::now().as_second());
+    let listeners = config.listeners.clone();
+    let (runtime, runtime_warnings) = Runtime::build(config, jiff::Timestamp::now().as_second());
     for w in warnings.iter().chain(&runtime_warnings) {
         tracing::warn!("{w}");
     }
-    let hostname = runtime.config.hostname.clone();
-    let (spool, recovery) = Spool::open(&spool_dir).await?;
-    tracing::info!(
-        spool = %spool_dir.display(),
-        messages = recovery.messages,
-        truncated_bytes = recovery.truncated_bytes,
-        "spool loaded"
-    );
     let key = opts
         .drain
         .handoff_secret_file
         .as_deref()
         .map(handoff::load_key)
         .transpose()?;
+    Ok(Loaded {
+        runtime,
+        listeners,
+        dns,
+        outbound_tls,
+        tls,
+        key,
+        secrets,
+    })
+}
+
+/// Phase 2: the spool, recovered.
+async fn open_spool(opts: &RunOptions) -> Result<Spool, RunError> {
+    let dir = opts
+        .spool
+        .clone()
+        .unwrap_or_else(|| default_spool(&opts.source));
+    let (spool, recovery) = Spool::open(&dir).await?;
+    tracing::info!(
+        spool = %dir.display(),
+        messages = recovery.messages,
+        truncated_bytes = recovery.truncated_bytes,
+        "spool loaded"
+    );
+    Ok(spool)
+}
+
+/// Phases 3 to 6: listeners, delivery, hand-off, HTTP; then ready.
+async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Running, RunError> {
     let mut metrics = Metrics::new();
     let drain_metrics = DrainMetrics::register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
-    let health = Health::default();
+    let hostname = loaded.runtime.config.hostname.clone();
     let shared = Shared {
-        current: Current::new(runtime),
+        current: Current::new(loaded.runtime),
         limiter: Limiter::system(),
         conn: ConnCtx {
             spool: spool.clone(),
-            tls,
+            tls: loaded.tls,
             metrics: Arc::clone(&metrics),
             dkim: crate::dkim::DkimKeys::default(),
             // The relay's own resolver; three lookups' worth per check.
             inbound_auth: Arc::new(crate::smtp::inbound_auth::Checker::new(
-                dns.inner().clone(),
-                dns.deadline().saturating_mul(3),
+                loaded.dns.inner().clone(),
+                loaded.dns.deadline().saturating_mul(3),
             )),
         },
-        dnsbl: Arc::new(DnsblChecker::new(dns.clone(), 100_000)),
+        dnsbl: Arc::new(DnsblChecker::new(loaded.dns.clone(), 100_000)),
     };
-    let mut accepting = Vec::new();
-    for l in listeners_config {
-        let listener = bind(l.name.as_str(), l.address).await?;
-        tracing::info!(listener = %l.name, address = %l.address, "listening");
-        accepting.push(tokio::spawn(accept_loop(listener, l, shared.clone())));
-    }
-    let http_listener = http::bind(http_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            name: "http".into(),
-            addr: http_addr,
-            source,
-        })?;
-    tracing::info!(address = %http_addr, "serving /metrics, /healthz, /readyz");
-    // Health and metrics keep answering while sessions drain.
-    let _http = tokio::spawn(http::serve(
-        http_listener,
-        Arc::clone(&metrics),
-        health.clone(),
-        spool.clone(),
-    ));
-    let _gauges = tokio::spawn(spool_gauges(spool.clone(), Arc::clone(&metrics)));
-    let _expiry = tokio::spawn(expire_entries(shared.current.clone()));
-    // DKIM keys: read now (problems logged at start), then on change.
-    shared.conn.dkim.refresh(&shared.current.get()).await;
-    let _dkim =
-        (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
-    watch_config(&opts, &shared.current);
-    let manager = Manager::new(
-        spool.clone(),
-        shared.current.clone(),
-        dns,
-        Arc::clone(&metrics),
-        SMTP_PORT,
-        Concurrency::default(),
-        outbound_tls,
-    );
-    let _delivery = tokio::spawn(Arc::clone(&manager).run());
-    let handoff_listener = match (opts.drain.handoff_listen, &key) {
-        (Some(addr), Some(key)) => {
-            let receiver = handoff::server::Receiver {
-                spool: spool.clone(),
-                current: shared.current.clone(),
-                key: key.clone(),
-                received: drain_metrics
-                    .handoffs
-                    .get_or_create(&DirectionLabel {
-                        direction: "received",
-                    })
-                    .clone(),
-            };
-            let listener = bind("handoff", addr).await?;
-            tracing::info!(address = %addr, "listening for queue hand-offs from peers");
-            Some(tokio::spawn(handoff::server::serve(
-                listener,
-                Arc::new(receiver),
-            )))
-        }
-        _ => None,
-    };
+    let accepting = bind_listeners(loaded.listeners, &shared).await?;
+    let manager = start_delivery(&shared, &spool, loaded.dns, loaded.outbound_tls, &metrics);
+    let handoff_listener =
+        start_handoff(opts, &loaded.key, &shared, &spool, &drain_metrics).await?;
+    let health = serve_http(opts, &metrics, &spool, &manager).await?;
+    background(opts, &shared, &spool, &metrics).await;
     health.set_ready(true);
-    tracing::info!(hostname = %hostname, "mailrelay ready");
-
-    // A drain request (the pod's annotation) drains like SIGTERM, but the
-    // relay stays up, not ready, until it is stopped.
-    let requested = async {
-        match &opts.drain.drain_request_file {
-            Some(path) => crate::lifecycle::drain::until_requested(path).await,
-            None => std::future::pending().await,
-        }
-    };
-    let stopped = tokio::select! {
-        _ = signals.recv() => true,
-        _ = requested => false,
-    };
-    Draining {
-        args: opts.drain.clone(),
+    Ok(Running {
         health,
         accepting,
         handoff_listener,
         limiter: Arc::clone(&shared.limiter),
         manager,
         spool,
-        key,
+        key: loaded.key,
         hostname,
-        metrics: drain_metrics,
+        drain_metrics,
+        _secrets: loaded.secrets,
+    })
+}
+
+async fn bind_listeners(
+    listeners: Vec<mailrelay_crds::config::ListenerConfig>,
+    shared: &Shared,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    let mut accepting = Vec::new();
+    for l in listeners {
+        let listener = bind(l.name.as_str(), l.address).await?;
+        tracing::info!(listener = %l.name, address = %l.address, "listening");
+        accepting.push(tokio::spawn(accept_loop(listener, l, shared.clone())));
     }
-    .run()
-    .await;
-    if !stopped {
-        signals.recv().await;
+    Ok(accepting)
+}
+
+fn start_delivery(
+    shared: &Shared,
+    spool: &Spool,
+    dns: policy::HickoryDns,
+    outbound_tls: crate::delivery::tls_policy::OutboundTls,
+    metrics: &Arc<Metrics>,
+) -> Arc<Manager> {
+    let manager = Manager::new(
+        spool.clone(),
+        shared.current.clone(),
+        dns,
+        Arc::clone(metrics),
+        SMTP_PORT,
+        Concurrency::default(),
+        outbound_tls,
+    );
+    tokio::spawn(Arc::clone(&manager).run());
+    manager
+}
+
+async fn start_handoff(
+    opts: &RunOptions,
+    key: &Option<ring::hmac::Key>,
+    shared: &Shared,
+    spool: &Spool,
+    drain_metrics: &DrainMetrics,
+) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+    let (Some(addr), Some(key)) = (opts.drain.handoff_listen, key) else {
+        return Ok(None);
+    };
+    let receiver = handoff::server::Receiver {
+        spool: spool.clone(),
+        current: shared.current.clone(),
+        key: key.clone(),
+        received: drain_metrics
+            .handoffs
+            .get_or_create(&DirectionLabel {
+                direction: "received",
+            })
+            .clone(),
+    };
+    let listener = bind("handoff", addr).await?;
+    tracing::info!(address = %addr, "listening for queue hand-offs from peers");
+    Ok(Some(tokio::spawn(handoff::server::serve(
+        listener,
+        Arc::new(receiver),
+    ))))
+}
+
+async fn serve_http(
+    opts: &RunOptions,
+    metrics: &Arc<Metrics>,
+    spool: &Spool,
+    manager: &Arc<Manager>,
+) -> Result<Health, RunError> {
+    let addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
+    let listener = http::bind(addr).await.map_err(|source| RunError::Bind {
+        name: "http".into(),
+        addr,
+        source,
+    })?;
+    tracing::info!(address = %addr, "serving /metrics, /healthz, /readyz, /queue");
+    let health = Health::default();
+    // Health and metrics keep answering while sessions drain.
+    tokio::spawn(http::serve(
+        listener,
+        Arc::clone(metrics),
+        health.clone(),
+        spool.clone(),
+        Arc::clone(manager),
+    ));
+    Ok(health)
+}
+
+/// Gauges, blocklist expiry, DKIM keys and the config watch.
+async fn background(opts: &RunOptions, shared: &Shared, spool: &Spool, metrics: &Arc<Metrics>) {
+    tokio::spawn(spool_gauges(spool.clone(), Arc::clone(metrics)));
+    tokio::spawn(expire_entries(shared.current.clone()));
+    // DKIM keys: read now (problems logged at start), then on change.
+    shared.conn.dkim.refresh(&shared.current.get()).await;
+    (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
+    watch_config(opts, &shared.current);
+}
+
+impl Running {
+    /// Phase 7: stop taking mail, finish or hand off the queue.
+    async fn drain(self, args: DrainArgs) {
+        Draining {
+            args,
+            health: self.health,
+            accepting: self.accepting,
+            handoff_listener: self.handoff_listener,
+            limiter: self.limiter,
+            manager: self.manager,
+            spool: self.spool,
+            key: self.key,
+            hostname: self.hostname,
+            metrics: self.drain_metrics,
+        }
+        .run()
+        .await;
     }
-    Ok(())
 }
 
 /// Connections the kernel may queue before we accept them: a burst of

@@ -1,4 +1,6 @@
-//! `/metrics`, `/healthz` and `/readyz` for Prometheus and the kubelet.
+//! `/metrics`, `/healthz` and `/readyz` for Prometheus and the kubelet,
+//! and the queue admin API (loopback only): `/queue…` and
+//! `/queue/destinations`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::ops::admin::{self, QueueCommand};
+use crate::ops::destinations::DestinationRow;
 use crate::ops::metrics::Metrics;
+use crate::queue::manager::Manager;
 use crate::spool::Spool;
 
 /// Readiness: set once the spool is loaded, cleared when draining.
@@ -75,29 +79,65 @@ fn queue_command(method: &hyper::Method, path: &str) -> Option<Result<QueueComma
         [one, "hold"] if post => id(one).map(QueueCommand::Hold),
         [one, "release"] if post => id(one).map(QueueCommand::Release),
         [one, "delete"] if post => id(one).map(QueueCommand::Delete),
-        _ => Err("use GET /queue, GET /queue/ID, POST /queue/flush or POST /queue/ID/{flush,hold,release,delete}".into()),
+        _ => Err("use GET /queue, GET /queue/ID, GET /queue/destinations, POST /queue/flush or POST /queue/ID/{flush,hold,release,delete}".into()),
     })
+}
+
+/// The queue holds people's addresses and mail: only from inside the pod
+/// (kubectl port-forward arrives on loopback too), never from the network.
+fn forbidden(peer: std::net::SocketAddr) -> Option<Response<Full<Bytes>>> {
+    (!peer.ip().is_loopback()).then(|| {
+        respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "the queue endpoints answer on loopback only\n".into(),
+        )
+    })
+}
+
+/// `GET /queue/destinations`: each destination's state, as JSON.
+fn destinations(manager: &Manager, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+    if let Some(refused) = forbidden(peer) {
+        return refused;
+    }
+    let rows: Vec<DestinationRow> = manager
+        .destinations()
+        .into_iter()
+        .map(DestinationRow::from)
+        .collect();
+    match serde_json::to_string_pretty(&rows) {
+        Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
 }
 
 async fn queue(
     spool: &Spool,
+    manager: &Manager,
     peer: std::net::SocketAddr,
     command: Result<QueueCommand, String>,
 ) -> Response<Full<Bytes>> {
-    // The queue holds people's addresses and mail: only from inside the pod
-    // (kubectl port-forward arrives on loopback too), never from the network.
-    if !peer.ip().is_loopback() {
-        return respond(
-            StatusCode::FORBIDDEN,
-            "text/plain",
-            "the queue endpoints answer on loopback only\n".into(),
-        );
+    if let Some(refused) = forbidden(peer) {
+        return refused;
     }
     let command = match command {
         Ok(c) => c,
         Err(e) => return respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
-    match admin::execute_live(spool, &command, jiff::Timestamp::now().as_second()).await {
+    let done = admin::execute_live(spool, &command, jiff::Timestamp::now().as_second()).await;
+    if done.is_ok() {
+        // The manager learns of changes made behind its back only here.
+        match command {
+            QueueCommand::Flush(None) => manager.look_all(),
+            QueueCommand::Flush(Some(id)) | QueueCommand::Release(id) => manager.look(id),
+            _ => {}
+        }
+    }
+    match done {
         Ok(text) => respond(StatusCode::OK, "text/plain", text),
         Err(e @ admin::AdminError::NoSuchMessage { .. }) => {
             respond(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n"))
@@ -116,6 +156,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     health: Health,
     spool: Spool,
+    manager: Arc<Manager>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -125,17 +166,31 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let (metrics, health, spool) = (Arc::clone(&metrics), health.clone(), spool.clone());
+        let (metrics, health, spool, manager) = (
+            Arc::clone(&metrics),
+            health.clone(),
+            spool.clone(),
+            Arc::clone(&manager),
+        );
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (metrics, health, spool) =
-                    (Arc::clone(&metrics), health.clone(), spool.clone());
+                let (metrics, health, spool, manager) = (
+                    Arc::clone(&metrics),
+                    health.clone(),
+                    spool.clone(),
+                    Arc::clone(&manager),
+                );
                 async move {
                     let path = req.uri().path();
-                    let response = match queue_command(req.method(), path) {
-                        Some(command) => queue(&spool, peer, command).await,
-                        None => route(path, &metrics, &health),
-                    };
+                    let response =
+                        if path == "/queue/destinations" && req.method() == hyper::Method::GET {
+                            destinations(&manager, peer)
+                        } else {
+                            match queue_command(req.method(), path) {
+                                Some(command) => queue(&spool, &manager, peer, command).await,
+                                None => route(path, &metrics, &health),
+                            }
+                        };
                     Ok::<_, Infallible>(response)
                 }
             });

@@ -70,125 +70,191 @@ pub(crate) struct Metrics {
     pub mta_sts_lookups: Family<ResultLabel, Counter>,
     /// SPF/DKIM/DMARC results and decisions on the smtp listener.
     pub inbound_auth: crate::smtp::inbound_auth::AuthMetrics,
+    /// Destination health (queue at scale).
+    pub destinations: DestinationMetrics,
+}
+
+/// Register `metric` under `name` and hand it back.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Destinations by health. Counts, never one series per destination: a
+/// relay may send to hundreds of thousands of domains.
+pub(crate) struct DestinationMetrics {
+    pub suspended: Gauge,
+    pub parked: Gauge,
+    pub waiting: Gauge,
+    pub suspensions: Counter,
+    pub probes: Family<ResultLabel, Counter>,
+}
+
+impl DestinationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            suspended: reg(
+                registry,
+                "queue_destinations_suspended",
+                "Destinations suspended after repeated connection failures (only probes go out)",
+                Gauge::default(),
+            ),
+            parked: reg(
+                registry,
+                "queue_parked_messages",
+                "Messages deferred while their destination is suspended, due again at its release",
+                Gauge::default(),
+            ),
+            waiting: reg(
+                registry,
+                "queue_waiting_messages",
+                "Messages waiting for a retry time",
+                Gauge::default(),
+            ),
+            suspensions: reg(
+                registry,
+                "queue_destination_suspensions",
+                "Times a destination was suspended",
+                Counter::default(),
+            ),
+            probes: reg(
+                registry,
+                "queue_destination_probes",
+                "Probes of suspended destinations, by result: released or failed",
+                Family::default(),
+            ),
+        }
+    }
+
+    pub(crate) fn probe(&self, result: &'static str) {
+        self.probes.get_or_create(&ResultLabel { result }).inc();
+    }
 }
 
 impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("mailrelay");
-        let sessions = Family::<ListenerLabel, Counter>::default();
-        registry.register(
+        let sessions = reg(
+            &mut registry,
             "smtp_sessions",
             "SMTP sessions started, by listener",
-            sessions.clone(),
+            Family::<ListenerLabel, Counter>::default(),
         );
-        let sessions_open = Gauge::default();
-        registry.register(
+        let sessions_open = reg(
+            &mut registry,
             "smtp_sessions_open",
             "SMTP sessions open now",
-            sessions_open.clone(),
+            Gauge::default(),
         );
-        let connections_refused = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let connections_refused = reg(
+            &mut registry,
             "smtp_connections_refused",
             "Connections refused before the greeting, by reason",
-            connections_refused.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
-        let replies = Family::<ReplyLabel, Counter>::default();
-        registry.register(
+        let replies = reg(
+            &mut registry,
             "smtp_replies",
             "SMTP replies sent, by class and enhanced status code",
-            replies.clone(),
+            Family::<ReplyLabel, Counter>::default(),
         );
-        let messages_accepted = Counter::default();
-        registry.register(
+        let messages_accepted = reg(
+            &mut registry,
             "messages_accepted",
             "Messages accepted into the spool",
-            messages_accepted.clone(),
+            Counter::default(),
         );
-        let message_bytes = Counter::default();
-        registry.register(
+        let message_bytes = reg(
+            &mut registry,
             "message_bytes",
             "Bytes of messages accepted into the spool",
-            message_bytes.clone(),
+            Counter::default(),
         );
-        let tls_handshakes = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let tls_handshakes = reg(
+            &mut registry,
             "tls_handshakes",
             "TLS handshakes, by result",
-            tls_handshakes.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
-        let auth_failures = Counter::default();
-        registry.register(
+        let auth_failures = reg(
+            &mut registry,
             "auth_failures",
             "Failed AUTH attempts",
-            auth_failures.clone(),
+            Counter::default(),
         );
-        let spool_messages = Gauge::default();
-        registry.register(
+        let spool_messages = reg(
+            &mut registry,
             "spool_messages",
             "Messages in the spool",
-            spool_messages.clone(),
+            Gauge::default(),
         );
-        let spool_bytes = Gauge::default();
-        registry.register(
+        let spool_bytes = reg(
+            &mut registry,
             "spool_bytes",
             "Bytes of messages in the spool",
-            spool_bytes.clone(),
+            Gauge::default(),
         );
-        let deliveries = Family::<DeliveryLabel, Counter>::default();
-        registry.register(
+        let deliveries = reg(
+            &mut registry,
             "deliveries",
             "Delivery results per recipient, by route and result",
-            deliveries.clone(),
+            Family::<DeliveryLabel, Counter>::default(),
         );
         // Seconds from acceptance to a final result: 1 s to about 4.5 days.
-        let delivery_latency = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12),
-        );
-        registry.register(
+        let delivery_latency = reg(
+            &mut registry,
             "delivery_latency_seconds",
             "Time from acceptance to a recipient's final result",
-            delivery_latency.clone(),
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                1.0, 3.0, 12,
+            )),
         );
-        let queue_recipients = Family::<StateLabel, Gauge>::default();
-        registry.register(
+        let queue_recipients = reg(
+            &mut registry,
             "queue_recipients",
             "Queued recipients by state (held counts messages)",
-            queue_recipients.clone(),
+            Family::<StateLabel, Gauge>::default(),
         );
-        let oldest_message_age = Gauge::default();
-        registry.register(
+        let oldest_message_age = reg(
+            &mut registry,
             "queue_oldest_message_age_seconds",
             "Age of the oldest queued message",
-            oldest_message_age.clone(),
+            Gauge::default(),
         );
-        let dns_failures = Counter::default();
-        registry.register(
+        let dns_failures = reg(
+            &mut registry,
             "dns_failures",
             "Delivery DNS lookups that failed temporarily",
-            dns_failures.clone(),
+            Counter::default(),
         );
-        let outbound_connections = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let outbound_connections = reg(
+            &mut registry,
             "outbound_connections",
             "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
-            outbound_connections.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
-        let outbound_tls = Family::<OutboundTlsLabel, Counter>::default();
-        registry.register(
+        let outbound_tls = reg(
+            &mut registry,
             "outbound_tls",
             "Outbound TLS policy decisions for MX delivery, by policy and outcome",
-            outbound_tls.clone(),
+            Family::<OutboundTlsLabel, Counter>::default(),
         );
-        let mta_sts_lookups = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let mta_sts_lookups = reg(
+            &mut registry,
             "mta_sts_lookups",
             "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
-            mta_sts_lookups.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
         let inbound_auth = crate::smtp::inbound_auth::AuthMetrics::register(&mut registry);
+        let destinations = DestinationMetrics::register(&mut registry);
         Self {
             registry,
+            destinations,
             outbound_tls,
             mta_sts_lookups,
             inbound_auth,

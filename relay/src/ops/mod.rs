@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod check;
+pub mod destinations;
 pub(crate) mod http;
 pub(crate) mod metrics;

@@ -8,6 +8,7 @@ use mailrelay_crds::maildomain::TlsMode;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::health::Contact;
 use super::pool::{Client, Pool};
 use super::router::Route;
 use crate::config::runtime::Runtime;
@@ -36,6 +37,13 @@ pub(crate) struct AttemptCtx<'a, D> {
     pub queue_id: Option<QueueId>,
 }
 
+/// What one attempt gave: an outcome per recipient, and what it learnt
+/// of the destination (for its health).
+pub(crate) struct Attempted {
+    pub outcomes: Vec<Outcome>,
+    pub contact: Contact,
+}
+
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
 pub(crate) async fn attempt<D: MxDns>(
     ctx: &AttemptCtx<'_, D>,
@@ -43,7 +51,7 @@ pub(crate) async fn attempt<D: MxDns>(
     sender: &str,
     recipients: &[String],
     body: &[u8],
-) -> Vec<Outcome> {
+) -> Attempted {
     // MX delivery follows the destination's TLS policy (tls_policy).
     let check = match route {
         Route::Mx { domain } => Some(Check {
@@ -62,20 +70,32 @@ pub(crate) async fn attempt<D: MxDns>(
         }),
         _ => None,
     };
-    if let Some(out) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
-        return out;
+    if let Some(outcomes) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
+        return Attempted {
+            outcomes,
+            contact: Contact::Reached,
+        };
     }
     let hostname = &ctx.runtime.config.hostname;
-    let all = |o: Outcome| vec![o; recipients.len()];
+    let all = |o: Outcome| Attempted {
+        outcomes: vec![o; recipients.len()],
+        contact: Contact::Unknown,
+    };
     match route {
         Route::Lmtp { host, port } => {
             match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
                 Ok(mut client) => {
-                    let out = client.send(sender, recipients, body).await;
+                    let outcomes = client.send(sender, recipients, body).await;
                     ctx.pool.put(route, Client::Lmtp(Box::new(client)));
-                    out
+                    Attempted {
+                        outcomes,
+                        contact: Contact::Reached,
+                    }
                 }
-                Err(o) => all(o),
+                Err(o) => Attempted {
+                    outcomes: vec![o; recipients.len()],
+                    contact: Contact::Failed,
+                },
             }
         }
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
@@ -85,7 +105,10 @@ pub(crate) async fn attempt<D: MxDns>(
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
-        Route::Maildir { path } => maildir(ctx.runtime, path, sender, recipients, body).await,
+        Route::Maildir { path } => Attempted {
+            outcomes: maildir(ctx.runtime, path, sender, recipients, body).await,
+            contact: Contact::Reached,
+        },
         Route::Smarthost => {
             let Some(s) = &ctx.runtime.config.smarthost else {
                 return all(Outcome::temp(
@@ -213,8 +236,12 @@ async fn try_targets<D: MxDns>(
     sender: &str,
     recipients: &[String],
     body: &[u8],
-) -> Vec<Outcome> {
+) -> Attempted {
     let mut last = Outcome::temp("no address to connect to");
+    // Only a host that refused us, or TLS that policy requires failing,
+    // says the destination cannot take mail; a policy that rules a host
+    // out says nothing of the destination.
+    let mut contact = Contact::Unknown;
     for target in targets {
         if let Some(Err(outcome)) = check.map(|c| c.admit(target)) {
             last = outcome;
@@ -226,11 +253,15 @@ async fn try_targets<D: MxDns>(
                 if let Some(Err(outcome)) = check.map(|c| c.connected(&client)) {
                     client.quit().await;
                     last = outcome;
+                    contact = Contact::Failed;
                     continue;
                 }
-                let out = client.send(sender, recipients, body).await;
+                let outcomes = client.send(sender, recipients, body).await;
                 ctx.pool.put(route, Client::Smtp(Box::new(client)));
-                return out;
+                return Attempted {
+                    outcomes,
+                    contact: Contact::Reached,
+                };
             }
             Err(failure) => {
                 let outcome = match check {
@@ -239,6 +270,7 @@ async fn try_targets<D: MxDns>(
                 };
                 tracing::info!(host = %target.host, addr = %target.addr, reason = %outcome, "connection failed; trying the next host");
                 last = outcome;
+                contact = Contact::Failed;
             }
         }
     }
@@ -247,7 +279,10 @@ async fn try_targets<D: MxDns>(
         Outcome::PermFail { reason } | Outcome::TempFail { reason } => reason,
         Outcome::Delivered { reply } => reply,
     };
-    vec![Outcome::temp(reason); recipients.len()]
+    Attempted {
+        outcomes: vec![Outcome::temp(reason); recipients.len()],
+        contact,
+    }
 }
 
 async fn maildir(

@@ -1,137 +1,133 @@
-//! The delivery manager: watches the spool, sends what is due, records each
-//! recipient's outcome durably, and finishes messages — removed when all
-//! were delivered, bounced (one DSN to the sender) when some failed.
+//! The delivery manager: learns of mail as it arrives (the spool tells it
+//! each new queue id) or falls due (its timers), routes each message's due
+//! recipients to their destinations, and starts attempts as the
+//! [`scheduler`](super::scheduler) allows. Its cost per message does not
+//! depend on how much is queued: the whole queue is looked at only at
+//! start-up and when the config changes (DESIGN.md §6).
+//!
+//! One task owns the decisions; attempts and spool writes run in tasks of
+//! their own and report back through the inbox, so a slow disk or a slow
+//! destination never holds up the rest.
 //!
 //! Order of effects, for crash safety: an outcome is recorded in the spool
 //! before anything is done about it, and a bounce is committed in the same
 //! spool step that removes its message. A crash can repeat a delivery
 //! whose remote 250 arrived but was not yet recorded (the unavoidable
 //! window of SMTP), but never loses a message or sends a bounce twice.
-//!
-//! Cost per wake-up: the manager does not copy the queue. It lists the
-//! queued ids, looks closer only at ids it has not seen, messages whose
-//! timer is due and messages a worker handed back, and keeps everything
-//! else in a timer index (`BTreeSet` of due time and id). Every
-//! [`RESCAN`] it looks at every message again, which picks up what was
-//! changed behind its back (hold, release, flush through the admin API)
-//! and refreshes the queue gauges. The sending itself is in [`work`](super::work).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 
 use super::decide;
-use super::dsn::{self, DsnInput};
+use super::destination::{Dest, Lookup, Sites, site};
+use super::health::{Change, Contact, HealthSettings};
 use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
-use super::work::{Book, Job};
+use super::scheduler::{DestView, Limits, Push, Scheduler};
 use crate::config::Current;
 use crate::config::runtime::Runtime;
-use crate::delivery::CachedDns;
 use crate::delivery::tls_policy::OutboundTls;
+use crate::delivery::{CachedDns, MxDns};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
-use crate::spool::{Envelope, Notice, QueueId, Queued, RecipientState, Spool};
+use crate::spool::{QueueId, Queued, RecipientState, Spool};
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Concurrency {
+pub struct Concurrency {
     pub total: usize,
     pub per_destination: usize,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
+        let l = Limits::default();
         Self {
-            total: 100,
-            per_destination: 20,
+            total: l.total,
+            per_destination: l.per_destination,
         }
     }
 }
 
-pub(crate) struct Manager {
+/// One message's due recipients for one destination, grouped by route
+/// and tried group by group.
+pub(super) struct Job {
+    pub q: Arc<Queued>,
+    pub groups: VecDeque<(Route, Vec<usize>)>,
+    pub schedule: Schedule,
+}
+
+/// What the manager is told.
+pub(super) enum Nudge {
+    /// A message arrived or changed: look at it.
+    Look(QueueId),
+    /// Look at every message (an admin flush of the whole queue).
+    All,
+    /// A domain's site is known.
+    Site {
+        domain: String,
+        site: Arc<str>,
+        failed: bool,
+    },
+    /// An attempt ended.
+    Ended(Box<Ended>),
+    /// A task holding a message let it go; `recheck` when its state
+    /// changed and it needs another look.
+    Released { id: QueueId, recheck: bool },
+}
+
+pub(super) struct Ended {
+    pub dest: Dest,
+    pub id: QueueId,
+    pub contact: Contact,
+    /// The last failure's text, for the destination's last error.
+    pub reason: String,
+    pub probe: bool,
+}
+
+/// What the deciding task keeps.
+struct Core {
+    sched: Scheduler<Dest, Job>,
+    /// Jobs out per message (ready, running, or a spool write under way):
+    /// a message is not looked at while it has any.
+    busy: HashMap<QueueId, u32>,
+    sites: Sites<QueueId>,
+}
+
+pub struct Manager {
     pub(super) spool: Spool,
     pub(super) current: Current,
     /// Routing lookups, kept for a few seconds (see `delivery::mx_cache`).
     pub(super) dns: CachedDns<HickoryDns>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) mx_port: u16,
-    /// One permit per running worker, over all routes.
-    pub(super) total: Arc<Semaphore>,
-    pub(super) per_destination: usize,
     pub(super) pool: Pool,
     /// Outbound TLS policy state: the MTA-STS cache, trusted roots.
     pub(super) outbound_tls: OutboundTls,
-    pub(super) book: Mutex<Book>,
-    /// A worker let a message go: it may need another look.
-    pub(super) done: tokio::sync::Notify,
+    core: Mutex<Core>,
+    inbox: mpsc::UnboundedSender<Nudge>,
+    inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Nudge>>>,
+    /// Tasks that hold a message (attempts, spool writes).
+    in_flight: AtomicUsize,
     /// Set by `stop`: start no more deliveries (a draining relay hands
     /// what is left to a peer).
-    pub(super) stopping: AtomicBool,
+    stopping: AtomicBool,
 }
 
-/// Longest sleep between passes when nothing is due (new mail wakes us).
-const IDLE: Duration = Duration::from_secs(60);
-/// How often every queued message is looked at again.
-const RESCAN: Duration = Duration::from_secs(5);
-/// After a wake-up, wait this long for more commits before scanning: under
-/// load every group commit wakes us, and one scan per few milliseconds
-/// hands workers plenty while costing little.
-const GATHER: Duration = Duration::from_millis(2);
-
-/// What the loop keeps between wake-ups (only the loop touches it).
-#[derive(Default)]
-struct Timers {
-    /// Messages waiting for a time (a deferred recipient's next attempt,
-    /// or never for a held message), by due unix second.
-    due: BTreeSet<(i64, QueueId)>,
-    /// The due time of each message in `due`.
-    of: HashMap<QueueId, i64>,
-}
-
-impl Timers {
-    fn set(&mut self, id: QueueId, at: i64) {
-        if let Some(old) = self.of.insert(id, at) {
-            self.due.remove(&(old, id));
-        }
-        self.due.insert((at, id));
-    }
-
-    fn clear(&mut self, id: &QueueId) {
-        if let Some(old) = self.of.remove(id) {
-            self.due.remove(&(old, *id));
-        }
-    }
-
-    /// Take the messages due at `now`.
-    fn take_due(&mut self, now: i64) -> Vec<QueueId> {
-        let mut out = Vec::new();
-        while let Some(&(at, id)) = self.due.first() {
-            if at > now {
-                break;
-            }
-            self.due.pop_first();
-            self.of.remove(&id);
-            out.push(id);
-        }
-        out
-    }
-
-    fn next(&self) -> Option<i64> {
-        self.due
-            .first()
-            .map(|(at, _)| *at)
-            .filter(|at| *at < i64::MAX)
-    }
-}
+/// Longest sleep when nothing is due (new mail wakes us).
+const IDLE: Duration = Duration::from_secs(1);
+/// Messages looked at per step of a whole-queue scan, between which the
+/// manager answers its inbox.
+const SCAN_CHUNK: usize = 10_000;
 
 impl Manager {
-    pub(crate) fn new(
+    pub fn new(
         spool: Spool,
         current: Current,
         dns: HickoryDns,
@@ -140,82 +136,312 @@ impl Manager {
         concurrency: Concurrency,
         outbound_tls: OutboundTls,
     ) -> Arc<Self> {
+        let limits = Limits {
+            total: concurrency.total.max(1),
+            per_destination: concurrency.per_destination.max(1),
+            ..Limits::default()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = tx.clone();
+        spool.on_arrival(Box::new(move |id| {
+            let _ = inbox.send(Nudge::Look(id));
+        }));
         Arc::new(Self {
             spool,
             current,
             dns: CachedDns::new(dns),
             metrics,
             mx_port,
-            total: Arc::new(Semaphore::new(concurrency.total.max(1))),
-            per_destination: concurrency.per_destination.max(1),
-            pool: Pool::new(concurrency.per_destination.max(1), concurrency.total.max(1)),
+            pool: Pool::new(limits.per_destination, limits.total),
             outbound_tls,
-            book: Mutex::new(Book::default()),
-            done: tokio::sync::Notify::new(),
+            core: Mutex::new(Core {
+                sched: Scheduler::new(limits, HealthSettings::default()),
+                busy: HashMap::new(),
+                sites: Sites::default(),
+            }),
+            inbox: tx,
+            inbox_rx: Mutex::new(Some(rx)),
+            in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         })
     }
 
     /// Start no new delivery; those under way finish and record their
     /// outcome (see `busy`), queued jobs are let go untouched.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.done.notify_one();
+        let _ = self.inbox.send(Nudge::All);
     }
 
     pub(super) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Messages a worker holds: being delivered or having results recorded.
-    pub(crate) fn busy(&self) -> usize {
-        self.book().busy.len()
+    /// Messages a task holds: being delivered or having results recorded.
+    pub fn busy(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Look at `id` again now (the admin API changed it).
+    pub(crate) fn look(&self, id: QueueId) {
+        let _ = self.inbox.send(Nudge::Look(id));
+    }
+
+    /// Look at every message again (the admin API flushed the queue).
+    pub(crate) fn look_all(&self) {
+        let _ = self.inbox.send(Nudge::All);
+    }
+
+    /// The destinations with mail or a health worth showing.
+    pub(crate) fn destinations(&self) -> Vec<DestView<Dest>> {
+        let mut views = self.core().sched.views();
+        views.sort_by(|a, b| a.dest.cmp(&b.dest));
+        views
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn send(&self, nudge: Nudge) {
+        let _ = self.inbox.send(nudge);
+    }
+
+    /// A task takes hold of a message; `Released` or `Ended` lets go.
+    pub(super) fn hold(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn let_go(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Run until `stop` or until the task is dropped.
-    pub(crate) async fn run(self: Arc<Self>) {
-        let mut timers = Timers::default();
-        let mut last_rescan: Option<Instant> = None;
-        let mut last_expire = Instant::now();
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut rx) = self.inbox_rx.lock().ok().and_then(|mut r| r.take()) else {
+            tracing::error!("delivery manager started twice");
+            return;
+        };
+        let mut config: Option<Arc<Runtime>> = None;
+        let mut last_tick = Instant::now();
+        let mut nudges = Vec::new();
         loop {
             if self.is_stopping() {
                 tracing::info!(busy = self.busy(), "delivery stopped: no new attempts");
                 return;
             }
-            // Armed before the pass, so a commit during it is not missed.
-            let changed = self.spool.changed();
-            if last_expire.elapsed() >= Duration::from_secs(1) {
+            let rt = self.current.get();
+            if config.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &rt)) {
+                // Start-up, or new routes and settings: look at everything.
+                config = Some(Arc::clone(&rt));
+                self.rescan(&rt).await;
+            }
+            for nudge in nudges.drain(..) {
+                self.handle(nudge, &rt).await;
+            }
+            self.step(&rt).await;
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
                 self.pool.expire();
-                last_expire = Instant::now();
+                self.publish();
             }
-            let full = last_rescan.is_none_or(|t| t.elapsed() >= RESCAN);
-            if full {
-                last_rescan = Some(Instant::now());
-            }
-            self.pass(&mut timers, full).await;
-            let now = Timestamp::now().as_second();
-            let mut wait = timers
-                .next()
-                .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
-                .unwrap_or(IDLE)
-                .min(IDLE);
-            if !timers.of.is_empty() {
-                // Held or waiting messages: look again at the next rescan.
-                wait = wait.min(RESCAN);
-            }
+            let wait = self.wait();
             tokio::select! {
-                _ = changed => {}
-                _ = self.done.notified() => {}
-                _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+                n = rx.recv_many(&mut nudges, 4096) => {
+                    if n == 0 {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
             }
-            tokio::time::sleep(GATHER).await;
         }
     }
 
-    /// One look at what changed: new messages, due timers, messages the
-    /// workers handed back; with `full`, every message.
-    async fn pass(self: &Arc<Self>, timers: &mut Timers, full: bool) {
-        let rt = self.current.get();
+    /// How long to sleep: until the next timer or probe, at most `IDLE`.
+    fn wait(&self) -> Duration {
+        let now = Timestamp::now();
+        match self.core().sched.next_wake() {
+            Some(at) if at <= now.as_second() => Duration::from_millis(50),
+            Some(at) => {
+                // Timers count whole seconds: wake just after `at` begins.
+                let in_ms = (at - now.as_second()) * 1000 - i64::from(now.subsec_millisecond());
+                Duration::from_millis(u64::try_from(in_ms).unwrap_or(0) + 5).min(IDLE)
+            }
+            None => IDLE,
+        }
+    }
+
+    /// Due timers, probes, refills, then start what the limits allow.
+    async fn step(self: &Arc<Self>, rt: &Runtime) {
+        let now = Timestamp::now().as_second();
+        let (due, probes, refill) = {
+            let mut core = self.core();
+            let due = core.sched.take_due(now);
+            let probes = core.sched.take_probes(now);
+            let refill = core.sched.refill();
+            (due, probes, refill)
+        };
+        for id in due.into_iter().chain(refill) {
+            self.examine(id, rt, false).await;
+        }
+        for id in probes {
+            // A probe goes whatever the message's own retry time says.
+            self.examine(id, rt, true).await;
+        }
+        self.start_what_can(now);
+    }
+
+    fn start_what_can(self: &Arc<Self>, now: i64) {
+        loop {
+            let Some(start) = self.core().sched.next(now) else {
+                return;
+            };
+            self.hold();
+            let manager = Arc::clone(self);
+            // Boxed: a delivery's future (DNS, SMTP client, timeouts) is
+            // tens of KiB; inline it would make the task's future that big,
+            // and `tokio::spawn` copies it (callgrind: ≈39k instructions
+            // per message).
+            tokio::spawn(async move { Box::pin(manager.work(start)).await });
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, nudge: Nudge, rt: &Runtime) {
+        match nudge {
+            Nudge::Look(id) => self.examine(id, rt, false).await,
+            Nudge::All => {
+                if !self.is_stopping() {
+                    self.rescan(rt).await;
+                }
+            }
+            Nudge::Site {
+                domain,
+                site,
+                failed,
+            } => {
+                let waiting = self
+                    .core()
+                    .sites
+                    .answered(&domain, site, failed, Instant::now());
+                for id in waiting {
+                    self.examine(id, rt, false).await;
+                }
+            }
+            Nudge::Ended(ended) => self.ended(*ended, rt).await,
+            Nudge::Released { id, recheck } => {
+                let free = self.release(&id);
+                if free && recheck {
+                    self.examine(id, rt, false).await;
+                }
+            }
+        }
+    }
+
+    /// One job of `id` is over; true when none is left.
+    fn release(&self, id: &QueueId) -> bool {
+        let mut core = self.core();
+        match core.busy.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                core.busy.remove(id);
+                true
+            }
+        }
+    }
+
+    /// An attempt ended: the destination's health, then the message.
+    async fn ended(self: &Arc<Self>, e: Ended, rt: &Runtime) {
+        let now = Timestamp::now().as_second();
+        let (finished, suspended) = {
+            let mut core = self.core();
+            let f = core
+                .sched
+                .finished(&e.dest, e.contact, &e.reason, e.probe, now);
+            let suspended = core.sched.is_suspended(&e.dest);
+            if suspended && e.contact == Contact::Failed {
+                core.sched.park(e.dest.clone(), e.id);
+            }
+            (f, suspended)
+        };
+        if e.probe {
+            let result = if suspended { "failed" } else { "released" };
+            self.metrics.destinations.probe(result);
+        }
+        match finished.change {
+            Change::Suspended => {
+                self.metrics.destinations.suspensions.inc();
+                tracing::warn!(destination = %e.dest, reason = %e.reason,
+                    "destination suspended: no attempts but one probe per back-off step");
+            }
+            Change::Released => {
+                tracing::info!(destination = %e.dest, parked = finished.reexamine.len(),
+                    "destination released: a probe got through");
+            }
+            Change::None => {}
+        }
+        for (id, job) in finished.defer {
+            self.core().sched.park(e.dest.clone(), id);
+            self.defer_suspended(job, &e.dest, &e.reason);
+        }
+        let force = finished.change == Change::Released;
+        for id in finished.reexamine {
+            self.examine(id, rt, force).await;
+        }
+        if self.release(&e.id) {
+            self.examine(e.id, rt, false).await;
+        }
+        self.let_go();
+    }
+
+    /// Look at every queued message: at start-up and on a config change.
+    async fn rescan(self: &Arc<Self>, rt: &Runtime) {
+        let health = HealthSettings::default();
+        let (jobs, ids) = {
+            let mut core = self.core();
+            core.sched.set_health(health);
+            core.sched.take_unstarted()
+        };
+        for (id, _) in &jobs {
+            self.release(id);
+        }
+        let mut all = self.spool.ids();
+        all.extend(ids);
+        let started = Instant::now();
+        for (n, chunk) in all.chunks(SCAN_CHUNK).enumerate() {
+            for id in chunk {
+                self.examine(*id, rt, false).await;
+            }
+            if n > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        tracing::info!(
+            messages = all.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "queue scanned"
+        );
+    }
+
+    /// Decide about message `id`: finish, expire, warn, wait, or hand its
+    /// due recipients to their destinations. `force`: every recipient
+    /// still waiting is due (a probe, a release).
+    async fn examine(self: &Arc<Self>, id: QueueId, rt: &Runtime, force: bool) {
+        if self.core().busy.contains_key(&id) {
+            return;
+        }
+        let Some(q) = self.spool.queued_one(&id) else {
+            self.core().sched.clear(&id);
+            return;
+        };
+        let now = Timestamp::now();
+        if q.held {
+            // Released through the admin API, which looks at it again.
+            self.core().sched.clear(&id);
+            return;
+        }
         let schedule = match Schedule::new(&rt.config.queue) {
             Ok(s) => s,
             Err(e) => {
@@ -223,234 +449,164 @@ impl Manager {
                 return;
             }
         };
-        let now = Timestamp::now();
-        let ids = self.spool.ids();
-        let mut look: Vec<QueueId> = {
-            let mut book = self.book();
-            let mut look = std::mem::take(&mut book.recheck);
-            look.extend(
-                ids.iter()
-                    .filter(|id| !book.busy.contains(id) && (full || !timers.of.contains_key(id)))
-                    .copied(),
-            );
-            look
-        };
-        look.extend(timers.take_due(now.as_second()));
-        if full {
-            // Forget timers of messages that are gone (deleted, bounced).
-            let queued: std::collections::HashSet<&QueueId> = ids.iter().collect();
-            timers.of.retain(|id, _| queued.contains(id));
-            timers.due.retain(|(_, id)| queued.contains(id));
-        }
-        look.sort_unstable();
-        look.dedup();
-        let mut gauges = full.then(Gauges::default);
-        for id in look {
-            if self.book().busy.contains(&id) {
-                continue;
-            }
-            let Some(q) = self.spool.queued_one(&id) else {
-                timers.clear(&id);
-                continue;
-            };
-            if let Some(g) = gauges.as_mut() {
-                g.add(&q, now);
-            }
-            self.examine(q, &rt, &schedule, now, timers).await;
-        }
-        if let Some(g) = gauges {
-            // Busy messages were skipped above; count them as pending.
-            let busy = self.book().busy.len() as i64;
-            g.publish(&self.metrics, busy);
-        }
-    }
-
-    /// Decide about one message that no worker holds.
-    async fn examine(
-        self: &Arc<Self>,
-        q: Queued,
-        rt: &Runtime,
-        schedule: &Schedule,
-        now: Timestamp,
-        timers: &mut Timers,
-    ) {
-        timers.clear(&q.id);
-        if q.held {
-            // Looked at again at the next rescan.
-            timers.set(q.id, i64::MAX);
-            return;
-        }
         let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
         if q.recipients.iter().all(RecipientState::is_final) {
-            self.finish(&q, &rt.config.hostname, now).await;
-            return;
+            return self.bookkeep(id, move |m| async move { m.finish(&q, now).await });
         }
         if now >= schedule.expires_at(received) {
-            self.expire(&q).await;
-            timers.set(q.id, now.as_second());
-            return;
+            return self.bookkeep(id, move |m| async move { m.expire(&q).await });
         }
         if schedule.delay_warning_due(received, now, q.warned) {
-            self.warn_delay(&q, &rt.config.hostname, now, schedule.expires_at(received))
-                .await;
+            let until = schedule.expires_at(received);
+            return self.bookkeep(
+                id,
+                move |m| async move { m.warn_delay(&q, now, until).await },
+            );
         }
-        let (due, later) = decide::due(&q, now.as_second());
-        if let Some(l) = later {
-            timers.set(q.id, l);
+        let (due, later) = decide::due(&q, if force { i64::MAX } else { now.as_second() });
+        if let Some(l) = later.filter(|_| !force) {
+            self.core().sched.wait(id, l);
         }
         if due.is_empty() {
             return;
         }
-        let mut groups: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
-        for &i in &due {
-            let rcpt = &q.envelope.recipients[i];
-            groups
-                .entry(route(rt, &domain_of(rcpt)))
-                .or_default()
-                .push(i);
+        let Some(groups) = self.destinations_of(&q, &due, rt) else {
+            return;
+        };
+        self.core().sched.clear(&id);
+        self.offer(Arc::new(q), groups, schedule, now.as_second());
+    }
+
+    /// The due recipients of `q` by destination and route; `None` while a
+    /// site lookup is under way (the message is looked at again after).
+    fn destinations_of(
+        self: &Arc<Self>,
+        q: &Queued,
+        due: &[usize],
+        rt: &Runtime,
+    ) -> Option<BTreeMap<Dest, BTreeMap<Route, Vec<usize>>>> {
+        let mut out: BTreeMap<Dest, BTreeMap<Route, Vec<usize>>> = BTreeMap::new();
+        let mut waiting = false;
+        for &i in due {
+            let r = route(rt, &domain_of(&q.envelope.recipients[i]));
+            let dest = match &r {
+                Route::Mx { domain } => {
+                    let lookup = self.core().sites.get(domain, q.id, Instant::now());
+                    match lookup {
+                        Lookup::Known(s) => Dest::Site(s),
+                        Lookup::Wait { start } => {
+                            if start {
+                                self.look_up_site(domain.clone());
+                            }
+                            waiting = true;
+                            continue;
+                        }
+                    }
+                }
+                other => Dest::Route(other.clone()),
+            };
+            out.entry(dest).or_default().entry(r).or_default().push(i);
         }
-        timers.clear(&q.id);
-        self.book().busy.insert(q.id);
-        self.enqueue(Job {
-            q,
-            groups: groups.into_iter().collect(),
-            schedule: schedule.clone(),
-            body: None,
+        (!waiting).then_some(out)
+    }
+
+    fn look_up_site(self: &Arc<Self>, domain: String) {
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let answer = manager.dns.mx(&domain).await;
+            let failed = answer.is_err();
+            let site = site(&domain, answer);
+            manager.send(Nudge::Site {
+                domain,
+                site,
+                failed,
+            });
         });
     }
 
-    /// Every recipient reached a final state: remove, or bounce the failures.
-    async fn finish(&self, q: &Queued, hostname: &str, now: Timestamp) {
-        let reports = decide::failure_reports(q, now);
-        if reports.is_empty() {
-            match self.spool.remove(&q.id).await {
-                Ok(()) => tracing::info!(queue_id = %q.id, "removed: all recipients delivered"),
-                Err(e) => {
-                    tracing::error!(queue_id = %q.id, error = %e, "cannot remove a delivered message")
-                }
-            }
-            return;
-        }
-        self.notice(q, hostname, now, &reports, Notice::Bounce)
-            .await;
-    }
-
-    /// Fail every recipient still waiting: the queue lifetime is over.
-    async fn expire(&self, q: &Queued) {
-        let updates: Vec<(usize, RecipientState)> = q
-            .recipients
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.is_final())
-            .map(|(i, s)| (i, decide::expired(decide::last_reply(s))))
-            .collect();
-        tracing::info!(queue_id = %q.id, recipients = updates.len(), "expired in the queue");
-        if let Err(e) = self.spool.record(&q.id, &updates).await {
-            tracing::error!(queue_id = %q.id, error = %e, "cannot record expiry");
-        }
-    }
-
-    async fn warn_delay(&self, q: &Queued, hostname: &str, now: Timestamp, until: Timestamp) {
-        let reports = decide::delay_reports(q, now, until);
-        if !reports.is_empty() {
-            self.notice(q, hostname, now, &reports, Notice::DelayWarning)
-                .await;
-        }
-    }
-
-    /// A DSN about `q`, committed with its effect on `q` in one spool step.
-    async fn notice(
-        &self,
-        q: &Queued,
-        hostname: &str,
-        now: Timestamp,
-        reports: &[dsn::RecipientReport],
-        notice: Notice,
+    /// Hand each destination its job.
+    fn offer(
+        self: &Arc<Self>,
+        q: Arc<Queued>,
+        groups: BTreeMap<Dest, BTreeMap<Route, Vec<usize>>>,
+        schedule: Schedule,
+        now: i64,
     ) {
-        let original = match self.spool.read_body(&q.id).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(queue_id = %q.id, error = %e, "cannot read the message for its notice");
-                return;
-            }
-        };
-        let arrival = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
-        let input = DsnInput {
-            envelope: &q.envelope,
-            message: &original,
-            reporting_mta: hostname,
-            queue_id: q.id,
-            arrival_date: arrival,
-            now,
-            recipients: reports,
-        };
-        let Some(dsn) = dsn::build(&input) else {
-            // RFC 5321 §6.1: never a notice to the null sender.
-            if notice == Notice::Bounce {
-                tracing::info!(queue_id = %q.id, "failed message from <> dropped: no bounce to a bounce");
-                if let Err(e) = self.spool.remove(&q.id).await {
-                    tracing::error!(queue_id = %q.id, error = %e, "cannot remove a failed message");
+        for (dest, routes) in groups {
+            let job = Job {
+                q: Arc::clone(&q),
+                groups: routes.into_iter().collect(),
+                schedule: schedule.clone(),
+            };
+            let mut core = self.core();
+            *core.busy.entry(q.id).or_default() += 1;
+            match core.sched.push(dest.clone(), q.id, job, now) {
+                Push::Ready => {}
+                Push::Overflow => {
+                    // Loaded again when the destination's ready queue drains.
+                    drop(core);
+                    self.release(&q.id);
+                }
+                Push::Suspended { job, reason } => {
+                    core.sched.park(dest.clone(), q.id);
+                    drop(core);
+                    self.defer_suspended(job, &dest, &reason);
                 }
             }
-            return;
-        };
-        let id = self.spool.new_id();
-        let envelope = Envelope {
-            sender: dsn.sender.clone(),
-            recipients: vec![dsn.recipient.clone()],
-            received_at: now.as_second(),
-            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            helo: hostname.to_string(),
-            auth: None,
-            tls: false,
-            size: dsn.message.len() as u64,
-            smtputf8: dsn.needs_smtputf8(),
-            body_8bit: dsn.is_8bit(),
-            handed_off: None,
-        };
-        match self
-            .spool
-            .commit_notice(&id, &envelope, &dsn.message, &q.id, notice)
-            .await
-        {
-            Ok(()) => tracing::info!(
-                queue_id = %q.id,
-                notice_id = %id,
-                to = %dsn.recipient,
-                kind = if notice == Notice::Bounce { "bounce" } else { "delay warning" },
-                "notice queued"
-            ),
-            Err(e) => tracing::error!(queue_id = %q.id, error = %e, "cannot queue the notice"),
-        }
-    }
-}
-
-/// Queue gauges, counted during a full rescan.
-#[derive(Default)]
-struct Gauges {
-    by_state: BTreeMap<&'static str, i64>,
-    oldest: i64,
-}
-
-impl Gauges {
-    fn add(&mut self, q: &Queued, now: Timestamp) {
-        self.oldest = self.oldest.max(now.as_second() - q.envelope.received_at);
-        for s in &q.recipients {
-            let key = match s {
-                RecipientState::Pending => "pending",
-                RecipientState::Deferred { .. } => "deferred",
-                RecipientState::Delivered { .. } => "delivered",
-                RecipientState::Failed { .. } => "failed",
-            };
-            *self.by_state.entry(key).or_default() += 1;
-        }
-        if q.held {
-            *self.by_state.entry("held").or_default() += 1;
         }
     }
 
-    fn publish(mut self, metrics: &Metrics, busy: i64) {
-        *self.by_state.entry("pending").or_default() += busy;
-        metrics.queue_state(&self.by_state, self.oldest);
+    /// Run `work` on message `id` in a task of its own, the message held
+    /// until it is done, then looked at again.
+    fn bookkeep<F, Fut>(self: &Arc<Self>, id: QueueId, work: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.core().busy.entry(id).or_default() += 1;
+        self.hold();
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            work(Arc::clone(&manager)).await;
+            manager.let_go();
+            manager.send(Nudge::Released { id, recheck: true });
+        });
+    }
+
+    /// Refresh the queue gauges: the spool keeps the counts.
+    fn publish(&self) {
+        let (tally, oldest) = self.spool.tally();
+        let now = Timestamp::now().as_second();
+        let mut by_state = BTreeMap::new();
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        by_state.insert("pending", n(tally.pending));
+        by_state.insert("deferred", n(tally.deferred));
+        by_state.insert("delivered", n(tally.delivered));
+        by_state.insert("failed", n(tally.failed));
+        by_state.insert("held", n(tally.held));
+        self.metrics
+            .queue_state(&by_state, oldest.map_or(0, |t| (now - t).max(0)));
+        let core = self.core();
+        let d = &self.metrics.destinations;
+        d.suspended.set(core.sched.suspended() as i64);
+        d.parked.set(core.sched.parked() as i64);
+        d.waiting.set(core.sched.waiting() as i64);
+    }
+}
+
+/// The job is for a destination that takes no attempts: record every
+/// recipient as deferred with the destination's reason, no connection.
+impl Manager {
+    fn defer_suspended(self: &Arc<Self>, job: Job, dest: &Dest, reason: &str) {
+        let reason = reason.to_string();
+        let dest = dest.to_string();
+        let id = job.q.id;
+        self.hold();
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            manager.record_deferred(job, &dest, &reason).await;
+            manager.let_go();
+            manager.send(Nudge::Released { id, recheck: true });
+        });
     }
 }

@@ -1,0 +1,164 @@
+//! `mailrelay queue destinations`: where mail waits and whether each place
+//! takes attempts — from a running relay's admin API
+//! (`GET /queue/destinations`, loopback only), since destination health
+//! lives in the relay's memory, not in the spool.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::queue::destination::Dest;
+use crate::queue::scheduler::DestView;
+
+/// One destination as the admin API and the CLI show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRow {
+    /// `mx:HOSTS` (an MX site), `smarthost`, `lmtp:HOST:PORT`,
+    /// `smtp:HOST:PORT` or `maildir:PATH`.
+    pub destination: String,
+    /// `active` or `suspended`.
+    pub state: String,
+    /// Messages waiting for it: ready, being tried, or parked.
+    pub depth: usize,
+    /// Attempts under way.
+    pub running: usize,
+    /// The last connection-level failure.
+    pub last_error: Option<String>,
+    /// When a suspended destination is probed next (RFC 3339).
+    pub next_probe: Option<String>,
+}
+
+impl From<DestView<Dest>> for DestinationRow {
+    fn from(v: DestView<Dest>) -> Self {
+        Self {
+            destination: v.dest.to_string(),
+            state: if v.suspended { "suspended" } else { "active" }.into(),
+            depth: v.depth,
+            running: v.running,
+            last_error: v.last_error,
+            next_probe: v
+                .next_probe
+                .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                .map(|t| t.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationsError {
+    #[error(
+        "cannot reach the relay's admin endpoint at {addr}: {source} (give its --http address, 127.0.0.1:9725 standalone, 127.0.0.1:9090 in a pod)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the relay at {addr} did not answer in time")]
+    Timeout { addr: SocketAddr },
+    #[error("the relay at {addr} answered {status}: {body}")]
+    Status {
+        addr: SocketAddr,
+        status: String,
+        body: String,
+    },
+    #[error("the relay at {addr} sent what is not a destination list: {source}")]
+    Json {
+        addr: SocketAddr,
+        source: serde_json::Error,
+    },
+}
+
+/// Ask the relay whose admin API listens on `addr`.
+pub async fn fetch(addr: SocketAddr) -> Result<Vec<DestinationRow>, DestinationsError> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /queue/destinations HTTP/1.0\r\nHost: mailrelay\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| DestinationsError::Timeout { addr })?
+        .map_err(|source| DestinationsError::Connect { addr, source })?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(DestinationsError::Status {
+            addr,
+            status: status.to_string(),
+            body: body.trim().to_string(),
+        });
+    }
+    serde_json::from_str(body).map_err(|source| DestinationsError::Json { addr, source })
+}
+
+/// The table `mailrelay queue destinations` prints.
+pub fn format(rows: &[DestinationRow]) -> String {
+    if rows.is_empty() {
+        return "No destination has mail waiting or a failure on record.\n".into();
+    }
+    let width = rows
+        .iter()
+        .map(|r| r.destination.len())
+        .max()
+        .unwrap_or(0)
+        .max("DESTINATION".len());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:width$}  {:9}  {:>7}  {:>7}  {:20}  LAST ERROR",
+        "DESTINATION", "STATE", "DEPTH", "RUNNING", "NEXT PROBE"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:9}  {:>7}  {:>7}  {:20}  {}",
+            r.destination,
+            r.state,
+            r.depth,
+            r.running,
+            r.next_probe.as_deref().unwrap_or("-"),
+            r.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_suspended_site_shows_its_error_and_next_probe() {
+        let row = DestinationRow::from(DestView {
+            dest: Dest::Site(Arc::from("mx1.dead.test,mx2.dead.test")),
+            suspended: true,
+            depth: 1200,
+            running: 0,
+            last_error: Some("connection refused by 127.0.0.9:25".into()),
+            next_probe: Some(1_800_000_000),
+        });
+        assert_eq!(row.state, "suspended");
+        assert_eq!(row.next_probe.as_deref(), Some("2027-01-15T08:00:00Z"));
+        let table = format(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(lines[0].starts_with("DESTINATION"), "{table}");
+        assert!(
+            lines[1]
+                == "mx:mx1.dead.test,mx2.dead.test  suspended     1200        0  2027-01-15T08:00:00Z  connection refused by 127.0.0.9:25",
+            "{table}"
+        );
+        assert!(format(&[]).starts_with("No destination"));
+    }
+}

@@ -1,0 +1,187 @@
+//! One attempt, as a task of its own: a job's groups (one per route of
+//! its destination) are tried in turn over the route's kept connections
+//! (the pool), each group's results are made durable before the next, and
+//! the manager is told what the attempt learnt of the destination.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use rand::SeedableRng;
+
+use super::attempt::{AttemptCtx, attempt};
+use super::decide;
+use super::destination::Dest;
+use super::health::Contact;
+use super::manager::{Ended, Job, Manager, Nudge};
+use super::router::Route;
+use super::scheduler::Start;
+use crate::delivery::{Outcome, Timeouts};
+use crate::spool::{Queued, RecipientState};
+
+impl Manager {
+    /// Deliver the job of `start`, then report to the manager.
+    pub(super) async fn work(self: Arc<Self>, start: Start<Dest, Job>) {
+        let Start {
+            dest,
+            id,
+            job,
+            probe,
+        } = start;
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let (contact, reason) = if self.is_stopping() {
+            // Draining: what has not started stays queued for hand-off.
+            (Contact::Unknown, String::new())
+        } else {
+            self.deliver(job, &mut rng).await
+        };
+        self.send(Nudge::Ended(Box::new(Ended {
+            dest,
+            id,
+            contact,
+            reason,
+            probe,
+        })));
+    }
+
+    /// Try each group of `job`, recording each group's results before the
+    /// next: the window in which a crash repeats a delivery stays one
+    /// transaction wide. Returns what was learnt of the destination.
+    async fn deliver(&self, job: Job, rng: &mut rand::rngs::StdRng) -> (Contact, String) {
+        let Job {
+            q,
+            groups,
+            schedule,
+        } = job;
+        let body = match self.spool.read_body(&q.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %q.id, error = %e, "cannot read the message body; will retry");
+                return (Contact::Unknown, String::new());
+            }
+        };
+        let rt = self.current.get();
+        let mut seen = Contact::Unknown;
+        let mut reason = String::new();
+        for (route, indices) in groups {
+            let ctx = AttemptCtx {
+                runtime: &rt,
+                dns: &self.dns,
+                timeouts: Timeouts::default(),
+                mx_port: self.mx_port,
+                pool: &self.pool,
+                metrics: &self.metrics,
+                outbound_tls: &self.outbound_tls,
+                queue_id: Some(q.id),
+            };
+            let recipients: Vec<String> = indices
+                .iter()
+                .map(|&i| q.envelope.recipients[i].clone())
+                .collect();
+            let tried = attempt(&ctx, &route, &q.envelope.sender, &recipients, &body).await;
+            seen = match (seen, tried.contact) {
+                (Contact::Reached, _) | (_, Contact::Reached) => Contact::Reached,
+                (Contact::Failed, _) | (_, Contact::Failed) => Contact::Failed,
+                _ => Contact::Unknown,
+            };
+            if let Some(Outcome::TempFail { reason: r }) = tried.outcomes.first() {
+                reason.clone_from(r);
+            }
+            let now = Timestamp::now();
+            let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
+            let mut updates = Vec::with_capacity(indices.len());
+            for ((&i, rcpt), outcome) in indices.iter().zip(&recipients).zip(&tried.outcomes) {
+                let state =
+                    decide::after_attempt(&q.recipients[i], outcome, &schedule, received, now, rng);
+                let result = log_outcome(&q, rcpt, &route, outcome, &state);
+                let age = (now.as_second() - q.envelope.received_at).max(0);
+                self.metrics.delivery(route.kind(), result, age);
+                updates.push((i, state));
+            }
+            // Awaited: the next group (and the next job) waits until this
+            // outcome is on disk, so a crash repeats at most one
+            // transaction per attempt.
+            self.record(&q, updates).await;
+        }
+        (seen, reason)
+    }
+
+    /// Make one group's results durable. The common case — every
+    /// recipient of the message delivered in one transaction — needs no
+    /// state record: removing the message says it all.
+    async fn record(&self, q: &Queued, updates: Vec<(usize, RecipientState)>) {
+        let all_done = updates.len() == q.recipients.len()
+            && updates
+                .iter()
+                .all(|(_, s)| matches!(s, RecipientState::Delivered { .. }));
+        let written = if all_done {
+            self.spool.remove(&q.id).await
+        } else {
+            self.spool.record(&q.id, &updates).await
+        };
+        match written {
+            Ok(()) if all_done => {
+                tracing::debug!(queue_id = %q.id, "removed: all recipients delivered");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(queue_id = %q.id, error = %e, "cannot record delivery results; they will be retried");
+            }
+        }
+    }
+
+    /// A job for a suspended destination: every recipient deferred with
+    /// the destination's reason, and no connection made.
+    pub(super) async fn record_deferred(&self, job: Job, dest: &str, reason: &str) {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let q = &job.q;
+        let now = Timestamp::now();
+        let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
+        let outcome = Outcome::temp(reason);
+        let mut updates = Vec::new();
+        for (_, indices) in &job.groups {
+            for &i in indices {
+                let state = decide::after_attempt(
+                    &q.recipients[i],
+                    &outcome,
+                    &job.schedule,
+                    received,
+                    now,
+                    &mut rng,
+                );
+                updates.push((i, state));
+            }
+        }
+        tracing::info!(queue_id = %q.id, destination = dest, recipients = updates.len(),
+            result = "deferred", reason, "delivery: destination suspended, no attempt");
+        self.metrics.delivery(
+            "suspended",
+            "deferred",
+            (now.as_second() - q.envelope.received_at).max(0),
+        );
+        self.record(q, updates).await;
+    }
+}
+
+/// One structured event per recipient decision; returns the result label.
+fn log_outcome(
+    q: &Queued,
+    rcpt: &str,
+    route: &Route,
+    outcome: &Outcome,
+    state: &RecipientState,
+) -> &'static str {
+    let result = match state {
+        RecipientState::Delivered { .. } => "delivered",
+        RecipientState::Failed { .. } => "bounced",
+        RecipientState::Deferred { .. } | RecipientState::Pending => "deferred",
+    };
+    tracing::info!(
+        queue_id = %q.id,
+        recipient = %rcpt,
+        route = route.kind(),
+        result,
+        reply = %outcome,
+        "delivery"
+    );
+    result
+}
