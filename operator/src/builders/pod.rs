@@ -1,8 +1,10 @@
 //! The relay pod template, shared by the Deployment and the StatefulSet.
 //!
-//! The pod has the least power we can give it: no API token, non-root
-//! (65534, "nobody"), read-only root filesystem, no capabilities, no
-//! privilege escalation, the runtime's default seccomp profile. Listeners
+//! The pod has the least power we can give it: an API token that may only
+//! read its own config ConfigMaps (see [`super::rbac`]; the relay watches
+//! them so changes reach it in seconds), non-root (65534, "nobody"),
+//! read-only root filesystem, no capabilities, no privilege escalation, the
+//! runtime's default seccomp profile. Listeners
 //! bind unprivileged ports (2525/5870/4650) and the Service maps 25/587/465
 //! onto them, so no capability is needed for that either.
 //!
