@@ -168,6 +168,51 @@ pub struct Keep {
     pub scaled_objects: BTreeSet<String>,
 }
 
+/// What the workload reported back from its apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    /// Pods that exist, ready, and of the current template.
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+}
+
+impl WorkloadState {
+    pub(crate) fn of_deployment(d: &Deployment) -> Self {
+        let s = d.status.clone().unwrap_or_default();
+        Self {
+            generation: d.metadata.generation,
+            observed_generation: s.observed_generation,
+            replicas: s.replicas.unwrap_or(0),
+            ready: s.ready_replicas.unwrap_or(0),
+            updated: s.updated_replicas.unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn of_stateful_set(s: &StatefulSet) -> Self {
+        let st = s.status.clone().unwrap_or_default();
+        Self {
+            generation: s.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: st.replicas,
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+        }
+    }
+}
+
+/// What applying the plan found out.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub workload: WorkloadState,
+    pub external: Vec<String>,
+    /// The Relay chose KEDA but the cluster has no ScaledObject kind.
+    pub keda_missing: bool,
+    pub keep: Keep,
+}
+
 /// Delete the objects of the prunable kinds that the Relay with `uid`
 /// controls and no longer needs. Only objects with the Relay's labels and
 /// a controller reference to its uid are ever deleted.

@@ -9,22 +9,18 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use mailrelay_crds::{Blocklist, MailDomain, Relay, RelayStatus};
 
 use super::{Context, Error, Outcome, apply_status};
-use crate::apply::{self, Keep};
+use crate::apply::{self, Applied, Keep, WorkloadState};
 use crate::builders::{Autoscaler, Workload};
-use crate::plan::{Invalid, Plan, plan};
-use crate::status::{Cond, State, entered, list_message, merge};
+use crate::plan::{Plan, plan};
+use crate::status::relay::{events, invalid_status, ready_status};
 
 /// How often a settled Relay is looked at again, to repair anything a
 /// missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(300);
-
-/// How many problems a condition message lists.
-const LISTED: usize = 10;
 
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Relay");
@@ -141,51 +137,6 @@ fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {
         ready,
         external: applied.external.clone(),
     }
-}
-
-/// What the workload reported back from its apply.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadState {
-    pub generation: Option<i64>,
-    pub observed_generation: Option<i64>,
-    /// Pods that exist, ready, and of the current template.
-    pub replicas: i32,
-    pub ready: i32,
-    pub updated: i32,
-}
-
-impl WorkloadState {
-    fn of_deployment(d: &Deployment) -> Self {
-        let s = d.status.clone().unwrap_or_default();
-        Self {
-            generation: d.metadata.generation,
-            observed_generation: s.observed_generation,
-            replicas: s.replicas.unwrap_or(0),
-            ready: s.ready_replicas.unwrap_or(0),
-            updated: s.updated_replicas.unwrap_or(0),
-        }
-    }
-
-    fn of_stateful_set(s: &StatefulSet) -> Self {
-        let st = s.status.clone().unwrap_or_default();
-        Self {
-            generation: s.metadata.generation,
-            observed_generation: st.observed_generation,
-            replicas: st.replicas,
-            ready: st.ready_replicas.unwrap_or(0),
-            updated: st.updated_replicas.unwrap_or(0),
-        }
-    }
-}
-
-/// What applying the plan found out.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    pub workload: WorkloadState,
-    pub external: Vec<String>,
-    /// The Relay chose KEDA but the cluster has no ScaledObject kind.
-    pub keda_missing: bool,
-    pub keep: Keep,
 }
 
 async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
@@ -344,134 +295,6 @@ fn external_addresses(service: &Service) -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// The status of a Relay whose objects were applied.
-pub fn ready_status(relay: &Relay, plan: &Plan, applied: &Applied, now: &Time) -> RelayStatus {
-    let model = &plan.model;
-    let config = &model.config;
-    let desired = model.replicas;
-    let w = &applied.workload;
-    let domains = i32::try_from(config.domains.len()).unwrap_or(i32::MAX);
-    let entries = i64::try_from(config.policy.entry_count()).unwrap_or(i64::MAX);
-
-    let mut degraded: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
-    degraded.extend(model.warnings.iter().map(ToString::to_string));
-    let degraded_cond = if applied.keda_missing {
-        let mut items = vec!["spec.autoscaling.engine: KEDA is not installed (no keda.sh/v1alpha1 ScaledObject in the cluster); the Relay is not autoscaled".to_string()];
-        items.extend(degraded);
-        Cond::new(
-            "Degraded",
-            State::True,
-            "AutoscalerMissing",
-            list_message("problems", &items, LISTED),
-        )
-    } else if !plan.problems.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "ObjectsLeftOut",
-            list_message(
-                "problems; what they name is left out of the config, everything else is served",
-                &degraded,
-                LISTED,
-            ),
-        )
-    } else if !degraded.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "Misconfigured",
-            list_message("warnings", &degraded, LISTED),
-        )
-    } else {
-        Cond::new("Degraded", State::False, "AsExpected", "")
-    };
-    let rolling =
-        w.observed_generation < w.generation || w.updated < desired || w.replicas > desired;
-    let progressing = if rolling {
-        Cond::new(
-            "Progressing",
-            State::True,
-            "RollingOut",
-            format!(
-                "{} of {desired} pods updated, {} pods exist",
-                w.updated, w.replicas
-            ),
-        )
-    } else {
-        Cond::new(
-            "Progressing",
-            State::False,
-            "RolloutComplete",
-            format!("{desired} pods up to date"),
-        )
-    };
-    let ready = if w.ready >= desired && !rolling {
-        Cond::new(
-            "Ready",
-            State::True,
-            "ReplicasReady",
-            format!("{} of {desired} pods ready", w.ready),
-        )
-    } else {
-        Cond::new(
-            "Ready",
-            State::False,
-            "ReplicasNotReady",
-            format!("{} of {desired} pods ready", w.ready),
-        )
-    };
-    let conds = [
-        Cond::new(
-            "ConfigValid",
-            State::True,
-            "Compiled",
-            format!("{domains} domains, {entries} blocklist entries"),
-        ),
-        degraded_cond,
-        progressing,
-        ready,
-    ];
-    let old = relay.status.clone().unwrap_or_default();
-    RelayStatus {
-        observed_generation: relay.metadata.generation,
-        replicas: w.replicas,
-        ready_replicas: w.ready,
-        selector: Some(model.relay.selector()),
-        config_hash: Some(model.config_hash.clone()),
-        domains,
-        blocklist_entries: entries,
-        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
-    }
-}
-
-/// The status of a Relay whose spec is invalid: the figures of the last
-/// good config stay (its pods still run it); the conditions say why.
-pub fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStatus {
-    let old = relay.status.clone().unwrap_or_default();
-    let message = list_message("problems", &invalid.lines(), LISTED);
-    let conds = [
-        Cond::new("ConfigValid", State::False, "InvalidSpec", message.clone()),
-        Cond::new(
-            "Degraded",
-            State::True,
-            "InvalidSpec",
-            "the Relay's spec is invalid; running pods keep their last good config",
-        ),
-        Cond::new(
-            "Progressing",
-            State::False,
-            "InvalidSpec",
-            "nothing is rolled out until the spec is fixed",
-        ),
-        Cond::new("Ready", State::False, "InvalidSpec", message),
-    ];
-    RelayStatus {
-        observed_generation: relay.metadata.generation,
-        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
-        ..old
-    }
-}
-
 /// Write the status if it changed, and publish an Event for each notable
 /// transition.
 async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Result<(), Error> {
@@ -485,51 +308,4 @@ async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Resu
         ctx.event(relay, type_, reason, "Reconcile", note).await;
     }
     Ok(())
-}
-
-/// The Events a status change is worth: (type, reason, note).
-pub fn events(old: &RelayStatus, new: &RelayStatus) -> Vec<(EventType, &'static str, String)> {
-    let mut out = Vec::new();
-    let message = |t: &str| {
-        crate::status::find(&new.conditions, t)
-            .map(|c| c.message.clone())
-            .unwrap_or_default()
-    };
-    if entered(
-        &old.conditions,
-        &new.conditions,
-        "ConfigValid",
-        State::False,
-    ) {
-        out.push((EventType::Warning, "InvalidSpec", message("ConfigValid")));
-    }
-    if new.config_hash.is_some() && new.config_hash != old.config_hash {
-        out.push((
-            EventType::Normal,
-            "ConfigApplied",
-            format!(
-                "config {} ({} domains, {} blocklist entries)",
-                new.config_hash
-                    .as_deref()
-                    .unwrap_or_default()
-                    .get(..12)
-                    .unwrap_or_default(),
-                new.domains,
-                new.blocklist_entries
-            ),
-        ));
-    }
-    if entered(&old.conditions, &new.conditions, "Degraded", State::True)
-        && crate::status::find(&new.conditions, "Degraded")
-            .is_some_and(|c| c.reason != "InvalidSpec")
-    {
-        out.push((EventType::Warning, "Degraded", message("Degraded")));
-    }
-    // Only on becoming Ready, not when the message changes while Ready.
-    if entered(&old.conditions, &new.conditions, "Ready", State::True)
-        && crate::status::find(&old.conditions, "Ready").is_none_or(|c| c.status != "True")
-    {
-        out.push((EventType::Normal, "Ready", message("Ready")));
-    }
-    out
 }

@@ -4,6 +4,10 @@
 //! timestamps that move every pass, no loop of status writes triggering
 //! reconciles.
 
+pub mod blocklist;
+pub mod domain;
+pub mod relay;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A condition's status, as the API spells it.
