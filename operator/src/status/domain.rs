@@ -286,4 +286,174 @@ mod tests {
         );
         assert_eq!(s.dns, Some(good));
     }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+
+    /// (type, status, reason) of each condition, in order.
+    fn conditions(s: &MailDomainStatus) -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn acceptance_and_readiness_follow_what_the_relays_say() {
+        let view = |serving: &[&str], ready: &[&str], selecting: &[&str], problems: &[&str]| View {
+            serving: names(serving),
+            ready: names(ready),
+            selecting: names(selecting),
+            problems: names(problems),
+            ..View::default()
+        };
+        let not_ready = ("Ready", "False", "NoReadyRelay");
+        #[rustfmt::skip]
+        let cases = vec![
+            ("served by a ready Relay", view(&["a"], &["a"], &["a"], &[]),
+             [("Accepted", "True", "Served"), ("Ready", "True", "Served")]),
+            ("served, no serving Relay ready", view(&["a"], &[], &["a"], &[]),
+             [("Accepted", "True", "Served"), not_ready]),
+            ("selected by nobody", view(&[], &[], &[], &[]),
+             [("Accepted", "False", "NoRelay"), not_ready]),
+            ("selected, not yet in a config", view(&[], &[], &["a"], &[]),
+             [("Accepted", "False", "Pending"), not_ready]),
+            ("invalid, served by nobody", view(&[], &[], &["a"], &["spec.domain: bad"]),
+             [("Accepted", "False", "InvalidSpec"), not_ready]),
+            ("partly invalid, served all the same", view(&["a"], &["a"], &["a"], &["spec.aliases[0]: bad"]),
+             [("Accepted", "True", "PartlyServed"), ("Ready", "True", "Served")]),
+            ("the selecting Relay has not reconciled",
+             View { unknown: names(&["a"]), ..view(&[], &[], &["a"], &[]) },
+             [("Accepted", "Unknown", "RelayNotReconciled"), not_ready]),
+            ("the selecting Relay's spec is invalid",
+             View { invalid: names(&["a"]), ..view(&[], &[], &["a"], &[]) },
+             [("Accepted", "Unknown", "RelayInvalid"), not_ready]),
+            ("problems outrank an unreconciled Relay",
+             View { unknown: names(&["a"]), ..view(&[], &[], &["a"], &["spec.domain: bad"]) },
+             [("Accepted", "False", "InvalidSpec"), not_ready]),
+        ];
+        for (name, view, expected) in cases {
+            let s = status(&domain(), &view, None, None, &at());
+            let mut want: Vec<(String, String, String)> = expected
+                .iter()
+                .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
+                .collect();
+            want.push((
+                "DnsConfigured".into(),
+                "Unknown".into(),
+                "NotChecked".into(),
+            ));
+            assert_eq!(conditions(&s), want, "{name}");
+            assert_eq!(s.relays, view.serving, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_dns_and_dkim_conditions_follow_the_mx_check_and_the_key() {
+        let check = |points_at_relay| DnsCheck {
+            mx: names(&["mx.example.com"]),
+            points_at_relay,
+            message: "m".into(),
+        };
+        let ready = KeyState::Ready {
+            record: "v=DKIM1; k=ed25519; p=AAAA".into(),
+            generated: false,
+        };
+        let missing = KeyState::Problem {
+            reason: "SecretMissing",
+            message: "no Secret".into(),
+        };
+        #[rustfmt::skip]
+        let cases = vec![
+            ("not checked, no DKIM", None, None,
+             vec![("DnsConfigured", "Unknown", "NotChecked")]),
+            ("MX at the relay", Some(Ok(check(true))), None,
+             vec![("DnsConfigured", "True", "MxPointsAtRelay")]),
+            ("MX elsewhere", Some(Ok(check(false))), None,
+             vec![("DnsConfigured", "False", "MxElsewhere")]),
+            ("lookup failed", Some(Err("timeout".into())), None,
+             vec![("DnsConfigured", "Unknown", "LookupFailed")]),
+            ("key present", None, Some(&ready),
+             vec![("DnsConfigured", "Unknown", "NotChecked"), (DKIM_CONDITION, "True", "KeyPresent")]),
+            ("key missing", None, Some(&missing),
+             vec![("DnsConfigured", "Unknown", "NotChecked"), (DKIM_CONDITION, "False", "SecretMissing")]),
+        ];
+        let view = View {
+            serving: names(&["a"]),
+            ready: names(&["a"]),
+            selecting: names(&["a"]),
+            ..View::default()
+        };
+        for (name, dns, dkim, expected) in cases {
+            let s = status(&domain(), &view, dns.clone(), dkim, &at());
+            let got: Vec<(String, String, String)> = conditions(&s).split_off(2);
+            let want: Vec<(String, String, String)> = expected
+                .iter()
+                .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
+                .collect();
+            assert_eq!(got, want, "{name}");
+            assert_eq!(s.dns, dns.and_then(Result::ok), "{name}");
+            let record = matches!(dkim, Some(KeyState::Ready { .. }))
+                .then(|| "v=DKIM1; k=ed25519; p=AAAA".to_string());
+            assert_eq!(s.dkim_record, record, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_view_gathers_what_each_relay_reported_about_the_domain() {
+        use mailrelay_crds::common::ObjectRef;
+        use mailrelay_crds::compile::Problem;
+        let problem = |kind: &str, name: &str, field: &str| Problem {
+            object: ObjectRef::new(kind, "mail", name),
+            field: field.into(),
+            message: "bad".into(),
+        };
+        let serving = Outcome {
+            domains: ["d".to_string()].into(),
+            ready: true,
+            external: names(&["192.0.2.2", "192.0.2.1"]),
+            problems: vec![problem("MailDomain", "d", "spec.aliases[0]")],
+            ..Outcome::default()
+        };
+        let outcomes = BTreeMap::from([
+            ("a".to_string(), serving.clone()),
+            (
+                "b".to_string(),
+                Outcome {
+                    ready: false,
+                    external: names(&["192.0.2.1"]),
+                    ..serving
+                },
+            ),
+            (
+                "c".to_string(),
+                Outcome {
+                    invalid: true,
+                    problems: vec![problem("MailDomain", "other", "spec.domain")],
+                    ..Outcome::default()
+                },
+            ),
+            (
+                "d".to_string(),
+                Outcome {
+                    invalid: true,
+                    ..Outcome::default()
+                },
+            ),
+        ]);
+        let view = View::new(&domain(), &outcomes, names(&["a", "b", "c"]));
+        assert_eq!(
+            view,
+            View {
+                serving: names(&["a", "b"]),
+                ready: names(&["a"]),
+                selecting: names(&["a", "b", "c"]),
+                problems: names(&["spec.aliases[0]: bad"]),
+                external: names(&["192.0.2.1", "192.0.2.2"]),
+                unknown: Vec::new(),
+                invalid: names(&["c"]),
+            }
+        );
+    }
 }

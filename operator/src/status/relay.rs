@@ -185,3 +185,221 @@ pub fn events(old: &RelayStatus, new: &RelayStatus) -> Vec<(EventType, &'static 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use mailrelay_crds::MailDomain;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::apply::WorkloadState;
+    use crate::model::Settings;
+    use crate::plan::plan;
+
+    fn at() -> Time {
+        Time(Timestamp::UNIX_EPOCH)
+    }
+
+    fn relay(spec: Value) -> Relay {
+        serde_json::from_value(json!({
+            "apiVersion": "mailrelay.io/v1alpha1", "kind": "Relay",
+            "metadata": {"name": "edge", "namespace": "mail", "uid": "u1", "generation": 3},
+            "spec": spec,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn domain(name: &str, domain: &str) -> MailDomain {
+        serde_json::from_value(json!({
+            "apiVersion": "mailrelay.io/v1alpha1", "kind": "MailDomain",
+            "metadata": {"name": name, "namespace": "mail"},
+            "spec": {
+                "domain": domain,
+                "inbound": {"catchAll": true},
+                "delivery": {"lmtp": {"host": "dovecot", "port": 24}},
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn planned(relay: &Relay, domains: &[MailDomain]) -> Plan {
+        plan(relay, domains, &[], &Settings::default())
+            .unwrap_or_else(|e| panic!("{:?}", e.lines()))
+    }
+
+    /// A workload at generation 2 with `desired` pods of which `ready` are
+    /// ready, `updated` up to date, `observed` the generation it reports.
+    fn workload(observed: i64, replicas: i32, ready: i32, updated: i32) -> WorkloadState {
+        WorkloadState {
+            generation: Some(2),
+            observed_generation: Some(observed),
+            replicas,
+            ready,
+            updated,
+        }
+    }
+
+    /// (type, status, reason) of each condition, in order.
+    fn conditions(s: &RelayStatus) -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    fn want(c: [(&str, &str, &str); 4]) -> Vec<(String, String, String)> {
+        c.iter()
+            .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_conditions_of_an_applied_relay_follow_its_plan_and_its_workload() {
+        let plain = json!({"hostname": "mx.example.com", "replicas": 2});
+        let autoscaled = json!({"hostname": "mx.example.com", "autoscaling": {"maxReplicas": 3}});
+        let good = vec![domain("d", "example.com")];
+        let with_bad = vec![domain("d", "example.com"), domain("bad", "not a domain")];
+        let steady = workload(2, 2, 2, 2);
+        let valid = ("ConfigValid", "True", "Compiled");
+        let fine = ("Degraded", "False", "AsExpected");
+        let done = ("Progressing", "False", "RolloutComplete");
+        let rolling = ("Progressing", "True", "RollingOut");
+        let ready = ("Ready", "True", "ReplicasReady");
+        let unready = ("Ready", "False", "ReplicasNotReady");
+        #[rustfmt::skip]
+        let cases = vec![
+            ("all pods ready and current", &plain, &good, steady.clone(), false,
+             [valid, fine, done, ready]),
+            ("the workload has not seen its new generation", &plain, &good, workload(1, 2, 2, 2), false,
+             [valid, fine, rolling, unready]),
+            ("not every pod is of the current template", &plain, &good, workload(2, 2, 2, 1), false,
+             [valid, fine, rolling, unready]),
+            ("old pods still exist beside the new ones", &plain, &good, workload(2, 3, 2, 2), false,
+             [valid, fine, rolling, unready]),
+            ("a pod is not ready", &plain, &good, workload(2, 2, 1, 2), false,
+             [valid, fine, done, unready]),
+            ("a MailDomain is left out", &plain, &with_bad, steady.clone(), false,
+             [valid, ("Degraded", "True", "ObjectsLeftOut"), done, ready]),
+            ("a warning only", &autoscaled, &good, workload(2, 1, 1, 1), false,
+             [valid, ("Degraded", "True", "Misconfigured"), done, ready]),
+            ("KEDA is missing", &plain, &good, steady.clone(), true,
+             [valid, ("Degraded", "True", "AutoscalerMissing"), done, ready]),
+            ("KEDA is missing and a MailDomain is left out", &plain, &with_bad, steady, true,
+             [valid, ("Degraded", "True", "AutoscalerMissing"), done, ready]),
+        ];
+        for (name, spec, domains, workload, keda_missing, expected) in cases {
+            let r = relay(spec.clone());
+            let plan = planned(&r, domains.as_slice());
+            let applied = Applied {
+                workload,
+                keda_missing,
+                ..Applied::default()
+            };
+            let s = ready_status(&r, &plan, &applied, &at());
+            assert_eq!(conditions(&s), want(expected), "{name}");
+            assert_eq!(s.observed_generation, Some(3), "{name}");
+            assert_eq!(
+                s.config_hash.as_ref(),
+                Some(&plan.model.config_hash),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_counts_of_an_applied_relay_are_those_of_its_config_and_workload() {
+        let r = relay(json!({"hostname": "mx.example.com", "replicas": 2}));
+        let plan = planned(&r, &[domain("a", "a.example"), domain("b", "b.example")]);
+        let applied = Applied {
+            workload: workload(2, 3, 1, 2),
+            ..Applied::default()
+        };
+        let s = ready_status(&r, &plan, &applied, &at());
+        assert_eq!((s.domains, s.blocklist_entries), (2, 0));
+        assert_eq!((s.replicas, s.ready_replicas), (3, 1));
+        let message = |t: &str| {
+            crate::status::find(&s.conditions, t)
+                .map(|c| c.message.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(message("ConfigValid"), "2 domains, 0 blocklist entries");
+        assert_eq!(message("Progressing"), "2 of 2 pods updated, 3 pods exist");
+        assert_eq!(message("Ready"), "1 of 2 pods ready");
+    }
+
+    #[test]
+    fn an_invalid_relay_keeps_the_figures_of_its_last_good_config() {
+        let mut r = relay(json!({"hostname": "mx.example.com", "replicas": 2}));
+        let plan = planned(&r, &[domain("d", "example.com")]);
+        let applied = Applied {
+            workload: workload(2, 2, 2, 2),
+            ..Applied::default()
+        };
+        let good = ready_status(&r, &plan, &applied, &at());
+        r.status = Some(good.clone());
+        let invalid = Invalid::Problems(Vec::new());
+        let s = invalid_status(&r, &invalid, &at());
+        assert_eq!(
+            conditions(&s),
+            want([
+                ("ConfigValid", "False", "InvalidSpec"),
+                ("Degraded", "True", "InvalidSpec"),
+                ("Progressing", "False", "InvalidSpec"),
+                ("Ready", "False", "InvalidSpec"),
+            ])
+        );
+        assert_eq!(
+            (s.domains, s.replicas, s.config_hash.as_ref()),
+            (good.domains, good.replicas, good.config_hash.as_ref())
+        );
+    }
+
+    fn status(
+        hash: Option<&str>,
+        conds: &[(&'static str, State, &'static str, &str)],
+    ) -> RelayStatus {
+        let conds: Vec<Cond> = conds
+            .iter()
+            .map(|(t, s, r, m)| Cond::new(t, *s, r, *m))
+            .collect();
+        RelayStatus {
+            config_hash: hash.map(Into::into),
+            domains: 1,
+            conditions: merge(&[], &conds, Some(1), &at()),
+            ..RelayStatus::default()
+        }
+    }
+
+    #[test]
+    fn events_mark_transitions_not_states() {
+        use State::{False, True};
+        let hash = Some("0123456789abcdef");
+        let ready = ("Ready", True, "ReplicasReady", "2 of 2 pods ready");
+        let unready = ("Ready", False, "ReplicasNotReady", "0 of 2 pods ready");
+        let invalid = ("ConfigValid", False, "InvalidSpec", "1 problems");
+        let left_out = ("Degraded", True, "ObjectsLeftOut", "1 problems");
+        let spec_degraded = ("Degraded", True, "InvalidSpec", "spec");
+        #[rustfmt::skip]
+        let cases = vec![
+            ("nothing changed", status(hash, &[ready]), status(hash, &[ready]), vec![]),
+            ("first config, not ready yet", status(None, &[]), status(hash, &[unready]),
+             vec![(EventType::Normal, "ConfigApplied")]),
+            ("pods became ready", status(hash, &[unready]), status(hash, &[ready]),
+             vec![(EventType::Normal, "Ready")]),
+            ("ready with another message", status(hash, &[ready]),
+             status(hash, &[("Ready", True, "ReplicasReady", "3 of 3 pods ready")]), vec![]),
+            ("the spec turned invalid", status(hash, &[ready]), status(hash, &[invalid, spec_degraded]),
+             vec![(EventType::Warning, "InvalidSpec")]),
+            ("a MailDomain was left out", status(hash, &[ready]), status(hash, &[left_out, ready]),
+             vec![(EventType::Warning, "Degraded")]),
+        ];
+        for (name, old, new, expected) in cases {
+            let got: Vec<(EventType, &str)> = events(&old, &new)
+                .into_iter()
+                .map(|(t, r, _)| (t, r))
+                .collect();
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+}
