@@ -84,7 +84,32 @@ pub fn status(
     now: &Time,
 ) -> MailDomainStatus {
     let old = domain.status.clone().unwrap_or_default();
-    let accepted = if !view.problems.is_empty() {
+    let dkim_record = match dkim {
+        Some(KeyState::Ready { record, .. }) => Some(record.clone()),
+        _ => None,
+    };
+    let conditions: Vec<Cond> = [accepted(view), ready(view), dns_configured(dns.as_ref())]
+        .into_iter()
+        .chain(dkim.map(dkim_key_ready))
+        .collect();
+    let generation = domain.metadata.generation;
+    MailDomainStatus {
+        observed_generation: generation,
+        relays: view.serving.clone(),
+        // A failed lookup keeps what the last good one found.
+        dns: match dns {
+            Some(Ok(d)) => Some(d),
+            Some(Err(_)) => old.dns.clone(),
+            None => None,
+        },
+        dkim_record,
+        conditions: merge(&old.conditions, &conditions, generation, now),
+    }
+}
+
+/// Is the domain in a Relay's config, and if not, why not?
+fn accepted(view: &View) -> Cond {
+    if !view.problems.is_empty() {
         // A domain can be partly served (a bad alias dropped) or not at all.
         let reason = if view.serving.is_empty() {
             "InvalidSpec"
@@ -142,8 +167,11 @@ pub fn status(
             "Served",
             format!("served by {}", view.serving.join(", ")),
         )
-    };
-    let ready = if view.ready.is_empty() {
+    }
+}
+
+fn ready(view: &View) -> Cond {
+    if view.ready.is_empty() {
         Cond::new(
             "Ready",
             State::False,
@@ -157,8 +185,12 @@ pub fn status(
             "Served",
             format!("served by Ready Relay {}", view.ready.join(", ")),
         )
-    };
-    let dns_cond = match &dns {
+    }
+}
+
+/// What the MX check found; `None` until a Relay serves the domain.
+fn dns_configured(dns: Option<&Result<DnsCheck, String>>) -> Cond {
+    match dns {
         None => Cond::new(
             "DnsConfigured",
             State::Unknown,
@@ -178,8 +210,11 @@ pub fn status(
             "MxElsewhere",
             d.message.clone(),
         ),
-    };
-    let dkim_cond = dkim.map(|k| match k {
+    }
+}
+
+fn dkim_key_ready(key: &KeyState) -> Cond {
+    match key {
         KeyState::Ready { .. } => Cond::new(
             DKIM_CONDITION,
             State::True,
@@ -189,27 +224,6 @@ pub fn status(
         KeyState::Problem { reason, message } => {
             Cond::new(DKIM_CONDITION, State::False, reason, message.clone())
         }
-    });
-    let dkim_record = match dkim {
-        Some(KeyState::Ready { record, .. }) => Some(record.clone()),
-        _ => None,
-    };
-    let conditions: Vec<Cond> = [accepted, ready, dns_cond]
-        .into_iter()
-        .chain(dkim_cond)
-        .collect();
-    let generation = domain.metadata.generation;
-    MailDomainStatus {
-        observed_generation: generation,
-        relays: view.serving.clone(),
-        // A failed lookup keeps what the last good one found.
-        dns: match dns {
-            Some(Ok(d)) => Some(d),
-            Some(Err(_)) => old.dns.clone(),
-            None => None,
-        },
-        dkim_record,
-        conditions: merge(&old.conditions, &conditions, generation, now),
     }
 }
 

@@ -5,7 +5,7 @@ use kube::runtime::events::EventType;
 use mailrelay_crds::{Relay, RelayStatus};
 
 use super::{Cond, State, entered, list_message, merge};
-use crate::apply::Applied;
+use crate::apply::{Applied, WorkloadState};
 use crate::plan::{Invalid, Plan};
 
 /// How many problems a condition message lists.
@@ -20,38 +20,34 @@ pub fn ready_status(relay: &Relay, plan: &Plan, applied: &Applied, now: &Time) -
     let domains = i32::try_from(config.domains.len()).unwrap_or(i32::MAX);
     let entries = i64::try_from(config.policy.entry_count()).unwrap_or(i64::MAX);
 
-    let mut degraded: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
-    degraded.extend(model.warnings.iter().map(ToString::to_string));
-    let degraded_cond = if applied.keda_missing {
-        let mut items = vec!["spec.autoscaling.engine: KEDA is not installed (no keda.sh/v1alpha1 ScaledObject in the cluster); the Relay is not autoscaled".to_string()];
-        items.extend(degraded);
+    let [progressing, ready] = rollout(desired, w);
+    let conds = [
         Cond::new(
-            "Degraded",
+            "ConfigValid",
             State::True,
-            "AutoscalerMissing",
-            list_message("problems", &items, LISTED),
-        )
-    } else if !plan.problems.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "ObjectsLeftOut",
-            list_message(
-                "problems; what they name is left out of the config, everything else is served",
-                &degraded,
-                LISTED,
-            ),
-        )
-    } else if !degraded.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "Misconfigured",
-            list_message("warnings", &degraded, LISTED),
-        )
-    } else {
-        Cond::new("Degraded", State::False, "AsExpected", "")
-    };
+            "Compiled",
+            format!("{domains} domains, {entries} blocklist entries"),
+        ),
+        degraded(plan, applied),
+        progressing,
+        ready,
+    ];
+    let old = relay.status.clone().unwrap_or_default();
+    RelayStatus {
+        observed_generation: relay.metadata.generation,
+        replicas: w.replicas,
+        ready_replicas: w.ready,
+        selector: Some(model.relay.selector()),
+        config_hash: Some(model.config_hash.clone()),
+        domains,
+        blocklist_entries: entries,
+        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
+    }
+}
+
+/// Progressing and Ready, from the workload's pods: a rollout is done when
+/// the workload has seen its generation and every pod is of it.
+fn rollout(desired: i32, w: &WorkloadState) -> [Cond; 2] {
     let rolling =
         w.observed_generation < w.generation || w.updated < desired || w.replicas > desired;
     let progressing = if rolling {
@@ -87,27 +83,44 @@ pub fn ready_status(relay: &Relay, plan: &Plan, applied: &Applied, now: &Time) -
             format!("{} of {desired} pods ready", w.ready),
         )
     };
-    let conds = [
+    [progressing, ready]
+}
+
+/// Is anything wrong beside the rollout: KEDA missing, MailDomains or
+/// Blocklists left out, warnings?
+fn degraded(plan: &Plan, applied: &Applied) -> Cond {
+    let model = &plan.model;
+    let mut degraded: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+    degraded.extend(model.warnings.iter().map(ToString::to_string));
+    if applied.keda_missing {
+        let mut items = vec!["spec.autoscaling.engine: KEDA is not installed (no keda.sh/v1alpha1 ScaledObject in the cluster); the Relay is not autoscaled".to_string()];
+        items.extend(degraded);
         Cond::new(
-            "ConfigValid",
+            "Degraded",
             State::True,
-            "Compiled",
-            format!("{domains} domains, {entries} blocklist entries"),
-        ),
-        degraded_cond,
-        progressing,
-        ready,
-    ];
-    let old = relay.status.clone().unwrap_or_default();
-    RelayStatus {
-        observed_generation: relay.metadata.generation,
-        replicas: w.replicas,
-        ready_replicas: w.ready,
-        selector: Some(model.relay.selector()),
-        config_hash: Some(model.config_hash.clone()),
-        domains,
-        blocklist_entries: entries,
-        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
+            "AutoscalerMissing",
+            list_message("problems", &items, LISTED),
+        )
+    } else if !plan.problems.is_empty() {
+        Cond::new(
+            "Degraded",
+            State::True,
+            "ObjectsLeftOut",
+            list_message(
+                "problems; what they name is left out of the config, everything else is served",
+                &degraded,
+                LISTED,
+            ),
+        )
+    } else if !degraded.is_empty() {
+        Cond::new(
+            "Degraded",
+            State::True,
+            "Misconfigured",
+            list_message("warnings", &degraded, LISTED),
+        )
+    } else {
+        Cond::new("Degraded", State::False, "AsExpected", "")
     }
 }
 
@@ -193,7 +206,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::apply::WorkloadState;
     use crate::model::Settings;
     use crate::plan::plan;
 
