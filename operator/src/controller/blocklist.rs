@@ -10,15 +10,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use mailrelay_crds::Blocklist;
 
-use super::{Context, Error, apply_status};
+use super::{Context, Error};
 use crate::status::blocklist::status;
 use crate::status::{State, entered, find};
 
 pub async fn reconcile(blocklist: Arc<Blocklist>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Blocklist");
-    ctx.begin("Blocklist", &*blocklist);
+    ctx.pending.begin("Blocklist", &*blocklist);
     let mut blocklist = (*blocklist).clone();
-    if let Some(newest) = ctx.newest_status(&blocklist) {
+    if let Some(newest) = ctx.statuses.newest(&blocklist) {
         blocklist.status = Some(newest);
     }
     let result = reconcile_blocklist(&blocklist, &ctx).await;
@@ -34,17 +34,17 @@ async fn reconcile_blocklist(blocklist: &Blocklist, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     let ns = blocklist.namespace().unwrap_or_default();
-    let (outcomes, missing) = ctx.outcomes_in(&ns);
+    let (outcomes, missing) = ctx.outcomes.in_namespace(ctx.cluster.relays(), &ns);
     if !missing.is_empty()
-        && let Some(later) = ctx.settling()
+        && let Some(later) = ctx.outcomes.settling()
     {
         return Ok(Action::requeue(later));
     }
     let status = status(blocklist, &outcomes, &Time(Timestamp::now()));
     let old = blocklist.status.clone().unwrap_or_default();
     if blocklist.status.as_ref() != Some(&status) {
-        apply_status(&ctx.client, blocklist, &status).await?;
-        ctx.wrote(blocklist, &status);
+        ctx.cluster.apply_status(blocklist, &status).await?;
+        ctx.statuses.wrote(blocklist, &status);
         if entered(
             &old.conditions,
             &status.conditions,
@@ -54,14 +54,15 @@ async fn reconcile_blocklist(blocklist: &Blocklist, ctx: &Context) -> Result<Act
             let note = find(&status.conditions, "EntriesValid")
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
-            ctx.event(
-                blocklist,
-                EventType::Warning,
-                "InvalidEntries",
-                "Validate",
-                note,
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    blocklist,
+                    EventType::Warning,
+                    "InvalidEntries",
+                    "Validate",
+                    note,
+                )
+                .await;
         }
     }
     Ok(Action::await_change())

@@ -13,16 +13,16 @@ use mailrelay_crds::compile::normalize;
 use mailrelay_crds::compile::selector::Selector;
 use mailrelay_crds::{MailDomain, MailDomainStatus};
 
-use super::{Context, Error, apply_status};
+use super::{Context, Error};
 use crate::dkim::KeyState;
 use crate::status::domain::{DKIM_CONDITION, View, status};
 use crate::status::{State, entered, find};
 
 pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("MailDomain");
-    ctx.begin("MailDomain", &*domain);
+    ctx.pending.begin("MailDomain", &*domain);
     let mut domain = (*domain).clone();
-    if let Some(newest) = ctx.newest_status(&domain) {
+    if let Some(newest) = ctx.statuses.newest(&domain) {
         domain.status = Some(newest);
     }
     let result = reconcile_domain(&domain, &ctx).await;
@@ -39,14 +39,15 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     }
     let ns = domain.namespace().unwrap_or_default();
     // A Relay not reconciled yet: its outcome will wake this again.
-    let (outcomes, missing) = ctx.outcomes_in(&ns);
+    let (outcomes, missing) = ctx.outcomes.in_namespace(ctx.cluster.relays(), &ns);
     if !missing.is_empty()
-        && let Some(later) = ctx.settling()
+        && let Some(later) = ctx.outcomes.settling()
     {
         return Ok(Action::requeue(later));
     }
     let selecting: Vec<String> = ctx
-        .relays
+        .cluster
+        .relays()
         .state()
         .iter()
         .filter(|r| {
@@ -74,8 +75,8 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     let status = status(domain, &view, dns, dkim.as_ref(), &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
     if domain.status.as_ref() != Some(&status) {
-        apply_status(&ctx.client, domain, &status).await?;
-        ctx.wrote(domain, &status);
+        ctx.cluster.apply_status(domain, &status).await?;
+        ctx.statuses.wrote(domain, &status);
         if entered(
             &old.conditions,
             &status.conditions,
@@ -90,25 +91,27 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
                     "NotServed"
                 }
             });
-            ctx.event(
-                domain,
-                EventType::Warning,
-                reason,
-                "Validate",
-                c.map(|c| c.message.clone()).unwrap_or_default(),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Warning,
+                    reason,
+                    "Validate",
+                    c.map(|c| c.message.clone()).unwrap_or_default(),
+                )
+                .await;
         }
         announce_dkim(domain, ctx, &old, &status, dkim.as_ref()).await;
         if entered(&old.conditions, &status.conditions, "Accepted", State::True) {
-            ctx.event(
-                domain,
-                EventType::Normal,
-                "Accepted",
-                "Validate",
-                format!("served by {}", status.relays.join(", ")),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Normal,
+                    "Accepted",
+                    "Validate",
+                    format!("served by {}", status.relays.join(", ")),
+                )
+                .await;
         }
     }
     let mx = (ctx.mx.is_some() && !view.serving.is_empty()).then_some(crate::mx::INTERVAL);
@@ -133,7 +136,8 @@ const DKIM_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeyState> {
     let dkim = domain.spec.dkim.as_ref()?;
     let name = normalize::domain_name(&domain.spec.domain).ok()?;
-    let state = crate::dkim::ensure(&ctx.client, ns, &domain.name_any(), &name, dkim).await;
+    let state =
+        crate::dkim::ensure(ctx.cluster.client(), ns, &domain.name_any(), &name, dkim).await;
     if let KeyState::Problem { reason, message } = &state {
         tracing::warn!(maildomain = %domain.name_any(), reason, %message, "DKIM key not usable");
     }
@@ -158,7 +162,7 @@ async fn announce_dkim(
                 .as_ref()
                 .map(|d| d.private_key.name.clone())
                 .unwrap_or_default();
-            ctx.event(
+            ctx.cluster.event(
                 domain,
                 EventType::Normal,
                 "DkimKeyGenerated",
@@ -175,14 +179,15 @@ async fn announce_dkim(
                 State::False,
             ) =>
         {
-            ctx.event(
-                domain,
-                EventType::Warning,
-                reason,
-                "ReadKey",
-                message.clone(),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Warning,
+                    reason,
+                    "ReadKey",
+                    message.clone(),
+                )
+                .await;
         }
         _ => {}
     }

@@ -1,8 +1,8 @@
 //! Reconcile of a Relay: read → compile → build → apply → prune → status.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use mailrelay_crds::{Blocklist, MailDomain, Relay, RelayStatus};
 
-use super::{Context, Error, Outcome, apply_status};
+use super::{Context, Error, Outcome};
 use crate::apply::{self, Applied, Keep, WorkloadState};
 use crate::builders::{Autoscaler, Workload};
 use crate::plan::{Plan, plan};
@@ -24,9 +24,9 @@ const RESYNC: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Relay");
-    ctx.begin("Relay", &*relay);
+    ctx.pending.begin("Relay", &*relay);
     let mut relay = (*relay).clone();
-    if let Some(newest) = ctx.newest_status(&relay) {
+    if let Some(newest) = ctx.statuses.newest(&relay) {
         relay.status = Some(newest);
     }
     let result = reconcile_relay(&relay, &ctx).await;
@@ -45,36 +45,20 @@ fn key(relay: &Relay) -> String {
     )
 }
 
-/// Every object of kind `K` in namespace `ns`.
-async fn list<K>(ctx: &Context, ns: &str) -> Result<Vec<K>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), ns);
-    let list = api
-        .list(&kube::api::ListParams::default())
-        .await
-        .map_err(|e| crate::apply::ApiError::new("list", format!("{} in {ns}", K::kind(&())), e))?;
-    Ok(list.items)
-}
-
 async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
     let ns = relay.namespace().unwrap_or_default();
     let name = relay.name_any();
     if relay.meta().deletion_timestamp.is_some() {
         // Its objects go with it through their owner references.
-        ctx.set_outcome(&ns, &name, None);
+        ctx.outcomes.record(&ns, &name, None);
         return Ok(Action::await_change());
     }
     // Read from the API, not from a watch cache: the event that woke this
     // reconcile may have come through another watch than the cache's, and
     // a cache one event behind would compile a stale config that nothing
     // corrects until the next resync. A list is never older than the event.
-    let domains = list::<MailDomain>(ctx, &ns).await?;
-    let blocklists = list::<Blocklist>(ctx, &ns).await?;
+    let domains = ctx.cluster.list::<MailDomain>(&ns).await?;
+    let blocklists = ctx.cluster.list::<Blocklist>(&ns).await?;
     let now = Time(Timestamp::now());
     match plan(relay, &domains, &blocklists, &ctx.settings) {
         Err(invalid) => {
@@ -83,10 +67,10 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             write_status(ctx, relay, status).await?;
             // The pods keep running the last good config: what it serves
             // has not changed.
-            let mut outcome = previous_outcome(ctx, &ns, &name);
+            let mut outcome = ctx.outcomes.get(&ns, &name).unwrap_or_default();
             outcome.invalid = true;
             outcome.ready = false;
-            ctx.set_outcome(&ns, &name, Some(outcome));
+            ctx.outcomes.record(&ns, &name, Some(outcome));
             // Nothing to retry: the next change to the Relay wakes it.
             Ok(Action::await_change())
         }
@@ -95,7 +79,8 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             if let Some(uid) = relay.uid() {
                 let selector = plan.model.relay.selector();
                 let keep = keep_until_ready(&applied, &plan.model);
-                let deleted = apply::prune(&ctx.client, &ns, &selector, &uid, &keep).await?;
+                let deleted =
+                    apply::prune(ctx.cluster.client(), &ns, &selector, &uid, &keep).await?;
                 if !deleted.is_empty() {
                     tracing::info!(relay = %key(relay), ?deleted, "pruned objects the Relay no longer needs");
                 }
@@ -104,18 +89,11 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             let ready = crate::status::find(&status.conditions, "Ready")
                 .is_some_and(|c| c.status == "True");
             write_status(ctx, relay, status).await?;
-            ctx.set_outcome(&ns, &name, Some(outcome_of(&plan, &applied, ready)));
+            ctx.outcomes
+                .record(&ns, &name, Some(outcome_of(&plan, &applied, ready)));
             Ok(Action::requeue(RESYNC))
         }
     }
-}
-
-fn previous_outcome(ctx: &Context, ns: &str, name: &str) -> Outcome {
-    ctx.outcomes
-        .read()
-        .ok()
-        .and_then(|m| m.get(&(ns.to_string(), name.to_string())).cloned())
-        .unwrap_or_default()
 }
 
 fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {
@@ -140,7 +118,7 @@ fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {
 }
 
 async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
-    let client = &ctx.client;
+    let client = ctx.cluster.client();
     let objects = &plan.objects;
     let model = &plan.model;
     let mut applied = Applied::default();
@@ -192,6 +170,34 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
     Ok(applied)
 }
 
+/// How long a hand-off Secret known to exist is not asked for again: one
+/// deleted by hand is recreated within this time.
+const SECRET_RECHECK: Duration = Duration::from_secs(600);
+
+/// Hand-off Secrets known to exist (created, or found), by (namespace,
+/// name), and since when: the operator may not watch Secrets, so it asks
+/// the API again only after [`SECRET_RECHECK`].
+#[derive(Default)]
+pub(crate) struct HandoffSecrets {
+    seen: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl HandoffSecrets {
+    fn known(&self, key: &(String, String)) -> bool {
+        self.seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).copied())
+            .is_some_and(|at| at.elapsed() < SECRET_RECHECK)
+    }
+
+    fn saw(&self, key: (String, String)) {
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(key, Instant::now());
+        }
+    }
+}
+
 /// Create the Relay's hand-off Secret unless it is known to exist.
 async fn ensure_handoff_secret(ctx: &Context, model: &crate::model::Model) -> Result<(), Error> {
     use crate::builders::handoff;
@@ -199,23 +205,14 @@ async fn ensure_handoff_secret(ctx: &Context, model: &crate::model::Model) -> Re
         model.relay.namespace.clone(),
         handoff::secret_name(&model.relay.name),
     );
-    let known = |k: &(String, String)| {
-        ctx.secrets
-            .lock()
-            .ok()
-            .and_then(|m| m.get(k).copied())
-            .is_some_and(|at| at.elapsed() < super::SECRET_RECHECK)
-    };
-    if known(&key) {
+    if ctx.handoff.known(&key) {
         return Ok(());
     }
     let secret = handoff::secret(model, &rand::random());
-    if apply::create_if_missing(&ctx.client, &secret).await? {
+    if apply::create_if_missing(ctx.cluster.client(), &secret).await? {
         tracing::info!(relay = %model.relay.name, secret = %key.1, "created the hand-off secret");
     }
-    if let Ok(mut m) = ctx.secrets.lock() {
-        m.insert(key, std::time::Instant::now());
-    }
+    ctx.handoff.saw(key);
     Ok(())
 }
 
@@ -302,10 +299,12 @@ async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Resu
     if relay.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    apply_status(&ctx.client, relay, &status).await?;
-    ctx.wrote(relay, &status);
+    ctx.cluster.apply_status(relay, &status).await?;
+    ctx.statuses.wrote(relay, &status);
     for (type_, reason, note) in events(&old, &status) {
-        ctx.event(relay, type_, reason, "Reconcile", note).await;
+        ctx.cluster
+            .event(relay, type_, reason, "Reconcile", note)
+            .await;
     }
     Ok(())
 }
