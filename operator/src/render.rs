@@ -93,7 +93,9 @@ pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, Re
             Err(Invalid::Problems(problems)) => {
                 errors.extend(problems.iter().map(|p| located(manifests, p)));
             }
-            Err(Invalid::Other(e)) => errors.push(format!("{}: {e}", r.source.file.display())),
+            Err(e @ (Invalid::Model(_) | Invalid::Build(_))) => {
+                errors.push(format!("{}: {e}", r.source.file.display()));
+            }
         }
     }
     // One MailDomain can be selected by several Relays: say each problem once.
