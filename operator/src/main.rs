@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::runtime::events::Reporter;
 use mailrelay_operator::apply::ApiError;
 use mailrelay_operator::http::Health;
-use mailrelay_operator::leader::{Elector, Timing};
+use mailrelay_operator::leader::{Elector, Leadership, Timing};
 use mailrelay_operator::metrics::Metrics;
 use mailrelay_operator::mx::{MxChecker, MxError};
 use mailrelay_operator::render::render_dir;
@@ -129,8 +129,6 @@ enum Error {
     NoLeaseNamespace,
     #[error("--apply-crds: {0}")]
     ApplyCrds(#[source] ApiError),
-    #[error("lost the leader lease; exiting so a fresh process can stand again")]
-    LeadershipLost,
 }
 
 fn main() -> ExitCode {
@@ -254,7 +252,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     };
     health.set_ready(true);
 
-    let elector = if args.leader_elect {
+    let mut leadership = if args.leader_elect {
         let ns = args
             .lease_namespace
             .clone()
@@ -266,15 +264,12 @@ async fn run(args: RunArgs) -> Result<(), Error> {
             &identity,
             Timing::default(),
         );
-        tracing::info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
-        tokio::select! {
-            () = elector.acquire() => {}
-            () = shutdown_signal() => return Ok(()),
+        match Leadership::elect(elector, shutdown_signal()).await {
+            Some(leadership) => leadership,
+            None => return Ok(()),
         }
-        tracing::info!(lease = %args.lease_name, "leading");
-        Some(Arc::new(elector))
     } else {
-        None
+        Leadership::unelected()
     };
     metrics.set_leader(true);
     // After the election: only the leader writes, CRDs included.
@@ -292,29 +287,6 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         controller: "mailrelay-operator".into(),
         instance: Some(identity),
     };
-    let lost = Arc::new(tokio::sync::Notify::new());
-    let holder = elector.clone().map(|e| {
-        let lost = lost.clone();
-        tokio::spawn(async move {
-            e.hold().await;
-            lost.notify_one();
-        })
-    });
-    let lost_wait = lost.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
-    let stopper = tokio::spawn(async move {
-        let leadership_lost = tokio::select! {
-            () = shutdown_signal() => false,
-            () = lost_wait.notified() => true,
-        };
-        if leadership_lost {
-            // Stop at once: reconciles still running would write against a
-            // plan the new leader may already be replacing.
-            tracing::error!("lost the leader lease; exiting so a fresh process can stand again");
-            std::process::exit(1);
-        }
-        let _ = stop_tx.send(leadership_lost);
-    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let _ = done_rx.await;
@@ -327,20 +299,19 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         mx,
         shutdown,
     ));
-    let leadership_lost = stop_rx.await.unwrap_or(false);
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = leadership.lost() => {
+            // Stop at once: reconciles still running would write against a
+            // plan the new leader may already be replacing.
+            tracing::error!("lost the leader lease; exiting so a fresh process can stand again");
+            std::process::exit(1);
+        }
+    }
     let _ = done_tx.send(());
     let _ = controllers.await;
-    stopper.abort();
-    if let Some(h) = holder {
-        h.abort();
-    }
     metrics.set_leader(false);
-    if leadership_lost {
-        return Err(Error::LeadershipLost);
-    }
-    if let Some(e) = elector {
-        e.release().await;
-    }
+    leadership.release().await;
     tracing::info!("stopped");
     Ok(())
 }
