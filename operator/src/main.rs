@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::runtime::events::Reporter;
+use mailrelay_crds::resolver::ResolverError;
 use mailrelay_operator::apply::ApiError;
 use mailrelay_operator::http::Health;
 use mailrelay_operator::leader::{Elector, Leadership, Timing};
 use mailrelay_operator::metrics::Metrics;
-use mailrelay_operator::mx::{MxChecker, MxError};
+use mailrelay_operator::mx::MxChecker;
 use mailrelay_operator::render::render_dir;
 use mailrelay_operator::{Settings, controller, model};
 
@@ -124,7 +125,7 @@ enum Error {
     #[error("cannot reach the Kubernetes API: {0}")]
     Connect(#[source] kube::Error),
     #[error("MX check: {0}")]
-    MxCheck(#[source] MxError),
+    MxCheck(#[source] ResolverError),
     #[error("--leader-elect needs --lease-namespace or $POD_NAMESPACE")]
     NoLeaseNamespace,
     #[error("--apply-crds: {0}")]
@@ -248,7 +249,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     let mx = if args.no_mx_check {
         None
     } else {
-        Some(MxChecker::new(args.dns.map(|d| vec![d])).map_err(Error::MxCheck)?)
+        Some(MxChecker::new(args.dns.as_slice()).map_err(Error::MxCheck)?)
     };
     health.set_ready(true);
 
