@@ -46,7 +46,7 @@ impl Default for Timing {
 
 /// What a candidate should do with the Lease it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Write it with us as holder (taking it over when `takeover`).
     Take { takeover: bool },
     /// Someone else holds it; try again later.
@@ -55,7 +55,7 @@ pub enum Decision {
 
 /// Decide from the Lease's spec (`None`: there is no Lease yet) and how
 /// long this candidate has seen it unchanged.
-pub fn decide(
+pub(crate) fn decide(
     spec: Option<&LeaseSpec>,
     me: &str,
     unchanged_for: Duration,
@@ -82,7 +82,7 @@ pub fn decide(
 }
 
 /// The spec to write when taking or renewing.
-pub fn next_spec(
+pub(crate) fn next_spec(
     old: Option<&LeaseSpec>,
     me: &str,
     now: Timestamp,
@@ -202,7 +202,7 @@ impl Elector {
     }
 
     /// Wait until we hold the Lease.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         loop {
             match self.attempt(self.timing.renew_deadline).await {
                 Ok(true) => return,
@@ -217,7 +217,7 @@ impl Elector {
     /// within the deadline; returns then: leadership is lost. The deadline
     /// counts from when the last successful renewal was sent, and each
     /// attempt is cut off where the deadline would pass.
-    pub async fn hold(&self) {
+    pub(crate) async fn hold(&self) {
         let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry).await;

@@ -12,7 +12,7 @@ use mailrelay_crds::maildomain::DnsCheck;
 use mailrelay_crds::resolver::{ResolverError, resolver};
 
 /// How often a MailDomain's MX records are checked.
-pub const INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
 
 /// Looks up MX records and their addresses, and remembers each answer for
 /// [`INTERVAL`] (per domain and set of Relay addresses): MailDomain
@@ -38,7 +38,7 @@ impl MxChecker {
     }
 
     /// [`Self::check`], answered from the cache while it is fresh.
-    pub async fn check_cached(
+    pub(crate) async fn check_cached(
         &self,
         domain: &str,
         external: &[String],
@@ -64,7 +64,11 @@ impl MxChecker {
     /// Check `domain` (an A-label) against the Relays' `external`
     /// addresses. `Err` when the lookup itself failed (a resolver outage
     /// says nothing about the domain's DNS).
-    pub async fn check(&self, domain: &str, external: &[String]) -> Result<DnsCheck, String> {
+    pub(crate) async fn check(
+        &self,
+        domain: &str,
+        external: &[String],
+    ) -> Result<DnsCheck, String> {
         let mx = match self.resolver.mx_lookup(format!("{domain}.")).await {
             Ok(lookup) => {
                 let mut mx: Vec<(u16, String)> = lookup
@@ -99,7 +103,7 @@ fn plain(name: &str) -> String {
 
 /// Does one of the MX hosts (in preference order) name, or resolve to, one
 /// of the `external` addresses (IPs or host names of the Relays' Services)?
-pub fn verdict(
+pub(crate) fn verdict(
     domain: &str,
     mx: &[(u16, String)],
     addresses: &BTreeMap<String, Vec<IpAddr>>,

@@ -11,7 +11,7 @@ use crate::model::{Model, ModelError, Settings};
 
 /// The desired state of one Relay.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub model: Model,
     pub objects: Objects,
     /// Problems of MailDomains and Blocklists left out of the config.
@@ -20,7 +20,7 @@ pub struct Plan {
 
 /// Why a Relay has no plan: its own spec is wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// Problems `compile()` found in the Relay itself.
     #[error("{}", lines(.0).join("\n"))]
     Problems(Vec<Problem>),
@@ -40,7 +40,7 @@ fn lines(problems: &[Problem]) -> Vec<String> {
 
 impl Invalid {
     /// One line per problem.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         match self {
             Self::Problems(p) => lines(p),
             Self::Model(e) => vec![e.to_string()],
@@ -50,7 +50,7 @@ impl Invalid {
 }
 
 /// Plan `relay` from the MailDomains and Blocklists around it.
-pub fn plan(
+pub(crate) fn plan(
     relay: &Relay,
     domains: &[MailDomain],
     blocklists: &[Blocklist],

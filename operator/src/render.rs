@@ -63,7 +63,7 @@ pub fn render_dir(dir: &Path, settings: &Settings) -> Result<Rendered, RenderErr
 
 /// Render every Relay of `manifests`. Any Relay that fails fails the whole
 /// render: a partial stream piped into `kubectl apply` would be worse.
-pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, RenderError> {
+pub(crate) fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, RenderError> {
     let domains = manifests.domain_objects();
     let blocklists = manifests.blocklist_objects();
     let mut relays: BTreeMap<(String, String), &Sourced<Relay>> = BTreeMap::new();

@@ -34,7 +34,8 @@ use mailrelay_crds::{Blocklist, MailDomain, Relay};
 use tokio::sync::mpsc;
 
 pub use cluster::Cluster;
-pub use outcomes::{Outcome, Selected};
+pub(crate) use outcomes::Outcome;
+pub use outcomes::Selected;
 
 use crate::apply::ApiError;
 use crate::metrics::Metrics;
@@ -139,7 +140,7 @@ impl Context {
 }
 
 /// Label selector of the objects the operator makes (for its watches).
-pub fn managed_selector() -> String {
+pub(crate) fn managed_selector() -> String {
     let labels = common_labels("");
     let managed_by = labels
         .get("app.kubernetes.io/managed-by")
@@ -149,7 +150,7 @@ pub fn managed_selector() -> String {
 }
 
 /// Back off on errors: the error is already counted and logged.
-pub fn error_policy<K>(_obj: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K>(_obj: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(15))
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 /// What one Relay's last reconcile found, for the status of the
 /// MailDomains and Blocklists (and for mapping their changes to Relays).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The Relay's spec is invalid: its running config was kept.
     pub invalid: bool,
     /// Names of the MailDomains in its config.

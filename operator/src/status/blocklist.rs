@@ -14,7 +14,7 @@ use crate::controller::Outcome;
 
 /// The Blocklist's status: its own entries checked (the same whichever
 /// Relay applies them) and the Relays whose config holds it.
-pub fn status(
+pub(crate) fn status(
     blocklist: &Blocklist,
     outcomes: &BTreeMap<String, Outcome>,
     now: &Time,

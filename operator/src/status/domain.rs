@@ -14,7 +14,7 @@ use crate::dkim::KeyState;
 
 /// What the Relays of the namespace say about one MailDomain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct View {
+pub(crate) struct View {
     /// Relays whose config holds it.
     pub serving: Vec<String>,
     /// Of those, the ones that are Ready.
@@ -34,7 +34,7 @@ pub struct View {
 }
 
 impl View {
-    pub fn new(
+    pub(crate) fn new(
         domain: &MailDomain,
         outcomes: &BTreeMap<String, Outcome>,
         selecting: Vec<String>,
@@ -72,11 +72,11 @@ impl View {
 }
 
 /// The condition about the DKIM key, present when `spec.dkim` is set.
-pub const DKIM_CONDITION: &str = "DkimKeyReady";
+pub(crate) const DKIM_CONDITION: &str = "DkimKeyReady";
 
 /// The MailDomain's status from what the Relays say, the MX check and the
 /// DKIM key.
-pub fn status(
+pub(crate) fn status(
     domain: &MailDomain,
     view: &View,
     dns: Option<Result<DnsCheck, String>>,

@@ -12,7 +12,12 @@ use crate::plan::{Invalid, Plan};
 const LISTED: usize = 10;
 
 /// The status of a Relay whose objects were applied.
-pub fn ready_status(relay: &Relay, plan: &Plan, applied: &Applied, now: &Time) -> RelayStatus {
+pub(crate) fn ready_status(
+    relay: &Relay,
+    plan: &Plan,
+    applied: &Applied,
+    now: &Time,
+) -> RelayStatus {
     let model = &plan.model;
     let config = &model.config;
     let desired = model.replicas;
@@ -126,7 +131,7 @@ fn degraded(plan: &Plan, applied: &Applied) -> Cond {
 
 /// The status of a Relay whose spec is invalid: the figures of the last
 /// good config stay (its pods still run it); the conditions say why.
-pub fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStatus {
+pub(crate) fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStatus {
     let old = relay.status.clone().unwrap_or_default();
     let message = list_message("problems", &invalid.lines(), LISTED);
     let conds = [
@@ -153,7 +158,10 @@ pub fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStat
 }
 
 /// The Events a status change is worth: (type, reason, note).
-pub fn events(old: &RelayStatus, new: &RelayStatus) -> Vec<(EventType, &'static str, String)> {
+pub(crate) fn events(
+    old: &RelayStatus,
+    new: &RelayStatus,
+) -> Vec<(EventType, &'static str, String)> {
     let mut out = Vec::new();
     let message = |t: &str| {
         crate::status::find(&new.conditions, t)
