@@ -4,7 +4,7 @@
 //!
 //! Pure (in [`mailrelay_crds::dkimkey`], shared with the relay's
 //! standalone mode): generating and reading keys, formatting the record.
-//! With the client: [`ensure`], which reads the Secret and creates it or
+//! With the client: `ensure`, which reads the Secret and creates it or
 //! adds the key to it — never replacing a key that exists.
 
 use std::collections::BTreeMap;

@@ -58,7 +58,7 @@ pub struct RelayRef {
     /// have the garbage collector delete them.
     pub uid: Option<String>,
     pub image: String,
-    /// The common labels of every object (see [`common_labels`]).
+    /// The common labels of every object (see `common_labels`).
     pub labels: BTreeMap<String, String>,
 }
 

@@ -1,6 +1,6 @@
 //! The periodic MX check of a MailDomain: do its MX records lead to the
 //! external address of a Relay that serves it? Lookups at the edge
-//! ([`MxChecker`]), the verdict pure ([`verdict`]).
+//! ([`MxChecker`]), the verdict pure (`verdict`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +15,7 @@ use mailrelay_crds::resolver::{ResolverError, resolver};
 pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
 
 /// Looks up MX records and their addresses, and remembers each answer for
-/// [`INTERVAL`] (per domain and set of Relay addresses): MailDomain
+/// `INTERVAL` (per domain and set of Relay addresses): MailDomain
 /// reconciles run on every Relay change, lookups need not.
 pub struct MxChecker {
     resolver: TokioResolver,

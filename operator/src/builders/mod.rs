@@ -1,7 +1,7 @@
 //! The desired objects of one Relay, as pure functions of its [`Model`]:
 //! no client, no I/O, the same model always gives the same objects.
 //!
-//! One file per kind; [`pod`] and [`volumes`] hold the pod template the two
+//! One file per kind; `pod` and `volumes` hold the pod template the two
 //! workload kinds share. Every object carries the common labels, the
 //! Relay's namespace and (when the Relay's uid is known) a controller
 //! reference to it, so deleting the Relay deletes them.

@@ -1,5 +1,5 @@
 //! Reconcile of a Blocklist: its status from the Relays' outcomes
-//! ([`crate::status::blocklist`]), an Event when entries turn invalid.
+//! (`crate::status::blocklist`), an Event when entries turn invalid.
 
 use std::sync::Arc;
 

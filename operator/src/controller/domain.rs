@@ -1,6 +1,6 @@
 //! Reconcile of a MailDomain: gather what its status needs (the Relays'
 //! outcomes, the MX check, the DKIM key), write the status
-//! ([`crate::status::domain`]) and announce its changes.
+//! (`crate::status::domain`) and announce its changes.
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! MailDomains and Blocklists it selects, applies its objects and writes
 //! its status. MailDomain and Blocklist reconciles only write status: what
 //! Relays serve them, what is wrong with them. They read it from the
-//! [`Outcome`] each Relay reconcile leaves behind, and are all re-run when
+//! `Outcome` each Relay reconcile leaves behind, and are all re-run when
 //! an outcome changes.
 
 pub mod blocklist;
