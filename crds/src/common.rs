@@ -32,13 +32,6 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d))+$";
 /// A size written as a Kubernetes quantity (`25Mi`, `10M`, `1048576`).
 pub const SIZE_PATTERN: &str = r"^[0-9]+(k|M|G|Ki|Mi|Gi)?$";
 
-/// Is `Ready`-style condition `type` currently `True` in `conditions`?
-pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
 /// The identity of an object, used in problems and in the compiled config.
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,

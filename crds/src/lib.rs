@@ -7,6 +7,7 @@
 //! - [`compile`]: the pure function from the resources to a `RelayConfig`,
 //!   shared by the operator and by the relay's standalone mode.
 //! - [`manifests`]: reading the YAML a user would `kubectl apply`.
+//! - [`resolver`]: the DNS resolver set-up the relay and the operator share.
 
 // kube's `printcolumn(...)` repeats `type_ = ...` once per column, which
 // clippy mistakes for a duplicated attribute.
@@ -23,6 +24,7 @@ pub mod dkimkey;
 pub mod maildomain;
 pub mod manifests;
 pub mod relay;
+pub mod resolver;
 
 pub use blocklist::{Blocklist, BlocklistSpec, BlocklistStatus};
 pub use compile::{Compiled, Problem, compile};

@@ -17,20 +17,24 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The one field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "mailrelay-operator";
+pub(crate) const FIELD_MANAGER: &str = "mailrelay-operator";
 
 /// A failed API call, naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {object}: {source}")]
 pub struct ApiError {
-    pub action: &'static str,
-    pub object: String,
+    action: &'static str,
+    object: String,
     #[source]
-    pub source: kube::Error,
+    source: kube::Error,
 }
 
 impl ApiError {
-    pub fn new(action: &'static str, object: impl Into<String>, source: kube::Error) -> Self {
+    pub(crate) fn new(
+        action: &'static str,
+        object: impl Into<String>,
+        source: kube::Error,
+    ) -> Self {
         Self {
             action,
             object: object.into(),
@@ -39,7 +43,7 @@ impl ApiError {
     }
 
     /// The API does not know the kind (a CRD such as KEDA's not installed).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(&self.source, kube::Error::Api(s) if s.code == 404)
     }
 }
@@ -51,7 +55,7 @@ fn params() -> PatchParams {
 }
 
 /// Server-side apply of a namespaced object of a built-in kind.
-pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, ApiError>
+pub(crate) async fn apply<K>(client: &Client, obj: &K) -> Result<K, ApiError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -69,7 +73,7 @@ where
 /// Create `obj` unless an object of that name exists, which is left as
 /// it is: for objects whose content must not be replaced once made (a
 /// generated key). `true` when this call created it.
-pub async fn create_if_missing<K>(client: &Client, obj: &K) -> Result<bool, ApiError>
+pub(crate) async fn create_if_missing<K>(client: &Client, obj: &K) -> Result<bool, ApiError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -91,7 +95,7 @@ where
 }
 
 /// The KEDA `ScaledObject` API (a CRD; absent where KEDA is not installed).
-pub fn scaled_object_resource() -> ApiResource {
+pub(crate) fn scaled_object_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
         "scaledobjects",
@@ -99,7 +103,7 @@ pub fn scaled_object_resource() -> ApiResource {
 }
 
 /// Server-side apply of a KEDA `ScaledObject`.
-pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<(), ApiError> {
+pub(crate) async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<(), ApiError> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &scaled_object_resource());
@@ -113,13 +117,13 @@ pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<(), A
 /// autoscaler decides the count: separate from [`FIELD_MANAGER`], so the
 /// main apply can leave `replicas` out without the API server removing the
 /// field (and defaulting it to 1) when ownership moves.
-pub const REPLICAS_MANAGER: &str = "mailrelay-operator-replicas";
+pub(crate) const REPLICAS_MANAGER: &str = "mailrelay-operator-replicas";
 
 /// Apply only `spec.replicas` of workload `K` `ns/name`, as
 /// [`REPLICAS_MANAGER`]. `Ok(false)` when the workload does not exist yet
 /// (the partial object cannot create it: the API server refuses it as
 /// invalid).
-pub async fn apply_replicas<K>(
+pub(crate) async fn apply_replicas<K>(
     client: &Client,
     ns: &str,
     name: &str,
@@ -160,7 +164,7 @@ fn describe<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
 /// the PDB, the ServiceAccount and the NetworkPolicy always exist and go
 /// with the Relay through their owner reference.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Keep {
+pub(crate) struct Keep {
     pub config_maps: BTreeSet<String>,
     pub deployments: BTreeSet<String>,
     pub stateful_sets: BTreeSet<String>,
@@ -168,10 +172,55 @@ pub struct Keep {
     pub scaled_objects: BTreeSet<String>,
 }
 
+/// What the workload reported back from its apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkloadState {
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    /// Pods that exist, ready, and of the current template.
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+}
+
+impl WorkloadState {
+    pub(crate) fn of_deployment(d: &Deployment) -> Self {
+        let s = d.status.clone().unwrap_or_default();
+        Self {
+            generation: d.metadata.generation,
+            observed_generation: s.observed_generation,
+            replicas: s.replicas.unwrap_or(0),
+            ready: s.ready_replicas.unwrap_or(0),
+            updated: s.updated_replicas.unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn of_stateful_set(s: &StatefulSet) -> Self {
+        let st = s.status.clone().unwrap_or_default();
+        Self {
+            generation: s.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: st.replicas,
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+        }
+    }
+}
+
+/// What applying the plan found out.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied {
+    pub workload: WorkloadState,
+    pub external: Vec<String>,
+    /// The Relay chose KEDA but the cluster has no ScaledObject kind.
+    pub keda_missing: bool,
+    pub keep: Keep,
+}
+
 /// Delete the objects of the prunable kinds that the Relay with `uid`
 /// controls and no longer needs. Only objects with the Relay's labels and
 /// a controller reference to its uid are ever deleted.
-pub async fn prune(
+pub(crate) async fn prune(
     client: &Client,
     ns: &str,
     selector: &str,

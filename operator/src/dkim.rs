@@ -4,7 +4,7 @@
 //!
 //! Pure (in [`mailrelay_crds::dkimkey`], shared with the relay's
 //! standalone mode): generating and reading keys, formatting the record.
-//! With the client: [`ensure`], which reads the Secret and creates it or
+//! With the client: `ensure`, which reads the Secret and creates it or
 //! adds the key to it — never replacing a key that exists.
 
 use std::collections::BTreeMap;
@@ -18,13 +18,14 @@ use kube::{Client, ResourceExt};
 use mailrelay_crds::maildomain::{Dkim, DkimAlgorithm};
 use serde_json::json;
 
-pub use mailrelay_crds::dkimkey::{KeyError, RSA_BITS, generate, public_key, record, txt_value};
+use mailrelay_crds::dkimkey::generate;
+pub use mailrelay_crds::dkimkey::{public_key, record, txt_value};
 
 use crate::apply::FIELD_MANAGER;
 
 /// What the MailDomain's DKIM key looks like now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyState {
+pub(crate) enum KeyState {
     /// The key is there: the record to publish.
     Ready { record: String, generated: bool },
     /// Something to fix; `reason` is a condition reason.
@@ -44,7 +45,13 @@ fn problem(reason: &'static str, message: impl Into<String>) -> KeyState {
 /// Read the key of `dkim` from its Secret in `ns`, generating it first
 /// when it is missing and `dkim.generate` is set. `domain` is the
 /// normalised domain name, `owner` names the MailDomain (for the label).
-pub async fn ensure(client: &Client, ns: &str, owner: &str, domain: &str, dkim: &Dkim) -> KeyState {
+pub(crate) async fn ensure(
+    client: &Client,
+    ns: &str,
+    owner: &str,
+    domain: &str,
+    dkim: &Dkim,
+) -> KeyState {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let name = &dkim.private_key.name;
     let key = &dkim.private_key.key;

@@ -10,6 +10,8 @@
 //! successful renewal was *sent*) gives up, and the process exits at once
 //! rather than finish work a new leader may already be redoing.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -17,6 +19,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::task::JoinHandle;
 
 use crate::apply::ApiError;
 
@@ -43,7 +46,7 @@ impl Default for Timing {
 
 /// What a candidate should do with the Lease it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Write it with us as holder (taking it over when `takeover`).
     Take { takeover: bool },
     /// Someone else holds it; try again later.
@@ -52,7 +55,7 @@ pub enum Decision {
 
 /// Decide from the Lease's spec (`None`: there is no Lease yet) and how
 /// long this candidate has seen it unchanged.
-pub fn decide(
+pub(crate) fn decide(
     spec: Option<&LeaseSpec>,
     me: &str,
     unchanged_for: Duration,
@@ -79,7 +82,7 @@ pub fn decide(
 }
 
 /// The spec to write when taking or renewing.
-pub fn next_spec(
+pub(crate) fn next_spec(
     old: Option<&LeaseSpec>,
     me: &str,
     now: Timestamp,
@@ -109,6 +112,7 @@ pub fn next_spec(
 /// A candidate for one Lease.
 pub struct Elector {
     api: Api<Lease>,
+    namespace: String,
     name: String,
     me: String,
     timing: Timing,
@@ -120,6 +124,7 @@ impl Elector {
     pub fn new(client: Client, namespace: &str, name: &str, me: &str, timing: Timing) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
             name: name.into(),
             me: me.into(),
             timing,
@@ -197,7 +202,7 @@ impl Elector {
     }
 
     /// Wait until we hold the Lease.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         loop {
             match self.attempt(self.timing.renew_deadline).await {
                 Ok(true) => return,
@@ -212,7 +217,7 @@ impl Elector {
     /// within the deadline; returns then: leadership is lost. The deadline
     /// counts from when the last successful renewal was sent, and each
     /// attempt is cut off where the deadline would pass.
-    pub async fn hold(&self) {
+    pub(crate) async fn hold(&self) {
         let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry).await;
@@ -252,6 +257,64 @@ impl Elector {
             .await
         {
             tracing::warn!(error = %e, "cannot release the leader lease");
+        }
+    }
+}
+
+/// This process's leadership, for as long as it runs: with an election,
+/// the Lease it holds and the task renewing it.
+pub struct Leadership {
+    held: Option<Held>,
+}
+
+struct Held {
+    elector: Arc<Elector>,
+    /// Renews the Lease; finishes when leadership is lost.
+    renewing: JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Leadership without an election, for a single replica: never lost.
+    pub fn unelected() -> Self {
+        Self { held: None }
+    }
+
+    /// Wait until `elector` holds its Lease, then keep renewing it in the
+    /// background; `None` when `stop` resolves first.
+    pub async fn elect(elector: Elector, stop: impl Future<Output = ()>) -> Option<Self> {
+        tracing::info!(lease = %elector.name, namespace = %elector.namespace, "waiting for the leader lease");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = stop => return None,
+        }
+        tracing::info!(lease = %elector.name, "leading");
+        let elector = Arc::new(elector);
+        let renewing = tokio::spawn({
+            let elector = Arc::clone(&elector);
+            async move { elector.hold().await }
+        });
+        Some(Self {
+            held: Some(Held { elector, renewing }),
+        })
+    }
+
+    /// Resolves when the Lease is lost: another replica took it, or no
+    /// renewal succeeded in time. Without an election, never.
+    pub async fn lost(&mut self) {
+        match &mut self.held {
+            Some(held) => {
+                let _ = (&mut held.renewing).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stop renewing and give the Lease up (a clean shutdown), so a
+    /// standby takes over at once.
+    pub async fn release(self) {
+        if let Some(held) = self.held {
+            held.renewing.abort();
+            held.elector.release().await;
         }
     }
 }
@@ -327,5 +390,13 @@ mod tests {
         let first = next_spec(None, "b", t(1), false, &timing);
         assert_eq!(first.lease_transitions, Some(0));
         assert_eq!(first.lease_duration_seconds, Some(15));
+    }
+
+    #[tokio::test]
+    async fn without_an_election_leadership_is_never_lost() {
+        let mut leadership = Leadership::unelected();
+        let lost = tokio::time::timeout(Duration::from_millis(50), leadership.lost()).await;
+        assert!(lost.is_err(), "lost() resolved");
+        leadership.release().await;
     }
 }

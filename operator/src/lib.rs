@@ -8,9 +8,10 @@
 //! 2. validate: [`mailrelay_crds::compile()`] — pure;
 //! 3. model: [`Model::new`] gathers what the builders need — pure;
 //! 4. build the desired objects: [`builders::build_all`] — pure;
-//! 5. server-side apply, prune, status ([`apply`], [`controller`]) — client.
+//! 5. server-side apply, prune, status (`apply`, `status`, [`controller`])
+//!    — client.
 //!
-//! Steps 2–4 are [`plan::plan`], which `mailrelay-operator render` also
+//! Steps 2–4 are `plan::plan`, which `mailrelay-operator render` also
 //! runs on a manifest directory ([`render`]), so the objects a user
 //! previews are the objects the operator applies.
 
@@ -24,9 +25,9 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod mx;
-pub mod plan;
+pub(crate) mod plan;
 pub mod render;
-pub mod status;
+pub(crate) mod status;
 
 pub use builders::{Objects, build_all};
-pub use model::{Model, ModelError, RelayRef, Settings, Warning};
+pub use model::{Model, Settings, Warning};

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::runtime::events::Reporter;
+use mailrelay_crds::resolver::ResolverError;
+use mailrelay_operator::apply::ApiError;
 use mailrelay_operator::http::Health;
-use mailrelay_operator::leader::{Elector, Timing};
+use mailrelay_operator::leader::{Elector, Leadership, Timing};
 use mailrelay_operator::metrics::Metrics;
 use mailrelay_operator::mx::MxChecker;
 use mailrelay_operator::render::render_dir;
@@ -95,6 +97,41 @@ enum LogFormat {
     Text,
 }
 
+/// Why a command failed; each variant names what it was doing.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("cannot serialise: {0}")]
+    SerialiseCrds(#[source] serde_saphyr::SerializeError),
+    #[error("{}: {source}", path.display())]
+    WriteCrd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--log-level {filter:?}: {source}")]
+    LogFilter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up logging: {0}")]
+    Logging(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("--http-addr {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("MX check: {0}")]
+    MxCheck(#[source] ResolverError),
+    #[error("--leader-elect needs --lease-namespace or $POD_NAMESPACE")]
+    NoLeaseNamespace,
+    #[error("--apply-crds: {0}")]
+    ApplyCrds(#[source] ApiError),
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => {
@@ -152,14 +189,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn crd(out: Option<PathBuf>) -> Result<(), String> {
-    let rendered =
-        mailrelay_crds::crdgen::render_all().map_err(|e| format!("cannot serialise: {e}"))?;
+fn crd(out: Option<PathBuf>) -> Result<(), Error> {
+    let rendered = mailrelay_crds::crdgen::render_all().map_err(Error::SerialiseCrds)?;
     for (file, yaml) in rendered {
         match &out {
             Some(dir) => {
                 let path = dir.join(file);
-                std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+                if let Err(source) = std::fs::write(&path, yaml) {
+                    return Err(Error::WriteCrd { path, source });
+                }
                 eprintln!("wrote {}", path.display());
             }
             None => println!("---\n{yaml}"),
@@ -168,9 +206,12 @@ fn crd(out: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logs(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("--log-level {filter:?}: {e}"))?;
+fn init_logs(format: LogFormat, filter: &str) -> Result<(), Error> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| Error::LogFilter {
+            filter: filter.to_string(),
+            source,
+        })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -178,10 +219,10 @@ fn init_logs(format: LogFormat, filter: &str) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(Error::Logging)
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
+async fn run(args: RunArgs) -> Result<(), Error> {
     init_logs(args.log_format, &args.log_level)?;
     let identity = args
         .identity
@@ -192,33 +233,31 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
-        .map_err(|e| format!("--http-addr {}: {e}", args.http_addr))?;
+        .map_err(|source| Error::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
     tokio::spawn(mailrelay_operator::http::serve(
         listener,
         metrics.clone(),
         health.clone(),
     ));
 
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-    let version = client
-        .apiserver_version()
-        .await
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
+    let version = client.apiserver_version().await.map_err(Error::Connect)?;
     tracing::info!(server = %version.git_version, identity, "connected");
     let mx = if args.no_mx_check {
         None
     } else {
-        Some(MxChecker::new(args.dns.map(|d| vec![d])).map_err(|e| format!("MX check: {e}"))?)
+        Some(MxChecker::new(args.dns.as_slice()).map_err(Error::MxCheck)?)
     };
     health.set_ready(true);
 
-    let elector = if args.leader_elect {
+    let mut leadership = if args.leader_elect {
         let ns = args
             .lease_namespace
             .clone()
-            .ok_or("--leader-elect needs --lease-namespace or $POD_NAMESPACE")?;
+            .ok_or(Error::NoLeaseNamespace)?;
         let elector = Elector::new(
             client.clone(),
             &ns,
@@ -226,22 +265,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
             &identity,
             Timing::default(),
         );
-        tracing::info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
-        tokio::select! {
-            () = elector.acquire() => {}
-            () = shutdown_signal() => return Ok(()),
+        match Leadership::elect(elector, shutdown_signal()).await {
+            Some(leadership) => leadership,
+            None => return Ok(()),
         }
-        tracing::info!(lease = %args.lease_name, "leading");
-        Some(Arc::new(elector))
     } else {
-        None
+        Leadership::unelected()
     };
     metrics.set_leader(true);
     // After the election: only the leader writes, CRDs included.
     if args.apply_crds {
         mailrelay_operator::crds::apply_all(&client)
             .await
-            .map_err(|e| format!("--apply-crds: {e}"))?;
+            .map_err(Error::ApplyCrds)?;
     }
 
     let settings = Settings {
@@ -252,29 +288,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
         controller: "mailrelay-operator".into(),
         instance: Some(identity),
     };
-    let lost = Arc::new(tokio::sync::Notify::new());
-    let holder = elector.clone().map(|e| {
-        let lost = lost.clone();
-        tokio::spawn(async move {
-            e.hold().await;
-            lost.notify_one();
-        })
-    });
-    let lost_wait = lost.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
-    let stopper = tokio::spawn(async move {
-        let leadership_lost = tokio::select! {
-            () = shutdown_signal() => false,
-            () = lost_wait.notified() => true,
-        };
-        if leadership_lost {
-            // Stop at once: reconciles still running would write against a
-            // plan the new leader may already be replacing.
-            tracing::error!("lost the leader lease; exiting so a fresh process can stand again");
-            std::process::exit(1);
-        }
-        let _ = stop_tx.send(leadership_lost);
-    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let _ = done_rx.await;
@@ -287,20 +300,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
         mx,
         shutdown,
     ));
-    let leadership_lost = stop_rx.await.unwrap_or(false);
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = leadership.lost() => {
+            // Stop at once: reconciles still running would write against a
+            // plan the new leader may already be replacing.
+            tracing::error!("lost the leader lease; exiting so a fresh process can stand again");
+            std::process::exit(1);
+        }
+    }
     let _ = done_tx.send(());
     let _ = controllers.await;
-    stopper.abort();
-    if let Some(h) = holder {
-        h.abort();
-    }
     metrics.set_leader(false);
-    if leadership_lost {
-        return Err("lost the leader lease; exiting so a fresh process can stand again".into());
-    }
-    if let Some(e) = elector {
-        e.release().await;
-    }
+    leadership.release().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     pub kind: &'static str,
 }
 
@@ -93,7 +93,7 @@ impl Metrics {
 
     /// Count a reconcile of `kind`; its duration is observed when the
     /// returned guard drops.
-    pub fn reconcile(&self, kind: &'static str) -> ReconcileTimer<'_> {
+    pub(crate) fn reconcile(&self, kind: &'static str) -> ReconcileTimer<'_> {
         let label = KindLabel { kind };
         self.reconciles.get_or_create(&label).inc();
         self.in_flight.get_or_create(&label).inc();
@@ -104,13 +104,13 @@ impl Metrics {
         }
     }
 
-    pub fn controller_error(&self, kind: &'static str) {
+    pub(crate) fn controller_error(&self, kind: &'static str) {
         self.controller_errors
             .get_or_create(&KindLabel { kind })
             .inc();
     }
 
-    pub fn set_pending(&self, kind: &'static str, n: usize) {
+    pub(crate) fn set_pending(&self, kind: &'static str, n: usize) {
         self.pending
             .get_or_create(&KindLabel { kind })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -131,7 +131,7 @@ impl Metrics {
 }
 
 /// Observes one reconcile's duration when dropped.
-pub struct ReconcileTimer<'a> {
+pub(crate) struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
     label: KindLabel,
     start: Instant,
@@ -139,7 +139,7 @@ pub struct ReconcileTimer<'a> {
 
 impl ReconcileTimer<'_> {
     /// Mark the reconcile failed.
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         self.metrics.failures.get_or_create(&self.label).inc();
     }
 }

@@ -19,7 +19,7 @@ use mailrelay_crds::configformat;
 
 /// Where the relay image comes from when the Relay names none; the tag is
 /// the operator's own version, so an operator upgrade moves the fleet.
-pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/mailrelay/mailrelay";
+pub(crate) const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/mailrelay/mailrelay";
 
 /// Where KEDA asks for the relays' queue depth when the operator is not
 /// told otherwise: the Service the Prometheus Operator creates.
@@ -28,7 +28,7 @@ pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus-operated.monitoring.
 /// Longest Relay name. Derived names must stay valid: a StatefulSet's pods
 /// carry `controller-revision-hash: NAME-HASH` (a label value, at most 63
 /// characters, with a hash of up to 10), and `NAME-peers` is a Service name.
-pub const MAX_RELAY_NAME: usize = 52;
+pub(crate) const MAX_RELAY_NAME: usize = 52;
 
 /// Settings of the operator itself (command-line flags), not of a Relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,20 +58,20 @@ pub struct RelayRef {
     /// have the garbage collector delete them.
     pub uid: Option<String>,
     pub image: String,
-    /// The common labels of every object (see [`common_labels`]).
+    /// The common labels of every object (see `common_labels`).
     pub labels: BTreeMap<String, String>,
 }
 
 impl RelayRef {
     /// The labels that select the Relay's pods: a subset of [`Self::labels`]
     /// that never changes, because a workload's selector is immutable.
-    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+    pub(crate) fn selector_labels(&self) -> BTreeMap<String, String> {
         selector_labels(&self.name)
     }
 
     /// The pod selector as a string, for `status.selector` (the scale
     /// subresource hands it to the HorizontalPodAutoscaler).
-    pub fn selector(&self) -> String {
+    pub(crate) fn selector(&self) -> String {
         self.selector_labels()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -80,7 +80,7 @@ impl RelayRef {
     }
 
     /// The controller reference to the Relay, when its uid is known.
-    pub fn owner_reference(&self) -> Option<OwnerReference> {
+    pub(crate) fn owner_reference(&self) -> Option<OwnerReference> {
         self.uid.as_ref().map(|uid| OwnerReference {
             api_version: Relay::api_version(&()).into_owned(),
             kind: Relay::kind(&()).into_owned(),
@@ -93,7 +93,7 @@ impl RelayRef {
 }
 
 /// `app.kubernetes.io/*` labels of every object made for Relay `name`.
-pub fn common_labels(name: &str) -> BTreeMap<String, String> {
+pub(crate) fn common_labels(name: &str) -> BTreeMap<String, String> {
     let mut labels = selector_labels(name);
     labels.insert("app.kubernetes.io/component".into(), "relay".into());
     labels.insert(
@@ -310,7 +310,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Lower-case hex SHA-256.
-pub use mailrelay_crds::configformat::hex_sha256;
+pub(crate) use mailrelay_crds::configformat::hex_sha256;
 
 /// The claims to mount for the maildir domains of `config`, one per path.
 fn maildir_mounts(

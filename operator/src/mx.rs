@@ -1,24 +1,21 @@
 //! The periodic MX check of a MailDomain: do its MX records lead to the
 //! external address of a Relay that serves it? Lookups at the edge
-//! ([`MxChecker`]), the verdict pure ([`verdict`]).
+//! ([`MxChecker`]), the verdict pure (`verdict`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use mailrelay_crds::maildomain::DnsCheck;
+use mailrelay_crds::resolver::{ResolverError, resolver};
 
 /// How often a MailDomain's MX records are checked.
-pub const INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
 
 /// Looks up MX records and their addresses, and remembers each answer for
-/// [`INTERVAL`] (per domain and set of Relay addresses): MailDomain
+/// `INTERVAL` (per domain and set of Relay addresses): MailDomain
 /// reconciles run on every Relay change, lookups need not.
 pub struct MxChecker {
     resolver: TokioResolver,
@@ -27,62 +24,21 @@ pub struct MxChecker {
 
 type Cached = (std::time::Instant, Vec<String>, Result<DnsCheck, String>);
 
-#[derive(Debug, thiserror::Error)]
-pub enum MxError {
-    #[error("cannot read {path}: {source}")]
-    ResolvConf {
-        path: &'static str,
-        source: std::io::Error,
-    },
-    #[error("no nameserver in /etc/resolv.conf")]
-    NoNameservers,
-    #[error("cannot build the DNS resolver: {0}")]
-    Build(String),
-}
+/// How long one MX or address query waits for an answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 impl MxChecker {
-    /// A checker asking `servers`, or the nameservers of /etc/resolv.conf.
-    pub fn new(servers: Option<Vec<SocketAddr>>) -> Result<Self, MxError> {
-        let servers = match servers {
-            Some(s) => s,
-            None => {
-                let path = "/etc/resolv.conf";
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| MxError::ResolvConf { path, source })?;
-                nameservers(&text)
-            }
-        };
-        if servers.is_empty() {
-            return Err(MxError::NoNameservers);
-        }
-        let configs = servers
-            .iter()
-            .map(|s| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = s.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = s.port();
-                NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let mut options = ResolverOpts::default();
-        options.timeout = Duration::from_secs(5);
-        options.use_hosts_file = ResolveHosts::Never;
-        let resolver = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(configs),
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(options)
-        .build()
-        .map_err(|e| MxError::Build(e.to_string()))?;
+    /// A checker asking `servers`, or the nameservers of /etc/resolv.conf
+    /// when there are none.
+    pub fn new(servers: &[SocketAddr]) -> Result<Self, ResolverError> {
         Ok(Self {
-            resolver,
+            resolver: resolver(servers, TIMEOUT)?,
             cache: std::sync::Mutex::default(),
         })
     }
 
     /// [`Self::check`], answered from the cache while it is fresh.
-    pub async fn check_cached(
+    pub(crate) async fn check_cached(
         &self,
         domain: &str,
         external: &[String],
@@ -108,7 +64,11 @@ impl MxChecker {
     /// Check `domain` (an A-label) against the Relays' `external`
     /// addresses. `Err` when the lookup itself failed (a resolver outage
     /// says nothing about the domain's DNS).
-    pub async fn check(&self, domain: &str, external: &[String]) -> Result<DnsCheck, String> {
+    pub(crate) async fn check(
+        &self,
+        domain: &str,
+        external: &[String],
+    ) -> Result<DnsCheck, String> {
         let mx = match self.resolver.mx_lookup(format!("{domain}.")).await {
             Ok(lookup) => {
                 let mut mx: Vec<(u16, String)> = lookup
@@ -141,21 +101,9 @@ fn plain(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The `nameserver` lines of a resolv.conf, port 53.
-fn nameservers(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split(['#', ';']).next()?.split_whitespace();
-            (words.next()? == "nameserver").then_some(())?;
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            Some(SocketAddr::new(ip, 53))
-        })
-        .collect()
-}
-
 /// Does one of the MX hosts (in preference order) name, or resolve to, one
 /// of the `external` addresses (IPs or host names of the Relays' Services)?
-pub fn verdict(
+pub(crate) fn verdict(
     domain: &str,
     mx: &[(u16, String)],
     addresses: &BTreeMap<String, Vec<IpAddr>>,
@@ -254,7 +202,9 @@ mod tests {
     #[test]
     fn resolv_conf_nameservers() {
         assert_eq!(
-            nameservers("# c\nnameserver 10.96.0.10\nsearch svc\nnameserver ::1 ; x\n"),
+            mailrelay_crds::resolver::parse_resolv_conf(
+                "# c\nnameserver 10.96.0.10\nsearch svc\nnameserver ::1 ; x\n"
+            ),
             vec![
                 "10.96.0.10:53"
                     .parse()

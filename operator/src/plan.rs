@@ -6,12 +6,12 @@
 use mailrelay_crds::compile::Problem;
 use mailrelay_crds::{Blocklist, MailDomain, Relay, compile};
 
-use crate::builders::{Objects, build_all};
-use crate::model::{Model, Settings};
+use crate::builders::{BuildError, Objects, build_all};
+use crate::model::{Model, ModelError, Settings};
 
 /// The desired state of one Relay.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub model: Model,
     pub objects: Objects,
     /// Problems of MailDomains and Blocklists left out of the config.
@@ -19,35 +19,46 @@ pub struct Plan {
 }
 
 /// Why a Relay has no plan: its own spec is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invalid {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Invalid {
     /// Problems `compile()` found in the Relay itself.
+    #[error("{}", lines(.0).join("\n"))]
     Problems(Vec<Problem>),
-    /// A name, namespace or size problem found making the objects.
-    Other(String),
+    /// A name or namespace the operator cannot derive its objects' names
+    /// from, or a config it cannot serialise.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A config that cannot be put into ConfigMaps (too large, or its
+    /// compression failed).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+fn lines(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(ToString::to_string).collect()
 }
 
 impl Invalid {
     /// One line per problem.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         match self {
-            Self::Problems(p) => p.iter().map(ToString::to_string).collect(),
-            Self::Other(s) => vec![s.clone()],
+            Self::Problems(p) => lines(p),
+            Self::Model(e) => vec![e.to_string()],
+            Self::Build(e) => vec![e.to_string()],
         }
     }
 }
 
 /// Plan `relay` from the MailDomains and Blocklists around it.
-pub fn plan(
+pub(crate) fn plan(
     relay: &Relay,
     domains: &[MailDomain],
     blocklists: &[Blocklist],
     settings: &Settings,
 ) -> Result<Plan, Invalid> {
     let compiled = compile(relay, domains, blocklists).map_err(Invalid::Problems)?;
-    let model = Model::new(relay, compiled.config, domains, settings)
-        .map_err(|e| Invalid::Other(e.to_string()))?;
-    let objects = build_all(&model).map_err(|e| Invalid::Other(e.to_string()))?;
+    let model = Model::new(relay, compiled.config, domains, settings)?;
+    let objects = build_all(&model)?;
     Ok(Plan {
         model,
         objects,

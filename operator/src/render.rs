@@ -63,7 +63,7 @@ pub fn render_dir(dir: &Path, settings: &Settings) -> Result<Rendered, RenderErr
 
 /// Render every Relay of `manifests`. Any Relay that fails fails the whole
 /// render: a partial stream piped into `kubectl apply` would be worse.
-pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, RenderError> {
+pub(crate) fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, RenderError> {
     let domains = manifests.domain_objects();
     let blocklists = manifests.blocklist_objects();
     let mut relays: BTreeMap<(String, String), &Sourced<Relay>> = BTreeMap::new();
@@ -93,7 +93,9 @@ pub fn render(manifests: &Manifests, settings: &Settings) -> Result<Rendered, Re
             Err(Invalid::Problems(problems)) => {
                 errors.extend(problems.iter().map(|p| located(manifests, p)));
             }
-            Err(Invalid::Other(e)) => errors.push(format!("{}: {e}", r.source.file.display())),
+            Err(e @ (Invalid::Model(_) | Invalid::Build(_))) => {
+                errors.push(format!("{}: {e}", r.source.file.display()));
+            }
         }
     }
     // One MailDomain can be selected by several Relays: say each problem once.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::{Problem, Report, normalize};
-use crate::blocklist::{Blocklist, Entry};
+use crate::blocklist::{Blocklist, DnsblZone, Entry};
 use crate::common::ObjectRef;
 use crate::config::{AddressBlock, BlockRule, DnsblConfig, DomainBlock, IpBlock, PolicyConfig};
 
@@ -13,8 +13,25 @@ pub(super) fn compile_blocklists(
     selected: &[&Blocklist],
     problems: &mut Vec<Problem>,
 ) -> PolicyConfig {
-    // Rules in their final order first, so entries can point at them:
-    // rejecting lists before tempfailing ones, then by identity.
+    let lists = rules(selected, problems);
+    let mut entries = Entries::default();
+    for (index, (rule, bl)) in lists.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let mut r = Report {
+            object: &rule.source,
+            problems,
+        };
+        entries.add(bl, index, &mut r);
+    }
+    entries.into_policy(lists.into_iter().map(|(rule, _)| rule).collect())
+}
+
+/// The rules in their final order, so entries can point at them:
+/// rejecting lists before tempfailing ones, then by identity.
+fn rules<'a>(
+    selected: &[&'a Blocklist],
+    problems: &mut Vec<Problem>,
+) -> Vec<(BlockRule, &'a Blocklist)> {
     let mut lists: Vec<(BlockRule, &Blocklist)> = selected
         .iter()
         .map(|bl| {
@@ -40,22 +57,26 @@ pub(super) fn compile_blocklists(
         })
         .collect();
     lists.sort_by(|a, b| a.0.cmp(&b.0));
+    lists
+}
 
-    let mut ips: BTreeMap<(IpNet, u32), Option<i64>> = BTreeMap::new();
-    let mut domains: BTreeMap<(String, bool, u32), Option<i64>> = BTreeMap::new();
-    let mut senders: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
-    let mut dnsbl: BTreeMap<(String, u32), DnsblConfig> = BTreeMap::new();
+/// Every list's valid entries, keyed by (value, rule) so an entry listed
+/// twice under one rule is kept once.
+#[derive(Default)]
+struct Entries {
+    ips: BTreeMap<(IpNet, u32), Option<i64>>,
+    domains: BTreeMap<(String, bool, u32), Option<i64>>,
+    senders: BTreeMap<(String, u32), Option<i64>>,
+    dnsbl: BTreeMap<(String, u32), DnsblConfig>,
+}
 
-    for (index, (rule, bl)) in lists.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let mut r = Report {
-            object: &rule.source,
-            problems,
-        };
+impl Entries {
+    /// The entries of `bl`, under rule `index`; invalid ones go to `r`.
+    fn add(&mut self, bl: &Blocklist, index: u32, r: &mut Report<'_>) {
         for (i, e) in bl.spec.ips.iter().enumerate() {
             if let Some(net) = r.check(format!("spec.ips[{i}].value"), normalize::network(&e.value))
             {
-                keep_longest(&mut ips, (net, index), expiry(e));
+                keep_longest(&mut self.ips, (net, index), expiry(e));
             }
         }
         for (i, e) in bl.spec.domains.iter().enumerate() {
@@ -67,7 +88,7 @@ pub(super) fn compile_blocklists(
                 format!("spec.domains[{i}].value"),
                 normalize::domain_name(name),
             ) {
-                keep_longest(&mut domains, (name, wildcard, index), expiry(e));
+                keep_longest(&mut self.domains, (name, wildcard, index), expiry(e));
             }
         }
         for (i, e) in bl.spec.senders.iter().enumerate() {
@@ -75,71 +96,77 @@ pub(super) fn compile_blocklists(
                 format!("spec.senders[{i}].value"),
                 normalize::address(&e.value),
             ) {
-                keep_longest(&mut senders, (address, index), expiry(e));
+                keep_longest(&mut self.senders, (address, index), expiry(e));
             }
         }
         for (i, z) in bl.spec.dnsbl.iter().enumerate() {
-            let field = format!("spec.dnsbl[{i}]");
-            let Some(zone) = r.check(format!("{field}.zone"), normalize::domain_name(&z.zone))
-            else {
-                continue;
-            };
-            let mut codes: Vec<IpNet> = z
-                .return_codes
-                .iter()
-                .enumerate()
-                .filter_map(|(j, c)| {
-                    r.check(format!("{field}.returnCodes[{j}]"), normalize::network(c))
-                })
-                .collect();
-            if z.return_codes.is_empty() {
-                codes = normalize::default_dnsbl_codes();
-            } else if codes.is_empty() {
-                // Every code was invalid: querying would block nobody or
-                // everybody, so the zone is left out (and reported above).
-                continue;
+            if let Some(zone) = dnsbl_zone(z, &format!("spec.dnsbl[{i}]"), index, r) {
+                self.dnsbl.entry((zone.zone.clone(), index)).or_insert(zone);
             }
-            codes.sort();
-            codes.dedup();
-            let message = z
-                .message
-                .as_deref()
-                .and_then(|m| r.check(format!("{field}.message"), normalize::reply_text(m)))
-                .filter(|m| !m.is_empty());
-            dnsbl.entry((zone.clone(), index)).or_insert(DnsblConfig {
-                zone,
-                return_codes: codes,
-                message,
-                rule: index,
-            });
         }
     }
 
-    PolicyConfig {
-        rules: lists.into_iter().map(|(rule, _)| rule).collect(),
-        ips: ips
-            .into_iter()
-            .map(|((net, rule), expires)| IpBlock { net, rule, expires })
-            .collect(),
-        domains: domains
-            .into_iter()
-            .map(|((name, wildcard, rule), expires)| DomainBlock {
-                name,
-                wildcard,
-                rule,
-                expires,
-            })
-            .collect(),
-        senders: senders
-            .into_iter()
-            .map(|((address, rule), expires)| AddressBlock {
-                address,
-                rule,
-                expires,
-            })
-            .collect(),
-        dnsbl: dnsbl.into_values().collect(),
+    fn into_policy(self, rules: Vec<BlockRule>) -> PolicyConfig {
+        PolicyConfig {
+            rules,
+            ips: self
+                .ips
+                .into_iter()
+                .map(|((net, rule), expires)| IpBlock { net, rule, expires })
+                .collect(),
+            domains: self
+                .domains
+                .into_iter()
+                .map(|((name, wildcard, rule), expires)| DomainBlock {
+                    name,
+                    wildcard,
+                    rule,
+                    expires,
+                })
+                .collect(),
+            senders: self
+                .senders
+                .into_iter()
+                .map(|((address, rule), expires)| AddressBlock {
+                    address,
+                    rule,
+                    expires,
+                })
+                .collect(),
+            dnsbl: self.dnsbl.into_values().collect(),
+        }
     }
+}
+
+/// One DNSBL zone of a list, `None` when it is left out (reported to `r`).
+fn dnsbl_zone(z: &DnsblZone, field: &str, rule: u32, r: &mut Report<'_>) -> Option<DnsblConfig> {
+    let zone = r.check(format!("{field}.zone"), normalize::domain_name(&z.zone))?;
+    let mut codes: Vec<IpNet> = z
+        .return_codes
+        .iter()
+        .enumerate()
+        .filter_map(|(j, c)| r.check(format!("{field}.returnCodes[{j}]"), normalize::network(c)))
+        .collect();
+    if z.return_codes.is_empty() {
+        codes = normalize::default_dnsbl_codes();
+    } else if codes.is_empty() {
+        // Every code was invalid: querying would block nobody or
+        // everybody, so the zone is left out (and reported above).
+        return None;
+    }
+    codes.sort();
+    codes.dedup();
+    let message = z
+        .message
+        .as_deref()
+        .and_then(|m| r.check(format!("{field}.message"), normalize::reply_text(m)))
+        .filter(|m| !m.is_empty());
+    Some(DnsblConfig {
+        zone,
+        return_codes: codes,
+        message,
+        rule,
+    })
 }
 
 fn expiry(e: &Entry) -> Option<i64> {

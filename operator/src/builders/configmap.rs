@@ -27,17 +27,17 @@ use mailrelay_crds::configformat::{self, FormatError, GZIP_KEY, HASH_KEY, JSON_K
 pub const CONFIG_HASH_ANNOTATION: &str = "mailrelay.io/config-hash";
 
 /// Name of the single ConfigMap.
-pub fn name(relay: &str) -> String {
+pub(crate) fn name(relay: &str) -> String {
     format!("{relay}-config")
 }
 
 /// Name of shard `i`.
-pub fn shard_name(relay: &str, i: usize) -> String {
+pub(crate) fn shard_name(relay: &str, i: usize) -> String {
     format!("{relay}-config-{i}")
 }
 
 /// The ConfigMaps holding the model's config, in order.
-pub fn build(model: &Model) -> Result<Vec<ConfigMap>, FormatError> {
+pub(crate) fn build(model: &Model) -> Result<Vec<ConfigMap>, FormatError> {
     let relay = &model.relay.name;
     let hash = || BTreeMap::from([(HASH_KEY.to_string(), model.config_hash.clone())]);
     let maps = match configformat::encode(&model.config_json)? {

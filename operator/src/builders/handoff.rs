@@ -18,23 +18,23 @@ use super::object_meta;
 use crate::model::Model;
 
 /// The hand-off listener's container port.
-pub const PORT: i32 = 10025;
+pub(crate) const PORT: i32 = 10025;
 /// Name of that port.
-pub const PORT_NAME: &str = "handoff";
+pub(crate) const PORT_NAME: &str = "handoff";
 /// Where the pod mounts the Secret.
-pub const DIR: &str = "/etc/mailrelay/handoff";
+pub(crate) const DIR: &str = "/etc/mailrelay/handoff";
 /// The Secret's key holding the shared secret.
-pub const KEY: &str = "secret";
+pub(crate) const KEY: &str = "secret";
 /// Bytes of randomness in a generated secret (hex encoded in the Secret).
-pub const SECRET_BYTES: usize = 32;
+pub(crate) const SECRET_BYTES: usize = 32;
 
 /// Name of the Relay's hand-off Secret.
-pub fn secret_name(relay: &str) -> String {
+pub(crate) fn secret_name(relay: &str) -> String {
     format!("{relay}-handoff")
 }
 
 /// The Secret with `random` as its key, hex encoded.
-pub fn secret(model: &Model, random: &[u8; SECRET_BYTES]) -> Secret {
+pub(crate) fn secret(model: &Model, random: &[u8; SECRET_BYTES]) -> Secret {
     Secret {
         metadata: object_meta(model, secret_name(&model.relay.name)),
         type_: Some("Opaque".into()),

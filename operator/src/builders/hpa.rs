@@ -28,20 +28,20 @@ use super::object_meta;
 use crate::model::Model;
 
 /// The relay's queue gauge, as Prometheus (and so the metrics API) names it.
-pub const QUEUE_METRIC: &str = "mailrelay_queue_recipients";
+pub(crate) const QUEUE_METRIC: &str = "mailrelay_queue_recipients";
 /// The gauge's label and value that count waiting work.
-pub const QUEUE_STATE: (&str, &str) = ("state", "pending");
+pub(crate) const QUEUE_STATE: (&str, &str) = ("state", "pending");
 
 /// Scaling down drains a pod and hands its queue to a peer: one pod a
 /// minute at most, after five minutes of lower load.
-pub const SCALE_DOWN_WINDOW_SECONDS: i32 = 300;
+pub(crate) const SCALE_DOWN_WINDOW_SECONDS: i32 = 300;
 
 fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// The Relay's HorizontalPodAutoscaler.
-pub fn build(model: &Model, a: &AutoscalingConfig) -> HorizontalPodAutoscaler {
+pub(crate) fn build(model: &Model, a: &AutoscalingConfig) -> HorizontalPodAutoscaler {
     let mut metrics = vec![MetricSpec {
         type_: "Resource".into(),
         resource: Some(ResourceMetricSource {
@@ -91,7 +91,7 @@ pub fn build(model: &Model, a: &AutoscalingConfig) -> HorizontalPodAutoscaler {
 }
 
 /// The Relay, through its scale subresource.
-pub fn scale_target(model: &Model) -> CrossVersionObjectReference {
+pub(crate) fn scale_target(model: &Model) -> CrossVersionObjectReference {
     CrossVersionObjectReference {
         api_version: Some(Relay::api_version(&()).into_owned()),
         kind: Relay::kind(&()).into_owned(),
@@ -100,7 +100,7 @@ pub fn scale_target(model: &Model) -> CrossVersionObjectReference {
 }
 
 /// Slow scale-down, shared with the KEDA ScaledObject's HPA.
-pub fn scale_down() -> HPAScalingRules {
+pub(crate) fn scale_down() -> HPAScalingRules {
     HPAScalingRules {
         stabilization_window_seconds: Some(SCALE_DOWN_WINDOW_SECONDS),
         select_policy: Some("Min".into()),

@@ -23,12 +23,12 @@ use super::object_meta;
 use crate::model::Model;
 
 /// Group, version and kind of the ScaledObject.
-pub fn gvk() -> GroupVersionKind {
+pub(crate) fn gvk() -> GroupVersionKind {
     GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject")
 }
 
 /// The Relay's ScaledObject.
-pub fn build(model: &Model, a: &AutoscalingConfig) -> DynamicObject {
+pub(crate) fn build(model: &Model, a: &AutoscalingConfig) -> DynamicObject {
     let mut triggers = vec![json!({
         "type": "cpu",
         "metricType": "Utilization",
@@ -68,7 +68,7 @@ pub fn build(model: &Model, a: &AutoscalingConfig) -> DynamicObject {
 }
 
 /// PromQL for the Relay's pending recipients across its pods.
-pub fn queue_query(model: &Model) -> String {
+pub(crate) fn queue_query(model: &Model) -> String {
     let name = &model.relay.name;
     // Deployment pods are NAME-HASH-SUFFIX, StatefulSet pods NAME-ORDINAL.
     // PromQL regexes are anchored, and neither part holds a '-', so

@@ -1,23 +1,23 @@
 //! The desired objects of one Relay, as pure functions of its [`Model`]:
 //! no client, no I/O, the same model always gives the same objects.
 //!
-//! One file per kind; [`pod`] and [`volumes`] hold the pod template the two
+//! One file per kind; `pod` and `volumes` hold the pod template the two
 //! workload kinds share. Every object carries the common labels, the
 //! Relay's namespace and (when the Relay's uid is known) a controller
 //! reference to it, so deleting the Relay deletes them.
 
 pub mod configmap;
-pub mod handoff;
-pub mod hpa;
-pub mod keda;
-pub mod networkpolicy;
-pub mod pdb;
-pub mod pod;
-pub mod rbac;
-pub mod service;
-pub mod serviceaccount;
-pub mod volumes;
-pub mod workload;
+pub(crate) mod handoff;
+pub(crate) mod hpa;
+pub(crate) mod keda;
+pub(crate) mod networkpolicy;
+pub(crate) mod pdb;
+pub(crate) mod pod;
+pub(crate) mod rbac;
+pub(crate) mod service;
+pub(crate) mod serviceaccount;
+pub(crate) mod volumes;
+pub(crate) mod workload;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -169,7 +169,7 @@ pub fn build_all(model: &Model) -> Result<Objects, BuildError> {
 }
 
 /// Metadata of an object named `name` made for the model's Relay.
-pub fn object_meta(model: &Model, name: impl Into<String>) -> ObjectMeta {
+pub(crate) fn object_meta(model: &Model, name: impl Into<String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(model.relay.namespace.clone()),
@@ -180,7 +180,7 @@ pub fn object_meta(model: &Model, name: impl Into<String>) -> ObjectMeta {
 }
 
 /// The selector of the Relay's pods.
-pub fn pod_selector(model: &Model) -> LabelSelector {
+pub(crate) fn pod_selector(model: &Model) -> LabelSelector {
     LabelSelector {
         match_labels: Some(model.relay.selector_labels()),
         match_expressions: None,
@@ -188,6 +188,6 @@ pub fn pod_selector(model: &Model) -> LabelSelector {
 }
 
 /// Name of the headless Service of the relay pods.
-pub fn peers_service_name(relay: &str) -> String {
+pub(crate) fn peers_service_name(relay: &str) -> String {
     format!("{relay}-peers")
 }

@@ -30,7 +30,7 @@ const SMTP_PORT: u16 = 25;
 const DNS_PORT: u16 = 53;
 
 /// The Relay's NetworkPolicy.
-pub fn build(model: &Model) -> NetworkPolicy {
+pub(crate) fn build(model: &Model) -> NetworkPolicy {
     let config = &model.config;
     let listener_ports: Vec<NetworkPolicyPort> = config
         .listeners
@@ -94,7 +94,7 @@ pub fn build(model: &Model) -> NetworkPolicy {
 }
 
 /// TCP ports the relay delivers to, sorted.
-pub fn delivery_ports(config: &RelayConfig) -> BTreeSet<u16> {
+pub(crate) fn delivery_ports(config: &RelayConfig) -> BTreeSet<u16> {
     let mut ports = BTreeSet::new();
     match &config.smarthost {
         Some(s) => {

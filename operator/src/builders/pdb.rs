@@ -12,7 +12,7 @@ use super::{object_meta, pod_selector};
 use crate::model::Model;
 
 /// The Relay's PodDisruptionBudget.
-pub fn build(model: &Model) -> PodDisruptionBudget {
+pub(crate) fn build(model: &Model) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: object_meta(model, &model.relay.name),
         spec: Some(PodDisruptionBudgetSpec {

@@ -1,8 +1,10 @@
 //! The relay pod template, shared by the Deployment and the StatefulSet.
 //!
-//! The pod has the least power we can give it: no API token, non-root
-//! (65534, "nobody"), read-only root filesystem, no capabilities, no
-//! privilege escalation, the runtime's default seccomp profile. Listeners
+//! The pod has the least power we can give it: an API token that may only
+//! read its own config ConfigMaps (see [`super::rbac`]; the relay watches
+//! them so changes reach it in seconds), non-root (65534, "nobody"),
+//! read-only root filesystem, no capabilities, no privilege escalation, the
+//! runtime's default seccomp profile. Listeners
 //! bind unprivileged ports (2525/5870/4650) and the Service maps 25/587/465
 //! onto them, so no capability is needed for that either.
 //!
@@ -31,26 +33,30 @@ use crate::model::Model;
 use mailrelay_crds::configformat::CONFIG_FILE;
 
 /// Name of the relay container.
-pub const CONTAINER: &str = "relay";
+pub(crate) const CONTAINER: &str = "relay";
 /// Port of /metrics, /healthz and /readyz.
-pub const HTTP_PORT: i32 = 9090;
+pub(crate) const HTTP_PORT: i32 = 9090;
 /// Name of that port.
-pub const HTTP_PORT_NAME: &str = "http";
+pub(crate) const HTTP_PORT_NAME: &str = "http";
 /// The spool, on its own volume.
-pub const SPOOL_DIR: &str = "/var/spool/mailrelay";
+pub(crate) const SPOOL_DIR: &str = "/var/spool/mailrelay";
 /// Scratch space: the root filesystem is read-only.
-pub const TMP_DIR: &str = "/tmp";
+pub(crate) const TMP_DIR: &str = "/tmp";
 /// "nobody": owns nothing in the image, so it can change nothing there.
-pub const RUN_AS: i64 = 65534;
+pub(crate) const RUN_AS: i64 = 65534;
 /// Time for endpoints to drop the pod before the relay stops accepting.
-pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+pub(crate) const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// The preStop sleep, the relay's session drain (sessions are given up to
 /// the SMTP data timeout to finish) and the queue hand-off must fit in it.
-pub const TERMINATION_GRACE_SECONDS: i64 = 120;
+pub(crate) const TERMINATION_GRACE_SECONDS: i64 = 120;
 
 /// The pod template; `spool_claim` when the spool comes from a claim
 /// template rather than an emptyDir.
-pub fn template(model: &Model, config_maps: &[String], spool_claim: bool) -> PodTemplateSpec {
+pub(crate) fn template(
+    model: &Model,
+    config_maps: &[String],
+    spool_claim: bool,
+) -> PodTemplateSpec {
     let v = volumes::build(model, config_maps, spool_claim);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {

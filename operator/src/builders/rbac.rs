@@ -10,14 +10,14 @@ use super::object_meta;
 use crate::model::Model;
 
 /// Name of the Role and its RoleBinding.
-pub fn name(relay: &str) -> String {
+pub(crate) fn name(relay: &str) -> String {
     format!("{relay}-config-reader")
 }
 
 /// Read access to exactly `config_maps`. For list and watch, RBAC applies
 /// `resourceNames` only with a `metadata.name` field selector, which the
 /// relay sends (one watch per ConfigMap).
-pub fn role(model: &Model, config_maps: &[String]) -> Role {
+pub(crate) fn role(model: &Model, config_maps: &[String]) -> Role {
     Role {
         metadata: object_meta(model, name(&model.relay.name)),
         rules: Some(vec![PolicyRule {
@@ -31,7 +31,7 @@ pub fn role(model: &Model, config_maps: &[String]) -> Role {
 }
 
 /// The Role bound to the Relay's ServiceAccount.
-pub fn role_binding(model: &Model) -> RoleBinding {
+pub(crate) fn role_binding(model: &Model) -> RoleBinding {
     RoleBinding {
         metadata: object_meta(model, name(&model.relay.name)),
         role_ref: RoleRef {

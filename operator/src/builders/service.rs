@@ -16,7 +16,7 @@ use super::{handoff, object_meta, peers_service_name, pod};
 use crate::model::Model;
 
 /// The listeners' Service.
-pub fn build(model: &Model) -> Service {
+pub(crate) fn build(model: &Model) -> Service {
     let mut metadata = object_meta(model, &model.relay.name);
     if !model.service.annotations.is_empty() {
         metadata.annotations = Some(model.service.annotations.clone());
@@ -60,7 +60,7 @@ pub fn build(model: &Model) -> Service {
 }
 
 /// The headless Service of the pods.
-pub fn build_peers(model: &Model) -> Service {
+pub(crate) fn build_peers(model: &Model) -> Service {
     let mut ports: Vec<ServicePort> = model
         .config
         .listeners

@@ -9,7 +9,7 @@ use super::object_meta;
 use crate::model::Model;
 
 /// The Relay's ServiceAccount.
-pub fn build(model: &Model) -> ServiceAccount {
+pub(crate) fn build(model: &Model) -> ServiceAccount {
     ServiceAccount {
         metadata: object_meta(model, &model.relay.name),
         automount_service_account_token: Some(false),

@@ -28,14 +28,14 @@ use mailrelay_crds::configformat::CONFIG_DIR;
 use mailrelay_crds::configformat::hex_sha256;
 
 /// Name of the spool volume (and of the StatefulSet's claim template).
-pub const SPOOL_VOLUME: &str = "spool";
+pub(crate) const SPOOL_VOLUME: &str = "spool";
 
 /// Owner read, group read: the pod's fsGroup can read keys, others not.
 const SECRET_MODE: i32 = 0o440;
 
 /// Volumes of the pod and the container's mounts of them.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Volumes {
+pub(crate) struct Volumes {
     pub volumes: Vec<Volume>,
     pub mounts: Vec<VolumeMount>,
 }
@@ -55,7 +55,7 @@ impl Volumes {
 /// A Secret the pod mounts: the keys it needs and whether the pod may start
 /// without it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretUse {
+pub(crate) struct SecretUse {
     pub keys: BTreeSet<String>,
     /// True when only tenants' files come from it (accounts, DKIM keys):
     /// one MailDomain's missing Secret must not keep the relay pods from
@@ -64,7 +64,7 @@ pub struct SecretUse {
 }
 
 /// The Secrets the compiled config reads, by name.
-pub fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
+pub(crate) fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
     let mut uses: BTreeMap<String, SecretUse> = BTreeMap::new();
     let mut add = |file: &SecretFile, optional: bool| {
         let u = uses.entry(file.secret.clone()).or_insert(SecretUse {
@@ -97,7 +97,7 @@ pub fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
 /// Volume name for an object name: itself when it is a short DNS label,
 /// otherwise a hash. Hashed names start with `--` after the prefix, which
 /// no object name can, so the two kinds never collide.
-pub fn volume_name(prefix: &str, object: &str) -> String {
+pub(crate) fn volume_name(prefix: &str, object: &str) -> String {
     let label = object.len() + prefix.len() < 63
         && !object.is_empty()
         && object
@@ -112,7 +112,7 @@ pub fn volume_name(prefix: &str, object: &str) -> String {
 
 /// The pod's volumes; `config_maps` in order, `spool_claim` when the
 /// StatefulSet's claim template provides the spool.
-pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volumes {
+pub(crate) fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volumes {
     let mut v = Volumes::default();
     v.add(config_volume(config_maps), CONFIG_DIR);
     let dir = std::path::Path::new(&model.config.secrets_dir);
@@ -152,9 +152,9 @@ pub fn build(model: &Model, config_maps: &[String], spool_claim: bool) -> Volume
 
 /// Where the pod's annotations appear (downward API): the relay drains
 /// when one says `mailrelay.io/drain="true"`.
-pub const PODINFO_DIR: &str = "/etc/mailrelay/podinfo";
+pub(crate) const PODINFO_DIR: &str = "/etc/mailrelay/podinfo";
 /// The file in it.
-pub const ANNOTATIONS_FILE: &str = "annotations";
+pub(crate) const ANNOTATIONS_FILE: &str = "annotations";
 
 fn podinfo_volume() -> Volume {
     Volume {

@@ -33,7 +33,7 @@ pub enum Workload {
 }
 
 /// The workload, mounting `config_maps` (in order) as the config.
-pub fn build(model: &Model, config_maps: &[String]) -> Workload {
+pub(crate) fn build(model: &Model, config_maps: &[String]) -> Workload {
     match &model.config.queue.storage {
         Some(storage) => Workload::StatefulSet(stateful_set(model, config_maps, storage)),
         None => Workload::Deployment(deployment(model, config_maps)),

@@ -1,7 +1,7 @@
-//! Status of a MailDomain: which Relays serve it, what is wrong with it,
-//! whether its MX records lead to a serving Relay.
+//! Reconcile of a MailDomain: gather what its status needs (the Relays'
+//! outcomes, the MX check, the DKIM key), write the status
+//! (`crate::status::domain`) and announce its changes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -11,18 +11,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use mailrelay_crds::compile::normalize;
 use mailrelay_crds::compile::selector::Selector;
-use mailrelay_crds::maildomain::DnsCheck;
 use mailrelay_crds::{MailDomain, MailDomainStatus};
 
-use super::{Context, Error, Outcome, apply_status};
+use super::{Context, Error};
 use crate::dkim::KeyState;
-use crate::status::{Cond, State, entered, find, list_message, merge};
+use crate::status::domain::{DKIM_CONDITION, View, status};
+use crate::status::{State, entered, find};
 
 pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("MailDomain");
-    ctx.begin("MailDomain", &*domain);
+    ctx.pending.begin("MailDomain", &*domain);
     let mut domain = (*domain).clone();
-    if let Some(newest) = ctx.newest_status(&domain) {
+    if let Some(newest) = ctx.statuses.newest(&domain) {
         domain.status = Some(newest);
     }
     let result = reconcile_domain(&domain, &ctx).await;
@@ -39,14 +39,15 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     }
     let ns = domain.namespace().unwrap_or_default();
     // A Relay not reconciled yet: its outcome will wake this again.
-    let (outcomes, missing) = ctx.outcomes_in(&ns);
+    let (outcomes, missing) = ctx.outcomes.in_namespace(ctx.cluster.relays(), &ns);
     if !missing.is_empty()
-        && let Some(later) = ctx.settling()
+        && let Some(later) = ctx.outcomes.settling()
     {
         return Ok(Action::requeue(later));
     }
     let selecting: Vec<String> = ctx
-        .relays
+        .cluster
+        .relays()
         .state()
         .iter()
         .filter(|r| {
@@ -74,8 +75,8 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     let status = status(domain, &view, dns, dkim.as_ref(), &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
     if domain.status.as_ref() != Some(&status) {
-        apply_status(&ctx.client, domain, &status).await?;
-        ctx.wrote(domain, &status);
+        ctx.cluster.apply_status(domain, &status).await?;
+        ctx.statuses.wrote(domain, &status);
         if entered(
             &old.conditions,
             &status.conditions,
@@ -90,25 +91,27 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
                     "NotServed"
                 }
             });
-            ctx.event(
-                domain,
-                EventType::Warning,
-                reason,
-                "Validate",
-                c.map(|c| c.message.clone()).unwrap_or_default(),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Warning,
+                    reason,
+                    "Validate",
+                    c.map(|c| c.message.clone()).unwrap_or_default(),
+                )
+                .await;
         }
         announce_dkim(domain, ctx, &old, &status, dkim.as_ref()).await;
         if entered(&old.conditions, &status.conditions, "Accepted", State::True) {
-            ctx.event(
-                domain,
-                EventType::Normal,
-                "Accepted",
-                "Validate",
-                format!("served by {}", status.relays.join(", ")),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Normal,
+                    "Accepted",
+                    "Validate",
+                    format!("served by {}", status.relays.join(", ")),
+                )
+                .await;
         }
     }
     let mx = (ctx.mx.is_some() && !view.serving.is_empty()).then_some(crate::mx::INTERVAL);
@@ -133,7 +136,8 @@ const DKIM_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeyState> {
     let dkim = domain.spec.dkim.as_ref()?;
     let name = normalize::domain_name(&domain.spec.domain).ok()?;
-    let state = crate::dkim::ensure(&ctx.client, ns, &domain.name_any(), &name, dkim).await;
+    let state =
+        crate::dkim::ensure(ctx.cluster.client(), ns, &domain.name_any(), &name, dkim).await;
     if let KeyState::Problem { reason, message } = &state {
         tracing::warn!(maildomain = %domain.name_any(), reason, %message, "DKIM key not usable");
     }
@@ -158,7 +162,7 @@ async fn announce_dkim(
                 .as_ref()
                 .map(|d| d.private_key.name.clone())
                 .unwrap_or_default();
-            ctx.event(
+            ctx.cluster.event(
                 domain,
                 EventType::Normal,
                 "DkimKeyGenerated",
@@ -175,289 +179,16 @@ async fn announce_dkim(
                 State::False,
             ) =>
         {
-            ctx.event(
-                domain,
-                EventType::Warning,
-                reason,
-                "ReadKey",
-                message.clone(),
-            )
-            .await;
+            ctx.cluster
+                .event(
+                    domain,
+                    EventType::Warning,
+                    reason,
+                    "ReadKey",
+                    message.clone(),
+                )
+                .await;
         }
         _ => {}
-    }
-}
-
-/// What the Relays of the namespace say about one MailDomain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct View {
-    /// Relays whose config holds it.
-    pub serving: Vec<String>,
-    /// Of those, the ones that are Ready.
-    pub ready: Vec<String>,
-    /// Relays whose selector matches it.
-    pub selecting: Vec<String>,
-    /// Its problems, as the Relays reported them (once each).
-    pub problems: Vec<String>,
-    /// External addresses of the serving Relays.
-    pub external: Vec<String>,
-    /// Relays selecting it whose reconcile has not succeeded (so whether
-    /// they serve it is not known).
-    pub unknown: Vec<String>,
-    /// Selecting Relays whose own spec is invalid (their pods keep the
-    /// last good config, which the operator may not know after a restart).
-    pub invalid: Vec<String>,
-}
-
-impl View {
-    pub fn new(
-        domain: &MailDomain,
-        outcomes: &BTreeMap<String, Outcome>,
-        selecting: Vec<String>,
-    ) -> Self {
-        let name = domain.name_any();
-        let mut view = Self {
-            selecting,
-            ..Self::default()
-        };
-        for (relay, o) in outcomes {
-            if o.invalid && view.selecting.contains(relay) && !o.domains.contains(&name) {
-                view.invalid.push(relay.clone());
-            }
-            if o.domains.contains(&name) {
-                view.serving.push(relay.clone());
-                if o.ready {
-                    view.ready.push(relay.clone());
-                }
-                view.external.extend(o.external.iter().cloned());
-            }
-            for p in o
-                .problems
-                .iter()
-                .filter(|p| p.object.kind == "MailDomain" && p.object.name == name)
-            {
-                view.problems.push(format!("{}: {}", p.field, p.message));
-            }
-        }
-        view.problems.sort();
-        view.problems.dedup();
-        view.external.sort();
-        view.external.dedup();
-        view
-    }
-}
-
-/// The condition about the DKIM key, present when `spec.dkim` is set.
-pub const DKIM_CONDITION: &str = "DkimKeyReady";
-
-/// The MailDomain's status from what the Relays say, the MX check and the
-/// DKIM key.
-pub fn status(
-    domain: &MailDomain,
-    view: &View,
-    dns: Option<Result<DnsCheck, String>>,
-    dkim: Option<&KeyState>,
-    now: &Time,
-) -> MailDomainStatus {
-    let old = domain.status.clone().unwrap_or_default();
-    let accepted = if !view.problems.is_empty() {
-        // A domain can be partly served (a bad alias dropped) or not at all.
-        let reason = if view.serving.is_empty() {
-            "InvalidSpec"
-        } else {
-            "PartlyServed"
-        };
-        let state = State::of(!view.serving.is_empty());
-        Cond::new(
-            "Accepted",
-            state,
-            reason,
-            list_message("problems", &view.problems, 10),
-        )
-    } else if view.serving.is_empty() && !view.unknown.is_empty() {
-        Cond::new(
-            "Accepted",
-            State::Unknown,
-            "RelayNotReconciled",
-            format!(
-                "selected by {}, whose reconcile has not succeeded (see its status)",
-                view.unknown.join(", ")
-            ),
-        )
-    } else if view.serving.is_empty() && !view.invalid.is_empty() {
-        Cond::new(
-            "Accepted",
-            State::Unknown,
-            "RelayInvalid",
-            format!(
-                "selected by {}, whose spec is invalid; its running pods keep their last good config",
-                view.invalid.join(", ")
-            ),
-        )
-    } else if view.serving.is_empty() && view.selecting.is_empty() {
-        Cond::new(
-            "Accepted",
-            State::False,
-            "NoRelay",
-            "no Relay in this namespace selects this MailDomain (see the Relays' spec.domainSelector)",
-        )
-    } else if view.serving.is_empty() {
-        Cond::new(
-            "Accepted",
-            State::False,
-            "Pending",
-            format!(
-                "selected by {}, not yet in a config",
-                view.selecting.join(", ")
-            ),
-        )
-    } else {
-        Cond::new(
-            "Accepted",
-            State::True,
-            "Served",
-            format!("served by {}", view.serving.join(", ")),
-        )
-    };
-    let ready = if view.ready.is_empty() {
-        Cond::new(
-            "Ready",
-            State::False,
-            "NoReadyRelay",
-            "no Relay serving this domain is Ready",
-        )
-    } else {
-        Cond::new(
-            "Ready",
-            State::True,
-            "Served",
-            format!("served by Ready Relay {}", view.ready.join(", ")),
-        )
-    };
-    let dns_cond = match &dns {
-        None => Cond::new(
-            "DnsConfigured",
-            State::Unknown,
-            "NotChecked",
-            "checked once a Relay serves this domain",
-        ),
-        Some(Err(e)) => Cond::new("DnsConfigured", State::Unknown, "LookupFailed", e.clone()),
-        Some(Ok(d)) if d.points_at_relay => Cond::new(
-            "DnsConfigured",
-            State::True,
-            "MxPointsAtRelay",
-            d.message.clone(),
-        ),
-        Some(Ok(d)) => Cond::new(
-            "DnsConfigured",
-            State::False,
-            "MxElsewhere",
-            d.message.clone(),
-        ),
-    };
-    let dkim_cond = dkim.map(|k| match k {
-        KeyState::Ready { .. } => Cond::new(
-            DKIM_CONDITION,
-            State::True,
-            "KeyPresent",
-            "the signing key is in its Secret; publish the record in status.dkimRecord",
-        ),
-        KeyState::Problem { reason, message } => {
-            Cond::new(DKIM_CONDITION, State::False, reason, message.clone())
-        }
-    });
-    let dkim_record = match dkim {
-        Some(KeyState::Ready { record, .. }) => Some(record.clone()),
-        _ => None,
-    };
-    let conditions: Vec<Cond> = [accepted, ready, dns_cond]
-        .into_iter()
-        .chain(dkim_cond)
-        .collect();
-    let generation = domain.metadata.generation;
-    MailDomainStatus {
-        observed_generation: generation,
-        relays: view.serving.clone(),
-        // A failed lookup keeps what the last good one found.
-        dns: match dns {
-            Some(Ok(d)) => Some(d),
-            Some(Err(_)) => old.dns.clone(),
-            None => None,
-        },
-        dkim_record,
-        conditions: merge(&old.conditions, &conditions, generation, now),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn domain() -> MailDomain {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "mailrelay.io/v1alpha1", "kind": "MailDomain",
-            "metadata": {"name": "d", "namespace": "mail", "generation": 1},
-            "spec": {"domain": "example.com", "delivery": {"lmtp": {"host": "h", "port": 24}}}
-        }))
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn at() -> Time {
-        Time(Timestamp::UNIX_EPOCH)
-    }
-
-    fn cond(s: &MailDomainStatus, t: &str) -> (String, String) {
-        let c = find(&s.conditions, t).unwrap_or_else(|| panic!("no {t}"));
-        (c.status.clone(), c.reason.clone())
-    }
-
-    #[test]
-    fn a_relay_that_has_not_reconciled_makes_acceptance_unknown_not_false() {
-        let view = View {
-            selecting: vec!["edge".into()],
-            unknown: vec!["edge".into()],
-            ..View::default()
-        };
-        let s = status(&domain(), &view, None, None, &at());
-        assert_eq!(
-            cond(&s, "Accepted"),
-            ("Unknown".into(), "RelayNotReconciled".into())
-        );
-    }
-
-    #[test]
-    fn a_failed_mx_lookup_is_unknown_and_keeps_the_last_answer() {
-        let view = View {
-            serving: vec!["edge".into()],
-            selecting: vec!["edge".into()],
-            ..View::default()
-        };
-        let good = DnsCheck {
-            mx: vec!["mx.example.com".into()],
-            points_at_relay: true,
-            message: "ok".into(),
-        };
-        let mut d = domain();
-        d.status = Some(status(&d, &view, Some(Ok(good.clone())), None, &at()));
-        assert_eq!(
-            cond(
-                d.status.as_ref().unwrap_or_else(|| panic!()),
-                "DnsConfigured"
-            )
-            .0,
-            "True"
-        );
-        let s = status(
-            &d,
-            &view,
-            Some(Err("MX lookup for example.com failed: timeout".into())),
-            None,
-            &at(),
-        );
-        assert_eq!(
-            cond(&s, "DnsConfigured"),
-            ("Unknown".into(), "LookupFailed".into())
-        );
-        assert_eq!(s.dns, Some(good));
     }
 }

@@ -1,36 +1,32 @@
 //! Reconcile of a Relay: read → compile → build → apply → prune → status.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use mailrelay_crds::{Blocklist, MailDomain, Relay, RelayStatus};
 
-use super::{Context, Error, Outcome, apply_status};
-use crate::apply::{self, Keep};
+use super::{Context, Error, Outcome};
+use crate::apply::{self, Applied, Keep, WorkloadState};
 use crate::builders::{Autoscaler, Workload};
-use crate::plan::{Invalid, Plan, plan};
-use crate::status::{Cond, State, entered, list_message, merge};
+use crate::plan::{Plan, plan};
+use crate::status::relay::{events, invalid_status, ready_status};
 
 /// How often a settled Relay is looked at again, to repair anything a
 /// missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// How many problems a condition message lists.
-const LISTED: usize = 10;
-
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("Relay");
-    ctx.begin("Relay", &*relay);
+    ctx.pending.begin("Relay", &*relay);
     let mut relay = (*relay).clone();
-    if let Some(newest) = ctx.newest_status(&relay) {
+    if let Some(newest) = ctx.statuses.newest(&relay) {
         relay.status = Some(newest);
     }
     let result = reconcile_relay(&relay, &ctx).await;
@@ -49,36 +45,20 @@ fn key(relay: &Relay) -> String {
     )
 }
 
-/// Every object of kind `K` in namespace `ns`.
-async fn list<K>(ctx: &Context, ns: &str) -> Result<Vec<K>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), ns);
-    let list = api
-        .list(&kube::api::ListParams::default())
-        .await
-        .map_err(|e| crate::apply::ApiError::new("list", format!("{} in {ns}", K::kind(&())), e))?;
-    Ok(list.items)
-}
-
 async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
     let ns = relay.namespace().unwrap_or_default();
     let name = relay.name_any();
     if relay.meta().deletion_timestamp.is_some() {
         // Its objects go with it through their owner references.
-        ctx.set_outcome(&ns, &name, None);
+        ctx.outcomes.record(&ns, &name, None);
         return Ok(Action::await_change());
     }
     // Read from the API, not from a watch cache: the event that woke this
     // reconcile may have come through another watch than the cache's, and
     // a cache one event behind would compile a stale config that nothing
     // corrects until the next resync. A list is never older than the event.
-    let domains = list::<MailDomain>(ctx, &ns).await?;
-    let blocklists = list::<Blocklist>(ctx, &ns).await?;
+    let domains = ctx.cluster.list::<MailDomain>(&ns).await?;
+    let blocklists = ctx.cluster.list::<Blocklist>(&ns).await?;
     let now = Time(Timestamp::now());
     match plan(relay, &domains, &blocklists, &ctx.settings) {
         Err(invalid) => {
@@ -87,10 +67,10 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             write_status(ctx, relay, status).await?;
             // The pods keep running the last good config: what it serves
             // has not changed.
-            let mut outcome = previous_outcome(ctx, &ns, &name);
+            let mut outcome = ctx.outcomes.get(&ns, &name).unwrap_or_default();
             outcome.invalid = true;
             outcome.ready = false;
-            ctx.set_outcome(&ns, &name, Some(outcome));
+            ctx.outcomes.record(&ns, &name, Some(outcome));
             // Nothing to retry: the next change to the Relay wakes it.
             Ok(Action::await_change())
         }
@@ -99,7 +79,8 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             if let Some(uid) = relay.uid() {
                 let selector = plan.model.relay.selector();
                 let keep = keep_until_ready(&applied, &plan.model);
-                let deleted = apply::prune(&ctx.client, &ns, &selector, &uid, &keep).await?;
+                let deleted =
+                    apply::prune(ctx.cluster.client(), &ns, &selector, &uid, &keep).await?;
                 if !deleted.is_empty() {
                     tracing::info!(relay = %key(relay), ?deleted, "pruned objects the Relay no longer needs");
                 }
@@ -108,18 +89,11 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             let ready = crate::status::find(&status.conditions, "Ready")
                 .is_some_and(|c| c.status == "True");
             write_status(ctx, relay, status).await?;
-            ctx.set_outcome(&ns, &name, Some(outcome_of(&plan, &applied, ready)));
+            ctx.outcomes
+                .record(&ns, &name, Some(outcome_of(&plan, &applied, ready)));
             Ok(Action::requeue(RESYNC))
         }
     }
-}
-
-fn previous_outcome(ctx: &Context, ns: &str, name: &str) -> Outcome {
-    ctx.outcomes
-        .read()
-        .ok()
-        .and_then(|m| m.get(&(ns.to_string(), name.to_string())).cloned())
-        .unwrap_or_default()
 }
 
 fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {
@@ -143,53 +117,8 @@ fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {
     }
 }
 
-/// What the workload reported back from its apply.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadState {
-    pub generation: Option<i64>,
-    pub observed_generation: Option<i64>,
-    /// Pods that exist, ready, and of the current template.
-    pub replicas: i32,
-    pub ready: i32,
-    pub updated: i32,
-}
-
-impl WorkloadState {
-    fn of_deployment(d: &Deployment) -> Self {
-        let s = d.status.clone().unwrap_or_default();
-        Self {
-            generation: d.metadata.generation,
-            observed_generation: s.observed_generation,
-            replicas: s.replicas.unwrap_or(0),
-            ready: s.ready_replicas.unwrap_or(0),
-            updated: s.updated_replicas.unwrap_or(0),
-        }
-    }
-
-    fn of_stateful_set(s: &StatefulSet) -> Self {
-        let st = s.status.clone().unwrap_or_default();
-        Self {
-            generation: s.metadata.generation,
-            observed_generation: st.observed_generation,
-            replicas: st.replicas,
-            ready: st.ready_replicas.unwrap_or(0),
-            updated: st.updated_replicas.unwrap_or(0),
-        }
-    }
-}
-
-/// What applying the plan found out.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    pub workload: WorkloadState,
-    pub external: Vec<String>,
-    /// The Relay chose KEDA but the cluster has no ScaledObject kind.
-    pub keda_missing: bool,
-    pub keep: Keep,
-}
-
 async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
-    let client = &ctx.client;
+    let client = ctx.cluster.client();
     let objects = &plan.objects;
     let model = &plan.model;
     let mut applied = Applied::default();
@@ -241,6 +170,34 @@ async fn apply_plan(ctx: &Context, plan: &Plan) -> Result<Applied, Error> {
     Ok(applied)
 }
 
+/// How long a hand-off Secret known to exist is not asked for again: one
+/// deleted by hand is recreated within this time.
+const SECRET_RECHECK: Duration = Duration::from_secs(600);
+
+/// Hand-off Secrets known to exist (created, or found), by (namespace,
+/// name), and since when: the operator may not watch Secrets, so it asks
+/// the API again only after [`SECRET_RECHECK`].
+#[derive(Default)]
+pub(crate) struct HandoffSecrets {
+    seen: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl HandoffSecrets {
+    fn known(&self, key: &(String, String)) -> bool {
+        self.seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).copied())
+            .is_some_and(|at| at.elapsed() < SECRET_RECHECK)
+    }
+
+    fn saw(&self, key: (String, String)) {
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(key, Instant::now());
+        }
+    }
+}
+
 /// Create the Relay's hand-off Secret unless it is known to exist.
 async fn ensure_handoff_secret(ctx: &Context, model: &crate::model::Model) -> Result<(), Error> {
     use crate::builders::handoff;
@@ -248,23 +205,14 @@ async fn ensure_handoff_secret(ctx: &Context, model: &crate::model::Model) -> Re
         model.relay.namespace.clone(),
         handoff::secret_name(&model.relay.name),
     );
-    let known = |k: &(String, String)| {
-        ctx.secrets
-            .lock()
-            .ok()
-            .and_then(|m| m.get(k).copied())
-            .is_some_and(|at| at.elapsed() < super::SECRET_RECHECK)
-    };
-    if known(&key) {
+    if ctx.handoff.known(&key) {
         return Ok(());
     }
     let secret = handoff::secret(model, &rand::random());
-    if apply::create_if_missing(&ctx.client, &secret).await? {
+    if apply::create_if_missing(ctx.cluster.client(), &secret).await? {
         tracing::info!(relay = %model.relay.name, secret = %key.1, "created the hand-off secret");
     }
-    if let Ok(mut m) = ctx.secrets.lock() {
-        m.insert(key, std::time::Instant::now());
-    }
+    ctx.handoff.saw(key);
     Ok(())
 }
 
@@ -344,134 +292,6 @@ fn external_addresses(service: &Service) -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// The status of a Relay whose objects were applied.
-pub fn ready_status(relay: &Relay, plan: &Plan, applied: &Applied, now: &Time) -> RelayStatus {
-    let model = &plan.model;
-    let config = &model.config;
-    let desired = model.replicas;
-    let w = &applied.workload;
-    let domains = i32::try_from(config.domains.len()).unwrap_or(i32::MAX);
-    let entries = i64::try_from(config.policy.entry_count()).unwrap_or(i64::MAX);
-
-    let mut degraded: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
-    degraded.extend(model.warnings.iter().map(ToString::to_string));
-    let degraded_cond = if applied.keda_missing {
-        let mut items = vec!["spec.autoscaling.engine: KEDA is not installed (no keda.sh/v1alpha1 ScaledObject in the cluster); the Relay is not autoscaled".to_string()];
-        items.extend(degraded);
-        Cond::new(
-            "Degraded",
-            State::True,
-            "AutoscalerMissing",
-            list_message("problems", &items, LISTED),
-        )
-    } else if !plan.problems.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "ObjectsLeftOut",
-            list_message(
-                "problems; what they name is left out of the config, everything else is served",
-                &degraded,
-                LISTED,
-            ),
-        )
-    } else if !degraded.is_empty() {
-        Cond::new(
-            "Degraded",
-            State::True,
-            "Misconfigured",
-            list_message("warnings", &degraded, LISTED),
-        )
-    } else {
-        Cond::new("Degraded", State::False, "AsExpected", "")
-    };
-    let rolling =
-        w.observed_generation < w.generation || w.updated < desired || w.replicas > desired;
-    let progressing = if rolling {
-        Cond::new(
-            "Progressing",
-            State::True,
-            "RollingOut",
-            format!(
-                "{} of {desired} pods updated, {} pods exist",
-                w.updated, w.replicas
-            ),
-        )
-    } else {
-        Cond::new(
-            "Progressing",
-            State::False,
-            "RolloutComplete",
-            format!("{desired} pods up to date"),
-        )
-    };
-    let ready = if w.ready >= desired && !rolling {
-        Cond::new(
-            "Ready",
-            State::True,
-            "ReplicasReady",
-            format!("{} of {desired} pods ready", w.ready),
-        )
-    } else {
-        Cond::new(
-            "Ready",
-            State::False,
-            "ReplicasNotReady",
-            format!("{} of {desired} pods ready", w.ready),
-        )
-    };
-    let conds = [
-        Cond::new(
-            "ConfigValid",
-            State::True,
-            "Compiled",
-            format!("{domains} domains, {entries} blocklist entries"),
-        ),
-        degraded_cond,
-        progressing,
-        ready,
-    ];
-    let old = relay.status.clone().unwrap_or_default();
-    RelayStatus {
-        observed_generation: relay.metadata.generation,
-        replicas: w.replicas,
-        ready_replicas: w.ready,
-        selector: Some(model.relay.selector()),
-        config_hash: Some(model.config_hash.clone()),
-        domains,
-        blocklist_entries: entries,
-        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
-    }
-}
-
-/// The status of a Relay whose spec is invalid: the figures of the last
-/// good config stay (its pods still run it); the conditions say why.
-pub fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> RelayStatus {
-    let old = relay.status.clone().unwrap_or_default();
-    let message = list_message("problems", &invalid.lines(), LISTED);
-    let conds = [
-        Cond::new("ConfigValid", State::False, "InvalidSpec", message.clone()),
-        Cond::new(
-            "Degraded",
-            State::True,
-            "InvalidSpec",
-            "the Relay's spec is invalid; running pods keep their last good config",
-        ),
-        Cond::new(
-            "Progressing",
-            State::False,
-            "InvalidSpec",
-            "nothing is rolled out until the spec is fixed",
-        ),
-        Cond::new("Ready", State::False, "InvalidSpec", message),
-    ];
-    RelayStatus {
-        observed_generation: relay.metadata.generation,
-        conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
-        ..old
-    }
-}
-
 /// Write the status if it changed, and publish an Event for each notable
 /// transition.
 async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Result<(), Error> {
@@ -479,57 +299,12 @@ async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Resu
     if relay.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    apply_status(&ctx.client, relay, &status).await?;
-    ctx.wrote(relay, &status);
+    ctx.cluster.apply_status(relay, &status).await?;
+    ctx.statuses.wrote(relay, &status);
     for (type_, reason, note) in events(&old, &status) {
-        ctx.event(relay, type_, reason, "Reconcile", note).await;
+        ctx.cluster
+            .event(relay, type_, reason, "Reconcile", note)
+            .await;
     }
     Ok(())
-}
-
-/// The Events a status change is worth: (type, reason, note).
-pub fn events(old: &RelayStatus, new: &RelayStatus) -> Vec<(EventType, &'static str, String)> {
-    let mut out = Vec::new();
-    let message = |t: &str| {
-        crate::status::find(&new.conditions, t)
-            .map(|c| c.message.clone())
-            .unwrap_or_default()
-    };
-    if entered(
-        &old.conditions,
-        &new.conditions,
-        "ConfigValid",
-        State::False,
-    ) {
-        out.push((EventType::Warning, "InvalidSpec", message("ConfigValid")));
-    }
-    if new.config_hash.is_some() && new.config_hash != old.config_hash {
-        out.push((
-            EventType::Normal,
-            "ConfigApplied",
-            format!(
-                "config {} ({} domains, {} blocklist entries)",
-                new.config_hash
-                    .as_deref()
-                    .unwrap_or_default()
-                    .get(..12)
-                    .unwrap_or_default(),
-                new.domains,
-                new.blocklist_entries
-            ),
-        ));
-    }
-    if entered(&old.conditions, &new.conditions, "Degraded", State::True)
-        && crate::status::find(&new.conditions, "Degraded")
-            .is_some_and(|c| c.reason != "InvalidSpec")
-    {
-        out.push((EventType::Warning, "Degraded", message("Degraded")));
-    }
-    // Only on becoming Ready, not when the message changes while Ready.
-    if entered(&old.conditions, &new.conditions, "Ready", State::True)
-        && crate::status::find(&old.conditions, "Ready").is_none_or(|c| c.status != "True")
-    {
-        out.push((EventType::Normal, "Ready", message("Ready")));
-    }
-    out
 }

@@ -11,18 +11,18 @@ mod rbac;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use http::Method;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use mailrelay_crds::{Blocklist, MailDomain, Relay};
 use mailrelay_operator::Settings;
-use mailrelay_operator::controller::{self, Context};
+use mailrelay_operator::controller::{self, Cluster, Context};
 use mailrelay_operator::metrics::Metrics;
 use serde_json::{Value, json};
 
@@ -61,31 +61,28 @@ impl Harness {
         let (relays, domains, blocklists) = (ready(), ready(), ready());
         let (tx1, rx1) = tokio::sync::mpsc::unbounded_channel();
         let (tx2, rx2) = tokio::sync::mpsc::unbounded_channel();
-        let ctx = Arc::new(Context {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "mailrelay-operator".into(),
-                    instance: Some("test".into()),
-                },
-            ),
+        let cluster = Cluster::new(
             client,
-            settings: Settings {
-                default_image: "ghcr.io/mailrelay/mailrelay:test".into(),
-                prometheus_url: "http://prometheus:9090".into(),
+            Reporter {
+                controller: "mailrelay-operator".into(),
+                instance: Some("test".into()),
             },
-            relays: relays.as_reader(),
-            domains: domains.as_reader(),
-            blocklists: blocklists.as_reader(),
-            outcomes: RwLock::default(),
-            changed: vec![tx1, tx2],
-            metrics: Arc::new(Metrics::new()),
-            mx: None,
-            reconciled: std::sync::Mutex::default(),
-            written: std::sync::Mutex::default(),
-            started: std::time::Instant::now(),
-            secrets: Default::default(),
-        });
+            relays.as_reader(),
+            domains.as_reader(),
+            blocklists.as_reader(),
+        );
+        let settings = Settings {
+            default_image: "ghcr.io/mailrelay/mailrelay:test".into(),
+            prometheus_url: "http://prometheus:9090".into(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(Context::new(
+            cluster,
+            settings,
+            metrics,
+            None,
+            vec![tx1, tx2],
+        ));
         Self {
             fake,
             ctx,
@@ -443,7 +440,7 @@ async fn the_pending_gauge_counts_objects_whose_version_was_not_reconciled() {
     let mut h = Harness::new();
     h.examples();
     h.ctx.update_pending();
-    let text = h.ctx.metrics.encode();
+    let text = h.ctx.metrics().encode();
     assert!(
         text.contains("mailrelay_operator_reconciles_pending{kind=\"Relay\"} 1"),
         "{text}"
@@ -453,12 +450,12 @@ async fn the_pending_gauge_counts_objects_whose_version_was_not_reconciled() {
         "{text}"
     );
     // The reconcile begins at the cached version (the one the cache holds).
-    let cached = h.ctx.relays.state()[0].clone();
+    let cached = h.ctx.cluster().relays().state()[0].clone();
     controller::relay::reconcile(cached, h.ctx.clone())
         .await
         .unwrap();
     h.ctx.update_pending();
-    let text = h.ctx.metrics.encode();
+    let text = h.ctx.metrics().encode();
     assert!(
         text.contains("mailrelay_operator_reconciles_pending{kind=\"Relay\"} 0"),
         "{text}"
@@ -812,15 +809,12 @@ async fn relabelling_a_maildomain_wakes_the_relay_that_loses_it_and_the_one_that
     h.reconcile_relay("b").await;
     let mut moved = d.clone();
     moved.metadata.labels = Some(BTreeMap::from([("relay".to_string(), "b".to_string())]));
-    let woken: BTreeSet<String> = controller::relays_for(
-        &h.ctx.relays,
-        &h.ctx.outcomes,
-        controller::Selected::MailDomain,
-        &moved.metadata,
-    )
-    .into_iter()
-    .map(|r| r.name)
-    .collect();
+    let woken: BTreeSet<String> = h
+        .ctx
+        .relays_for(controller::Selected::MailDomain, &moved.metadata)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(woken, BTreeSet::from(["a".to_string(), "b".to_string()]));
 }
 

@@ -7,17 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use mailrelay_crds::compile::normalize;
 use mailrelay_crds::config::DnsConfig;
-
-/// Where the system's resolvers are listed.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
+// The set-up is shared with the operator's MX check; re-exported so the
+// relay's callers keep naming them here.
+pub use mailrelay_crds::resolver::{ResolverError, parse_resolv_conf};
 
 /// The addresses of an A lookup, and the smallest TTL among them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,21 +40,6 @@ pub trait Dns: Send + Sync {
     fn lookup_a(&self, name: &str) -> impl Future<Output = Result<DnsAnswer, DnsError>> + Send;
     /// PTR names of `ip`, as returned.
     fn lookup_ptr(&self, ip: IpAddr) -> impl Future<Output = Result<Vec<String>, DnsError>> + Send;
-}
-
-/// Why a resolver could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ResolverError {
-    #[error("cannot read {path}: {source}")]
-    ReadResolvConf {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no nameserver configured and none in {path}")]
-    NoNameservers { path: String },
-    #[error("cannot build the DNS resolver: {0}")]
-    Build(#[source] NetError),
 }
 
 /// hickory's tokio resolver behind [`Dns`].
@@ -93,55 +74,20 @@ impl HickoryDns {
 
 /// A resolver for `config`: its nameservers, or the system's from
 /// /etc/resolv.conf when it lists none; with `override_server` (the
-/// relay's `--dns` flag) only that one. Each server is asked over UDP and
-/// TCP on its own port, with the configured timeout per query. There is
-/// never a search domain: every name we look up is fully qualified, and a
-/// DNSBL query that wandered into a search domain would give wrong answers.
-/// The hosts file is not consulted either, for the same reason.
+/// relay's `--dns` flag) only that one. Set up by
+/// [`mailrelay_crds::resolver::resolver`]: UDP and TCP on each server's
+/// port, the configured timeout per query, no search domain, no hosts file.
 pub fn resolver(
     config: &DnsConfig,
     override_server: Option<SocketAddr>,
 ) -> Result<HickoryDns, ResolverError> {
-    let servers = match (override_server, config.nameservers.is_empty()) {
-        (Some(server), _) => vec![server],
-        (None, false) => config.nameservers.clone(),
-        (None, true) => {
-            let text = std::fs::read_to_string(RESOLV_CONF).map_err(|source| {
-                ResolverError::ReadResolvConf {
-                    path: RESOLV_CONF.into(),
-                    source,
-                }
-            })?;
-            parse_resolv_conf(&text)
-        }
+    let servers = match override_server {
+        Some(server) => vec![server],
+        None => config.nameservers.clone(),
     };
-    if servers.is_empty() {
-        return Err(ResolverError::NoNameservers {
-            path: RESOLV_CONF.into(),
-        });
-    }
-    let name_servers = servers
-        .iter()
-        .map(|s| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = s.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = s.port();
-            NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-        })
-        .collect();
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
-    let mut options = ResolverOpts::default();
-    options.timeout = timeout;
-    options.use_hosts_file = ResolveHosts::Never;
-    let attempts = u32::try_from(options.attempts).unwrap_or(u32::MAX);
-    let resolver = TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(name_servers),
-        TokioRuntimeProvider::default(),
-    )
-    .with_options(options)
-    .build()
-    .map_err(ResolverError::Build)?;
+    let resolver = mailrelay_crds::resolver::resolver(&servers, timeout)?;
+    let attempts = u32::try_from(resolver.options().attempts).unwrap_or(u32::MAX);
     tracing::debug!(?servers, ?timeout, "DNS resolver built");
     Ok(HickoryDns {
         resolver,
@@ -150,21 +96,6 @@ pub fn resolver(
             .saturating_mul(attempts.saturating_add(1))
             .saturating_add(Duration::from_secs(1)),
     })
-}
-
-/// The `nameserver` lines of a resolv.conf (port 53). Search and domain
-/// lines are ignored on purpose (see [`resolver`]); so are addresses with
-/// a zone index (`fe80::1%eth0`), which a socket address cannot carry.
-pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.split(['#', ';']).next()?;
-            let mut words = line.split_whitespace();
-            (words.next()? == "nameserver").then_some(())?;
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            Some(SocketAddr::new(ip, 53))
-        })
-        .collect()
 }
 
 impl Dns for HickoryDns {

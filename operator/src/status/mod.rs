@@ -4,18 +4,22 @@
 //! timestamps that move every pass, no loop of status writes triggering
 //! reconciles.
 
+pub(crate) mod blocklist;
+pub(crate) mod domain;
+pub(crate) mod relay;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A condition's status, as the API spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     True,
     False,
     Unknown,
 }
 
 impl State {
-    pub fn of(b: bool) -> Self {
+    pub(crate) fn of(b: bool) -> Self {
         if b { Self::True } else { Self::False }
     }
 
@@ -30,7 +34,7 @@ impl State {
 
 /// A condition as a reconcile decides it, before it meets the old status.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cond {
+pub(crate) struct Cond {
     pub type_: &'static str,
     pub state: State,
     /// CamelCase, stable: what tools match on.
@@ -39,7 +43,7 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub fn new(
+    pub(crate) fn new(
         type_: &'static str,
         state: State,
         reason: &'static str,
@@ -61,7 +65,7 @@ const MAX_MESSAGE: usize = 4096;
 /// The conditions to write: `new` in order, each keeping the
 /// `lastTransitionTime` of the old condition of its type when its status
 /// did not change, else stamped `now`.
-pub fn merge(
+pub(crate) fn merge(
     old: &[Condition],
     new: &[Cond],
     generation: Option<i64>,
@@ -99,7 +103,7 @@ fn truncate(message: &str) -> String {
 
 /// Problems as one message: the count, then each on its own line, at most
 /// `limit` of them.
-pub fn list_message(what: &str, items: &[String], limit: usize) -> String {
+pub(crate) fn list_message(what: &str, items: &[String], limit: usize) -> String {
     let mut out = format!("{} {what}", items.len());
     for item in items.iter().take(limit) {
         out.push_str("\n- ");
@@ -112,14 +116,14 @@ pub fn list_message(what: &str, items: &[String], limit: usize) -> String {
 }
 
 /// The condition of `type_` in `conditions`, if any.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub(crate) fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Did condition `type_` go to `state` (or change its reason or message
 /// while in it) between `old` and `new`? Events are published on these
 /// transitions only, never on every reconcile.
-pub fn entered(old: &[Condition], new: &[Condition], type_: &str, state: State) -> bool {
+pub(crate) fn entered(old: &[Condition], new: &[Condition], type_: &str, state: State) -> bool {
     let Some(n) = find(new, type_) else {
         return false;
     };
