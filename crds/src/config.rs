@@ -300,6 +300,26 @@ pub struct QueueConfig {
     pub delay_warning_secs: Option<u64>,
     /// Persistent volume per pod, if any (for the operator's builders).
     pub storage: Option<QueueStorageConfig>,
+    /// Consecutive connection-level failures that suspend a destination.
+    #[serde(default = "default_suspend_after")]
+    pub suspend_after: u32,
+    /// First wait before probing a suspended destination; doubles per
+    /// failed probe up to `max_probe_secs`.
+    #[serde(default = "default_probe_secs")]
+    pub probe_secs: u64,
+    #[serde(default = "default_max_probe_secs")]
+    pub max_probe_secs: u64,
+}
+
+// A config compiled before these fields existed still loads.
+fn default_suspend_after() -> u32 {
+    5
+}
+fn default_probe_secs() -> u64 {
+    30
+}
+fn default_max_probe_secs() -> u64 {
+    1800
 }
 
 /// A volume claim template for the queue.

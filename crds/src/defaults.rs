@@ -77,6 +77,15 @@ pub(crate) fn queue_lifetime() -> String {
 pub(crate) fn delay_warning() -> String {
     "4h".into()
 }
+pub(crate) fn suspend_after_failures() -> i32 {
+    5
+}
+pub(crate) fn probe_interval() -> String {
+    "30s".into()
+}
+pub(crate) fn max_probe_interval() -> String {
+    "30m".into()
+}
 pub(crate) fn dns_timeout() -> String {
     "5s".into()
 }
@@ -113,6 +122,17 @@ impl Default for crate::relay::Queue {
             jitter_percent: jitter_percent(),
             lifetime: queue_lifetime(),
             delay_warning: delay_warning(),
+            destinations: Default::default(),
+        }
+    }
+}
+
+impl Default for crate::relay::DestinationHealth {
+    fn default() -> Self {
+        Self {
+            suspend_after_failures: suspend_after_failures(),
+            probe_interval: probe_interval(),
+            max_probe_interval: max_probe_interval(),
         }
     }
 }

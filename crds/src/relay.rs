@@ -362,6 +362,36 @@ pub struct Queue {
     #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("must be a duration such as 4h"))]
     pub delay_warning: String,
+    /// How a destination (a mailbox server, the smarthost, or the MX hosts
+    /// a domain points at) that stops answering is treated.
+    #[serde(default)]
+    pub destinations: DestinationHealth,
+}
+
+/// Suspension of destinations that cannot be reached: after
+/// `suspendAfterFailures` connection-level failures in a row (refused,
+/// timed out, a 4xx/5xx greeting, TLS that policy requires failing) a
+/// destination gets no attempts, its mail is deferred with the last
+/// error, and one probe goes out per back-off step; the first probe that
+/// gets through releases all of its mail at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationHealth {
+    /// Connection-level failures in a row that suspend a destination.
+    #[serde(default = "crate::defaults::suspend_after_failures")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub suspend_after_failures: i32,
+    /// Wait before the first probe of a suspended destination; it doubles
+    /// after each failed probe.
+    #[serde(default = "crate::defaults::probe_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("must be a duration such as 30s"))]
+    pub probe_interval: String,
+    /// The longest wait between two probes.
+    #[serde(default = "crate::defaults::max_probe_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+(ms|s|m|h|d))+$')").message("must be a duration such as 30m"))]
+    pub max_probe_interval: String,
 }
 
 /// A PersistentVolumeClaim template for the queue.

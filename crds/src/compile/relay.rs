@@ -298,6 +298,29 @@ impl Report<'_> {
         }
         let lifetime_secs = self.positive_secs("spec.queue.lifetime", &q.lifetime);
         let delay_warning = self.secs("spec.queue.delayWarning", &q.delay_warning);
+        let d = &q.destinations;
+        let suspend_after = u32::try_from(d.suspend_after_failures)
+            .ok()
+            .filter(|n| (1..=1000).contains(n));
+        if suspend_after.is_none() {
+            self.add(
+                "spec.queue.destinations.suspendAfterFailures",
+                "must be from 1 to 1000",
+            );
+        }
+        let probe = self.positive_secs("spec.queue.destinations.probeInterval", &d.probe_interval);
+        let max_probe = self.positive_secs(
+            "spec.queue.destinations.maxProbeInterval",
+            &d.max_probe_interval,
+        );
+        if let (Some(p), Some(m)) = (probe, max_probe)
+            && m < p
+        {
+            self.add(
+                "spec.queue.destinations.maxProbeInterval",
+                "must not be shorter than probeInterval",
+            );
+        }
         let storage = q.storage.as_ref().map(|s| {
             self.check("spec.queue.storage.size", normalize::size(&s.size));
             QueueStorageConfig {
@@ -311,6 +334,9 @@ impl Report<'_> {
             lifetime_secs: lifetime_secs?,
             delay_warning_secs: delay_warning.filter(|s| *s > 0),
             storage,
+            suspend_after: suspend_after?,
+            probe_secs: probe?,
+            max_probe_secs: max_probe.filter(|m| *m >= probe.unwrap_or(0))?,
         })
     }
 

@@ -369,6 +369,39 @@ fn a_broken_maildomain_is_left_out_and_the_rest_served() {
 }
 
 #[test]
+fn destination_health_compiles_and_bad_values_name_their_field() {
+    let good = relay(
+        "  hostname: mx.example.com\n  queue: {destinations: {suspendAfterFailures: 3, probeInterval: 2s, maxProbeInterval: 1m}}\n",
+    );
+    let q = ok(&good, &[], &[]).config.queue;
+    assert_eq!(
+        (q.suspend_after, q.probe_secs, q.max_probe_secs),
+        (3, 2, 60)
+    );
+    for (spec, field) in [
+        (
+            "{suspendAfterFailures: 0}",
+            "spec.queue.destinations.suspendAfterFailures",
+        ),
+        (
+            "{probeInterval: 0s}",
+            "spec.queue.destinations.probeInterval",
+        ),
+        (
+            "{probeInterval: 1h, maxProbeInterval: 1m}",
+            "spec.queue.destinations.maxProbeInterval",
+        ),
+    ] {
+        let r = relay(&format!(
+            "  hostname: mx.example.com\n  queue: {{destinations: {spec}}}\n"
+        ));
+        let problems = compile(&r, &[], &[]).expect_err(spec);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, [field], "{spec}");
+    }
+}
+
+#[test]
 fn relay_problems_are_fatal_and_name_each_field() {
     let r = relay(
         "  hostname: 'mx example'\n  listeners: [{name: smtp}, {name: submission}, {name: smtp}]\n  trustedNetworks: [10.0.0.0/40]\n  limits: {maxMessageSize: 25MB, maxRecipients: 10}\n  queue: {retrySchedule: [0s], lifetime: soon}\n  autoscaling: {minReplicas: 5, maxReplicas: 2}\n",
@@ -455,6 +488,14 @@ fn relay_defaults_compile_to_rfc_values() {
     assert_eq!(cfg.limits.command_timeout_secs, 300);
     assert_eq!(cfg.queue.lifetime_secs, 5 * 86_400);
     assert_eq!(cfg.queue.delay_warning_secs, Some(4 * 3600));
+    assert_eq!(
+        (
+            cfg.queue.suspend_after,
+            cfg.queue.probe_secs,
+            cfg.queue.max_probe_secs
+        ),
+        (5, 30, 1800)
+    );
     assert_eq!(cfg.scaling.replicas, 1);
     assert_eq!(cfg.dns.timeout_ms, 5_000);
 }

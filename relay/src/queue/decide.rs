@@ -149,6 +149,9 @@ mod tests {
             lifetime_secs: 3600,
             delay_warning_secs: None,
             storage: None,
+            suspend_after: 5,
+            probe_secs: 30,
+            max_probe_secs: 1800,
         })
         .unwrap()
     }

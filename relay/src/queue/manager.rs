@@ -398,7 +398,12 @@ impl Manager {
 
     /// Look at every queued message: at start-up and on a config change.
     async fn rescan(self: &Arc<Self>, rt: &Runtime) {
-        let health = HealthSettings::default();
+        let q = &rt.config.queue;
+        let health = HealthSettings {
+            suspend_after: q.suspend_after,
+            first_probe_secs: i64::try_from(q.probe_secs).unwrap_or(i64::MAX),
+            max_probe_secs: i64::try_from(q.max_probe_secs).unwrap_or(i64::MAX),
+        };
         let (jobs, ids) = {
             let mut core = self.core();
             core.sched.set_health(health);

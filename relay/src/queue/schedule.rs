@@ -193,6 +193,9 @@ mod tests {
             lifetime_secs: lifetime,
             delay_warning_secs: warn,
             storage: None,
+            suspend_after: 5,
+            probe_secs: 30,
+            max_probe_secs: 1800,
         }
     }
 
