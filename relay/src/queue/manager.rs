@@ -361,7 +361,9 @@ impl Manager {
                 .sched
                 .finished(&e.dest, e.contact, &e.reason, e.probe, now);
             let suspended = core.sched.is_suspended(&e.dest);
-            if suspended && e.contact == Contact::Failed {
+            if e.contact == Contact::Failed {
+                // Due again as soon as the destination is reached, not
+                // only at its own retry time.
                 core.sched.park(e.dest.clone(), e.id);
             }
             (f, suspended)
@@ -386,7 +388,7 @@ impl Manager {
             self.core().sched.park(e.dest.clone(), id);
             self.defer_suspended(job, &e.dest, &e.reason);
         }
-        let force = finished.change == Change::Released;
+        let force = e.contact == Contact::Reached;
         for id in finished.reexamine {
             self.examine(id, rt, force).await;
         }

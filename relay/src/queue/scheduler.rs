@@ -145,7 +145,7 @@ pub(crate) struct Finished<J> {
     /// deferred (and their messages parked) …
     pub defer: Vec<(QueueId, J)>,
     /// … and these messages, whose ids only were kept, looked at again.
-    /// After a release: the parked messages, due now.
+    /// After an attempt got through: the parked messages, due now.
     pub reexamine: Vec<QueueId>,
 }
 
@@ -262,7 +262,8 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         Push::Ready
     }
 
-    /// Keep `id` (deferred while `dest` is suspended) for the release.
+    /// Keep `id` (deferred because `dest` could not be reached) until
+    /// `dest` is reached again.
     pub(crate) fn park(&mut self, dest: K, id: QueueId) {
         self.dests.entry(dest).or_default().parked.insert(id);
     }
@@ -333,13 +334,13 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         };
         d.running = d.running.saturating_sub(1);
         out.change = d.health.record(contact, reason, probe, now, &self.health);
-        match out.change {
-            Change::Suspended => {
-                out.defer = d.ready.drain(..).collect();
-                out.reexamine = d.overflow.drain(..).collect();
-            }
-            Change::Released => out.reexamine = d.parked.drain().collect(),
-            Change::None => {}
+        if out.change == Change::Suspended {
+            out.defer = d.ready.drain(..).collect();
+            out.reexamine = d.overflow.drain(..).collect();
+        } else if contact == Contact::Reached {
+            // It takes mail: what waits only because it could not be
+            // reached goes now (a release, or failures short of one).
+            out.reexamine = d.parked.drain().collect();
         }
         if !d.ready.is_empty() && !d.in_turn {
             d.in_turn = true;

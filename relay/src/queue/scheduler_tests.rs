@@ -100,9 +100,7 @@ impl Sim {
                 self.delivered.insert(self.num[&q]);
             } else {
                 self.s.wait(q, t + RETRY);
-                if self.s.is_suspended(&dest) {
-                    self.s.park(dest, q);
-                }
+                self.s.park(dest, q);
             }
             for (q, _) in f.defer {
                 *self.pushed.get_mut(&q).unwrap() -= 1;

@@ -30,6 +30,8 @@ pub enum Step {
     Slow(Duration),
     /// Behave: 250 to everything, keep the message.
     Accept,
+    /// Greet with `421` and close: a host that takes no mail at all.
+    Refuse421,
 }
 
 /// What the server saw.
@@ -187,6 +189,9 @@ fn converse(stream: TcpStream, step: Step, stop: &AtomicBool, seen: &Mutex<Seen>
         stop,
         delay,
     };
+    if step == Step::Refuse421 {
+        return c.reply("421 4.3.2 misbehaving.test Service not available, try again later");
+    }
     c.reply("220 misbehaving.test ESMTP")?;
     if step == Step::SilentAfterGreeting {
         c.wait_for_close();
