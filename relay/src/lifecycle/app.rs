@@ -384,7 +384,7 @@ async fn serve_http(
         Arc::clone(metrics),
         health.clone(),
         spool.clone(),
-        Arc::clone(manager),
+        Arc::clone(manager) as Arc<dyn crate::ops::destinations::QueueControl>,
     ));
     Ok(health)
 }

@@ -10,9 +10,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::queue::destination::Dest;
-use crate::queue::scheduler::DestView;
-
 /// One destination as the admin API and the CLI show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -32,20 +29,14 @@ pub struct DestinationRow {
     pub next_probe: Option<String>,
 }
 
-impl From<DestView<Dest>> for DestinationRow {
-    fn from(v: DestView<Dest>) -> Self {
-        Self {
-            destination: v.dest.to_string(),
-            state: if v.suspended { "suspended" } else { "active" }.into(),
-            depth: v.depth,
-            running: v.running,
-            last_error: v.last_error,
-            next_probe: v
-                .next_probe
-                .and_then(|t| jiff::Timestamp::from_second(t).ok())
-                .map(|t| t.to_string()),
-        }
-    }
+/// What the admin API needs of the delivery manager; the queue
+/// implements it, so `ops` does not depend on `queue`.
+pub(crate) trait QueueControl: Send + Sync {
+    /// Look at a message again now (the admin API changed it).
+    fn look(&self, id: crate::spool::QueueId);
+    /// Look at every message again (the admin API flushed the queue).
+    fn look_all(&self);
+    fn destinations(&self) -> Vec<DestinationRow>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,31 +125,10 @@ pub fn format(rows: &[DestinationRow]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
-    fn a_suspended_site_shows_its_error_and_next_probe() {
-        let row = DestinationRow::from(DestView {
-            dest: Dest::Site(Arc::from("mx1.dead.test,mx2.dead.test")),
-            suspended: true,
-            depth: 1200,
-            running: 0,
-            last_error: Some("connection refused by 127.0.0.9:25".into()),
-            next_probe: Some(1_800_000_000),
-        });
-        assert_eq!(row.state, "suspended");
-        assert_eq!(row.next_probe.as_deref(), Some("2027-01-15T08:00:00Z"));
-        let table = format(&[row]);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 2, "{table}");
-        assert!(lines[0].starts_with("DESTINATION"), "{table}");
-        assert!(
-            lines[1]
-                == "mx:mx1.dead.test,mx2.dead.test  suspended     1200        0  2027-01-15T08:00:00Z  connection refused by 127.0.0.9:25",
-            "{table}"
-        );
+    fn an_empty_list_says_so() {
         assert!(format(&[]).starts_with("No destination"));
     }
 }

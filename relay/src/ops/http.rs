@@ -16,9 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::ops::admin::{self, QueueCommand};
-use crate::ops::destinations::DestinationRow;
+use crate::ops::destinations::QueueControl;
 use crate::ops::metrics::Metrics;
-use crate::queue::manager::Manager;
 use crate::spool::Spool;
 
 /// Readiness: set once the spool is loaded, cleared when draining.
@@ -96,15 +95,11 @@ fn forbidden(peer: std::net::SocketAddr) -> Option<Response<Full<Bytes>>> {
 }
 
 /// `GET /queue/destinations`: each destination's state, as JSON.
-fn destinations(manager: &Manager, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+fn destinations(manager: &dyn QueueControl, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     if let Some(refused) = forbidden(peer) {
         return refused;
     }
-    let rows: Vec<DestinationRow> = manager
-        .destinations()
-        .into_iter()
-        .map(DestinationRow::from)
-        .collect();
+    let rows = manager.destinations();
     match serde_json::to_string_pretty(&rows) {
         Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
         Err(e) => respond(
@@ -117,7 +112,7 @@ fn destinations(manager: &Manager, peer: std::net::SocketAddr) -> Response<Full<
 
 async fn queue(
     spool: &Spool,
-    manager: &Manager,
+    manager: &dyn QueueControl,
     peer: std::net::SocketAddr,
     command: Result<QueueCommand, String>,
 ) -> Response<Full<Bytes>> {
@@ -156,7 +151,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     health: Health,
     spool: Spool,
-    manager: Arc<Manager>,
+    manager: Arc<dyn QueueControl>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -182,15 +177,16 @@ pub(crate) async fn serve(
                 );
                 async move {
                     let path = req.uri().path();
-                    let response =
-                        if path == "/queue/destinations" && req.method() == hyper::Method::GET {
-                            destinations(&manager, peer)
-                        } else {
-                            match queue_command(req.method(), path) {
-                                Some(command) => queue(&spool, &manager, peer, command).await,
-                                None => route(path, &metrics, &health),
-                            }
-                        };
+                    let response = if path == "/queue/destinations"
+                        && req.method() == hyper::Method::GET
+                    {
+                        destinations(manager.as_ref(), peer)
+                    } else {
+                        match queue_command(req.method(), path) {
+                            Some(command) => queue(&spool, manager.as_ref(), peer, command).await,
+                            None => route(path, &metrics, &health),
+                        }
+                    };
                     Ok::<_, Infallible>(response)
                 }
             });

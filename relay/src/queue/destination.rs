@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::router::Route;
+use super::scheduler::DestView;
 use crate::delivery::mx::DnsError;
+use crate::ops::destinations::DestinationRow;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Dest {
@@ -49,6 +51,22 @@ pub(crate) fn site(domain: &str, lookup: Result<Vec<(u16, String)>, DnsError>) -
     hosts.sort();
     hosts.dedup();
     Arc::from(hosts.join(","))
+}
+
+impl From<DestView<Dest>> for DestinationRow {
+    fn from(v: DestView<Dest>) -> Self {
+        Self {
+            destination: v.dest.to_string(),
+            state: if v.suspended { "suspended" } else { "active" }.into(),
+            depth: v.depth,
+            running: v.running,
+            last_error: v.last_error,
+            next_probe: v
+                .next_probe
+                .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                .map(|t| t.to_string()),
+        }
+    }
 }
 
 /// How long a domain's site is trusted before it is looked up again.
@@ -176,5 +194,28 @@ mod tests {
             port: 24,
         };
         assert_eq!(Dest::Route(lmtp).to_string(), "lmtp:dovecot:24");
+    }
+
+    #[test]
+    fn a_suspended_site_shows_its_error_and_next_probe() {
+        let row = DestinationRow::from(DestView {
+            dest: Dest::Site(Arc::from("mx1.dead.test,mx2.dead.test")),
+            suspended: true,
+            depth: 1200,
+            running: 0,
+            last_error: Some("connection refused by 127.0.0.9:25".into()),
+            next_probe: Some(1_800_000_000),
+        });
+        assert_eq!(row.state, "suspended");
+        assert_eq!(row.next_probe.as_deref(), Some("2027-01-15T08:00:00Z"));
+        let table = crate::ops::destinations::format(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(lines[0].starts_with("DESTINATION"), "{table}");
+        assert!(
+            lines[1]
+                == "mx:mx1.dead.test,mx2.dead.test  suspended     1200        0  2027-01-15T08:00:00Z  connection refused by 127.0.0.9:25",
+            "{table}"
+        );
     }
 }

@@ -34,6 +34,7 @@ use crate::config::Current;
 use crate::config::runtime::Runtime;
 use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, MxDns};
+use crate::ops::destinations::{DestinationRow, QueueControl};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::{QueueId, Queued, RecipientState, Spool};
@@ -180,23 +181,6 @@ impl Manager {
     /// Messages a task holds: being delivered or having results recorded.
     pub fn busy(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Look at `id` again now (the admin API changed it).
-    pub(crate) fn look(&self, id: QueueId) {
-        let _ = self.inbox.send(Nudge::Look(id));
-    }
-
-    /// Look at every message again (the admin API flushed the queue).
-    pub(crate) fn look_all(&self) {
-        let _ = self.inbox.send(Nudge::All);
-    }
-
-    /// The destinations with mail or a health worth showing.
-    pub(crate) fn destinations(&self) -> Vec<DestView<Dest>> {
-        let mut views = self.core().sched.views();
-        views.sort_by(|a, b| a.dest.cmp(&b.dest));
-        views
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -598,6 +582,23 @@ impl Manager {
         d.suspended.set(core.sched.suspended() as i64);
         d.parked.set(core.sched.parked() as i64);
         d.waiting.set(core.sched.waiting() as i64);
+    }
+}
+
+impl QueueControl for Manager {
+    fn look(&self, id: QueueId) {
+        self.send(Nudge::Look(id));
+    }
+
+    fn look_all(&self) {
+        self.send(Nudge::All);
+    }
+
+    /// The destinations with mail or a health worth showing.
+    fn destinations(&self) -> Vec<DestinationRow> {
+        let mut views: Vec<DestView<Dest>> = self.core().sched.views();
+        views.sort_by(|a, b| a.dest.cmp(&b.dest));
+        views.into_iter().map(DestinationRow::from).collect()
     }
 }
 
