@@ -74,6 +74,15 @@ pub(crate) struct Metrics {
     pub destinations: DestinationMetrics,
 }
 
+/// A new metric registered under `name`.
+fn new_in<M: prometheus_client::registry::Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    reg(registry, name, help, M::default())
+}
+
 /// Register `metric` under `name` and hand it back.
 fn reg<M: prometheus_client::registry::Metric + Clone>(
     registry: &mut Registry,
@@ -139,141 +148,79 @@ impl DestinationMetrics {
 impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("mailrelay");
-        let sessions = reg(
-            &mut registry,
-            "smtp_sessions",
-            "SMTP sessions started, by listener",
-            Family::<ListenerLabel, Counter>::default(),
-        );
-        let sessions_open = reg(
-            &mut registry,
-            "smtp_sessions_open",
-            "SMTP sessions open now",
-            Gauge::default(),
-        );
-        let connections_refused = reg(
-            &mut registry,
-            "smtp_connections_refused",
-            "Connections refused before the greeting, by reason",
-            Family::<ResultLabel, Counter>::default(),
-        );
-        let replies = reg(
-            &mut registry,
-            "smtp_replies",
-            "SMTP replies sent, by class and enhanced status code",
-            Family::<ReplyLabel, Counter>::default(),
-        );
-        let messages_accepted = reg(
-            &mut registry,
-            "messages_accepted",
-            "Messages accepted into the spool",
-            Counter::default(),
-        );
-        let message_bytes = reg(
-            &mut registry,
-            "message_bytes",
-            "Bytes of messages accepted into the spool",
-            Counter::default(),
-        );
-        let tls_handshakes = reg(
-            &mut registry,
-            "tls_handshakes",
-            "TLS handshakes, by result",
-            Family::<ResultLabel, Counter>::default(),
-        );
-        let auth_failures = reg(
-            &mut registry,
-            "auth_failures",
-            "Failed AUTH attempts",
-            Counter::default(),
-        );
-        let spool_messages = reg(
-            &mut registry,
-            "spool_messages",
-            "Messages in the spool",
-            Gauge::default(),
-        );
-        let spool_bytes = reg(
-            &mut registry,
-            "spool_bytes",
-            "Bytes of messages in the spool",
-            Gauge::default(),
-        );
-        let deliveries = reg(
-            &mut registry,
-            "deliveries",
-            "Delivery results per recipient, by route and result",
-            Family::<DeliveryLabel, Counter>::default(),
-        );
+        let r = &mut registry;
         // Seconds from acceptance to a final result: 1 s to about 4.5 days.
-        let delivery_latency = reg(
-            &mut registry,
-            "delivery_latency_seconds",
-            "Time from acceptance to a recipient's final result",
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                1.0, 3.0, 12,
-            )),
-        );
-        let queue_recipients = reg(
-            &mut registry,
-            "queue_recipients",
-            "Queued recipients by state (held counts messages)",
-            Family::<StateLabel, Gauge>::default(),
-        );
-        let oldest_message_age = reg(
-            &mut registry,
-            "queue_oldest_message_age_seconds",
-            "Age of the oldest queued message",
-            Gauge::default(),
-        );
-        let dns_failures = reg(
-            &mut registry,
-            "dns_failures",
-            "Delivery DNS lookups that failed temporarily",
-            Counter::default(),
-        );
-        let outbound_connections = reg(
-            &mut registry,
-            "outbound_connections",
-            "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
-            Family::<ResultLabel, Counter>::default(),
-        );
-        let outbound_tls = reg(
-            &mut registry,
-            "outbound_tls",
-            "Outbound TLS policy decisions for MX delivery, by policy and outcome",
-            Family::<OutboundTlsLabel, Counter>::default(),
-        );
-        let mta_sts_lookups = reg(
-            &mut registry,
-            "mta_sts_lookups",
-            "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
-            Family::<ResultLabel, Counter>::default(),
-        );
-        let inbound_auth = crate::smtp::inbound_auth::AuthMetrics::register(&mut registry);
-        let destinations = DestinationMetrics::register(&mut registry);
+        let latency_buckets =
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12);
+        let inbound_auth = crate::smtp::inbound_auth::AuthMetrics::register(r);
+        let destinations = DestinationMetrics::register(r);
         Self {
-            registry,
-            destinations,
-            outbound_tls,
-            mta_sts_lookups,
+            sessions: new_in(r, "smtp_sessions", "SMTP sessions started, by listener"),
+            sessions_open: new_in(r, "smtp_sessions_open", "SMTP sessions open now"),
+            connections_refused: new_in(
+                r,
+                "smtp_connections_refused",
+                "Connections refused before the greeting, by reason",
+            ),
+            replies: new_in(
+                r,
+                "smtp_replies",
+                "SMTP replies sent, by class and enhanced status code",
+            ),
+            messages_accepted: new_in(r, "messages_accepted", "Messages accepted into the spool"),
+            message_bytes: new_in(
+                r,
+                "message_bytes",
+                "Bytes of messages accepted into the spool",
+            ),
+            tls_handshakes: new_in(r, "tls_handshakes", "TLS handshakes, by result"),
+            auth_failures: new_in(r, "auth_failures", "Failed AUTH attempts"),
+            spool_messages: new_in(r, "spool_messages", "Messages in the spool"),
+            spool_bytes: new_in(r, "spool_bytes", "Bytes of messages in the spool"),
+            deliveries: new_in(
+                r,
+                "deliveries",
+                "Delivery results per recipient, by route and result",
+            ),
+            delivery_latency: reg(
+                r,
+                "delivery_latency_seconds",
+                "Time from acceptance to a recipient's final result",
+                Histogram::new(latency_buckets),
+            ),
+            queue_recipients: new_in(
+                r,
+                "queue_recipients",
+                "Queued recipients by state (held counts messages)",
+            ),
+            oldest_message_age: new_in(
+                r,
+                "queue_oldest_message_age_seconds",
+                "Age of the oldest queued message",
+            ),
+            dns_failures: new_in(
+                r,
+                "dns_failures",
+                "Delivery DNS lookups that failed temporarily",
+            ),
+            outbound_connections: new_in(
+                r,
+                "outbound_connections",
+                "Outbound SMTP connections by security: clear, clear_after_tls_failure, encrypted, verified",
+            ),
+            outbound_tls: new_in(
+                r,
+                "outbound_tls",
+                "Outbound TLS policy decisions for MX delivery, by policy and outcome",
+            ),
+            mta_sts_lookups: new_in(
+                r,
+                "mta_sts_lookups",
+                "MTA-STS policy lookups: cached, confirmed, fetched, no_record, failed_kept_cached, failed_no_policy",
+            ),
             inbound_auth,
-            dns_failures,
-            outbound_connections,
-            deliveries,
-            delivery_latency,
-            queue_recipients,
-            oldest_message_age,
-            sessions,
-            sessions_open,
-            connections_refused,
-            replies,
-            messages_accepted,
-            message_bytes,
-            tls_handshakes,
-            auth_failures,
-            spool_messages,
-            spool_bytes,
+            destinations,
+            registry,
         }
     }
 

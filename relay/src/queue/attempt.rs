@@ -44,6 +44,23 @@ pub(crate) struct Attempted {
     pub contact: Contact,
 }
 
+impl Attempted {
+    fn reached(outcomes: Vec<Outcome>) -> Self {
+        Self {
+            outcomes,
+            contact: Contact::Reached,
+        }
+    }
+
+    /// Every one of `n` recipients gets `outcome`.
+    fn all(outcome: Outcome, n: usize, contact: Contact) -> Self {
+        Self {
+            outcomes: vec![outcome; n],
+            contact,
+        }
+    }
+}
+
 /// Deliver `body` from `sender` to `recipients` (all on `route`).
 pub(crate) async fn attempt<D: MxDns>(
     ctx: &AttemptCtx<'_, D>,
@@ -71,31 +88,19 @@ pub(crate) async fn attempt<D: MxDns>(
         _ => None,
     };
     if let Some(outcomes) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
-        return Attempted {
-            outcomes,
-            contact: Contact::Reached,
-        };
+        return Attempted::reached(outcomes);
     }
     let hostname = &ctx.runtime.config.hostname;
-    let all = |o: Outcome| Attempted {
-        outcomes: vec![o; recipients.len()],
-        contact: Contact::Unknown,
-    };
+    let all = |o: Outcome| Attempted::all(o, recipients.len(), Contact::Unknown);
     match route {
         Route::Lmtp { host, port } => {
             match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
                 Ok(mut client) => {
                     let outcomes = client.send(sender, recipients, body).await;
                     ctx.pool.put(route, Client::Lmtp(Box::new(client)));
-                    Attempted {
-                        outcomes,
-                        contact: Contact::Reached,
-                    }
+                    Attempted::reached(outcomes)
                 }
-                Err(o) => Attempted {
-                    outcomes: vec![o; recipients.len()],
-                    contact: Contact::Failed,
-                },
+                Err(o) => Attempted::all(o, recipients.len(), Contact::Failed),
             }
         }
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
@@ -105,10 +110,9 @@ pub(crate) async fn attempt<D: MxDns>(
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
-        Route::Maildir { path } => Attempted {
-            outcomes: maildir(ctx.runtime, path, sender, recipients, body).await,
-            contact: Contact::Reached,
-        },
+        Route::Maildir { path } => {
+            Attempted::reached(maildir(ctx.runtime, path, sender, recipients, body).await)
+        }
         Route::Smarthost => {
             let Some(s) = &ctx.runtime.config.smarthost else {
                 return all(Outcome::temp(
@@ -258,10 +262,7 @@ async fn try_targets<D: MxDns>(
                 }
                 let outcomes = client.send(sender, recipients, body).await;
                 ctx.pool.put(route, Client::Smtp(Box::new(client)));
-                return Attempted {
-                    outcomes,
-                    contact: Contact::Reached,
-                };
+                return Attempted::reached(outcomes);
             }
             Err(failure) => {
                 let outcome = match check {
@@ -279,10 +280,7 @@ async fn try_targets<D: MxDns>(
         Outcome::PermFail { reason } | Outcome::TempFail { reason } => reason,
         Outcome::Delivered { reply } => reply,
     };
-    Attempted {
-        outcomes: vec![Outcome::temp(reason); recipients.len()],
-        contact,
-    }
+    Attempted::all(Outcome::temp(reason), recipients.len(), contact)
 }
 
 async fn maildir(

@@ -29,12 +29,11 @@ use super::health::{Change, Contact, HealthSettings};
 use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
-use super::scheduler::{DestView, Limits, Push, Scheduler};
+use super::scheduler::{Limits, Push, Scheduler};
 use crate::config::Current;
 use crate::config::runtime::Runtime;
 use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, MxDns};
-use crate::ops::destinations::{DestinationRow, QueueControl};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::{QueueId, Queued, RecipientState, Spool};
@@ -93,8 +92,8 @@ pub(super) struct Ended {
 }
 
 /// What the deciding task keeps.
-struct Core {
-    sched: Scheduler<Dest, Job>,
+pub(super) struct Core {
+    pub sched: Scheduler<Dest, Job>,
     /// Jobs out per message (ready, running, or a spool write under way):
     /// a message is not looked at while it has any.
     busy: HashMap<QueueId, u32>,
@@ -183,7 +182,7 @@ impl Manager {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    fn core(&self) -> MutexGuard<'_, Core> {
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -559,60 +558,6 @@ impl Manager {
         let manager = Arc::clone(self);
         tokio::spawn(async move {
             work(Arc::clone(&manager)).await;
-            manager.let_go();
-            manager.send(Nudge::Released { id, recheck: true });
-        });
-    }
-
-    /// Refresh the queue gauges: the spool keeps the counts.
-    fn publish(&self) {
-        let (tally, oldest) = self.spool.tally();
-        let now = Timestamp::now().as_second();
-        let mut by_state = BTreeMap::new();
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        by_state.insert("pending", n(tally.pending));
-        by_state.insert("deferred", n(tally.deferred));
-        by_state.insert("delivered", n(tally.delivered));
-        by_state.insert("failed", n(tally.failed));
-        by_state.insert("held", n(tally.held));
-        self.metrics
-            .queue_state(&by_state, oldest.map_or(0, |t| (now - t).max(0)));
-        let core = self.core();
-        let d = &self.metrics.destinations;
-        d.suspended.set(core.sched.suspended() as i64);
-        d.parked.set(core.sched.parked() as i64);
-        d.waiting.set(core.sched.waiting() as i64);
-    }
-}
-
-impl QueueControl for Manager {
-    fn look(&self, id: QueueId) {
-        self.send(Nudge::Look(id));
-    }
-
-    fn look_all(&self) {
-        self.send(Nudge::All);
-    }
-
-    /// The destinations with mail or a health worth showing.
-    fn destinations(&self) -> Vec<DestinationRow> {
-        let mut views: Vec<DestView<Dest>> = self.core().sched.views();
-        views.sort_by(|a, b| a.dest.cmp(&b.dest));
-        views.into_iter().map(DestinationRow::from).collect()
-    }
-}
-
-/// The job is for a destination that takes no attempts: record every
-/// recipient as deferred with the destination's reason, no connection.
-impl Manager {
-    fn defer_suspended(self: &Arc<Self>, job: Job, dest: &Dest, reason: &str) {
-        let reason = reason.to_string();
-        let dest = dest.to_string();
-        let id = job.q.id;
-        self.hold();
-        let manager = Arc::clone(self);
-        tokio::spawn(async move {
-            manager.record_deferred(job, &dest, &reason).await;
             manager.let_go();
             manager.send(Nudge::Released { id, recheck: true });
         });

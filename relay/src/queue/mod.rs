@@ -16,6 +16,7 @@ mod finish;
 pub(crate) mod health;
 pub(crate) mod manager;
 pub(crate) mod pool;
+mod report;
 pub(crate) mod router;
 pub(crate) mod schedule;
 pub(crate) mod scheduler;

@@ -162,6 +162,23 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// The job is for a destination that takes no attempts: record every
+    /// recipient as deferred with the destination's reason, no connection.
+    pub(super) fn defer_suspended(self: &Arc<Self>, job: Job, dest: &Dest, reason: &str) {
+        let reason = reason.to_string();
+        let dest = dest.to_string();
+        let id = job.q.id;
+        self.hold();
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            manager.record_deferred(job, &dest, &reason).await;
+            manager.let_go();
+            manager.send(Nudge::Released { id, recheck: true });
+        });
+    }
+}
+
 /// One structured event per recipient decision; returns the result label.
 fn log_outcome(
     q: &Queued,

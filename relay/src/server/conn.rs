@@ -13,7 +13,7 @@ use crate::ops::metrics::Metrics;
 use crate::server::tls::Tls;
 use crate::smtp::received::{self, Trace};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Accepted, Effect, Session, storage_full_reply};
+use crate::smtp::session::{Accepted, Effect, Session};
 use crate::spool::{Envelope, Spool};
 
 /// Longest command line with its CRLF (RFC 5321 §4.5.3.1.4).
@@ -415,7 +415,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         Err(e) => {
             tracing::error!(queue_id = %id_text, error = %e, "spool commit failed; message refused");
             // RFC 3463 4.3.1: mail system full (or failing); the client retries.
-            storage_full_reply()
+            Reply::storage_full()
         }
     }
 }

@@ -12,6 +12,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The spool cannot take the message now (disk full or failing).
+    pub(crate) fn storage_full() -> Reply {
+        Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
+    }
+
     pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
         Self {
             code,
