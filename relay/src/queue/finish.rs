@@ -7,10 +7,10 @@ use jiff::Timestamp;
 
 use super::decide;
 use super::dsn::{self, DsnInput};
-use super::manager::Manager;
+use super::worker::Worker;
 use crate::spool::{Envelope, Notice, Queued, RecipientState};
 
-impl Manager {
+impl Worker {
     /// Every recipient reached a final state: remove, or bounce the failures.
     pub(super) async fn finish(&self, q: &Queued, now: Timestamp) {
         let hostname = self.current.get().config.hostname.clone();

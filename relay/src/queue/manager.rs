@@ -15,7 +15,7 @@
 //! whose remote 250 arrived but was not yet recorded (the unavoidable
 //! window of SMTP), but never loses a message or sends a bounce twice.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,10 +26,12 @@ use tokio::sync::mpsc;
 use super::decide;
 use super::destination::{Dest, Lookup, Sites, site};
 use super::health::{Change, Contact, HealthSettings};
+use super::job::{Ended, Job, Nudge};
 use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
 use super::scheduler::{Limits, Push, Scheduler};
+use super::worker::Worker;
 use crate::config::Current;
 use crate::config::runtime::Runtime;
 use crate::delivery::tls_policy::OutboundTls;
@@ -55,42 +57,6 @@ impl Default for Concurrency {
     }
 }
 
-/// One message's due recipients for one destination, grouped by route
-/// and tried group by group.
-pub(super) struct Job {
-    pub q: Arc<Queued>,
-    pub groups: VecDeque<(Route, Vec<usize>)>,
-    pub schedule: Schedule,
-}
-
-/// What the manager is told.
-pub(super) enum Nudge {
-    /// A message arrived or changed: look at it.
-    Look(QueueId),
-    /// Look at every message (an admin flush of the whole queue).
-    All,
-    /// A domain's site is known.
-    Site {
-        domain: String,
-        site: Arc<str>,
-        failed: bool,
-    },
-    /// An attempt ended.
-    Ended(Box<Ended>),
-    /// A task holding a message let it go; `recheck` when its state
-    /// changed and it needs another look.
-    Released { id: QueueId, recheck: bool },
-}
-
-pub(super) struct Ended {
-    pub dest: Dest,
-    pub id: QueueId,
-    pub contact: Contact,
-    /// The last failure's text, for the destination's last error.
-    pub reason: String,
-    pub probe: bool,
-}
-
 /// What the deciding task keeps.
 pub(super) struct Core {
     pub sched: Scheduler<Dest, Job>,
@@ -101,23 +67,10 @@ pub(super) struct Core {
 }
 
 pub struct Manager {
-    pub(super) spool: Spool,
-    pub(super) current: Current,
-    /// Routing lookups, kept for a few seconds (see `delivery::mx_cache`).
-    pub(super) dns: CachedDns<HickoryDns>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) mx_port: u16,
-    pub(super) pool: Pool,
-    /// Outbound TLS policy state: the MTA-STS cache, trusted roots.
-    pub(super) outbound_tls: OutboundTls,
+    /// What deliveries and spool writes run on.
+    pub(super) worker: Arc<Worker>,
     core: Mutex<Core>,
-    inbox: mpsc::UnboundedSender<Nudge>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Nudge>>>,
-    /// Tasks that hold a message (attempts, spool writes).
-    in_flight: AtomicUsize,
-    /// Set by `stop`: start no more deliveries (a draining relay hands
-    /// what is left to a peer).
-    stopping: AtomicBool,
 }
 
 /// Longest sleep when nothing is due (new mail wakes us).
@@ -146,7 +99,7 @@ impl Manager {
         spool.on_arrival(Box::new(move |id| {
             let _ = inbox.send(Nudge::Look(id));
         }));
-        Arc::new(Self {
+        let worker = Worker {
             spool,
             current,
             dns: CachedDns::new(dns),
@@ -154,49 +107,39 @@ impl Manager {
             mx_port,
             pool: Pool::new(limits.per_destination, limits.total),
             outbound_tls,
+            inbox: tx,
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        };
+        Arc::new(Self {
+            worker: Arc::new(worker),
             core: Mutex::new(Core {
                 sched: Scheduler::new(limits, HealthSettings::default()),
                 busy: HashMap::new(),
                 sites: Sites::default(),
             }),
-            inbox: tx,
             inbox_rx: Mutex::new(Some(rx)),
-            in_flight: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
         })
     }
 
     /// Start no new delivery; those under way finish and record their
     /// outcome (see `busy`), queued jobs are let go untouched.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.inbox.send(Nudge::All);
+        self.worker.stopping.store(true, Ordering::SeqCst);
+        self.worker.send(Nudge::All);
     }
 
-    pub(super) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+    fn is_stopping(&self) -> bool {
+        self.worker.is_stopping()
     }
 
     /// Messages a task holds: being delivered or having results recorded.
     pub fn busy(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.worker.in_flight.load(Ordering::SeqCst)
     }
 
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn send(&self, nudge: Nudge) {
-        let _ = self.inbox.send(nudge);
-    }
-
-    /// A task takes hold of a message; `Released` or `Ended` lets go.
-    pub(super) fn hold(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub(super) fn let_go(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Run until `stop` or until the task is dropped.
@@ -213,7 +156,7 @@ impl Manager {
                 tracing::info!(busy = self.busy(), "delivery stopped: no new attempts");
                 return;
             }
-            let rt = self.current.get();
+            let rt = self.worker.current.get();
             if config.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &rt)) {
                 // Start-up, or new routes and settings: look at everything.
                 config = Some(Arc::clone(&rt));
@@ -225,7 +168,7 @@ impl Manager {
             self.step(&rt).await;
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
-                self.pool.expire();
+                self.worker.pool.expire();
                 self.publish();
             }
             let wait = self.wait();
@@ -279,13 +222,13 @@ impl Manager {
             let Some(start) = self.core().sched.next(now) else {
                 return;
             };
-            self.hold();
-            let manager = Arc::clone(self);
+            self.worker.hold();
+            let worker = Arc::clone(&self.worker);
             // Boxed: a delivery's future (DNS, SMTP client, timeouts) is
             // tens of KiB; inline it would make the task's future that big,
             // and `tokio::spawn` copies it (callgrind: ≈39k instructions
             // per message).
-            tokio::spawn(async move { Box::pin(manager.work(start)).await });
+            tokio::spawn(async move { Box::pin(worker.work(start)).await });
         }
     }
 
@@ -353,11 +296,11 @@ impl Manager {
         };
         if e.probe {
             let result = if suspended { "failed" } else { "released" };
-            self.metrics.destinations.probe(result);
+            self.worker.metrics.destinations.probe(result);
         }
         match finished.change {
             Change::Suspended => {
-                self.metrics.destinations.suspensions.inc();
+                self.worker.metrics.destinations.suspensions.inc();
                 tracing::warn!(destination = %e.dest, reason = %e.reason,
                     "destination suspended: no attempts but one probe per back-off step");
             }
@@ -369,7 +312,7 @@ impl Manager {
         }
         for (id, job) in finished.defer {
             self.core().sched.park(e.dest.clone(), id);
-            self.defer_suspended(job, &e.dest, &e.reason);
+            self.worker.defer_suspended(job, &e.dest, &e.reason);
         }
         let force = e.contact == Contact::Reached;
         for id in finished.reexamine {
@@ -378,7 +321,7 @@ impl Manager {
         if self.release(&e.id) {
             self.examine(e.id, rt, false).await;
         }
-        self.let_go();
+        self.worker.let_go();
     }
 
     /// Look at every queued message: at start-up and on a config change.
@@ -397,7 +340,7 @@ impl Manager {
         for (id, _) in &jobs {
             self.release(id);
         }
-        let mut all = self.spool.ids();
+        let mut all = self.worker.spool.ids();
         all.extend(ids);
         let started = Instant::now();
         for (n, chunk) in all.chunks(SCAN_CHUNK).enumerate() {
@@ -422,7 +365,7 @@ impl Manager {
         if self.core().busy.contains_key(&id) {
             return;
         }
-        let Some(q) = self.spool.queued_one(&id) else {
+        let Some(q) = self.worker.spool.queued_one(&id) else {
             self.core().sched.clear(&id);
             return;
         };
@@ -503,10 +446,10 @@ impl Manager {
     fn look_up_site(self: &Arc<Self>, domain: String) {
         let manager = Arc::clone(self);
         tokio::spawn(async move {
-            let answer = manager.dns.mx(&domain).await;
+            let answer = manager.worker.dns.mx(&domain).await;
             let failed = answer.is_err();
             let site = site(&domain, answer);
-            manager.send(Nudge::Site {
+            manager.worker.send(Nudge::Site {
                 domain,
                 site,
                 failed,
@@ -540,7 +483,7 @@ impl Manager {
                 Push::Suspended { job, reason } => {
                     core.sched.park(dest.clone(), q.id);
                     drop(core);
-                    self.defer_suspended(job, &dest, &reason);
+                    self.worker.defer_suspended(job, &dest, &reason);
                 }
             }
         }
@@ -550,16 +493,16 @@ impl Manager {
     /// until it is done, then looked at again.
     fn bookkeep<F, Fut>(self: &Arc<Self>, id: QueueId, work: F)
     where
-        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Worker>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         *self.core().busy.entry(id).or_default() += 1;
-        self.hold();
-        let manager = Arc::clone(self);
+        self.worker.hold();
+        let worker = Arc::clone(&self.worker);
         tokio::spawn(async move {
-            work(Arc::clone(&manager)).await;
-            manager.let_go();
-            manager.send(Nudge::Released { id, recheck: true });
+            work(Arc::clone(&worker)).await;
+            worker.let_go();
+            worker.send(Nudge::Released { id, recheck: true });
         });
     }
 }

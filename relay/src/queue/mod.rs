@@ -5,8 +5,10 @@
 //! destination takes attempts ([`health`]) and what to start next
 //! ([`scheduler`]) — all pure, time and randomness passed in — and the
 //! I/O around them: one attempt over a transport ([`attempt`]), the loop
-//! that decides ([`manager`]), the task that delivers (`worker`) and the
-//! ends of a message's life (`finish`).
+//! that decides ([`manager`]), the [`Worker`](worker::Worker) its
+//! deliveries and spool writes run on (`worker`, `finish`: the ends of a
+//! message's life), what passes between them (`job`) and what the
+//! manager shows (`report`).
 
 pub(crate) mod attempt;
 pub(crate) mod decide;
@@ -14,6 +16,7 @@ pub(crate) mod destination;
 pub(crate) mod dsn;
 mod finish;
 pub(crate) mod health;
+mod job;
 pub(crate) mod manager;
 pub(crate) mod pool;
 mod report;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 
 use super::destination::Dest;
-use super::manager::{Manager, Nudge};
+use super::job::Nudge;
+use super::manager::Manager;
 use super::scheduler::DestView;
 use crate::ops::destinations::{DestinationRow, QueueControl};
 use crate::spool::QueueId;
@@ -15,7 +16,7 @@ use crate::spool::QueueId;
 impl Manager {
     /// Refresh the queue gauges: the spool keeps the counts.
     pub(super) fn publish(&self) {
-        let (tally, oldest) = self.spool.tally();
+        let (tally, oldest) = self.worker.spool.tally();
         let now = Timestamp::now().as_second();
         let mut by_state = BTreeMap::new();
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -24,10 +25,11 @@ impl Manager {
         by_state.insert("delivered", n(tally.delivered));
         by_state.insert("failed", n(tally.failed));
         by_state.insert("held", n(tally.held));
-        self.metrics
+        self.worker
+            .metrics
             .queue_state(&by_state, oldest.map_or(0, |t| (now - t).max(0)));
         let core = self.core();
-        let d = &self.metrics.destinations;
+        let d = &self.worker.metrics.destinations;
         d.suspended.set(core.sched.suspended() as i64);
         d.parked.set(core.sched.parked() as i64);
         d.waiting.set(core.sched.waiting() as i64);
@@ -36,11 +38,11 @@ impl Manager {
 
 impl QueueControl for Manager {
     fn look(&self, id: QueueId) {
-        self.send(Nudge::Look(id));
+        self.worker.send(Nudge::Look(id));
     }
 
     fn look_all(&self) {
-        self.send(Nudge::All);
+        self.worker.send(Nudge::All);
     }
 
     /// The destinations with mail or a health worth showing.

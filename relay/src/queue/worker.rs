@@ -4,6 +4,7 @@
 //! the manager is told what the attempt learnt of the destination.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use jiff::Timestamp;
 use rand::SeedableRng;
@@ -12,13 +13,57 @@ use super::attempt::{AttemptCtx, attempt};
 use super::decide;
 use super::destination::Dest;
 use super::health::Contact;
-use super::manager::{Ended, Job, Manager, Nudge};
+use super::job::{Ended, Job, Nudge};
+use super::pool::Pool;
 use super::router::Route;
 use super::scheduler::Start;
-use crate::delivery::{Outcome, Timeouts};
+use crate::config::Current;
+use crate::delivery::tls_policy::OutboundTls;
+use crate::delivery::{CachedDns, Outcome, Timeouts};
+use crate::ops::metrics::Metrics;
+use crate::policy::HickoryDns;
+use crate::spool::Spool;
 use crate::spool::{Queued, RecipientState};
+use tokio::sync::mpsc;
 
-impl Manager {
+/// What deliveries and the spool writes around them run on; tasks of
+/// their own, reporting back to the manager through its inbox.
+pub(crate) struct Worker {
+    pub(super) spool: Spool,
+    pub(super) current: Current,
+    /// Routing lookups, kept for a few seconds (see `delivery::mx_cache`).
+    pub(super) dns: CachedDns<HickoryDns>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) mx_port: u16,
+    pub(super) pool: Pool,
+    /// Outbound TLS policy state: the MTA-STS cache, trusted roots.
+    pub(super) outbound_tls: OutboundTls,
+    pub(super) inbox: mpsc::UnboundedSender<Nudge>,
+    /// Tasks that hold a message (attempts, spool writes).
+    pub(super) in_flight: AtomicUsize,
+    /// Set by `Manager::stop`: start no more deliveries (a draining relay
+    /// hands what is left to a peer).
+    pub(super) stopping: AtomicBool,
+}
+
+impl Worker {
+    pub(super) fn send(&self, nudge: Nudge) {
+        let _ = self.inbox.send(nudge);
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A task takes hold of a message; `Released` or `Ended` lets go.
+    pub(super) fn hold(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn let_go(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Deliver the job of `start`, then report to the manager.
     pub(super) async fn work(self: Arc<Self>, start: Start<Dest, Job>) {
         let Start {
@@ -162,7 +207,7 @@ impl Manager {
     }
 }
 
-impl Manager {
+impl Worker {
     /// The job is for a destination that takes no attempts: record every
     /// recipient as deferred with the destination's reason, no connection.
     pub(super) fn defer_suspended(self: &Arc<Self>, job: Job, dest: &Dest, reason: &str) {
@@ -170,11 +215,11 @@ impl Manager {
         let dest = dest.to_string();
         let id = job.q.id;
         self.hold();
-        let manager = Arc::clone(self);
+        let worker = Arc::clone(self);
         tokio::spawn(async move {
-            manager.record_deferred(job, &dest, &reason).await;
-            manager.let_go();
-            manager.send(Nudge::Released { id, recheck: true });
+            worker.record_deferred(job, &dest, &reason).await;
+            worker.let_go();
+            worker.send(Nudge::Released { id, recheck: true });
         });
     }
 }
