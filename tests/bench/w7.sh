@@ -312,6 +312,8 @@ w7_mix() {
   local live_metric=mailrelay_spool_live_bytes live_bytes files
   live_bytes=$(w7_metric mix "$live_metric")
   if [ -z "$live_bytes" ]; then live_metric=mailrelay_spool_bytes; live_bytes=$(w7_metric mix "$live_metric"); fi
+  # The relay's own figure of its spool on disk, when it has one (else empty).
+  local disk_metric; disk_metric=$(w7_metric mix mailrelay_spool_disk_bytes)
   files=$(w7_spool_files mix)
   read -r disk segs active <<<"$files"
   local ratio ratio_closed
@@ -319,7 +321,8 @@ w7_mix() {
   ratio_closed=$(calc "($disk - $active) / ($live_bytes > 0 ? $live_bytes : 1)")
   w7_record spool-mix messages="$((chunks * chunk))" to_dead="$want_dead" delivered="$(( $(sink_count) - base ))" \
     queued="$q" disk_bytes="$disk" segments="$segs" active_segment_bytes="$active" \
-    live_bytes="$live_bytes" live_metric="$live_metric" ratio="$ratio" ratio_without_active="$ratio_closed"
+    live_bytes="$live_bytes" live_metric="$live_metric" disk_bytes_metric="$disk_metric" \
+    ratio="$ratio" ratio_without_active="$ratio_closed"
   log "W7 spool-mix: $((chunks * chunk)) messages, $want_dead to the dead MX: spool queue dir $disk bytes in $segs segment(s) (active $active), live $live_bytes bytes ($live_metric, $q queued): ${ratio} x (${ratio_closed} x without the active segment)"
   w7_kill mix
 }
