@@ -51,23 +51,31 @@ PY
 # (another process's sink there would share the connections and the
 # count): then the first free of 127.0.0.12, .22, ... is used.
 pick_sink_ip() {
-  SINK_IP=
-  local ip
-  for ip in 127.0.0.2 127.0.0.12 127.0.0.22 127.0.0.32 127.0.0.42 127.0.0.52 127.0.0.62; do
-    if [ -z "$(ss -Hltn "src $ip and sport = :25")" ] && [ -z "$(ss -Hltn "src 0.0.0.0 and sport = :25")" ]; then
-      SINK_IP=$ip; break
-    fi
-  done
-  [ -n "$SINK_IP" ] || die "no free 127.0.0.x:25 for the sink"
+  SINK_IP=$(free_ip25 2) || die "no free 127.0.0.x:25 for the sink"
   SINK_ADDR=$SINK_IP:25
 }
 
+# free_ip25 LAST: the first of 127.0.0.LAST, .LAST+10, ... where nothing
+# listens on port 25 (MX delivery always goes to port 25).
+free_ip25() {
+  local n ip
+  for n in 0 10 20 30 40 50 60; do
+    ip=127.0.0.$(($1 + n))
+    if [ -z "$(ss -Hltn "src $ip and sport = :25")" ] && [ -z "$(ss -Hltn "src 0.0.0.0 and sport = :25")" ]; then
+      echo "$ip"; return 0
+    fi
+  done
+  return 1
+}
+
+# DNS_EXTRA: more dnsmasq options (W7 adds its dead MX's domain).
+DNS_EXTRA=()
 start_dns() {
   DNS_PORT=$(free_port)
   start_group "$TMP/dnsmasq.log" dnsmasq --no-daemon --conf-file=/dev/null --no-resolv --no-hosts \
     --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces --user=root \
     --local=/test/ --mx-host=example.test,mx1.example.test,10 \
-    --host-record=mx1.example.test,"$SINK_IP"
+    --host-record=mx1.example.test,"$SINK_IP" "${DNS_EXTRA[@]}"
   sleep 0.5
   log "dnsmasq on 127.0.0.1:$DNS_PORT"
 }
@@ -104,8 +112,22 @@ start_mailrelay() {
   MR_PORT=$(free_port)
   MR_HTTP=$(free_port)
   MR_SPOOL="$TMP/mr-spool"
-  mkdir -p "$TMP/manifests" "$MR_SPOOL"
-  cat >"$TMP/manifests/relay.yaml" <<'YAML'
+  mkdir -p "$MR_SPOOL"
+  bench_manifest "$TMP/manifests"
+  "$MR" check --manifests "$TMP/manifests" >&2 || die "mailrelay check rejected the bench manifests"
+  start_group "$TMP/mailrelay.log" "$@" "$MR" run --manifests "$TMP/manifests" \
+    --listen "smtp=127.0.0.1:$MR_PORT" --spool "$MR_SPOOL" --http "127.0.0.1:$MR_HTTP" \
+    --dns "127.0.0.1:$DNS_PORT"
+  MR_PID=$LAST_PID
+  wait_greeting 127.0.0.1 "$MR_PORT" mailrelay
+  log "mailrelay (pid $MR_PID) on 127.0.0.1:$MR_PORT, http 127.0.0.1:$MR_HTTP"
+}
+
+# bench_manifest DIR: the Relay every benchmark relay runs (default queue
+# settings: W7 measures the defaults).
+bench_manifest() {
+  mkdir -p "$1"
+  cat >"$1/relay.yaml" <<'YAML'
 apiVersion: mailrelay.io/v1alpha1
 kind: Relay
 metadata:
@@ -122,13 +144,6 @@ spec:
     maxConnectionsPerIp: 20000
     messagesPerMinutePerIp: 10000000
 YAML
-  "$MR" check --manifests "$TMP/manifests" >&2 || die "mailrelay check rejected the bench manifests"
-  start_group "$TMP/mailrelay.log" "$@" "$MR" run --manifests "$TMP/manifests" \
-    --listen "smtp=127.0.0.1:$MR_PORT" --spool "$MR_SPOOL" --http "127.0.0.1:$MR_HTTP" \
-    --dns "127.0.0.1:$DNS_PORT"
-  MR_PID=$LAST_PID
-  wait_greeting 127.0.0.1 "$MR_PORT" mailrelay
-  log "mailrelay (pid $MR_PID) on 127.0.0.1:$MR_PORT, http 127.0.0.1:$MR_HTTP"
 }
 
 start_postfix() {

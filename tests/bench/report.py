@@ -25,11 +25,99 @@ def f0(x):
     return "fail" if x is None else f"{x:,.0f}"
 
 
+W7_STEPS = ("warmup", "fresh-empty", "fill", "memory", "fresh-backlog", "restart", "spool-mix", "handoff")
+
+
+def w7_steps(path):
+    """The W7 steps' JSON files (tests/bench/w7.sh), by step name."""
+    steps = {}
+    for step in W7_STEPS:
+        f = os.path.join(path, step + ".json") if path else ""
+        if f and os.path.exists(f):
+            try:
+                steps[step] = json.load(open(f))
+            except ValueError:
+                steps[step] = None
+    return steps
+
+
+def w7_markdown(w7, failures, smoke):
+    """The W7 table; what lost mail or could not run goes into failures."""
+    def get(step, key):
+        return (w7.get(step) or {}).get(key)
+
+    def num(x, fmt="{:,.0f}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    for step in W7_STEPS:
+        if step in w7 and w7[step] is None:
+            failures.append(f"W7 {step}: no result")
+    queued = get("fill", "queued")
+    lines = ["| W7 backlog measure | mailrelay | target |", "|---|---|---|"]
+    fill = w7.get("fill") or {}
+    if fill:
+        capped = ", stopped at the deadline" if fill.get("capped") else ""
+        lines.append(f"| fill: messages queued for the dead MX (of {num(fill.get('requested'))} asked; "
+                     f"{num(fill.get('seconds'))} s, {num(fill.get('rate'))} msgs/s accepted{capped}) | "
+                     f"{num(queued)} | 1,000,000 |")
+        if fill.get("accepted", 0) < fill.get("requested", 0) and smoke:
+            failures.append(f"W7 fill: {fill.get('accepted')} of {fill.get('requested')} accepted")
+        if (fill.get("pending_after_settle") or 0) > 0:
+            lines.append(f"| still pending (never attempted) {num(fill.get('settle_seconds'))} s after the fill | "
+                         f"{num(fill.get('pending_after_settle'))} | |")
+    fe, fb = w7.get("fresh-empty") or {}, w7.get("fresh-backlog") or {}
+    for step, what in (("fresh-empty", "empty queue"), ("fresh-backlog", f"{num(queued)} queued")):
+        d = w7.get(step) or {}
+        if d:
+            to = " (timed out)" if d.get("timed_out") else ""
+            lines.append(f"| fresh mail to a working MX, {what} ({num(d.get('messages'))} msgs, W1 shape): "
+                         f"msgs/s end to end (accepted){to} | {num(d.get('e2e_rate'))} ({num(d.get('accepted_rate'))}) | |")
+            if d.get("timed_out") or d.get("delivered") != d.get("messages"):
+                failures.append(f"W7 {step}: {d.get('delivered')} of {d.get('messages')} at the sink")
+    if fe and fb:
+        r = fb["e2e_rate"] / max(fe["e2e_rate"], 1)
+        ra = fb["accepted_rate"] / max(fe["accepted_rate"], 1)
+        w7["fresh_ratio"] = {"e2e": r, "accepted": ra}
+        lines.append(f"| fresh mail with the backlog / empty, same process: end to end (accepted) | {r:.2f} ({ra:.2f}) | ≥ 0.90 |")
+    m = w7.get("memory") or {}
+    if m:
+        lines.append(f"| resident bytes per queued message (RSS {num(m.get('rss_empty_kib', 0) / 1024, '{:,.1f}')} → "
+                     f"{num(m.get('rss_backlog_kib', 0) / 1024, '{:,.1f}')} MiB) | {num(m.get('bytes_per_message'))} | ≤ 200 |")
+    if fill:
+        lines.append(f"| connections to the dead MX during the fill (default settings) | "
+                     f"{num(fill.get('dead_mx_connections'))} | ≤ 100 |")
+    r = w7.get("restart") or {}
+    if r:
+        if r.get("ready_s") is None:
+            failures.append("W7 restart: not ready")
+        lines.append(f"| restart to ready with {num(queued)} queued (SIGKILL; /readyz 200 and SMTP 220), s | "
+                     f"{num(r.get('ready_s'), '{:.2f}')} (readyz {num(r.get('readyz_s'), '{:.2f}')}, "
+                     f"220 {num(r.get('greeting_s'), '{:.2f}')}) | ≤ 5 (at 1,000,000) |")
+    s = w7.get("spool-mix") or {}
+    if s:
+        if s.get("delivered", 0) < s.get("messages", 0) - s.get("to_dead", 0):
+            failures.append(f"W7 spool-mix: {s.get('delivered')} of {s.get('messages', 0) - s.get('to_dead', 0)} delivered")
+        lines.append(f"| spool bytes / live bytes, {num(s.get('messages'))} msgs with 1 % deferred "
+                     f"({num(s.get('disk_bytes', 0) / 2**20, '{:,.1f}')} MiB in {num(s.get('segments'))} segment(s) for "
+                     f"{num(s.get('live_bytes', 0) / 2**20, '{:,.2f}')} MiB live) | {num(s.get('ratio'), '{:,.1f}')} "
+                     f"({num(s.get('ratio_without_active'), '{:,.1f}')} without the active segment) | ≤ 2 + active segments |")
+    h = w7.get("handoff") or {}
+    if h:
+        got, left, q = h.get("received_by_b") or 0, h.get("left_on_a"), h.get("queued") or 0
+        if left is None or got + left < q:
+            failures.append(f"W7 handoff: {q} queued on A, {got} on B, {left} left on A")
+        lines.append(f"| hand-off of {num(q)} queued messages (A's --drain-deadline {num(h.get('deadline'))} s): "
+                     f"taken by B in s (msgs/s); left on A | {num(got)} in {num(h.get('seconds_handing'), '{:.1f}')} s "
+                     f"({num(h.get('rate'))}); {num(left)} left | all, ≥ 5,000 msgs/s |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ("results", "w4", "w5", "w6", "strace", "out"):
         ap.add_argument("--" + a, required=True)
     ap.add_argument("--runs", type=int, required=True)
+    ap.add_argument("--w7", default="")
     ap.add_argument("--smoke", type=int, default=0)
     a = ap.parse_args()
     failures = []
@@ -125,12 +213,22 @@ def main():
         lines.append(f"| W6 lookup, ns (per second): IP / name | | {w6['ip_lookup_ns']:.0f} ({w6['ip_lookups_per_s']:,.0f}) / "
                      f"{w6['name_lookup_ns']:.0f} ({w6['name_lookups_per_s']:,.0f}) | | |")
 
-    table = "\n".join(lines)
+    table = "\n".join(lines) if len(lines) > 2 else ""
+    w7 = w7_steps(a.w7)
+    w7_table = ""
+    if w7:
+        result["workloads"]["W7"] = w7
+        w7_table = w7_markdown(w7, failures, a.smoke)
+        result["w7_table_markdown"] = w7_table
     result["table_markdown"] = table
     result["failures"] = failures
     json.dump(result, open(a.out, "w"), indent=2)
-    print(table)
-    print(f"\nmedian of {a.runs} run(s) each; load average at the end {os.getloadavg()[0]:.1f}; fsync: {a.strace}")
+    if table:
+        print(table)
+        print(f"\nmedian of {a.runs} run(s) each; load average at the end {os.getloadavg()[0]:.1f}; fsync: {a.strace}")
+    if w7_table:
+        print(("\n" if table else "") + w7_table)
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     print(f"results written to {a.out}", file=sys.stderr)
     if failures:
         print("FAILURES:\n  " + "\n  ".join(failures), file=sys.stderr)
