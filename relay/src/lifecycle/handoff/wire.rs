@@ -138,7 +138,7 @@ pub fn encode_transfer(t: &Transfer) -> Result<String, WireError> {
     Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
-pub(crate) fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
+pub fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
     let json = URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|e| WireError::Base64(e.to_string()))?;
