@@ -768,50 +768,21 @@ fn what_a_peer_acknowledged_before_the_deadline_is_removed_and_counted() {
     const SENT: usize = 40;
     const TAKEN: usize = 15;
     let site = Site::new();
-    let (root, dns, secret) = (&site.root, &site.dns, &site.secret);
-    let ports = free_ports(&[LOCALHOST]);
-    let at_a = SocketAddr::new(LOCALHOST, ports[0]);
-    let peer = SilentPeer::start(TAKEN);
-    let large = setup_with(
-        "queue: {retrySchedule: [1h], jitterPercent: 0, lifetime: 1d, delayWarning: 0s}",
-    );
-    let mut a = start_as(
-        &large,
-        root.path(),
-        "a",
-        dns.addr,
-        at_a,
-        &[peer.addr],
-        secret,
-        &["--drain-deadline", "6s"],
-    );
-    let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
-    let acked: BTreeSet<String> = (0..SENT)
-        .map(|n| {
-            let sent = smtp.send_mail(
-                REMOTE_SENDER,
-                &[&format!("x{n}@{DOMAIN_LARGE}")],
-                &format!("Subject: silent {n}\r\n\r\nbody\r\n"),
-            );
-            sent.queue_id().expect("queued")
-        })
-        .collect();
-    smtp.quit();
-
+    let peer = FakePeer::start(true, TAKEN);
+    let (mut a, acked) = queue_for(&site, peer.addr, SENT, &["--drain-deadline", "6s"]);
     let status = a.relay.terminate(WITHIN).expect("a exits");
     assert!(status.success(), "{}", a.relay.log_text());
-    let taken: BTreeSet<String> = peer.stop().into_iter().collect();
-    let log = a.relay.log_text();
-    let drained = log
-        .lines()
-        .find(|l| l.contains("drained:"))
-        .unwrap_or_else(|| panic!("no drain line:\n{log}"));
+    let seen = peer.stop();
+    let taken: BTreeSet<String> = seen.taken.iter().cloned().collect();
+    let drained = drain_line(&a);
     let on_a: BTreeSet<String> = a.queued().iter().map(|q| q.id.to_string()).collect();
     eprintln!("silent peer: took {} of {SENT}; a: {drained}", taken.len());
+    assert!(seen.overlapped, "messages were pipelined");
     assert_eq!(
         taken.len(),
         TAKEN,
-        "the peer acknowledged its share:\n{log}"
+        "the peer acknowledged its share:\n{}",
+        a.relay.log_text()
     );
     assert!(taken.is_subset(&acked));
     assert!(
@@ -826,17 +797,95 @@ fn what_a_peer_acknowledged_before_the_deadline_is_removed_and_counted() {
     );
 }
 
-/// A hand-off listener that speaks the protocol (without checking MACs),
-/// acknowledges the first `take` messages and then reads on but never
-/// answers again. The ids it acknowledged come back from `stop`.
-struct SilentPeer {
-    addr: SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<String>>,
+/// A peer from before pipelining (no PIPELINING in its EHLO) still takes
+/// the whole queue, one message at a time.
+#[test]
+fn a_peer_without_pipelining_is_sent_one_message_at_a_time() {
+    const SENT: usize = 10;
+    let site = Site::new();
+    let peer = FakePeer::start(false, usize::MAX);
+    let (mut a, acked) = queue_for(&site, peer.addr, SENT, &[]);
+    let status = a.relay.terminate(WITHIN).expect("a exits");
+    assert!(status.success(), "{}", a.relay.log_text());
+    let seen = peer.stop();
+    let taken: BTreeSet<String> = seen.taken.iter().cloned().collect();
+    assert!(!seen.overlapped, "a message went out before the last reply");
+    assert_eq!(taken, acked, "{}", a.relay.log_text());
+    assert!(a.queued().is_empty());
+    let drained = drain_line(&a);
+    assert!(
+        drained.contains(&format!("handed_off={SENT} ")),
+        "{drained}"
+    );
 }
 
-impl SilentPeer {
-    fn start(take: usize) -> SilentPeer {
+/// Relay a, handing off to `peer`, with `count` messages queued for a
+/// destination that is down; their queue ids.
+fn queue_for(
+    site: &Site,
+    peer: SocketAddr,
+    count: usize,
+    more: &[&str],
+) -> (Pod, BTreeSet<String>) {
+    let ports = free_ports(&[LOCALHOST]);
+    let at_a = SocketAddr::new(LOCALHOST, ports[0]);
+    let large = setup_with(
+        "queue: {retrySchedule: [1h], jitterPercent: 0, lifetime: 1d, delayWarning: 0s}",
+    );
+    let a = start_as(
+        &large,
+        site.root.path(),
+        "a",
+        site.dns.addr,
+        at_a,
+        &[peer],
+        &site.secret,
+        more,
+    );
+    let mut smtp = Smtp::hello(LOCALHOST, a.relay.addrs.smtp);
+    let acked = (0..count)
+        .map(|n| {
+            let sent = smtp.send_mail(
+                REMOTE_SENDER,
+                &[&format!("x{n}@{DOMAIN_LARGE}")],
+                &format!("Subject: fake peer {n}\r\n\r\nbody\r\n"),
+            );
+            sent.queue_id().expect("queued")
+        })
+        .collect();
+    smtp.quit();
+    (a, acked)
+}
+
+/// The drain's last log line.
+fn drain_line(pod: &Pod) -> String {
+    let log = pod.relay.log_text();
+    log.lines()
+        .find(|l| l.contains("drained:"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no drain line:\n{log}"))
+}
+
+/// A hand-off listener that speaks the protocol (without checking MACs),
+/// offers PIPELINING or not, acknowledges the first `take` messages and
+/// then reads on but never answers again.
+struct FakePeer {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Seen>,
+}
+
+/// What a fake peer saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The ids of the messages it acknowledged.
+    taken: Vec<String>,
+    /// Bytes of a next command were there before a message's reply went.
+    overlapped: bool,
+}
+
+impl FakePeer {
+    fn start(pipelining: bool, take: usize) -> FakePeer {
         use std::sync::atomic::{AtomicBool, Ordering};
         let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -844,28 +893,29 @@ impl SilentPeer {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut taken = Vec::new();
+            let mut seen = Seen::default();
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((stream, _)) => serve_silently(stream, take, &mut taken, &stopping),
+                    Ok((stream, _)) => fake_session(stream, pipelining, take, &mut seen, &stopping),
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
-            taken
+            seen
         });
-        SilentPeer { addr, stop, thread }
+        FakePeer { addr, stop, thread }
     }
 
-    fn stop(self) -> Vec<String> {
+    fn stop(self) -> Seen {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().unwrap()
     }
 }
 
-fn serve_silently(
+fn fake_session(
     stream: TcpStream,
+    pipelining: bool,
     take: usize,
-    taken: &mut Vec<String>,
+    seen: &mut Seen,
     stop: &std::sync::atomic::AtomicBool,
 ) {
     use mailrelay::lifecycle::handoff::wire;
@@ -877,7 +927,7 @@ fn serve_silently(
     let mut write = stream.try_clone().unwrap();
     let mut read = std::io::BufReader::new(stream);
     write
-        .write_all(b"220 silent.test mailrelay hand-off 00112233\r\n")
+        .write_all(b"220 fake.test mailrelay hand-off 00112233\r\n")
         .unwrap();
     let mut line = Vec::new();
     loop {
@@ -893,19 +943,23 @@ fn serve_silently(
         line.clear();
         let mut words = text.split_whitespace();
         match words.next().map(str::to_ascii_uppercase).as_deref() {
+            Some("EHLO") if pipelining => write
+                .write_all(b"250-fake.test\r\n250-PIPELINING\r\n250 XHANDOFF\r\n")
+                .unwrap(),
             Some("EHLO") => write
-                .write_all(b"250-silent.test\r\n250-PIPELINING\r\n250 XHANDOFF\r\n")
+                .write_all(b"250-fake.test\r\n250 XHANDOFF\r\n")
                 .unwrap(),
             Some("XMESSAGE") => {
                 let len: usize = words.next().unwrap().parse().unwrap();
                 let transfer = wire::decode_transfer(words.next().unwrap()).unwrap();
                 let mut body = vec![0; len];
                 read_fully(&mut read, &mut body, stop);
-                if taken.len() < take {
-                    taken.push(transfer.id.clone());
+                seen.overlapped |= more_waiting(&read);
+                if seen.taken.len() < take {
+                    seen.taken.push(transfer.id.clone());
                     let reply = format!(
-                        "250 2.0.0 SILENT{} queued (handed off from {})\r\n",
-                        taken.len(),
+                        "250 2.0.0 FAKE{} queued (handed off from {})\r\n",
+                        seen.taken.len(),
                         transfer.id
                     );
                     write.write_all(reply.as_bytes()).unwrap();
@@ -918,6 +972,20 @@ fn serve_silently(
             _ => write.write_all(b"500 5.5.1 what\r\n").unwrap(),
         }
     }
+}
+
+/// Whether the client has sent more already (buffered here or waiting in
+/// the socket).
+fn more_waiting(read: &std::io::BufReader<TcpStream>) -> bool {
+    if !read.buffer().is_empty() {
+        return true;
+    }
+    let socket = read.get_ref();
+    socket.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let waiting = matches!(socket.peek(&mut byte), Ok(n) if n > 0);
+    socket.set_nonblocking(false).unwrap();
+    waiting
 }
 
 /// `read_exact` through read timeouts.
