@@ -266,6 +266,7 @@ impl Spool {
             body_len: body.len() as u64,
             frame,
             notice: None,
+            carried: None,
         })
         .await
     }
