@@ -319,28 +319,18 @@ async fn store(spool: &Spool, t: Transfer, body: &[u8]) -> Result<QueueId, Spool
         lineage: history.lineage,
         warned: t.warned,
     });
-    spool.commit(&id, &envelope, body).await?;
     let states: Vec<(usize, RecipientState)> = t
         .recipients
         .into_iter()
         .enumerate()
         .filter(|(_, s)| *s != RecipientState::Pending)
         .collect();
-    let mut result = Ok(());
-    if !states.is_empty() {
-        result = spool.record(&id, &states).await;
-    }
-    if result.is_ok() && t.held {
-        result = spool.set_held(&id, true).await;
-    }
-    if let Err(e) = result {
-        // Without its states the message would be delivered again to
-        // recipients who have it: let the sender keep it and try elsewhere.
-        if let Err(e) = spool.remove(&id).await {
-            tracing::error!(queue_id = %id, error = %e, "cannot take back a half-stored hand-off; it may be delivered twice");
-        }
-        return Err(e);
-    }
+    // In one step: stored first and given its states after, the message
+    // would look new to delivery in between, every recipient pending, and
+    // be delivered again to those the peer had already delivered it to.
+    spool
+        .commit_with_states(&id, &envelope, body, &states, t.held)
+        .await?;
     tracing::info!(
         queue_id = %id, from_queue_id = %t.id, sender = %envelope.sender,
         recipients = envelope.recipients.len(), held = t.held,
