@@ -36,8 +36,9 @@ const SIZE_MARGIN: u64 = 1 << 20;
 /// until some are written. Above a client's window (`client::WINDOW`).
 const MAX_OWED: usize = 1024;
 /// Message bytes a session holds at once between reading them and the
-/// reply (one message is always allowed, whatever its size).
-const MAX_HELD_BYTES: usize = 64 << 20;
+/// reply (one message is always allowed, whatever its size): with
+/// `MAX_SESSIONS` of them, what pipelining may add to the relay's memory.
+const MAX_HELD_BYTES: usize = 16 << 20;
 
 pub(crate) struct Receiver {
     pub spool: Spool,
