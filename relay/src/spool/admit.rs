@@ -97,6 +97,7 @@ mod tests {
             body_len: 0,
             frame: Vec::new(),
             notice,
+            carried: None,
         }
     }
 

@@ -274,6 +274,7 @@ impl Spool {
             body_len: body.len() as u64,
             frame,
             notice: None,
+            carried: None,
         })
         .await?;
         self.arrived(*id);

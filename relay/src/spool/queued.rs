@@ -13,7 +13,7 @@ use super::error::SpoolError;
 use super::id::QueueId;
 use super::record;
 use super::tally::Tally;
-use super::writer::Op;
+use super::writer::{Carried, Op};
 
 /// Where one recipient of a queued message stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +165,47 @@ impl Spool {
             body_len: body.len() as u64,
             frame,
             notice: Some((*about, notice)),
+            carried: None,
+        })
+        .await?;
+        self.arrived(*id);
+        Ok(())
+    }
+
+    /// Commit a message that arrives with recipient states and a hold
+    /// (handed over by a peer) in one durable step: the message, its
+    /// states and its hold are written together and become visible
+    /// together, so delivery never takes it for a new message with every
+    /// recipient pending (and repeats a delivery the peer already made).
+    pub(crate) async fn commit_with_states(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        body: &[u8],
+        states: &[(usize, RecipientState)],
+        held: bool,
+    ) -> Result<(), SpoolError> {
+        check_recipients(id, states, envelope.recipients.len())?;
+        let salt = self.inner.salt;
+        let mut frame = record::encode_message(salt, id, envelope, body)?;
+        let message_len = frame.len() as u64;
+        if !states.is_empty() {
+            frame.extend(record::encode_states(salt, id, states)?);
+        }
+        if held {
+            frame.extend(record::encode_held(salt, id, true)?);
+        }
+        self.submit(Op::Commit {
+            id: *id,
+            envelope: envelope.clone(),
+            body_len: body.len() as u64,
+            frame,
+            notice: None,
+            carried: Some(Box::new(Carried {
+                message_len,
+                states: states.to_vec(),
+                held,
+            })),
         })
         .await?;
         self.arrived(*id);

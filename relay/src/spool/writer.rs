@@ -53,6 +53,9 @@ pub(crate) enum Op {
         frame: Vec<u8>,
         /// A notice: the message it is about and what it does to it.
         notice: Option<(QueueId, Notice)>,
+        /// State the message arrives with (handed over by a peer), its
+        /// records in the same frame after the message's.
+        carried: Option<Box<Carried>>,
     },
     Remove {
         id: QueueId,
@@ -71,6 +74,15 @@ pub(crate) enum Op {
     /// Nothing to write: if the disk is full, look for space again (at
     /// most once per retry interval).
     Probe,
+}
+
+/// Recipient states and a hold a message is committed with, applied with
+/// it, so that nobody (the delivery manager) sees it without them.
+pub(crate) struct Carried {
+    /// Length of the message's own record, the start of the frame.
+    pub message_len: u64,
+    pub states: Vec<(usize, RecipientState)>,
+    pub held: bool,
 }
 
 impl Op {
@@ -300,8 +312,11 @@ impl Writer {
                     body_len,
                     frame,
                     notice,
+                    carried,
                 } => {
-                    let len = frame.len() as u64;
+                    let len = carried
+                        .as_ref()
+                        .map_or(frame.len() as u64, |c| c.message_len);
                     let location = Location {
                         segment,
                         offset,
@@ -313,6 +328,14 @@ impl Writer {
                     if let Some((about, notice)) = notice {
                         state.index.notice(&about, notice, segment);
                         written.released = true;
+                    }
+                    if let Some(carried) = carried {
+                        if !carried.states.is_empty() {
+                            state.index.set_states(&id, carried.states, segment);
+                        }
+                        if carried.held {
+                            state.index.set_held(&id, true, segment);
+                        }
                     }
                     commits += 1;
                 }

@@ -4,6 +4,7 @@
 //! can use (see `wire` for the protocol and why it is safe).
 
 pub mod client;
+mod pipeline;
 pub mod server;
 pub mod wire;
 

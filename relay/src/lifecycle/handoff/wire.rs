@@ -6,12 +6,22 @@
 //! S: 220 HOST mailrelay hand-off NONCE
 //! C: EHLO NAME
 //! S: 250-HOST
+//! S: 250-PIPELINING
 //! S: 250 XHANDOFF
 //! C: XMESSAGE LEN TRANSFER MAC        (then exactly LEN body bytes)
 //! S: 250 2.0.0 NEWID queued (handed off from OLDID)
 //! ...
 //! C: QUIT
 //! ```
+//!
+//! With `PIPELINING` advertised (RFC 2920's keyword, with its meaning:
+//! commands may go out in groups, replies come back in their order) the
+//! client keeps many XMESSAGEs in flight without waiting for each reply;
+//! the server checks each in order, stores them concurrently, so one
+//! fdatasync covers many, and still answers each only once it is on disk.
+//! Nothing else changes, messages and MACs included, so an old peer that
+//! does not advertise it is sent one message at a time, and an old client
+//! that ignores it is served as before.
 //!
 //! `TRANSFER` is the message's queue state (envelope, recipient states,
 //! held/warned flags, its id) as base64url JSON; the body follows as raw
@@ -35,6 +45,8 @@ use crate::spool::{Envelope, RecipientState};
 /// What the server answers EHLO with, so a client knows it reached a
 /// hand-off listener and not some other SMTP server.
 pub(crate) const EXTENSION: &str = "XHANDOFF";
+/// Advertised by servers that take XMESSAGEs pipelined.
+pub(crate) const PIPELINING: &str = "PIPELINING";
 /// Longest command line the server reads: TRANSFER carries the envelope,
 /// which can name many recipients.
 pub(crate) const MAX_COMMAND: usize = 4 << 20;
@@ -126,7 +138,7 @@ pub fn encode_transfer(t: &Transfer) -> Result<String, WireError> {
     Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
-pub(crate) fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
+pub fn decode_transfer(s: &str) -> Result<Transfer, WireError> {
     let json = URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|e| WireError::Base64(e.to_string()))?;

@@ -277,3 +277,48 @@ async fn a_waiting_task_is_woken_by_a_commit_from_another() {
     commit(&spool, 1).await;
     assert!(woken(waiter).await);
 }
+
+#[tokio::test]
+async fn a_message_committed_with_states_and_hold_has_them_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path()).await;
+    let (envelope, body) = message(2, 300);
+    let id = spool.new_id();
+    let carried = vec![(0, delivered()), (2, deferred(4, "451 4.4.1 no answer"))];
+    spool
+        .commit_with_states(&id, &envelope, &body, &carried, true)
+        .await
+        .unwrap();
+    let want = vec![
+        delivered(),
+        RecipientState::Pending,
+        deferred(4, "451 4.4.1 no answer"),
+    ];
+    let q = spool.queued_one(&id).unwrap();
+    assert_eq!((q.recipients.clone(), q.held), (want.clone(), true));
+    assert_eq!(spool.read_body(&id).await.unwrap(), body);
+    // Without states or hold it is a plain commit.
+    let plain = spool.new_id();
+    spool
+        .commit_with_states(&plain, &envelope, &body, &[], false)
+        .await
+        .unwrap();
+    assert_eq!(states(&spool, &plain), vec![RecipientState::Pending; 3]);
+    // A state for a recipient it does not have: nothing is stored.
+    let bad = spool.new_id();
+    assert!(matches!(
+        spool
+            .commit_with_states(&bad, &envelope, &body, &[(3, delivered())], false)
+            .await,
+        Err(SpoolError::NoSuchRecipient { .. })
+    ));
+    assert_eq!(spool.queued_one(&bad), None);
+    drop(spool);
+
+    let (spool, recovery) = open(dir.path()).await;
+    assert_eq!((recovery.messages, recovery.skipped_records), (2, 0));
+    let q = spool.queued_one(&id).unwrap();
+    assert_eq!((q.recipients, q.held), (want, true));
+    assert_eq!(spool.read_body(&id).await.unwrap(), body);
+    assert_eq!(open_readonly(dir.path()).unwrap().queued(), spool.queued());
+}
