@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::config::Current;
 use crate::config::runtime::Runtime;
 use crate::config::standalone;
-use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Draining};
+use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Running};
 use crate::lifecycle::handoff::{self, DrainArgs};
 use crate::ops::http::{self, Health};
 use crate::ops::metrics::Metrics;
@@ -146,21 +146,6 @@ fn default_http(source: &Source) -> SocketAddr {
     }
 }
 
-/// A started relay: what drain works on.
-pub(crate) struct Running {
-    health: Health,
-    accepting: Vec<tokio::task::JoinHandle<()>>,
-    handoff_listener: Option<tokio::task::JoinHandle<()>>,
-    limiter: Arc<Limiter>,
-    manager: Arc<Manager>,
-    spool: Spool,
-    key: Option<ring::hmac::Key>,
-    hostname: String,
-    drain_metrics: DrainMetrics,
-    /// A standalone run's private secrets directory, kept while it runs.
-    _secrets: Option<tempfile::TempDir>,
-}
-
 /// The config and what is built from it before anything listens.
 struct Loaded {
     runtime: Runtime,
@@ -190,7 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         _ = signals.recv() => true,
         _ = requested => false,
     };
-    running.drain(opts.drain.clone()).await;
+    running.drain(&opts.drain).await;
     if !stopped {
         signals.recv().await;
     }
@@ -297,7 +282,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         spool,
         key: loaded.key,
         hostname,
-        drain_metrics,
+        metrics: drain_metrics,
         _secrets: loaded.secrets,
     })
 }
@@ -397,26 +382,6 @@ async fn background(opts: &RunOptions, shared: &Shared, spool: &Spool, metrics: 
     shared.conn.dkim.refresh(&shared.current.get()).await;
     (shared.conn.dkim.clone()).watch(shared.current.clone(), crate::dkim::keys::REFRESH);
     watch_config(opts, &shared.current);
-}
-
-impl Running {
-    /// Phase 7: stop taking mail, finish or hand off the queue.
-    async fn drain(self, args: DrainArgs) {
-        Draining {
-            args,
-            health: self.health,
-            accepting: self.accepting,
-            handoff_listener: self.handoff_listener,
-            limiter: self.limiter,
-            manager: self.manager,
-            spool: self.spool,
-            key: self.key,
-            hostname: self.hostname,
-            metrics: self.drain_metrics,
-        }
-        .run()
-        .await;
-    }
 }
 
 /// Connections the kernel may queue before we accept them: a burst of

@@ -67,9 +67,8 @@ pub(crate) fn anything_due(queued: &[Queued], until: i64) -> bool {
     })
 }
 
-/// What draining needs of the running relay.
-pub(crate) struct Draining {
-    pub args: DrainArgs,
+/// A started relay (see `app::run`): what drain works on.
+pub(crate) struct Running {
     pub health: Health,
     pub accepting: Vec<JoinHandle<()>>,
     /// The hand-off listener: a draining relay takes no one else's queue.
@@ -80,6 +79,8 @@ pub(crate) struct Draining {
     pub key: Option<hmac::Key>,
     pub hostname: String,
     pub metrics: DrainMetrics,
+    /// A standalone run's private secrets directory, kept while it runs.
+    pub _secrets: Option<tempfile::TempDir>,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -112,11 +113,11 @@ pub(crate) async fn until_requested(path: &std::path::Path) {
     }
 }
 
-impl Draining {
-    /// Run the drain from the moment the signal arrived.
-    pub(crate) async fn run(self) {
+impl Running {
+    /// Drain, from the moment the signal arrived: stop taking mail,
+    /// finish or hand off the queue.
+    pub(crate) async fn drain(self, args: &DrainArgs) {
         let start = Instant::now();
-        let args = &self.args;
         self.health.set_ready(false);
         if let Some(h) = &self.handoff_listener {
             h.abort();
@@ -143,7 +144,7 @@ impl Draining {
         while self.manager.busy() > 0 && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
         }
-        let report = self.hand_off(deadline).await;
+        let report = self.hand_off(args, deadline).await;
         self.metrics
             .left
             .set(i64::try_from(report.left).unwrap_or(i64::MAX));
@@ -176,7 +177,7 @@ impl Draining {
         }
     }
 
-    async fn hand_off(&self, deadline: Instant) -> client::Report {
+    async fn hand_off(&self, args: &DrainArgs, deadline: Instant) -> client::Report {
         let queued = self.spool.stats().messages;
         if queued == 0 {
             return client::Report::default();
@@ -191,7 +192,7 @@ impl Draining {
                 left: queued,
             };
         };
-        let peers = handoff::peers(&self.args).await;
+        let peers = handoff::peers(args).await;
         if peers.is_empty() {
             tracing::warn!(queued, "no peer to hand the queue to (--peer, --peers-dns)");
             return client::Report {
