@@ -189,26 +189,27 @@ impl RelayProcess {
     }
 }
 
-/// The status code of `GET path`, or `None` when nothing answers.
-pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+/// The whole response to `GET path`, or `None` when nothing answers.
+fn http_response(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The status code of `GET path`, or `None` when nothing answers.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let response = http_response(addr, path)?;
     let status = response.strip_prefix("HTTP/1.1 ")?.get(..3)?;
     status.parse().ok()
 }
 
 /// The body of `GET path` when it answers 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let response = http_response(addr, path)?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
