@@ -23,17 +23,8 @@ use std::iter;
 
 use super::envelope::Envelope;
 use super::id::QueueId;
-use super::queued::{Notice, Queued, RecipientState};
 use super::record::Record;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Location {
-    pub segment: u64,
-    /// Offset of the frame in the segment.
-    pub offset: u64,
-    /// Frame length, header included.
-    pub len: u64,
-}
+use super::types::{Location, Notice, Queued, RecipientState};
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {

@@ -66,6 +66,7 @@ mod error;
 mod id;
 mod index;
 mod linger;
+mod op;
 mod queued;
 mod record;
 mod recover;
@@ -73,6 +74,7 @@ mod reserve;
 mod segment;
 mod snapshot;
 mod state;
+mod types;
 mod writer;
 
 #[cfg(test)]
@@ -89,51 +91,26 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
+use self::op::{Op, Request};
 use self::recover::{Access, Loaded};
 use self::reserve::Reserve;
 use self::segment::SEGMENT_HEADER_LEN;
 use self::state::{SegmentHandle, Shared, State};
-use self::writer::{Active, Op, Request, Writer};
+use self::writer::{Active, Writer};
 
 pub use self::envelope::{Envelope, HandedOff};
 pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
-pub use self::queued::{Notice, Queued, RecipientState};
 pub use self::recover::{SegmentCheck, check_segment};
 pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
+pub(crate) use self::types::SpoolStats;
+pub use self::types::{Notice, Queued, RecipientState, Recovery};
 
 /// Segments roll over past this size.
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
-
-/// What `open` found and repaired.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// Messages queued after recovery.
-    pub messages: usize,
-    /// Bytes of interrupted writes cut off the ends of segments.
-    pub truncated_bytes: u64,
-    /// Damaged or unreadable records (and unreadable segments) skipped.
-    pub skipped_records: usize,
-    /// Files written into (or moved to) `DIR/quarantine/` by this open.
-    pub quarantined: Vec<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SpoolStats {
-    /// Messages queued.
-    pub messages: usize,
-    /// Body bytes of the queued messages.
-    pub bytes: u64,
-    /// Messages committed since open.
-    pub commits: u64,
-    /// fdatasync calls on segments since open.
-    pub syncs: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-}
 
 /// How to open a spool; `Default` is what production uses.
 #[derive(Clone)]
@@ -305,7 +282,7 @@ impl Spool {
         SpoolStats {
             commits: shared.commits.load(Ordering::Relaxed),
             syncs: shared.syncs.load(Ordering::Relaxed),
-            ..stats_of(&state)
+            ..state.stats()
         }
     }
 
@@ -338,15 +315,6 @@ impl fmt::Debug for Spool {
         f.debug_struct("Spool")
             .field("dir", &self.inner.dir)
             .finish_non_exhaustive()
-    }
-}
-
-fn stats_of(state: &State) -> SpoolStats {
-    SpoolStats {
-        messages: state.index.len(),
-        bytes: state.index.body_bytes(),
-        segments: state.index.segment_count(),
-        ..SpoolStats::default()
     }
 }
 

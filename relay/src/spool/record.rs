@@ -15,7 +15,7 @@
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
-use super::queued::{Notice, RecipientState};
+use super::types::{Notice, RecipientState};
 
 /// Not valid UTF-8 in any byte order (0xF0 must be followed by a
 /// continuation byte), so it never occurs in a text body.

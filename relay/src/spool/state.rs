@@ -12,8 +12,9 @@ use tokio::sync::Notify;
 
 use super::error::SpoolError;
 use super::id::QueueId;
-use super::index::{Index, Location};
+use super::index::Index;
 use super::record::{self, Frame, HEADER_LEN, Record};
+use super::types::{Location, SpoolStats};
 
 /// An open segment. Readers keep their own `Arc`, so a body can still be
 /// read while the collector unlinks the file.
@@ -39,6 +40,16 @@ impl State {
     pub(crate) fn drop_segment(&mut self, number: u64) {
         self.files.remove(&number);
         self.index.drop_segment(number);
+    }
+
+    /// Messages, bytes and segments; the counters are the caller's.
+    pub(crate) fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            messages: self.index.len(),
+            bytes: self.index.body_bytes(),
+            segments: self.index.segment_count(),
+            ..SpoolStats::default()
+        }
     }
 
     /// Where to read `id`'s body from, without holding the lock to read it.

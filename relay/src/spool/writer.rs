@@ -27,76 +27,20 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
 use super::admit::Ahead;
 use super::disk::Disk;
-use super::envelope::Envelope;
 use super::error::SpoolError;
-use super::id::QueueId;
-use super::index::{Entry, Location};
+use super::index::Entry;
 use super::linger::Linger;
-use super::queued::{Notice, RecipientState};
+use super::op::{Op, Request, Waiter};
 use super::reserve::Reserve;
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, Shared};
+use super::types::Location;
 
 /// Stop adding to a batch past this: bounds the writer's buffer and the
 /// overshoot past the segment size.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-pub(crate) enum Op {
-    Commit {
-        id: QueueId,
-        envelope: Envelope,
-        body_len: u64,
-        frame: Vec<u8>,
-        /// A notice: the message it is about and what it does to it.
-        notice: Option<(QueueId, Notice)>,
-    },
-    Remove {
-        id: QueueId,
-        frame: Vec<u8>,
-    },
-    States {
-        id: QueueId,
-        updates: Vec<(usize, RecipientState)>,
-        frame: Vec<u8>,
-    },
-    Held {
-        id: QueueId,
-        held: bool,
-        frame: Vec<u8>,
-    },
-    /// Nothing to write: if the disk is full, look for space again (at
-    /// most once per retry interval).
-    Probe,
-}
-
-impl Op {
-    fn frame(&self) -> &[u8] {
-        match self {
-            Op::Commit { frame, .. }
-            | Op::Remove { frame, .. }
-            | Op::States { frame, .. }
-            | Op::Held { frame, .. } => frame,
-            Op::Probe => &[],
-        }
-    }
-
-    /// A new message from a client: what a full disk refuses. Notices
-    /// (bounces, delay warnings) are part of delivery and still go in.
-    fn is_new_mail(&self) -> bool {
-        matches!(self, Op::Commit { notice: None, .. })
-    }
-}
-
-pub(crate) struct Request {
-    pub op: Op,
-    pub done: Waiter,
-}
-
-type Waiter = oneshot::Sender<Result<(), SpoolError>>;
 
 /// A batch on disk (or not): who to wake, and with what.
 struct Written {
