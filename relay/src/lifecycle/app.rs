@@ -23,7 +23,7 @@ use crate::queue::manager::{Concurrency, Manager};
 use crate::server::conn::ConnCtx;
 use crate::server::listener::{Shared, accept_loop};
 use crate::server::tls::Tls;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolOptions};
 
 /// Where the config comes from.
 /// Remote MX hosts listen here (RFC 5321 §4.5.4.2 / IANA).
@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub source: Source,
     pub listen: Vec<(ListenerName, SocketAddr)>,
     pub spool: Option<PathBuf>,
+    /// Bytes past which spool segments roll over (default 64 MiB).
+    pub spool_segment_size: Option<u64>,
     /// PEM CA certificates trusted besides the Mozilla roots for outbound
     /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts.
     pub tls_ca: Option<PathBuf>,
@@ -180,7 +182,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::warn!("{w}");
     }
     let hostname = runtime.config.hostname.clone();
-    let (spool, recovery) = Spool::open(&spool_dir).await?;
+    let mut spool_options = SpoolOptions::default();
+    if let Some(bytes) = opts.spool_segment_size {
+        spool_options = spool_options.segment_bytes(bytes);
+    }
+    let (spool, recovery) = Spool::open_with(&spool_dir, spool_options).await?;
     tracing::info!(
         spool = %spool_dir.display(),
         messages = recovery.messages,
@@ -403,6 +409,12 @@ async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
         metrics
             .spool_bytes
             .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        metrics
+            .spool_live_bytes
+            .set(i64::try_from(s.live_bytes).unwrap_or(i64::MAX));
+        metrics
+            .spool_disk_bytes
+            .set(i64::try_from(s.disk_bytes).unwrap_or(i64::MAX));
     }
 }
 

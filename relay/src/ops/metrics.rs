@@ -60,6 +60,8 @@ pub(crate) struct Metrics {
     pub auth_failures: Counter,
     pub spool_messages: Gauge,
     pub spool_bytes: Gauge,
+    pub spool_live_bytes: Gauge,
+    pub spool_disk_bytes: Gauge,
     pub deliveries: Family<DeliveryLabel, Counter>,
     pub delivery_latency: Histogram,
     pub queue_recipients: Family<StateLabel, Gauge>,
@@ -135,6 +137,18 @@ impl Metrics {
             "Bytes of messages in the spool",
             spool_bytes.clone(),
         );
+        let spool_live_bytes = Gauge::default();
+        registry.register(
+            "spool_live_bytes",
+            "Bytes of the spool records the queued messages need (messages and their latest states)",
+            spool_live_bytes.clone(),
+        );
+        let spool_disk_bytes = Gauge::default();
+        registry.register(
+            "spool_disk_bytes",
+            "Bytes of the spool's segment files; compaction keeps the closed ones under twice the live bytes",
+            spool_disk_bytes.clone(),
+        );
         let deliveries = Family::<DeliveryLabel, Counter>::default();
         registry.register(
             "deliveries",
@@ -208,6 +222,8 @@ impl Metrics {
             auth_failures,
             spool_messages,
             spool_bytes,
+            spool_live_bytes,
+            spool_disk_bytes,
         }
     }
 

@@ -62,6 +62,16 @@ pub enum Notice {
     DelayWarning,
 }
 
+/// Everything delivery has recorded about one message: what a compacted
+/// copy carries (see `compact`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DeliveryState {
+    /// Parallel to the envelope's recipients.
+    pub recipients: Vec<RecipientState>,
+    pub held: bool,
+    pub warned: bool,
+}
+
 /// What `open` found and repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -87,6 +97,16 @@ pub(crate) struct SpoolStats {
     pub syncs: u64,
     /// Segment files on disk.
     pub segments: usize,
+    /// Bytes of the records the queued messages need: their message
+    /// records and latest states (a state record counts once however many
+    /// recipients it covers; see `ledger`): the least the segments could
+    /// hold.
+    pub live_bytes: u64,
+    /// Bytes of the segment files: what the queue takes on disk.
+    pub disk_bytes: u64,
+    /// Records compaction copied forward since open, and their bytes.
+    pub compacted_records: u64,
+    pub compacted_bytes: u64,
 }
 
 /// Where a record sits in the segments.
