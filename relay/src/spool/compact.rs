@@ -178,7 +178,7 @@ impl Compactor {
             segments.worth_compacting(active, &self.unmovable)
         };
         if !sources.is_empty() {
-            tracing::debug!(sources = ?sources, "spool: compacting");
+            tracing::info!(sources = ?sources, "spool: compacting segments");
             self.pass = Some(Pass::new(sources));
             shared.compacting.store(true, Ordering::SeqCst);
         }
