@@ -232,6 +232,16 @@ impl Compactor {
         }
     }
 
+    /// Give up the pass under way (its step could not be written).
+    pub(crate) fn abandon(&mut self, shared: &Shared) {
+        if self.pass.take().is_some() {
+            shared.compacting.store(false, Ordering::SeqCst);
+            tracing::warn!(
+                "spool: compaction pass abandoned after a failed write; it starts over later"
+            );
+        }
+    }
+
     /// End the pass that is done: its sources are spent (the writer
     /// deletes them), unless a record there could not be read.
     pub(crate) fn finish(&mut self, shared: &Shared) {

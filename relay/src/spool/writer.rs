@@ -267,7 +267,13 @@ impl Writer {
             self.buf.extend_from_slice(frame);
         }
         if let Err(e) = self.append(base) {
-            // The step is planned again from the index next time.
+            // A step that did not fit is planned again once there is
+            // room. One that failed otherwise is given up rather than
+            // retried at once (the writer would spin on a failing disk):
+            // the next change starts a pass over.
+            if step.is_some() && !e.is_no_space() {
+                self.compactor.abandon(&self.shared);
+            }
             if e.is_no_space() && !self.is_full() {
                 return self.write_after_filling_up(accepted);
             }

@@ -276,6 +276,60 @@ impl Disk for CrashDisk {
     }
 }
 
+/// Fails the sync of the first write that carries a copy.
+#[derive(Default)]
+struct FailFirstCopy {
+    failing: AtomicBool,
+    failed: AtomicBool,
+}
+
+impl Disk for FailFirstCopy {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        if first_copy(buf).is_some() && !self.failed.swap(true, Ordering::SeqCst) {
+            self.failing.store(true, Ordering::SeqCst);
+        }
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::other("injected EIO"));
+        }
+        file.sync_data()
+    }
+}
+
+/// A step whose write fails is cut back and the pass given up; the next
+/// change starts one over, and it completes.
+#[tokio::test]
+async fn a_failed_copy_is_cut_back_and_compaction_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FailFirstCopy::default());
+    let (spool, _) = open_with(dir.path(), small_segments().disk(disk.clone())).await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(commit(&spool, n).await);
+    }
+    for id in ids.iter().skip(1).take(9) {
+        spool.remove(id).await.unwrap();
+    }
+    spool.compaction_settled().await;
+    assert!(disk.failed.load(Ordering::SeqCst), "a copy was written");
+    spool.remove(&ids[10]).await.unwrap();
+    spool.compaction_settled().await;
+    let stats = spool.stats();
+    assert!(stats.compacted_records > 0, "{stats:?}");
+    let want = spool.queued();
+    assert_eq!(want.len(), 2);
+    drop(spool);
+    let (spool, recovery) = open_with(dir.path(), small_segments()).await;
+    assert_eq!((recovery.truncated_bytes, recovery.skipped_records), (0, 0));
+    assert_eq!(spool.queued(), want);
+    for n in [0, 11] {
+        assert_eq!(spool.read_body(&ids[n]).await.unwrap(), message(n, 150).1);
+    }
+}
+
 /// A run of ops, one at a time, with the queue after each.
 struct Run {
     spool: Spool,
