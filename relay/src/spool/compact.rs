@@ -36,6 +36,17 @@
 //!
 //! While the disk is full compaction pauses: the reserve's room is for
 //! delivery's records.
+//!
+//! What it costs: a pass copies no more than it frees (that is the rule),
+//! and its records ride in batches that sync anyway. But copies land in
+//! the active segment among new mail; once that mail is delivered the
+//! segment is mostly dead again and its copies are copied once more, until
+//! copies make up half of a segment. So a long-deferred message may be
+//! copied several times, and the extra bytes written can reach the bytes
+//! of new mail when much of it is deferred. Keeping copies in segments of
+//! their own would avoid that, but replay order is segment order, so a
+//! second segment appended beside the active one needs records that say
+//! their order (not in this format).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
