@@ -66,6 +66,10 @@ enum Command {
         /// Spool directory (default ./mailrelay-spool standalone, /var/spool/mailrelay otherwise).
         #[arg(long)]
         spool: Option<PathBuf>,
+        /// Spool segment files roll over past this many bytes (default 64 MiB).
+        /// Smaller segments are compacted and deleted sooner, in smaller steps.
+        #[arg(long, value_name = "BYTES")]
+        spool_segment_size: Option<u64>,
         /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9725 standalone, 0.0.0.0:9090 otherwise).
         #[arg(long)]
         http: Option<SocketAddr>,
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             namespace,
             listen,
             spool,
+            spool_segment_size,
             http,
             dns,
             tls_ca,
@@ -267,6 +272,7 @@ fn main() -> ExitCode {
                 source,
                 listen,
                 spool,
+                spool_segment_size,
                 tls_ca,
                 http,
                 dns,

@@ -25,7 +25,7 @@ use crate::queue::manager::{Concurrency, Manager};
 use crate::server::conn::ConnCtx;
 use crate::server::listener::{Shared, accept_loop};
 use crate::server::tls::Tls;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolOptions};
 
 /// Remote MX hosts listen here (RFC 5321 §4.5.4.2 / IANA).
 const SMTP_PORT: u16 = 25;
@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub source: Source,
     pub listen: Vec<(ListenerName, SocketAddr)>,
     pub spool: Option<PathBuf>,
+    /// Bytes past which spool segments roll over (default 64 MiB).
+    pub spool_segment_size: Option<u64>,
     /// PEM CA certificates trusted besides the Mozilla roots for outbound
     /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts.
     pub tls_ca: Option<PathBuf>,
@@ -234,7 +236,11 @@ async fn open_spool(opts: &RunOptions) -> Result<Spool, RunError> {
         .spool
         .clone()
         .unwrap_or_else(|| default_spool(&opts.source));
-    let (spool, recovery) = Spool::open(&dir).await?;
+    let mut options = SpoolOptions::default();
+    if let Some(bytes) = opts.spool_segment_size {
+        options = options.segment_bytes(bytes);
+    }
+    let (spool, recovery) = Spool::open_with(&dir, options).await?;
     tracing::info!(
         spool = %dir.display(),
         messages = recovery.messages,
@@ -479,6 +485,12 @@ async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
         metrics
             .spool_bytes
             .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        metrics
+            .spool_live_bytes
+            .set(i64::try_from(s.live_bytes).unwrap_or(i64::MAX));
+        metrics
+            .spool_disk_bytes
+            .set(i64::try_from(s.disk_bytes).unwrap_or(i64::MAX));
     }
 }
 

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use super::error::SpoolError;
 use super::id::QueueId;
 use super::index::Index;
-use super::queued::{self, Notice};
-use super::writer::Op;
+use super::op::Op;
+use super::types::{Notice, RecipientState};
 
 /// The queue as the requests admitted so far in a batch will leave it, so
 /// each request is judged as if those before it were already written.
@@ -68,7 +68,7 @@ impl<'a> Ahead<'a> {
                 self.removed.insert(*id);
             }
             Op::States { id, updates, .. } => {
-                queued::check_recipients(id, updates, self.recipients(id)?)?;
+                check_recipients(id, updates, self.recipients(id)?)?;
             }
             Op::Held { id, .. } => {
                 self.recipients(id)?;
@@ -79,12 +79,28 @@ impl<'a> Ahead<'a> {
     }
 }
 
+/// Every update must name a recipient the message has.
+pub(crate) fn check_recipients(
+    id: &QueueId,
+    updates: &[(usize, RecipientState)],
+    recipients: usize,
+) -> Result<(), SpoolError> {
+    match updates.iter().find(|(index, _)| *index >= recipients) {
+        Some(&(index, _)) => Err(SpoolError::NoSuchRecipient {
+            id: *id,
+            index,
+            recipients,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::index::{Entry, Location};
-    use crate::spool::queued::RecipientState;
+    use crate::spool::index::Entry;
     use crate::spool::tests::envelope;
+    use crate::spool::types::Location;
 
     fn id(n: u32) -> QueueId {
         QueueId::from_parts(1_000, n, 0)
@@ -178,5 +194,21 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn updates_must_name_existing_recipients() {
+        let id = QueueId::from_parts(1, 2, 3);
+        let update = |i| (i, RecipientState::Pending);
+        assert!(check_recipients(&id, &[update(0), update(1)], 2).is_ok());
+        assert!(check_recipients(&id, &[], 0).is_ok());
+        assert!(matches!(
+            check_recipients(&id, &[update(0), update(2)], 2),
+            Err(SpoolError::NoSuchRecipient {
+                index: 2,
+                recipients: 2,
+                ..
+            })
+        ));
     }
 }

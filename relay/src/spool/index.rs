@@ -1,40 +1,34 @@
 //! The in-memory index: which messages are queued, their delivery state,
-//! where their records are, and which segments can be deleted. Pure
-//! bookkeeping, no I/O.
+//! and where their records are. Pure bookkeeping, no I/O; which segments
+//! can go (and which are worth compacting) is the `ledger`'s part.
 //!
-//! A segment may be deleted when no queued message needs a record in it
-//! and none of its removal records still matters. A queued message needs
-//! its message record and the latest of each kind of state it has: one
-//! state record per recipient, the latest hold record, the notice that
-//! marked it warned. Older states it has outgrown do not pin their
-//! segment: replay lets the later record win whether or not the earlier
-//! one is still there. State records of a message that is gone pin
-//! nothing and replay to nothing, since they never create an entry.
+//! A queued message needs its message record and the latest of each kind
+//! of state it has: one state record per recipient, the latest hold
+//! record, the notice that marked it warned. Those pin their segments.
+//! Older states it has outgrown do not: replay lets the later record win
+//! whether or not the earlier one is still there. State records of a
+//! message that is gone pin nothing and replay to nothing, since they
+//! never create an entry.
 //!
-//! A removal record (and a bounce notice, which removes the message it is
-//! about) matters while the segment holding the message it removes
-//! exists: delete the removal first and the message would come back at the
-//! next recovery. Removals always sit in the same or a later segment than
-//! their message (only the newest segment is appended to), so this never
-//! deadlocks.
+//! Two message records for one id (a compacted copy and its original, both
+//! on disk after a crash between the copy and the deletion of the old
+//! segment) are one message: the later record in replay order wins, with
+//! the states it carries. That is right because the writer takes a copy's
+//! states from the index at the point in the log where the copy is
+//! appended: everything before it is already folded in, everything after
+//! it (later states, a removal) is newer and replays over it.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::iter;
+use std::ops::Bound;
 
 use super::envelope::Envelope;
 use super::id::QueueId;
-use super::queued::{Notice, Queued, RecipientState};
+use super::ledger::{Ledgers, Pin};
 use super::record::Record;
 use super::tally::Tally;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Location {
-    pub segment: u64,
-    /// Offset of the frame in the segment.
-    pub offset: u64,
-    /// Frame length, header included.
-    pub len: u64,
-}
+use super::types::{DeliveryState, Location, Notice, Queued, RecipientState};
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {
@@ -49,12 +43,13 @@ pub(crate) struct Entry {
     pins: Pins,
 }
 
-/// The segments holding the latest state records of one message.
+/// The latest state records of one message: where, and what they are
+/// worth (see `ledger`).
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Pins {
-    recipients: Vec<Option<u64>>,
-    held: Option<u64>,
-    warned: Option<u64>,
+    recipients: Vec<Option<Pin>>,
+    held: Option<Pin>,
+    warned: Option<Pin>,
 }
 
 impl Entry {
@@ -75,12 +70,56 @@ impl Entry {
         }
     }
 
-    /// Every segment this entry needs, once per record it needs there.
-    fn segments(&self) -> impl Iterator<Item = u64> + '_ {
-        iter::once(self.location.segment)
-            .chain(self.pins.recipients.iter().flatten().copied())
-            .chain(self.pins.held)
-            .chain(self.pins.warned)
+    /// A compacted copy: the message with the whole state it carries, all
+    /// of it in the one record at `location`.
+    fn copied(
+        envelope: Envelope,
+        location: Location,
+        body_len: u64,
+        state: DeliveryState,
+    ) -> Entry {
+        let mut entry = Entry::new(envelope, location, body_len);
+        for (slot, recipient) in entry.recipients.iter_mut().zip(state.recipients) {
+            *slot = recipient;
+        }
+        entry.held = state.held;
+        entry.warned = state.warned;
+        entry.pin_all_to(location.segment);
+        entry
+    }
+
+    /// Every state pinned in segment `at`, worth nothing: the record there
+    /// is the message record, counted whole by `location`.
+    fn pin_all_to(&mut self, at: u64) {
+        let pin = Pin::new(at, 0);
+        self.pins.recipients.fill(pin);
+        self.pins.held = pin;
+        self.pins.warned = pin;
+    }
+
+    /// Every segment this entry needs, once per record it needs there,
+    /// with what that record is worth.
+    fn segments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let pins = self.pins.recipients.iter().flatten();
+        iter::once((self.location.segment, self.location.len)).chain(
+            pins.chain(&self.pins.held)
+                .chain(&self.pins.warned)
+                .map(|pin| (pin.segment(), pin.share())),
+        )
+    }
+
+    /// Whether any record this entry needs is in one of `segments`.
+    pub(crate) fn needs_any(&self, segments: &BTreeSet<u64>) -> bool {
+        self.segments()
+            .any(|(number, _)| segments.contains(&number))
+    }
+
+    pub(crate) fn state(&self) -> DeliveryState {
+        DeliveryState {
+            recipients: self.recipients.clone(),
+            held: self.held,
+            warned: self.warned,
+        }
     }
 
     fn queued(&self, id: QueueId) -> Queued {
@@ -94,37 +133,9 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default)]
-struct Ledger {
-    /// Bytes in the file that are records or the header.
-    bytes: u64,
-    /// Records here that queued messages need (see `Entry::segments`).
-    live: u64,
-    /// For removal records here: older segment -> how many removals of
-    /// messages in it.
-    removals_of: BTreeMap<u64, u64>,
-}
-
-type Ledgers = BTreeMap<u64, Ledger>;
-
-fn pin(segments: &mut Ledgers, number: u64) {
-    if let Some(ledger) = segments.get_mut(&number) {
-        ledger.live += 1;
-    }
-}
-
-fn unpin(segments: &mut Ledgers, number: u64) {
-    if let Some(ledger) = segments.get_mut(&number) {
-        ledger.live = ledger.live.saturating_sub(1);
-    }
-}
-
-/// The latest record of one kind moved to segment `to`.
-fn repin(segments: &mut Ledgers, slot: &mut Option<u64>, to: u64) {
-    if let Some(from) = slot.replace(to) {
-        unpin(segments, from);
-    }
-    pin(segments, to);
+/// `len` bytes shared among `count` pins.
+fn share(len: u64, count: usize) -> u64 {
+    len / (count.max(1) as u64)
 }
 
 #[derive(Debug, Default)]
@@ -137,27 +148,24 @@ pub(crate) struct Index {
 
 impl Index {
     pub(crate) fn add_segment(&mut self, number: u64, bytes: u64) {
-        self.segments.entry(number).or_default().bytes = bytes;
+        self.segments.add(number, bytes);
     }
 
     pub(crate) fn set_segment_bytes(&mut self, number: u64, bytes: u64) {
-        if let Some(ledger) = self.segments.get_mut(&number) {
-            ledger.bytes = bytes;
-        }
+        self.segments.set_bytes(number, bytes);
     }
 
     /// Replay one record found at `location`, in write order.
     pub(crate) fn apply(&mut self, location: Location, record: Record<'_>) {
-        let at = location.segment;
         match record {
             Record::Message { id, envelope, body } => {
                 self.insert(id, Entry::new(envelope, location, body.len() as u64));
             }
             Record::Removed { id } => {
-                self.remove(&id, at);
+                self.remove(&id, location.segment);
             }
-            Record::States { id, updates } => self.set_states(&id, updates, at),
-            Record::Held { id, held } => self.set_held(&id, held, at),
+            Record::States { id, updates } => self.set_states(&id, updates, location),
+            Record::Held { id, held } => self.set_held(&id, held, location),
             Record::Notice {
                 id,
                 envelope,
@@ -166,65 +174,93 @@ impl Index {
                 notice,
             } => {
                 self.insert(id, Entry::new(envelope, location, body.len() as u64));
-                self.notice(&about, notice, at);
+                self.notice(&about, notice, location);
             }
+            Record::Copy {
+                id,
+                envelope,
+                body,
+                state,
+            } => {
+                let entry = Entry::copied(envelope, location, body.len() as u64, state);
+                self.insert(id, entry);
+            }
+            Record::Snapshot { id, state } => self.snapshot(&id, state, location),
         }
     }
 
-    /// A later record for the same id wins, as replay order demands.
+    /// A later record for the same id wins, as replay order demands; its
+    /// segment then waits for the earlier one's (see `ledger`).
     pub(crate) fn insert(&mut self, id: QueueId, entry: Entry) {
-        for number in entry.segments() {
-            pin(&mut self.segments, number);
+        for (number, bytes) in entry.segments() {
+            self.segments.pin(number, bytes);
         }
         self.body_bytes += entry.body_len;
         for state in &entry.recipients {
             self.tally.add(state);
         }
         self.tally.hold(false, entry.held);
+        let home = entry.location.segment;
         if let Some(old) = self.entries.insert(id, entry) {
             self.forget(&old);
+            self.segments.wait(home, old.location.segment);
         }
+    }
+
+    /// The message was copied, with its whole current state, into the
+    /// record at `location` (see `compact`).
+    pub(crate) fn relocate(&mut self, id: &QueueId, location: Location) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        for (number, bytes) in entry.segments() {
+            self.segments.unpin(number, bytes);
+        }
+        let old = std::mem::replace(&mut entry.location, location);
+        entry.pin_all_to(location.segment);
+        for (number, bytes) in entry.segments() {
+            self.segments.pin(number, bytes);
+        }
+        self.segments.wait(location.segment, old.segment);
     }
 
     /// Remove a message whose removal record is in segment `at`.
     pub(crate) fn remove(&mut self, id: &QueueId, at: u64) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.forget(&entry);
-        let home = entry.location.segment;
-        if home != at
-            && let Some(ledger) = self.segments.get_mut(&at)
-        {
-            *ledger.removals_of.entry(home).or_default() += 1;
-        }
+        self.segments.wait(at, entry.location.segment);
         Some(entry)
     }
 
-    /// What a notice (in segment `at`) does to the message it is about.
-    pub(crate) fn notice(&mut self, about: &QueueId, notice: Notice, at: u64) {
+    /// What a notice (the record at `at`) does to the message it is about.
+    pub(crate) fn notice(&mut self, about: &QueueId, notice: Notice, at: Location) {
         match notice {
             Notice::Bounce => {
-                self.remove(about, at);
+                self.remove(about, at.segment);
             }
             Notice::DelayWarning => {
                 if let Some(entry) = self.entries.get_mut(about) {
                     entry.warned = true;
-                    repin(&mut self.segments, &mut entry.pins.warned, at);
+                    // The notice's bytes count for the notice message.
+                    let pin = Pin::new(at.segment, 0);
+                    self.segments.repin(&mut entry.pins.warned, pin);
                 }
             }
         }
     }
 
-    /// New states from a record in segment `at`. A message that is gone
-    /// stays gone: states never create an entry.
+    /// New states from the record at `at`. A message that is gone stays
+    /// gone: states never create an entry.
     pub(crate) fn set_states(
         &mut self,
         id: &QueueId,
         updates: Vec<(usize, RecipientState)>,
-        at: u64,
+        at: Location,
     ) {
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
+        let pin = Pin::new(at.segment, share(at.len, updates.len()));
         for (index, state) in updates {
             // The writer refuses out-of-range updates, so one here can only
             // come from a record damaged in a way the CRC did not catch.
@@ -237,16 +273,39 @@ impl Index {
             self.tally.sub(slot);
             self.tally.add(&state);
             *slot = state;
-            repin(&mut self.segments, pinned, at);
+            self.segments.repin(pinned, pin);
         }
     }
 
-    pub(crate) fn set_held(&mut self, id: &QueueId, held: bool, at: u64) {
+    pub(crate) fn set_held(&mut self, id: &QueueId, held: bool, at: Location) {
         if let Some(entry) = self.entries.get_mut(id) {
             self.tally.hold(entry.held, held);
             entry.held = held;
-            repin(&mut self.segments, &mut entry.pins.held, at);
+            let pin = Pin::new(at.segment, at.len);
+            self.segments.repin(&mut entry.pins.held, pin);
         }
+    }
+
+    /// The whole state of a message, from one record at `at` (see
+    /// `compact`): every recipient, the hold and the warned mark.
+    pub(crate) fn snapshot(&mut self, id: &QueueId, state: DeliveryState, at: Location) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        let pins = entry.recipients.len() + 2;
+        let pin = Pin::new(at.segment, share(at.len, pins));
+        let slots = entry.recipients.iter_mut().zip(&mut entry.pins.recipients);
+        for ((slot, pinned), recipient) in slots.zip(state.recipients) {
+            self.tally.sub(slot);
+            self.tally.add(&recipient);
+            *slot = recipient;
+            self.segments.repin(pinned, pin);
+        }
+        self.tally.hold(entry.held, state.held);
+        entry.held = state.held;
+        entry.warned = state.warned;
+        self.segments.repin(&mut entry.pins.held, pin);
+        self.segments.repin(&mut entry.pins.warned, pin);
     }
 
     fn forget(&mut self, entry: &Entry) {
@@ -255,8 +314,8 @@ impl Index {
             self.tally.sub(state);
         }
         self.tally.hold(entry.held, false);
-        for number in entry.segments() {
-            unpin(&mut self.segments, number);
+        for (number, bytes) in entry.segments() {
+            self.segments.unpin(number, bytes);
         }
     }
 
@@ -276,6 +335,15 @@ impl Index {
 
     pub(crate) fn contains(&self, id: &QueueId) -> bool {
         self.entries.contains_key(id)
+    }
+
+    /// The entries after `cursor` (all of them without one), in id order.
+    pub(crate) fn entries_after(
+        &self,
+        cursor: Option<QueueId>,
+    ) -> impl Iterator<Item = (&QueueId, &Entry)> {
+        let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries.range((from, Bound::Unbounded))
     }
 
     pub(crate) fn messages(&self) -> Vec<(QueueId, Envelope)> {
@@ -309,38 +377,29 @@ impl Index {
         self.body_bytes
     }
 
+    pub(crate) fn segments(&self) -> &Ledgers {
+        &self.segments
+    }
+
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
 
     pub(crate) fn segment_bytes(&self, number: u64) -> Option<u64> {
-        self.segments.get(&number).map(|l| l.bytes)
+        self.segments.bytes(number)
     }
 
     pub(crate) fn last_segment(&self) -> Option<u64> {
-        self.segments.keys().next_back().copied()
+        self.segments.last()
     }
 
     /// The oldest segment other than `active` that can be deleted.
     pub(crate) fn collectable(&self, active: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|(number, ledger)| {
-                **number != active
-                    && ledger.live == 0
-                    && ledger
-                        .removals_of
-                        .keys()
-                        .all(|home| !self.segments.contains_key(home))
-            })
-            .map(|(number, _)| *number)
+        self.segments.collectable(active)
     }
 
     pub(crate) fn drop_segment(&mut self, number: u64) {
-        self.segments.remove(&number);
-        for ledger in self.segments.values_mut() {
-            ledger.removals_of.remove(&number);
-        }
+        self.segments.drop_segment(number);
     }
 }
 
@@ -360,6 +419,15 @@ mod tests {
             len: 100,
         };
         index.insert(id(n), Entry::new(envelope(1), location, 10));
+    }
+
+    /// A state record in `segment`.
+    fn at(segment: u64) -> Location {
+        Location {
+            segment,
+            offset: 16,
+            len: 40,
+        }
     }
 
     fn index_with_segments(count: u64) -> Index {
@@ -426,9 +494,9 @@ mod tests {
         // Message in 1, a state in 2, a hold in 3, a delay warning in 4.
         let mut index = index_with_segments(5);
         message(&mut index, 1, 1);
-        index.set_states(&id(1), vec![(0, delivered())], 2);
-        index.set_held(&id(1), true, 3);
-        index.notice(&id(1), Notice::DelayWarning, 4);
+        index.set_states(&id(1), vec![(0, delivered())], at(2));
+        index.set_held(&id(1), true, at(3));
+        index.notice(&id(1), Notice::DelayWarning, at(4));
         assert_eq!(index.collectable(5), None);
         let entry = index.get(&id(1)).unwrap();
         assert_eq!(
@@ -439,16 +507,16 @@ mod tests {
         assert!(entry.held && entry.warned);
 
         // Outgrown records pin nothing.
-        index.set_states(&id(1), vec![(0, RecipientState::Pending)], 5);
+        index.set_states(&id(1), vec![(0, RecipientState::Pending)], at(5));
         assert_eq!(index.collectable(5), Some(2));
         index.drop_segment(2);
-        index.set_held(&id(1), false, 5);
+        index.set_held(&id(1), false, at(5));
         assert_eq!(index.collectable(5), Some(3));
         index.drop_segment(3);
         // Gone: everything it pinned is free, and states bring nothing back.
         index.remove(&id(1), 5);
-        index.set_states(&id(1), vec![(0, delivered())], 4);
-        index.set_held(&id(1), true, 4);
+        index.set_states(&id(1), vec![(0, delivered())], at(4));
+        index.set_held(&id(1), true, at(4));
         assert_eq!(index.len(), 0);
         assert_eq!(index.collectable(5), Some(1));
         index.drop_segment(1);
@@ -459,7 +527,7 @@ mod tests {
     fn an_update_for_a_recipient_the_message_lacks_is_ignored() {
         let mut index = index_with_segments(3);
         message(&mut index, 1, 1);
-        index.set_states(&id(1), vec![(2, delivered()), (1, delivered())], 2);
+        index.set_states(&id(1), vec![(2, delivered()), (1, delivered())], at(2));
         let entry = index.get(&id(1)).unwrap();
         assert_eq!(entry.recipients, [RecipientState::Pending, delivered()]);
     }
@@ -471,7 +539,7 @@ mod tests {
         message(&mut index, 1, 1);
         message(&mut index, 3, 1);
         message(&mut index, 2, 2);
-        index.notice(&id(1), Notice::Bounce, 2);
+        index.notice(&id(1), Notice::Bounce, at(2));
         assert_eq!(index.len(), 2);
         index.remove(&id(2), 3);
         assert_eq!(index.collectable(3), None, "C pins 1, so 2 must stay");

@@ -16,10 +16,14 @@
 //! [envelope JSON][body]`), 2 = removed (`[id]`), 3 = recipient states
 //! (`[id][JSON [[index, state], ...]]`), 4 = held (`[id][0|1]`), 5 =
 //! notice (a message the relay generated, plus the id it is about and
-//! whether it bounces it or marks it warned, in one frame). Every payload
+//! whether it bounces it or marks it warned, in one frame), 6 = copy (a
+//! message moved forward by compaction, with its whole delivery state), 7
+//! = snapshot (the whole delivery state of a message). Every payload
 //! starts with the queue id and records replay in order, so a later state
-//! for a recipient wins. The segments holding the latest states of a
-//! queued message are pinned like its message record (see `index`).
+//! for a recipient wins, and of two message records for one id (a copy
+//! and its original) the later wins. The segments holding the latest
+//! states of a queued message are pinned like its message record (see
+//! `index`).
 //!
 //! # Why this shape
 //!
@@ -52,7 +56,15 @@
 //!   rest of the spool loads (see `recover`).
 //! - **Space comes back.** When no queued message needs a record in a
 //!   closed segment (its message, or its latest states) and its removal
-//!   records no longer matter, the file is deleted. Segments roll over at `SpoolOptions::segment_bytes`.
+//!   records no longer matter, the file is deleted (see `ledger`).
+//!   Segments roll over at `SpoolOptions::segment_bytes`.
+//! - **Space stays bounded.** One deferred message must not keep a whole
+//!   segment of delivered ones: the live records of mostly dead segments
+//!   are copied forward through the writer, in small steps between
+//!   batches, and the old segments deleted, so the closed segments hold
+//!   less than twice the live bytes whatever the deferral rate (see
+//!   `compact`). A crash at any point leaves the original or the copy or
+//!   both, and recovery makes one message of them.
 //!
 //! The index of queued messages (envelope, delivery state and record
 //! locations) lives in memory; bodies are read back from the segments on
@@ -60,12 +72,15 @@
 //! `commit_notice`, `changed`) is in `queued`.
 
 mod admit;
+mod compact;
 mod disk;
 mod envelope;
 mod error;
 mod id;
 mod index;
+mod ledger;
 mod linger;
+mod op;
 mod queued;
 mod record;
 mod recover;
@@ -74,6 +89,7 @@ mod segment;
 mod snapshot;
 mod state;
 mod tally;
+mod types;
 mod writer;
 
 #[cfg(test)]
@@ -90,52 +106,27 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
+use self::op::{Op, Request};
 use self::recover::{Access, Loaded};
 use self::reserve::Reserve;
 use self::segment::SEGMENT_HEADER_LEN;
 use self::state::{SegmentHandle, Shared, State};
-use self::writer::{Active, Op, Request, Writer};
+use self::writer::{Active, Writer};
 
 pub use self::envelope::{Envelope, HandedOff};
 pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
-pub use self::queued::{Notice, Queued, RecipientState};
 pub use self::recover::{SegmentCheck, check_segment};
 pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
 pub use self::tally::Tally;
+pub(crate) use self::types::SpoolStats;
+pub use self::types::{Notice, Queued, RecipientState, Recovery};
 
 /// Segments roll over past this size.
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
-
-/// What `open` found and repaired.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// Messages queued after recovery.
-    pub messages: usize,
-    /// Bytes of interrupted writes cut off the ends of segments.
-    pub truncated_bytes: u64,
-    /// Damaged or unreadable records (and unreadable segments) skipped.
-    pub skipped_records: usize,
-    /// Files written into (or moved to) `DIR/quarantine/` by this open.
-    pub quarantined: Vec<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SpoolStats {
-    /// Messages queued.
-    pub messages: usize,
-    /// Body bytes of the queued messages.
-    pub bytes: u64,
-    /// Messages committed since open.
-    pub commits: u64,
-    /// fdatasync calls on segments since open.
-    pub syncs: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-}
 
 /// How to open a spool; `Default` is what production uses.
 #[derive(Clone)]
@@ -145,6 +136,7 @@ pub(crate) struct SpoolOptions {
     disk: Arc<dyn Disk>,
     reserve_bytes: u64,
     reserve_retry: Duration,
+    compaction: bool,
 }
 
 impl Default for SpoolOptions {
@@ -155,15 +147,25 @@ impl Default for SpoolOptions {
             disk: Arc::new(OsDisk),
             reserve_bytes: DEFAULT_RESERVE_BYTES,
             reserve_retry: DEFAULT_RESERVE_RETRY,
+            compaction: true,
         }
     }
 }
 
 impl SpoolOptions {
     /// Start a new segment once the current one reaches this size.
-    #[cfg(test)]
+    /// Smaller segments are compacted (and deleted) sooner, in smaller
+    /// pieces; larger ones mean fewer files.
     pub(crate) fn segment_bytes(mut self, bytes: u64) -> SpoolOptions {
         self.segment_bytes = bytes;
+        self
+    }
+
+    /// Whether live records of mostly dead segments are copied forward
+    /// (see `compact`); off only for tests of what collection alone does.
+    #[cfg(test)]
+    pub(crate) fn compaction(mut self, on: bool) -> SpoolOptions {
+        self.compaction = on;
         self
     }
 
@@ -195,6 +197,7 @@ impl fmt::Debug for SpoolOptions {
         f.debug_struct("SpoolOptions")
             .field("segment_bytes", &self.segment_bytes)
             .field("reserve_bytes", &self.reserve_bytes)
+            .field("compaction", &self.compaction)
             .finish_non_exhaustive()
     }
 }
@@ -329,7 +332,22 @@ impl Spool {
         SpoolStats {
             commits: shared.commits.load(Ordering::Relaxed),
             syncs: shared.syncs.load(Ordering::Relaxed),
-            ..stats_of(&state)
+            compacted_records: shared.compacted_records.load(Ordering::Relaxed),
+            compacted_bytes: shared.compacted_bytes.load(Ordering::Relaxed),
+            ..state.stats()
+        }
+    }
+
+    /// Returns once no compaction pass is under way (each look is a turn
+    /// of the writer, which takes a step of a pass when it has nothing
+    /// else to do).
+    #[cfg(test)]
+    pub(crate) async fn compaction_settled(&self) {
+        while {
+            let _ = self.submit(Op::Probe).await;
+            self.inner.shared.compacting.load(Ordering::SeqCst)
+        } {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -362,15 +380,6 @@ impl fmt::Debug for Spool {
         f.debug_struct("Spool")
             .field("dir", &self.inner.dir)
             .finish_non_exhaustive()
-    }
-}
-
-fn stats_of(state: &State) -> SpoolStats {
-    SpoolStats {
-        messages: state.index.len(),
-        bytes: state.index.body_bytes(),
-        segments: state.index.segment_count(),
-        ..SpoolStats::default()
     }
 }
 
@@ -414,6 +423,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         options.disk,
         queue_dir,
         options.segment_bytes,
+        options.compaction,
         active,
         next_number,
         reserve,

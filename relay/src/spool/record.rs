@@ -15,7 +15,7 @@
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
-use super::queued::{Notice, RecipientState};
+use super::types::{DeliveryState, Notice, RecipientState};
 
 /// Not valid UTF-8 in any byte order (0xF0 must be followed by a
 /// continuation byte), so it never occurs in a text body.
@@ -39,7 +39,19 @@ pub(crate) mod kind {
     /// what it does to `about` (1 = bounce: removes it, 2 = delay warning:
     /// marks it warned). One frame, so both effects land or neither does.
     pub(crate) const NOTICE: u8 = 5;
+    /// `[id][flags u8][states JSON len u32][states JSON [state, ...]]
+    /// [envelope JSON len u32][envelope JSON][body]`: a compacted copy of
+    /// a message with its whole delivery state (flags: 1 = held, 2 =
+    /// warned; states for every recipient, in order). One frame, so the
+    /// message never lands without its state.
+    pub(crate) const COPY: u8 = 6;
+    /// `[id][flags u8][states JSON [state, ...]]`: the whole delivery
+    /// state of a message whose message record stays where it is.
+    pub(crate) const SNAPSHOT: u8 = 7;
 }
+
+const FLAG_HELD: u8 = 1;
+const FLAG_WARNED: u8 = 2;
 
 const NOTICE_BOUNCE: u8 = 1;
 const NOTICE_DELAY_WARNING: u8 = 2;
@@ -130,6 +142,16 @@ pub(crate) enum Record<'a> {
         body: &'a [u8],
         about: QueueId,
         notice: Notice,
+    },
+    Copy {
+        id: QueueId,
+        envelope: Envelope,
+        body: &'a [u8],
+        state: DeliveryState,
+    },
+    Snapshot {
+        id: QueueId,
+        state: DeliveryState,
     },
 }
 
@@ -232,6 +254,56 @@ fn encode_small(salt: u64, kind: u8, id: &QueueId, rest: &[u8]) -> Result<Vec<u8
     )
 }
 
+/// A compacted copy: `message` is the `[envelope JSON len u32][envelope
+/// JSON][body]` of the message's record (see `message_part`).
+pub(crate) fn encode_copy(
+    salt: u64,
+    id: &QueueId,
+    message: &[u8],
+    state: &DeliveryState,
+) -> Result<Vec<u8>, SpoolError> {
+    let (flags, states) = encode_state(id, state)?;
+    let too_large = || SpoolError::TooLarge {
+        id: *id,
+        bytes: message.len() as u64,
+    };
+    let states_len = u32::try_from(states.len())
+        .map_err(|_| too_large())?
+        .to_le_bytes();
+    let id_text = id.to_string();
+    let parts: [&[u8]; 6] = [
+        &[id_len(&id_text)],
+        id_text.as_bytes(),
+        &[flags],
+        &states_len,
+        &states,
+        message,
+    ];
+    encode_frame(salt, kind::COPY, &parts).ok_or_else(too_large)
+}
+
+pub(crate) fn encode_snapshot(
+    salt: u64,
+    id: &QueueId,
+    state: &DeliveryState,
+) -> Result<Vec<u8>, SpoolError> {
+    let (flags, states) = encode_state(id, state)?;
+    let mut rest = Vec::with_capacity(1 + states.len());
+    rest.push(flags);
+    rest.extend_from_slice(&states);
+    encode_small(salt, kind::SNAPSHOT, id, &rest)
+}
+
+/// The flags byte and the states JSON of a copy or snapshot.
+fn encode_state(id: &QueueId, state: &DeliveryState) -> Result<(u8, Vec<u8>), SpoolError> {
+    let json = serde_json::to_vec(&state.recipients).map_err(|e| SpoolError::Encode {
+        id: *id,
+        source: e.into(),
+    })?;
+    let flags = if state.held { FLAG_HELD } else { 0 } | if state.warned { FLAG_WARNED } else { 0 };
+    Ok((flags, json))
+}
+
 pub(crate) fn encode_removed(salt: u64, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
     encode_small(salt, kind::REMOVED, id, &[])
 }
@@ -276,18 +348,84 @@ pub(crate) fn parse_record(kind: u8, payload: &[u8]) -> Result<Record<'_>, Paylo
                 notice,
             })
         }
+        kind::COPY => {
+            let (flags, rest) = split_flags(rest)?;
+            let (len, rest) = split_len(rest)?;
+            let (json, rest) = split_at_checked(rest, len)?;
+            let recipients = serde_json::from_slice(json).map_err(PayloadError::BadStates)?;
+            let (envelope, body) = split_message(rest)?;
+            let state = delivery_state(flags, recipients);
+            Ok(Record::Copy {
+                id,
+                envelope,
+                body,
+                state,
+            })
+        }
+        kind::SNAPSHOT => {
+            let (flags, json) = split_flags(rest)?;
+            let recipients = serde_json::from_slice(json).map_err(PayloadError::BadStates)?;
+            let state = delivery_state(flags, recipients);
+            Ok(Record::Snapshot { id, state })
+        }
         other => Err(PayloadError::UnknownKind(other)),
     }
 }
 
+/// The id and the `[envelope JSON len u32][envelope JSON][body]` of a
+/// record that holds a message, without decoding the envelope: what a
+/// compacted copy takes over byte for byte.
+pub(crate) fn message_part(kind: u8, payload: &[u8]) -> Result<(QueueId, &[u8]), PayloadError> {
+    let (id, rest) = split_id(payload)?;
+    let message = match kind {
+        kind::MESSAGE => rest,
+        kind::NOTICE => {
+            let (_about, rest) = split_id(rest)?;
+            rest.get(1..).ok_or(PayloadError::Truncated)?
+        }
+        kind::COPY => {
+            let (_flags, rest) = split_flags(rest)?;
+            let (len, rest) = split_len(rest)?;
+            split_at_checked(rest, len)?.1
+        }
+        other => return Err(PayloadError::UnknownKind(other)),
+    };
+    // Whole, or the copy would not decode: the envelope's length fits.
+    let (len, rest) = split_len(message)?;
+    split_at_checked(rest, len)?;
+    Ok((id, message))
+}
+
+fn split_flags(rest: &[u8]) -> Result<(u8, &[u8]), PayloadError> {
+    let (&flags, rest) = rest.split_first().ok_or(PayloadError::Truncated)?;
+    if flags & !(FLAG_HELD | FLAG_WARNED) != 0 {
+        return Err(PayloadError::BadFlag(flags));
+    }
+    Ok((flags, rest))
+}
+
+fn delivery_state(flags: u8, recipients: Vec<RecipientState>) -> DeliveryState {
+    DeliveryState {
+        recipients,
+        held: flags & FLAG_HELD != 0,
+        warned: flags & FLAG_WARNED != 0,
+    }
+}
+
+/// `[len u32][rest]`
+fn split_len(buf: &[u8]) -> Result<(usize, &[u8]), PayloadError> {
+    let (len, rest) = split_at_checked(buf, 4)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+    Ok((
+        usize::try_from(len).map_err(|_| PayloadError::Truncated)?,
+        rest,
+    ))
+}
+
 /// `[envelope JSON len u32][envelope JSON][body]`
 fn split_message(rest: &[u8]) -> Result<(Envelope, &[u8]), PayloadError> {
-    let (len, rest) = split_at_checked(rest, 4)?;
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
-    let (json, body) = split_at_checked(
-        rest,
-        usize::try_from(len).map_err(|_| PayloadError::Truncated)?,
-    )?;
+    let (len, rest) = split_len(rest)?;
+    let (json, body) = split_at_checked(rest, len)?;
     let envelope = serde_json::from_slice(json).map_err(PayloadError::BadEnvelope)?;
     Ok((envelope, body))
 }

@@ -87,6 +87,81 @@ fn a_notice_round_trips() {
     }
 }
 
+fn state(held: bool, warned: bool) -> DeliveryState {
+    DeliveryState {
+        recipients: vec![
+            RecipientState::Delivered {
+                reply: "250 ok".into(),
+            },
+            RecipientState::Pending,
+        ],
+        held,
+        warned,
+    }
+}
+
+/// A copy of a message, of a notice and of a copy: the message part is
+/// taken over byte for byte, with the state in front of it.
+#[test]
+fn a_copy_of_any_message_record_round_trips_with_its_state() {
+    let about = QueueId::from_parts(1_600_000_000_000, 1, 2);
+    let message = encode_message(SALT, &id(), &envelope(1), b"body").unwrap();
+    let notice = encode_notice(SALT, &id(), &envelope(1), b"body", &about, Notice::Bounce).unwrap();
+    let mut sources = vec![message, notice];
+    for flags in [(false, false), (true, false), (false, true), (true, true)] {
+        let source = sources.last().unwrap().clone();
+        let Frame::Complete { kind, payload } = decode_frame(&source, SALT) else {
+            panic!("frame does not decode");
+        };
+        let (found, part) = message_part(kind, payload).unwrap();
+        assert_eq!(found, id());
+        let copy = encode_copy(SALT + 1, &id(), part, &state(flags.0, flags.1)).unwrap();
+        let Frame::Complete { kind, payload } = decode_frame(&copy, SALT + 1) else {
+            panic!("copy does not decode");
+        };
+        assert_eq!(
+            parse_record(kind, payload).unwrap(),
+            Record::Copy {
+                id: id(),
+                envelope: envelope(1),
+                body: b"body",
+                state: state(flags.0, flags.1),
+            }
+        );
+        sources.push(encode_copy(SALT, &id(), part, &state(flags.0, flags.1)).unwrap());
+    }
+}
+
+#[test]
+fn a_snapshot_round_trips() {
+    let frame = encode_snapshot(SALT, &id(), &state(true, false)).unwrap();
+    assert_eq!(
+        round_trip(&frame),
+        Record::Snapshot {
+            id: id(),
+            state: state(true, false)
+        }
+    );
+}
+
+#[test]
+fn records_without_a_message_have_no_message_part() {
+    let removed = encode_removed(SALT, &id()).unwrap();
+    assert!(matches!(
+        message_part(kind::REMOVED, &removed[HEADER_LEN..]),
+        Err(PayloadError::UnknownKind(2))
+    ));
+    // Cut anywhere before the body: inside the id, the envelope's
+    // length or the envelope.
+    let message = message_payload(b"body");
+    for cut in 0..message.len() - b"body".len() {
+        assert!(
+            message_part(kind::MESSAGE, &message[..cut]).is_err(),
+            "{cut}"
+        );
+    }
+}
+
 #[test]
 fn damaged_frames_are_classified() {
     let good = encode_frame(SALT, kind::REMOVED, &[b"0123456789"]).unwrap();

@@ -14,12 +14,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Recovery;
 use super::error::SpoolError;
-use super::index::Location;
 use super::record::{self, PayloadError};
 use super::segment::{self, Found, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, State};
+use super::types::{Location, Recovery};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {

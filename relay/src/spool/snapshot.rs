@@ -4,13 +4,12 @@
 
 use std::path::Path;
 
-use super::Recovery;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
-use super::queued::Queued;
 use super::recover::{self, Access};
 use super::state::State;
+use super::types::{Queued, Recovery};
 
 /// The queue as it was on disk when read. Against a running relay it may
 /// show a torn tail (a batch being written) as `truncated_bytes`; nothing
@@ -51,8 +50,8 @@ impl SpoolSnapshot {
 
     /// Messages, bytes and segments; commits and syncs are zero.
     #[cfg(test)]
-    pub(crate) fn stats(&self) -> super::SpoolStats {
-        super::stats_of(&self.state)
+    pub(crate) fn stats(&self) -> super::types::SpoolStats {
+        self.state.stats()
     }
 
     pub fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {

@@ -2,7 +2,7 @@
 //! changes, so the queue gauges cost nothing per scrape and need no walk
 //! over the queue (DESIGN.md §6: no whole-queue scans but at start-up).
 
-use super::queued::RecipientState;
+use super::types::RecipientState;
 
 /// Queued recipients by state; `held` counts messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

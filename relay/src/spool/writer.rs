@@ -24,91 +24,24 @@ use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
 use super::admit::Ahead;
+use super::compact::{Compactor, Step};
 use super::disk::Disk;
-use super::envelope::Envelope;
 use super::error::SpoolError;
-use super::id::QueueId;
-use super::index::{Entry, Location};
+use super::index::Entry;
 use super::linger::Linger;
-use super::queued::{Notice, RecipientState};
+use super::op::{Op, Request, Waiter};
 use super::reserve::Reserve;
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, Shared};
+use super::types::Location;
 
 /// Stop adding to a batch past this: bounds the writer's buffer and the
 /// overshoot past the segment size.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-pub(crate) enum Op {
-    Commit {
-        id: QueueId,
-        envelope: Envelope,
-        body_len: u64,
-        frame: Vec<u8>,
-        /// A notice: the message it is about and what it does to it.
-        notice: Option<(QueueId, Notice)>,
-        /// State the message arrives with (handed over by a peer), its
-        /// records in the same frame after the message's.
-        carried: Option<Box<Carried>>,
-    },
-    Remove {
-        id: QueueId,
-        frame: Vec<u8>,
-    },
-    States {
-        id: QueueId,
-        updates: Vec<(usize, RecipientState)>,
-        frame: Vec<u8>,
-    },
-    Held {
-        id: QueueId,
-        held: bool,
-        frame: Vec<u8>,
-    },
-    /// Nothing to write: if the disk is full, look for space again (at
-    /// most once per retry interval).
-    Probe,
-}
-
-/// Recipient states and a hold a message is committed with, applied with
-/// it, so that nobody (the delivery manager) sees it without them.
-pub(crate) struct Carried {
-    /// Length of the message's own record, the start of the frame.
-    pub message_len: u64,
-    pub states: Vec<(usize, RecipientState)>,
-    pub held: bool,
-}
-
-impl Op {
-    fn frame(&self) -> &[u8] {
-        match self {
-            Op::Commit { frame, .. }
-            | Op::Remove { frame, .. }
-            | Op::States { frame, .. }
-            | Op::Held { frame, .. } => frame,
-            Op::Probe => &[],
-        }
-    }
-
-    /// A new message from a client: what a full disk refuses. Notices
-    /// (bounces, delay warnings) are part of delivery and still go in.
-    fn is_new_mail(&self) -> bool {
-        matches!(self, Op::Commit { notice: None, .. })
-    }
-}
-
-pub(crate) struct Request {
-    pub op: Op,
-    pub done: Waiter,
-}
-
-type Waiter = oneshot::Sender<Result<(), SpoolError>>;
 
 /// A batch on disk (or not): who to wake, and with what.
 struct Written {
@@ -140,6 +73,7 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     linger: Linger,
     reserve: Reserve,
+    compactor: Compactor,
 }
 
 impl Writer {
@@ -150,6 +84,7 @@ impl Writer {
         disk: Arc<dyn Disk>,
         queue_dir: PathBuf,
         segment_bytes: u64,
+        compaction: bool,
         active: Active,
         next_number: u64,
         reserve: Reserve,
@@ -166,6 +101,7 @@ impl Writer {
             buf: Vec::new(),
             linger: Linger::default(),
             reserve,
+            compactor: Compactor::new(compaction),
         }
     }
 
@@ -214,6 +150,8 @@ impl Writer {
 
     /// Until every `Spool` handle is gone.
     pub(crate) fn run(mut self) {
+        // A crash may have cut a pass short.
+        self.compactor.start(&self.shared, self.active.number);
         while let Some(mut batch) = self.next_batch() {
             let probes: Vec<Waiter> = batch
                 .extract_if(.., |r| matches!(r.op, Op::Probe))
@@ -228,11 +166,21 @@ impl Writer {
             let written = self.write_batch(batch);
             // Before waking anyone, so that a caller who sees `remove`
             // return also sees the segment it emptied gone.
-            if self.active.len >= self.segment_bytes {
+            let rotated = self.active.len >= self.segment_bytes;
+            if rotated {
                 self.rotate();
                 self.collect();
             } else if written.released {
                 self.collect();
+            }
+            let finished = self.compactor.is_done();
+            if finished {
+                // The pass's sources are spent now.
+                self.collect();
+                self.compactor.finish(&self.shared);
+            }
+            if rotated || written.released || finished {
+                self.compactor.start(&self.shared, self.active.number);
             }
             let changed = written.outcome.is_ok() && !written.waiters.is_empty();
             for waiter in written.waiters {
@@ -245,8 +193,24 @@ impl Writer {
         }
     }
 
+    /// Compaction goes on while nothing else is asked for, and pauses
+    /// while the disk is full.
+    fn compacting(&self) -> bool {
+        self.compactor.is_busy() && !self.is_full()
+    }
+
+    /// The requests waiting; while compacting, an empty batch when there
+    /// are none (the step then goes alone), without waiting.
     fn next_batch(&self) -> Option<Vec<Request>> {
-        let first = self.rx.recv().ok()?;
+        let first = if self.compacting() {
+            match self.rx.try_recv() {
+                Ok(request) => request,
+                Err(TryRecvError::Empty) => return Some(Vec::new()),
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        } else {
+            self.rx.recv().ok()?
+        };
         let mut bytes = first.op.frame().len();
         let mut batch = vec![first];
         while bytes < MAX_BATCH_BYTES {
@@ -272,26 +236,44 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Request>) -> Written {
         let accepted = self.accept(batch);
-        self.write_accepted(accepted)
+        let step = if self.compacting() {
+            self.compactor.step(&self.shared, self.active.handle.salt)
+        } else {
+            None
+        };
+        self.write_accepted(step, accepted)
     }
 
-    fn write_accepted(&mut self, accepted: Vec<Request>) -> Written {
+    /// Write a compaction step (if any) and the accepted requests, in
+    /// that order, with one append and one sync; then apply them.
+    fn write_accepted(&mut self, step: Option<Step>, accepted: Vec<Request>) -> Written {
         let mut written = Written {
             waiters: Vec::with_capacity(accepted.len()),
             outcome: Ok(()),
             released: false,
         };
-        if accepted.is_empty() {
+        let moves = step.as_ref().map_or(0, |s| s.moves.len());
+        if accepted.is_empty() && moves == 0 {
             return written;
         }
         let base = self.active.len;
         self.buf.clear();
-        let mut offsets = Vec::with_capacity(accepted.len());
-        for request in &accepted {
+        let mut offsets = Vec::with_capacity(moves + accepted.len());
+        let frames = step
+            .iter()
+            .flat_map(|s| s.moves.iter().map(|(_, f)| f.as_slice()));
+        for frame in frames.chain(accepted.iter().map(|r| r.op.frame())) {
             offsets.push(base + self.buf.len() as u64);
-            self.buf.extend_from_slice(request.op.frame());
+            self.buf.extend_from_slice(frame);
         }
         if let Err(e) = self.append(base) {
+            // A step that did not fit is planned again once there is
+            // room. One that failed otherwise is given up rather than
+            // retried at once (the writer would spin on a failing disk):
+            // the next change starts a pass over.
+            if step.is_some() && !e.is_no_space() {
+                self.compactor.abandon(&self.shared);
+            }
             if e.is_no_space() && !self.is_full() {
                 return self.write_after_filling_up(accepted);
             }
@@ -302,8 +284,32 @@ impl Writer {
         self.active.len = base + self.buf.len() as u64;
         let segment = self.active.number;
         let mut commits = 0;
+        let mut offsets = offsets.into_iter();
         let mut state = self.shared.lock();
         state.index.set_segment_bytes(segment, self.active.len);
+        if let Some(step) = step {
+            let (mut records, mut bytes) = (0, 0);
+            for ((planned, frame), offset) in step.moves.into_iter().zip(offsets.by_ref()) {
+                let location = Location {
+                    segment,
+                    offset,
+                    len: frame.len() as u64,
+                };
+                match planned.from {
+                    Some(_) => state.index.relocate(&planned.id, location),
+                    None => state.index.snapshot(&planned.id, planned.state, location),
+                }
+                records += 1;
+                bytes += location.len;
+            }
+            self.shared
+                .compacted_records
+                .fetch_add(records, Ordering::Relaxed);
+            self.shared
+                .compacted_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+            self.compactor.advance(step.next, records, bytes);
+        }
         for (request, offset) in accepted.into_iter().zip(offsets) {
             match request.op {
                 Op::Commit {
@@ -326,15 +332,24 @@ impl Writer {
                         .index
                         .insert(id, Entry::new(envelope, location, body_len));
                     if let Some((about, notice)) = notice {
-                        state.index.notice(&about, notice, segment);
+                        state.index.notice(&about, notice, location);
                         written.released = true;
                     }
                     if let Some(carried) = carried {
+                        // The frame is the message's record, then the
+                        // states record, then the hold record.
+                        let at = |start: u64, len: u64| Location {
+                            segment,
+                            offset: offset + start,
+                            len,
+                        };
+                        let (m, s) = (carried.message_len, carried.states_len);
                         if !carried.states.is_empty() {
-                            state.index.set_states(&id, carried.states, segment);
+                            state.index.set_states(&id, carried.states, at(m, s));
                         }
                         if carried.held {
-                            state.index.set_held(&id, true, segment);
+                            let held_len = (frame.len() as u64).saturating_sub(m + s);
+                            state.index.set_held(&id, true, at(m + s, held_len));
                         }
                     }
                     commits += 1;
@@ -343,12 +358,22 @@ impl Writer {
                     state.index.remove(&id, segment);
                     written.released = true;
                 }
-                Op::States { id, updates, .. } => {
-                    state.index.set_states(&id, updates, segment);
+                Op::States { id, updates, frame } => {
+                    let location = Location {
+                        segment,
+                        offset,
+                        len: frame.len() as u64,
+                    };
+                    state.index.set_states(&id, updates, location);
                     written.released = true;
                 }
-                Op::Held { id, held, .. } => {
-                    state.index.set_held(&id, held, segment);
+                Op::Held { id, held, frame } => {
+                    let location = Location {
+                        segment,
+                        offset,
+                        len: frame.len() as u64,
+                    };
+                    state.index.set_held(&id, held, location);
                     written.released = true;
                 }
                 Op::Probe => {}
@@ -370,8 +395,8 @@ impl Writer {
         }
         // Admitted against the index before the failure; nothing of the
         // batch was applied, so the judgement still holds. Full now: a
-        // second failure is reported, not retried.
-        self.write_accepted(accepted)
+        // second failure is reported, not retried. Compaction waits.
+        self.write_accepted(None, accepted)
     }
 
     fn full_error(&self) -> SpoolError {

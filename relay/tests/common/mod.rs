@@ -187,6 +187,11 @@ impl RelayProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The file the relay logs to (for following it as it grows).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
 }
 
 /// The whole response to `GET path`, or `None` when nothing answers.

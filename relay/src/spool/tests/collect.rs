@@ -14,9 +14,10 @@ fn ids(spool: &Spool) -> Vec<QueueId> {
     spool.messages().into_iter().map(|(id, _)| id).collect()
 }
 
-/// Every batch fills a segment, so each record lands in its own.
+/// Every batch fills a segment, so each record lands in its own; no
+/// compaction, so what collection alone does shows.
 fn tiny_segments() -> SpoolOptions {
-    SpoolOptions::default().segment_bytes(1)
+    SpoolOptions::default().segment_bytes(1).compaction(false)
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod collect;
 mod commit;
+mod compact;
 mod faults;
 mod notice;
 mod recovery;

@@ -1,0 +1,77 @@
+//! The requests the writer thread takes: each carries its encoded frame
+//! and what applying it does to the index.
+
+use tokio::sync::oneshot;
+
+use super::envelope::Envelope;
+use super::error::SpoolError;
+use super::id::QueueId;
+use super::types::{Notice, RecipientState};
+
+pub(crate) enum Op {
+    Commit {
+        id: QueueId,
+        envelope: Envelope,
+        body_len: u64,
+        frame: Vec<u8>,
+        /// A notice: the message it is about and what it does to it.
+        notice: Option<(QueueId, Notice)>,
+        /// State the message arrives with (handed over by a peer), its
+        /// records in the same frame after the message's.
+        carried: Option<Box<Carried>>,
+    },
+    Remove {
+        id: QueueId,
+        frame: Vec<u8>,
+    },
+    States {
+        id: QueueId,
+        updates: Vec<(usize, RecipientState)>,
+        frame: Vec<u8>,
+    },
+    Held {
+        id: QueueId,
+        held: bool,
+        frame: Vec<u8>,
+    },
+    /// Nothing to write: if the disk is full, look for space again (at
+    /// most once per retry interval).
+    Probe,
+}
+
+/// Recipient states and a hold a message is committed with, applied with
+/// it, so that nobody (the delivery manager) sees it without them.
+pub(crate) struct Carried {
+    /// Length of the message's own record, the start of the frame.
+    pub message_len: u64,
+    /// Length of the states record after it (0 without states); the hold
+    /// record, if any, is the rest of the frame.
+    pub states_len: u64,
+    pub states: Vec<(usize, RecipientState)>,
+    pub held: bool,
+}
+
+impl Op {
+    pub(crate) fn frame(&self) -> &[u8] {
+        match self {
+            Op::Commit { frame, .. }
+            | Op::Remove { frame, .. }
+            | Op::States { frame, .. }
+            | Op::Held { frame, .. } => frame,
+            Op::Probe => &[],
+        }
+    }
+
+    /// A new message from a client: what a full disk refuses. Notices
+    /// (bounces, delay warnings) are part of delivery and still go in.
+    pub(crate) fn is_new_mail(&self) -> bool {
+        matches!(self, Op::Commit { notice: None, .. })
+    }
+}
+
+pub(crate) struct Request {
+    pub op: Op,
+    pub done: Waiter,
+}
+
+pub(crate) type Waiter = oneshot::Sender<Result<(), SpoolError>>;
