@@ -1,15 +1,8 @@
-//! Delivery transports: how one message leaves the relay (DESIGN.md §1,
-//! steps 4 and 5).
-//!
-//! - [`mx`] routes a remote domain to the hosts to try, from DNS
-//!   ([`mx_cache`] keeps those answers for a few seconds);
-//! - [`smtp`] speaks SMTP to a remote MX or a smarthost (lettre, driven
-//!   command by command so each recipient has its own reply);
-//! - [`lmtp`] speaks LMTP (RFC 2033) to a hosted domain's mailbox server;
-//! - [`maildir`] writes into a maildir on a mounted volume.
-//!
-//! Each gives one typed [`Outcome`] per recipient; what to do with it
-//! (dequeue, retry with backoff, bounce) is the queue's business.
+//! How one message leaves the relay (DESIGN.md §1, steps 4 and 5): MX
+//! routing from DNS ([`mx`]), SMTP to an MX or smarthost ([`smtp`]), LMTP
+//! to a mailbox server ([`lmtp`]), a maildir ([`maildir`]), under the
+//! outbound TLS policy ([`tls_policy`]). Each gives one typed [`Outcome`]
+//! per recipient; what to do with it is the queue's business.
 
 pub(crate) mod lmtp;
 pub(crate) mod maildir;

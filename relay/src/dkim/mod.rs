@@ -1,13 +1,6 @@
-//! DKIM signing of submitted mail (RFC 6376; Ed25519 by RFC 8463).
-//!
-//! A message is signed once, when it is accepted and before it is written
-//! to the spool: the 250 reply means the signed message is on disk, and
-//! retries deliver the same bytes. Which messages: [`sign::decide`]. Keys:
-//! [`keys::DkimKeys`]. When a message should be signed but its key is
-//! missing or broken, it is refused with 451 4.3.0 rather than sent
-//! unsigned — what Postfix with OpenDKIM does by default (the milter's
-//! internal errors tempfail), and what keeps mail of a domain with a
-//! DMARC `p=reject` policy from being sent only to be rejected or bounced.
+//! DKIM signing of submitted mail (RFC 6376; Ed25519 by RFC 8463), once,
+//! when it is accepted and before it is written to the spool: the 250
+//! means the signed message is on disk, and retries send the same bytes.
 
 pub(crate) mod headers;
 pub mod keys;

@@ -1,4 +1,11 @@
 //! Whether an accepted message is signed, and the signing itself.
+//!
+//! Which messages: [`decide`]. Keys: [`super::keys::DkimKeys`]. When a
+//! message should be signed but its key is missing or broken, it is
+//! refused with 451 4.3.0 rather than sent unsigned — what Postfix with
+//! OpenDKIM does by default (the milter's internal errors tempfail), and
+//! what keeps mail of a domain with a DMARC `p=reject` policy from being
+//! sent only to be rejected or bounced.
 
 use std::sync::Arc;
 

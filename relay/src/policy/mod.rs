@@ -1,10 +1,5 @@
-//! Blocklist policy: the compiled [`PolicyConfig`] turned into lookup
-//! structures for the session (DESIGN.md §1, step 2).
-//!
-//! [`Policy::build`] is pure and leaves out entries that have expired; it
-//! tells the caller when the next one expires ([`Policy::next_expiry`]) so
-//! the caller can rebuild then. Lookups are synchronous and allocation-free
-//! on a miss; DNSBL zones need DNS and live in [`dnsbl`].
+//! Who may send what (DESIGN.md §1, step 2): blocklists compiled into
+//! lookup structures, DNSBL zones, accounts and per-client limits.
 
 pub(crate) mod accounts;
 mod dns;
@@ -37,6 +32,11 @@ pub(crate) use ipset::IpSet;
 pub(crate) use names::{AddressSet, NameSet, normalize_name};
 
 /// The blocklists of one config, ready for lookups.
+///
+/// [`Policy::build`] is pure and leaves out entries that have expired; it
+/// tells the caller when the next one expires ([`Policy::next_expiry`]) so
+/// the caller can rebuild then. Lookups are synchronous and allocation-free
+/// on a miss; DNSBL zones need DNS and live in [`dnsbl`].
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Arc<BlockRule>>,

@@ -1,75 +1,5 @@
 //! The durable spool: a message is acknowledged only once its envelope
 //! and body are on disk, and a crash never loses or half-loads one.
-//!
-//! # On disk
-//!
-//! ```text
-//! DIR/lock                          flock()ed by the one writing process
-//! DIR/queue/seg-0000000000000001.log
-//! DIR/queue/seg-0000000000000002.log  ...append-only segments
-//! ```
-//!
-//! A segment is a 16-byte header (`MRSPOOL1`, then a random u64 salt)
-//! and a sequence of frames `[magic u32][kind u8][len u32][crc32 u32]
-//! [payload]` (little-endian; the CRC covers salt, kind, len and payload;
-//! see `record`). Kinds: 1 = message (`[id][envelope JSON len u32]
-//! [envelope JSON][body]`), 2 = removed (`[id]`), 3 = recipient states
-//! (`[id][JSON [[index, state], ...]]`), 4 = held (`[id][0|1]`), 5 =
-//! notice (a message the relay generated, plus the id it is about and
-//! whether it bounces it or marks it warned, in one frame), 6 = copy (a
-//! message moved forward by compaction, with its whole delivery state), 7
-//! = snapshot (the whole delivery state of a message). Every payload
-//! starts with the queue id and records replay in order, so a later state
-//! for a recipient wins, and of two message records for one id (a copy
-//! and its original) the later wins. The segments holding the latest
-//! states of a queued message are pinned like its message record (see
-//! `index`).
-//!
-//! # Why this shape
-//!
-//! - **Group commit.** One file per message costs a create, write, fsync
-//!   and directory fsync (~400 µs here) for each message. Appending to a
-//!   segment costs one fdatasync (~80 µs) per *batch*: a single writer
-//!   thread takes every request queued while the previous sync ran,
-//!   writes them with one `pwrite`, syncs once and then wakes all their
-//!   waiters (see `writer`). `commit` returns only after that sync. When
-//!   syncs are slow the writer waits a fraction of a sync for stragglers
-//!   before writing (see `linger`).
-//! - **Crash safety.** A record becomes visible to recovery only whole and
-//!   with a matching CRC; a torn tail is cut off at the last good record.
-//!   Segments are created under a temporary name, synced, renamed and the
-//!   directory synced before the first record goes in, so an acknowledged
-//!   record cannot lose its file name. A failed append is truncated back,
-//!   so disk-full or EIO answers the client 4xx and the spool keeps going.
-//! - **Damage is local.** A bad record in the middle of a segment is
-//!   skipped by searching for the next frame that verifies; the salt in
-//!   the CRC stops a message body that contains frame-like bytes from
-//!   being taken for records. One bad record never fails the spool.
-//! - **A full disk stops new mail, not delivery.** A ballast file
-//!   (`DIR/reserve`) holds room back; when an append fails for want of
-//!   space it is released for removals and delivery states, new messages
-//!   get `SpoolError::Full` (452 4.3.1) and the ballast is tried again
-//!   until it fits (see `reserve`).
-//! - **Damage is set aside, not lost.** Bytes recovery cannot use (a
-//!   damaged record, a torn tail, a segment without a readable header) are
-//!   moved into `DIR/quarantine/` with a log line naming the file, and the
-//!   rest of the spool loads (see `recover`).
-//! - **Space comes back.** When no queued message needs a record in a
-//!   closed segment (its message, or its latest states) and its removal
-//!   records no longer matter, the file is deleted (see `ledger`).
-//!   Segments roll over at `SpoolOptions::segment_bytes`.
-//! - **Space stays bounded.** One deferred message must not keep a whole
-//!   segment of delivered ones: the live records of mostly dead segments
-//!   are copied forward through the writer, in small steps between
-//!   batches, and the old segments deleted, so the closed segments hold
-//!   less than twice the live bytes whatever the deferral rate (see
-//!   `compact`). A crash at any point leaves the original or the copy or
-//!   both, and recovery makes one message of them.
-//!
-//! The index of queued messages (envelope, delivery state and record
-//! locations) lives in memory; bodies are read back from the segments on
-//! demand. The delivery-state API (`queued`, `record`, `set_held`,
-//! `commit_notice`, `changed`) is in `queued`.
 
 mod admit;
 mod compact;
@@ -205,6 +135,76 @@ impl fmt::Debug for SpoolOptions {
 /// A handle on an open spool: cheap to clone, usable from any task.
 /// Dropping the last handle stops the writer thread (after it finishes the
 /// batch in hand) and releases the lock.
+///
+/// # On disk
+///
+/// ```text
+/// DIR/lock                          flock()ed by the one writing process
+/// DIR/queue/seg-0000000000000001.log
+/// DIR/queue/seg-0000000000000002.log  ...append-only segments
+/// ```
+///
+/// A segment is a 16-byte header (`MRSPOOL1`, then a random u64 salt)
+/// and a sequence of frames `[magic u32][kind u8][len u32][crc32 u32]
+/// [payload]` (little-endian; the CRC covers salt, kind, len and payload;
+/// see `record`). Kinds: 1 = message (`[id][envelope JSON len u32]
+/// [envelope JSON][body]`), 2 = removed (`[id]`), 3 = recipient states
+/// (`[id][JSON [[index, state], ...]]`), 4 = held (`[id][0|1]`), 5 =
+/// notice (a message the relay generated, plus the id it is about and
+/// whether it bounces it or marks it warned, in one frame), 6 = copy (a
+/// message moved forward by compaction, with its whole delivery state), 7
+/// = snapshot (the whole delivery state of a message). Every payload
+/// starts with the queue id and records replay in order, so a later state
+/// for a recipient wins, and of two message records for one id (a copy
+/// and its original) the later wins. The segments holding the latest
+/// states of a queued message are pinned like its message record (see
+/// `index`).
+///
+/// # Why this shape
+///
+/// - **Group commit.** One file per message costs a create, write, fsync
+///   and directory fsync (~400 µs here) for each message. Appending to a
+///   segment costs one fdatasync (~80 µs) per *batch*: a single writer
+///   thread takes every request queued while the previous sync ran,
+///   writes them with one `pwrite`, syncs once and then wakes all their
+///   waiters (see `writer`). `commit` returns only after that sync. When
+///   syncs are slow the writer waits a fraction of a sync for stragglers
+///   before writing (see `linger`).
+/// - **Crash safety.** A record becomes visible to recovery only whole and
+///   with a matching CRC; a torn tail is cut off at the last good record.
+///   Segments are created under a temporary name, synced, renamed and the
+///   directory synced before the first record goes in, so an acknowledged
+///   record cannot lose its file name. A failed append is truncated back,
+///   so disk-full or EIO answers the client 4xx and the spool keeps going.
+/// - **Damage is local.** A bad record in the middle of a segment is
+///   skipped by searching for the next frame that verifies; the salt in
+///   the CRC stops a message body that contains frame-like bytes from
+///   being taken for records. One bad record never fails the spool.
+/// - **A full disk stops new mail, not delivery.** A ballast file
+///   (`DIR/reserve`) holds room back; when an append fails for want of
+///   space it is released for removals and delivery states, new messages
+///   get `SpoolError::Full` (452 4.3.1) and the ballast is tried again
+///   until it fits (see `reserve`).
+/// - **Damage is set aside, not lost.** Bytes recovery cannot use (a
+///   damaged record, a torn tail, a segment without a readable header) are
+///   moved into `DIR/quarantine/` with a log line naming the file, and the
+///   rest of the spool loads (see `recover`).
+/// - **Space comes back.** When no queued message needs a record in a
+///   closed segment (its message, or its latest states) and its removal
+///   records no longer matter, the file is deleted (see `ledger`).
+///   Segments roll over at `SpoolOptions::segment_bytes`.
+/// - **Space stays bounded.** One deferred message must not keep a whole
+///   segment of delivered ones: the live records of mostly dead segments
+///   are copied forward through the writer, in small steps between
+///   batches, and the old segments deleted, so the closed segments hold
+///   less than twice the live bytes whatever the deferral rate (see
+///   `compact`). A crash at any point leaves the original or the copy or
+///   both, and recovery makes one message of them.
+///
+/// The index of queued messages (envelope, delivery state and record
+/// locations) lives in memory; bodies are read back from the segments on
+/// demand. The delivery-state API (`queued`, `record`, `set_held`,
+/// `commit_notice`, `changed`) is in `queued`.
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
