@@ -31,7 +31,7 @@ use super::admit::Ahead;
 use super::compact::{Compactor, Step};
 use super::disk::Disk;
 use super::error::SpoolError;
-use super::index::Entry;
+use super::index::{Entry, Index};
 use super::linger::Linger;
 use super::op::{Op, Request, Waiter};
 use super::reserve::Reserve;
@@ -311,73 +311,9 @@ impl Writer {
             self.compactor.advance(step.next, records, bytes);
         }
         for (request, offset) in accepted.into_iter().zip(offsets) {
-            match request.op {
-                Op::Commit {
-                    id,
-                    envelope,
-                    body_len,
-                    frame,
-                    notice,
-                    carried,
-                } => {
-                    let len = carried
-                        .as_ref()
-                        .map_or(frame.len() as u64, |c| c.message_len);
-                    let location = Location {
-                        segment,
-                        offset,
-                        len,
-                    };
-                    state
-                        .index
-                        .insert(id, Entry::new(envelope, location, body_len));
-                    if let Some((about, notice)) = notice {
-                        state.index.notice(&about, notice, location);
-                        written.released = true;
-                    }
-                    if let Some(carried) = carried {
-                        // The frame is the message's record, then the
-                        // states record, then the hold record.
-                        let at = |start: u64, len: u64| Location {
-                            segment,
-                            offset: offset + start,
-                            len,
-                        };
-                        let (m, s) = (carried.message_len, carried.states_len);
-                        if !carried.states.is_empty() {
-                            state.index.set_states(&id, carried.states, at(m, s));
-                        }
-                        if carried.held {
-                            let held_len = (frame.len() as u64).saturating_sub(m + s);
-                            state.index.set_held(&id, true, at(m + s, held_len));
-                        }
-                    }
-                    commits += 1;
-                }
-                Op::Remove { id, .. } => {
-                    state.index.remove(&id, segment);
-                    written.released = true;
-                }
-                Op::States { id, updates, frame } => {
-                    let location = Location {
-                        segment,
-                        offset,
-                        len: frame.len() as u64,
-                    };
-                    state.index.set_states(&id, updates, location);
-                    written.released = true;
-                }
-                Op::Held { id, held, frame } => {
-                    let location = Location {
-                        segment,
-                        offset,
-                        len: frame.len() as u64,
-                    };
-                    state.index.set_held(&id, held, location);
-                    written.released = true;
-                }
-                Op::Probe => {}
-            }
+            let (commit, released) = apply(&mut state.index, request.op, segment, offset);
+            commits += u64::from(commit);
+            written.released |= released;
             written.waiters.push(request.done);
         }
         drop(state);
@@ -531,4 +467,76 @@ impl Writer {
             tracing::debug!(segment = number, "spool: deleted a spent segment");
         }
     }
+}
+
+/// Apply one written request to the index: whether it was a commit, and
+/// whether it may have released a segment.
+fn apply(index: &mut Index, op: Op, segment: u64, offset: u64) -> (bool, bool) {
+    let (mut commit, mut released) = (false, false);
+    match op {
+        Op::Commit {
+            id,
+            envelope,
+            body_len,
+            frame,
+            notice,
+            carried,
+        } => {
+            let len = carried
+                .as_ref()
+                .map_or(frame.len() as u64, |c| c.message_len);
+            let location = Location {
+                segment,
+                offset,
+                len,
+            };
+            index.insert(id, Entry::new(envelope, location, body_len));
+            if let Some((about, notice)) = notice {
+                index.notice(&about, notice, location);
+                released = true;
+            }
+            if let Some(carried) = carried {
+                // The frame is the message's record, then the
+                // states record, then the hold record.
+                let at = |start: u64, len: u64| Location {
+                    segment,
+                    offset: offset + start,
+                    len,
+                };
+                let (m, s) = (carried.message_len, carried.states_len);
+                if !carried.states.is_empty() {
+                    index.set_states(&id, carried.states, at(m, s));
+                }
+                if carried.held {
+                    let held_len = (frame.len() as u64).saturating_sub(m + s);
+                    index.set_held(&id, true, at(m + s, held_len));
+                }
+            }
+            commit = true;
+        }
+        Op::Remove { id, .. } => {
+            index.remove(&id, segment);
+            released = true;
+        }
+        Op::States { id, updates, frame } => {
+            let location = Location {
+                segment,
+                offset,
+                len: frame.len() as u64,
+            };
+            index.set_states(&id, updates, location);
+            released = true;
+        }
+        Op::Held { id, held, frame } => {
+            let location = Location {
+                segment,
+                offset,
+                len: frame.len() as u64,
+            };
+            index.set_held(&id, held, location);
+            released = true;
+        }
+        Op::Probe => {}
+    }
+    (commit, released)
 }
