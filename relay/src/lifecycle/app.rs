@@ -474,23 +474,20 @@ async fn expire_entries(current: Current) {
     }
 }
 
+/// The spool's gauges, queue states included: from counts the spool
+/// keeps, so cheap every second, and still running while a drain has
+/// stopped the delivery manager.
 async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let s = spool.stats();
-        metrics
-            .spool_messages
-            .set(i64::try_from(s.messages).unwrap_or(i64::MAX));
-        metrics
-            .spool_bytes
-            .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
-        metrics
-            .spool_live_bytes
-            .set(i64::try_from(s.live_bytes).unwrap_or(i64::MAX));
-        metrics
-            .spool_disk_bytes
-            .set(i64::try_from(s.disk_bytes).unwrap_or(i64::MAX));
+        let (tally, oldest) = spool.tally();
+        let now = jiff::Timestamp::now().as_second();
+        metrics.spool(
+            &spool.stats(),
+            &tally,
+            oldest.map_or(0, |t| (now - t).max(0)),
+        );
     }
 }
 

@@ -275,16 +275,24 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn queue_state(
-        &self,
-        by_state: &std::collections::BTreeMap<&'static str, i64>,
-        oldest: i64,
-    ) {
-        for state in ["pending", "deferred", "delivered", "failed", "held"] {
-            let n = by_state.get(state).copied().unwrap_or(0);
+    /// The spool's gauges: its size and the queued recipients by state
+    /// (`oldest`: age of the oldest queued message, seconds).
+    pub(crate) fn spool(&self, s: &crate::spool::SpoolStats, t: &crate::spool::Tally, oldest: i64) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.spool_messages.set(n(s.messages as u64));
+        self.spool_bytes.set(n(s.bytes));
+        self.spool_live_bytes.set(n(s.live_bytes));
+        self.spool_disk_bytes.set(n(s.disk_bytes));
+        for (state, v) in [
+            ("pending", t.pending),
+            ("deferred", t.deferred),
+            ("delivered", t.delivered),
+            ("failed", t.failed),
+            ("held", t.held),
+        ] {
             self.queue_recipients
                 .get_or_create(&StateLabel { state })
-                .set(n);
+                .set(n(v));
         }
         self.oldest_message_age.set(oldest);
     }

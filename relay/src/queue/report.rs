@@ -1,10 +1,5 @@
-//! What the delivery manager shows: the queue gauges (from the spool's
-//! counts and the scheduler's, never from a walk over the queue) and the
-//! destinations for the admin API.
-
-use std::collections::BTreeMap;
-
-use jiff::Timestamp;
+//! What the delivery manager shows: the scheduler's gauges (never from a
+//! walk over the queue) and the destinations for the admin API.
 
 use super::destination::Dest;
 use super::job::Nudge;
@@ -14,20 +9,9 @@ use crate::ops::destinations::{DestinationRow, QueueControl};
 use crate::spool::QueueId;
 
 impl Manager {
-    /// Refresh the queue gauges: the spool keeps the counts.
+    /// The scheduler's gauges (the spool's are published beside it, see
+    /// `lifecycle::app`).
     pub(super) fn publish(&self) {
-        let (tally, oldest) = self.worker.spool.tally();
-        let now = Timestamp::now().as_second();
-        let mut by_state = BTreeMap::new();
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        by_state.insert("pending", n(tally.pending));
-        by_state.insert("deferred", n(tally.deferred));
-        by_state.insert("delivered", n(tally.delivered));
-        by_state.insert("failed", n(tally.failed));
-        by_state.insert("held", n(tally.held));
-        self.worker
-            .metrics
-            .queue_state(&by_state, oldest.map_or(0, |t| (now - t).max(0)));
         let core = self.core();
         let d = &self.worker.metrics.destinations;
         d.suspended.set(core.sched.suspended() as i64);
