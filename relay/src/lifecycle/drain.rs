@@ -23,7 +23,7 @@ use crate::lifecycle::handoff::{self, DrainArgs, client};
 use crate::ops::http::Health;
 use crate::policy::limits::Limiter;
 use crate::queue::manager::Manager;
-use crate::spool::{Queued, RecipientState, Spool};
+use crate::spool::Spool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DirectionLabel {
@@ -53,18 +53,6 @@ impl DrainMetrics {
         );
         m
     }
-}
-
-/// Whether some recipient of `queued` may be tried before `until` (unix
-/// seconds): then delivery is worth waiting for.
-pub(crate) fn anything_due(queued: &[Queued], until: i64) -> bool {
-    queued.iter().filter(|q| !q.held).any(|q| {
-        q.recipients.iter().any(|r| match r {
-            RecipientState::Pending => true,
-            RecipientState::Deferred { next_attempt, .. } => *next_attempt <= until,
-            RecipientState::Delivered { .. } | RecipientState::Failed { .. } => false,
-        })
-    })
 }
 
 /// A started relay (see `app::run`): what drain works on.
@@ -170,7 +158,7 @@ impl Running {
                 return;
             }
             // The whole queue is copied to look: once a second is enough.
-            if self.manager.busy() == 0 && !anything_due(&self.spool.queued(), until_unix) {
+            if self.manager.busy() == 0 && !self.spool.anything_due(until_unix) {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -213,38 +201,6 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Envelope, QueueId};
-
-    fn queued(states: Vec<RecipientState>, held: bool) -> Queued {
-        Queued {
-            id: QueueId::from_parts(1, 0, 0),
-            envelope: Envelope {
-                sender: String::new(),
-                recipients: states.iter().map(|_| "r@example.net".to_string()).collect(),
-                received_at: 0,
-                client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-                helo: String::new(),
-                auth: None,
-                tls: false,
-                size: 0,
-                smtputf8: false,
-                body_8bit: false,
-                handed_off: None,
-            },
-            recipients: states,
-            held,
-            warned: false,
-        }
-    }
-
-    fn deferred(next_attempt: i64) -> RecipientState {
-        RecipientState::Deferred {
-            attempts: 1,
-            next_attempt,
-            last_reply: "451".into(),
-        }
-    }
-
     #[test]
     fn the_annotation_asks_for_a_drain_only_when_true() {
         assert!(drain_requested(
@@ -256,27 +212,5 @@ mod tests {
             "other=\"mailrelay.io/drain=\\\"true\\\"\"\n"
         ));
         assert!(!drain_requested(""));
-    }
-
-    #[test]
-    fn waits_only_for_what_can_be_tried_in_time() {
-        let delivered = RecipientState::Delivered {
-            reply: "250".into(),
-        };
-        assert!(anything_due(
-            &[queued(vec![RecipientState::Pending], false)],
-            100
-        ));
-        assert!(anything_due(
-            &[queued(vec![delivered.clone(), deferred(100)], false)],
-            100
-        ));
-        assert!(!anything_due(&[queued(vec![deferred(101)], false)], 100));
-        assert!(
-            !anything_due(&[queued(vec![RecipientState::Pending], true)], 100),
-            "held"
-        );
-        assert!(!anything_due(&[queued(vec![delivered], false)], 100));
-        assert!(!anything_due(&[], 100));
     }
 }

@@ -73,11 +73,15 @@ pub async fn execute(
     match command {
         QueueCommand::List => {
             let snapshot = snapshot(spool_dir).await?;
-            Ok(format_list(&snapshot.queued(), now_unix))
+            let queued = snapshot.queued().map_err(|e| errors.spool(e))?;
+            Ok(format_list(&queued, now_unix))
         }
         QueueCommand::Show(id) => {
             let snapshot = snapshot(spool_dir).await?;
-            let queued = snapshot.queued_one(id).ok_or_else(|| errors.missing(id))?;
+            let queued = snapshot
+                .queued_one(id)
+                .map_err(|e| errors.spool(e))?
+                .ok_or_else(|| errors.missing(id))?;
             let body = snapshot.read_body(id).map_err(|e| errors.spool(e))?;
             Ok(format_show(&queued, &body[..body.len().min(HEAD_BYTES)]))
         }
@@ -98,7 +102,7 @@ pub(crate) async fn execute_live(
     match command {
         QueueCommand::List => Ok(format_list(&spool.queued(), now_unix)),
         QueueCommand::Show(id) => {
-            let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
+            let queued = read_one(spool, id, &errors)?;
             let body = spool.read_body(id).await.map_err(|e| errors.spool(e))?;
             Ok(format_show(&queued, &body[..body.len().min(HEAD_BYTES)]))
         }
@@ -116,7 +120,7 @@ async fn change(
     match command {
         QueueCommand::Flush(target) => flush(spool, target.as_ref(), now_unix, errors).await,
         QueueCommand::Delete(id) => {
-            let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
+            let queued = read_one(spool, id, errors)?;
             spool.remove(id).await.map_err(|e| errors.spool(e))?;
             Ok(format!(
                 "{id}: deleted; no bounce was sent to {}\n",
@@ -173,13 +177,20 @@ async fn open(dir: &Path) -> Result<Spool, AdminError> {
     Ok(spool)
 }
 
+fn read_one(spool: &Spool, id: &QueueId, errors: &Errors<'_>) -> Result<Queued, AdminError> {
+    spool
+        .queued_one(id)
+        .map_err(|e| errors.spool(e))?
+        .ok_or_else(|| errors.missing(id))
+}
+
 async fn set_held(
     spool: &Spool,
     id: &QueueId,
     held: bool,
     errors: &Errors<'_>,
 ) -> Result<String, AdminError> {
-    let queued = spool.queued_one(id).ok_or_else(|| errors.missing(id))?;
+    let queued = read_one(spool, id, errors)?;
     let text = match (queued.held, held) {
         (true, true) => format!("{id}: already on hold\n"),
         (false, false) => format!("{id}: not on hold\n"),
@@ -206,7 +217,7 @@ async fn flush(
     errors: &Errors<'_>,
 ) -> Result<String, AdminError> {
     let messages = match target {
-        Some(id) => vec![spool.queued_one(id).ok_or_else(|| errors.missing(id))?],
+        Some(id) => vec![read_one(spool, id, errors)?],
         None => spool.queued(),
     };
     let mut text = String::new();
@@ -611,7 +622,7 @@ mod tests {
     }
 
     fn on_disk(dir: &Path, id: &QueueId) -> Option<Queued> {
-        spool::open_readonly(dir).unwrap().queued_one(id)
+        spool::open_readonly(dir).unwrap().queued_one(id).unwrap()
     }
 
     async fn run(dir: &Path, command: QueueCommand) -> Result<String, AdminError> {
@@ -693,6 +704,7 @@ mod tests {
         let left: Vec<QueueId> = spool::open_readonly(dir.path())
             .unwrap()
             .queued()
+            .unwrap()
             .into_iter()
             .map(|q| q.id)
             .collect();
@@ -766,7 +778,7 @@ mod tests {
             assert!(text.contains("/queue/ID/hold"), "{text}");
             assert!(text.contains(&dir.path().display().to_string()), "{text}");
         }
-        assert!(!relay.queued_one(&a).unwrap().held);
+        assert!(!relay.queued_one(&a).unwrap().unwrap().held);
         assert_eq!(relay.queued().len(), 3);
     }
 

@@ -20,8 +20,10 @@ pub(super) struct Job {
 
 /// What the manager is told.
 pub(super) enum Nudge {
-    /// A message arrived or changed: look at it.
+    /// A message changed (or arrived with state): look at it.
     Look(QueueId),
+    /// New mail, as it was committed: look at it without reading it back.
+    Arrived(Box<Queued>),
     /// Look at every message (an admin flush of the whole queue).
     All,
     /// A domain's site is known.

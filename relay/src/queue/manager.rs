@@ -38,7 +38,7 @@ use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, MxDns};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
-use crate::spool::{QueueId, Queued, RecipientState, Spool};
+use crate::spool::{Glance, QueueId, Queued, RecipientState, Spool};
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
@@ -96,8 +96,12 @@ impl Manager {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let inbox = tx.clone();
-        spool.on_arrival(Box::new(move |id| {
-            let _ = inbox.send(Nudge::Look(id));
+        spool.on_arrival(Box::new(move |arrival| {
+            let nudge = match arrival.queued {
+                Some(q) => Nudge::Arrived(q),
+                None => Nudge::Look(arrival.id),
+            };
+            let _ = inbox.send(nudge);
         }));
         let worker = Worker {
             spool,
@@ -207,7 +211,10 @@ impl Manager {
             let refill = core.sched.refill();
             (due, probes, refill)
         };
-        for id in due.into_iter().chain(refill) {
+        let spool = &self.worker.spool;
+        // Timers whose message has another time now (or none) are spent.
+        let due = due.into_iter().filter(|(at, id)| spool.take_wake(id, *at));
+        for id in due.map(|(_, id)| id).chain(refill) {
             self.examine(id, rt, false).await;
         }
         for id in probes {
@@ -235,6 +242,7 @@ impl Manager {
     async fn handle(self: &Arc<Self>, nudge: Nudge, rt: &Runtime) {
         match nudge {
             Nudge::Look(id) => self.examine(id, rt, false).await,
+            Nudge::Arrived(q) => self.look(q.id, Some(q), rt, false).await,
             Nudge::All => {
                 if !self.is_stopping() {
                     self.rescan(rt).await;
@@ -358,21 +366,49 @@ impl Manager {
         );
     }
 
+    /// Look at `id` again at `at` (unix seconds), unless that is already
+    /// its time. The time itself is kept in the spool's index (see
+    /// `scheduler::Timers`).
+    fn wait_for(&self, id: QueueId, at: i64) {
+        if let Some(old) = self.worker.spool.set_wake(&id, Some(at))
+            && old != Some(at)
+        {
+            self.core().sched.wait(id, at);
+        }
+    }
+
+    /// No time to look at `id` again: something else will.
+    fn unwait(&self, id: &QueueId) {
+        self.worker.spool.set_wake(id, None);
+    }
+
     /// Decide about message `id`: finish, expire, warn, wait, or hand its
     /// due recipients to their destinations. `force`: every recipient
     /// still waiting is due (a probe, a release).
     async fn examine(self: &Arc<Self>, id: QueueId, rt: &Runtime, force: bool) {
+        self.look(id, None, rt, force).await;
+    }
+
+    /// `examine`, with the message when the caller has it (new mail);
+    /// otherwise it is read from the spool only once it has something due.
+    async fn look(
+        self: &Arc<Self>,
+        id: QueueId,
+        known: Option<Box<Queued>>,
+        rt: &Runtime,
+        force: bool,
+    ) {
         if self.core().busy.contains_key(&id) {
             return;
         }
-        let Some(q) = self.worker.spool.queued_one(&id) else {
-            self.core().sched.clear(&id);
+        let Some(glance) = self.worker.spool.glance(&id) else {
+            // Gone: its timer entries lapse on their own.
             return;
         };
         let now = Timestamp::now();
-        if q.held {
+        if glance.held {
             // Released through the admin API, which looks at it again.
-            self.core().sched.clear(&id);
+            self.unwait(&id);
             return;
         }
         let schedule = match Schedule::new(&rt.config.queue) {
@@ -381,6 +417,25 @@ impl Manager {
                 tracing::error!(error = %e, "invalid queue settings; delivery paused");
                 return;
             }
+        };
+        let received = Timestamp::from_second(glance.received_at).unwrap_or(now);
+        if !force && let Some(at) = nothing_before(&glance, &schedule, received, now) {
+            self.wait_for(id, at);
+            return;
+        }
+        let q = match known {
+            Some(q) => *q,
+            None => match self.worker.spool.queued_one(&id) {
+                Ok(Some(q)) => q,
+                Ok(None) => return,
+                Err(e) => {
+                    // Left queued; tried again later rather than in a loop.
+                    tracing::error!(queue_id = %id, error = %e,
+                        "cannot read a queued message; looking again in 5 minutes");
+                    self.wait_for(id, now.as_second() + 300);
+                    return;
+                }
+            },
         };
         let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
         if q.recipients.iter().all(RecipientState::is_final) {
@@ -398,7 +453,7 @@ impl Manager {
         }
         let (due, later) = decide::due(&q, if force { i64::MAX } else { now.as_second() });
         if let Some(l) = later.filter(|_| !force) {
-            self.core().sched.wait(id, l);
+            self.wait_for(id, l);
         }
         if due.is_empty() {
             return;
@@ -406,10 +461,32 @@ impl Manager {
         let Some(groups) = self.destinations_of(&q, &due, rt) else {
             return;
         };
-        self.core().sched.clear(&id);
+        self.unwait(&id);
         self.offer(Arc::new(q), groups, schedule, now.as_second());
     }
+}
 
+/// When a message with nothing to do before then next needs a look: its
+/// first recipient's retry, its delay warning or its expiry, whichever
+/// comes first; `None` when it needs one now (or every recipient is
+/// final, and it is to be finished).
+fn nothing_before(
+    glance: &Glance,
+    schedule: &Schedule,
+    received: Timestamp,
+    now: Timestamp,
+) -> Option<i64> {
+    let due = glance.due?;
+    let expires = schedule.expires_at(received).as_second();
+    let warning = schedule
+        .delay_warning_at(received)
+        .filter(|_| !glance.warned)
+        .map(|w| w.as_second());
+    let at = due.min(expires).min(warning.unwrap_or(i64::MAX));
+    (at > now.as_second()).then_some(at)
+}
+
+impl Manager {
     /// The due recipients of `q` by destination and route; `None` while a
     /// site lookup is under way (the message is looked at again after).
     fn destinations_of(

@@ -16,7 +16,7 @@ impl Manager {
         let d = &self.worker.metrics.destinations;
         d.suspended.set(core.sched.suspended() as i64);
         d.parked.set(core.sched.parked() as i64);
-        d.waiting.set(core.sched.waiting() as i64);
+        d.waiting.set(self.worker.spool.waiting() as i64);
     }
 }
 

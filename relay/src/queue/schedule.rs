@@ -111,6 +111,12 @@ impl Schedule {
         }
     }
 
+    /// When a delay warning for a message received at `received_at` falls
+    /// due, if warnings are on.
+    pub(crate) fn delay_warning_at(&self, received_at: Timestamp) -> Option<Timestamp> {
+        add(received_at, self.delay_warning?)
+    }
+
     /// Whether to send the sender a delay warning (an RFC 3464 DSN with
     /// `Action: delayed`) now: once per message, after it has waited the
     /// configured time, and not when the lifetime is over (a bounce is due
@@ -121,10 +127,7 @@ impl Schedule {
         now: Timestamp,
         already_warned: bool,
     ) -> bool {
-        let Some(after) = self.delay_warning else {
-            return false;
-        };
-        let Some(due) = add(received_at, after) else {
+        let Some(due) = self.delay_warning_at(received_at) else {
             return false;
         };
         !already_warned && now >= due && now < self.expires_at(received_at)

@@ -1,8 +1,12 @@
 //! What to send next (DESIGN.md §6), as pure bookkeeping: the time is
 //! passed in and nothing here does I/O, so the rules are property-tested.
 //!
-//! - Messages that wait for a time sit in a timer index (due time, id):
-//!   O(log n) to set, clear or take, whatever the backlog.
+//! - Messages that wait for a time sit in a timer index (due second ->
+//!   ids): O(log n) to set or take, whatever the backlog. A message's
+//!   current time is the caller's to keep (the spool index keeps it, in
+//!   four bytes, see `index::Entry`): an entry whose time was moved or
+//!   cleared is told apart, and dropped, when it comes due. So a waiting
+//!   message costs its id once, not a set entry plus a map entry.
 //! - Messages due now sit in a bounded ready queue per destination; past
 //!   the bound only their ids are kept (`overflow`) and loaded again as the
 //!   ready queue drains, so a million messages for one place cost their
@@ -14,7 +18,7 @@
 //!   per back-off step; its mail is deferred and parked by id, and all of
 //!   it is due again the moment a probe gets through.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
 use super::health::{Change, Contact, Gate, Health, HealthSettings};
@@ -44,39 +48,28 @@ impl Default for Limits {
 /// Messages waiting for a time, by due unix second.
 #[derive(Default)]
 struct Timers {
-    due: BTreeSet<(i64, QueueId)>,
-    of: HashMap<QueueId, i64>,
+    due: BTreeMap<i64, Vec<QueueId>>,
 }
 
 impl Timers {
     fn set(&mut self, id: QueueId, at: i64) {
-        if let Some(old) = self.of.insert(id, at) {
-            self.due.remove(&(old, id));
-        }
-        self.due.insert((at, id));
+        self.due.entry(at).or_default().push(id);
     }
 
-    fn clear(&mut self, id: &QueueId) {
-        if let Some(old) = self.of.remove(id) {
-            self.due.remove(&(old, *id));
-        }
-    }
-
-    fn take_due(&mut self, now: i64) -> Vec<QueueId> {
+    fn take_due(&mut self, now: i64) -> Vec<(i64, QueueId)> {
         let mut out = Vec::new();
-        while let Some(&(at, id)) = self.due.first() {
-            if at > now {
+        while let Some(entry) = self.due.first_entry() {
+            if *entry.key() > now {
                 break;
             }
-            self.due.pop_first();
-            self.of.remove(&id);
-            out.push(id);
+            let (at, ids) = entry.remove_entry();
+            out.extend(ids.into_iter().map(|id| (at, id)));
         }
         out
     }
 
     fn next(&self) -> Option<i64> {
-        self.due.first().map(|(at, _)| *at)
+        self.due.first_key_value().map(|(at, _)| *at)
     }
 }
 
@@ -191,17 +184,15 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         self.health = health;
     }
 
-    /// Look at `id` again at `at` (unix seconds); replaces an earlier time.
+    /// Look at `id` again at `at` (unix seconds). Call it only when `at`
+    /// is a new time for `id`: an earlier entry stays until it comes due.
     pub(crate) fn wait(&mut self, id: QueueId, at: i64) {
         self.timers.set(id, at);
     }
 
-    pub(crate) fn clear(&mut self, id: &QueueId) {
-        self.timers.clear(id);
-    }
-
-    /// The messages whose time has come.
-    pub(crate) fn take_due(&mut self, now: i64) -> Vec<QueueId> {
+    /// The timer entries whose time has come, with that time: the caller
+    /// drops those that are no longer their message's time.
+    pub(crate) fn take_due(&mut self, now: i64) -> Vec<(i64, QueueId)> {
         self.timers.take_due(now)
     }
 
@@ -217,11 +208,6 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Messages waiting for a time.
-    pub(crate) fn waiting(&self) -> usize {
-        self.timers.of.len()
     }
 
     /// Attempts under way.

@@ -37,6 +37,8 @@ struct Sim {
     starts: Vec<(i64, u8, u64, bool, bool)>,
     /// A message's pushes that have not yet become a start.
     pushed: HashMap<QueueId, u32>,
+    /// Each waiting message's one current time (the spool index's part).
+    wake: HashMap<QueueId, i64>,
 }
 
 const RETRY: i64 = 25;
@@ -52,7 +54,20 @@ impl Sim {
             running: Vec::new(),
             starts: Vec::new(),
             pushed: HashMap::new(),
+            wake: HashMap::new(),
         }
+    }
+
+    /// What the manager does: a new time goes to the scheduler, the same
+    /// time again does not.
+    fn wait(&mut self, q: QueueId, at: i64) {
+        if self.wake.insert(q, at) != Some(at) {
+            self.s.wait(q, at);
+        }
+    }
+
+    fn clear(&mut self, q: &QueueId) {
+        self.wake.remove(q);
     }
 
     fn alive(&self, dest: u8, t: i64) -> bool {
@@ -64,7 +79,7 @@ impl Sim {
         let q = id(n);
         self.dest_of.insert(q, dest);
         self.num.insert(q, n);
-        self.s.wait(q, due);
+        self.wait(q, due);
     }
 
     /// What the manager does with a message it looks at.
@@ -83,7 +98,7 @@ impl Sim {
 
     fn defer(&mut self, dest: u8, q: QueueId, t: i64) {
         self.s.park(dest, q);
-        self.s.wait(q, t + RETRY);
+        self.wait(q, t + RETRY);
     }
 
     fn tick(&mut self, t: i64) {
@@ -99,7 +114,7 @@ impl Sim {
             if alive {
                 self.delivered.insert(self.num[&q]);
             } else {
-                self.s.wait(q, t + RETRY);
+                self.wait(q, t + RETRY);
                 self.s.park(dest, q);
             }
             for (q, _) in f.defer {
@@ -107,18 +122,22 @@ impl Sim {
                 self.defer(dest, q, t);
             }
             for q in f.reexamine {
-                self.s.clear(&q);
+                self.clear(&q);
                 self.examine(q, t);
             }
         }
-        for q in self.s.take_due(t) {
-            self.examine(q, t);
+        for (at, q) in self.s.take_due(t) {
+            // Only the message's current time counts.
+            if self.wake.get(&q) == Some(&at) {
+                self.wake.remove(&q);
+                self.examine(q, t);
+            }
         }
         for q in self.s.refill() {
             self.examine(q, t);
         }
         for q in self.s.take_probes(t) {
-            self.s.clear(&q);
+            self.clear(&q);
             self.examine(q, t);
         }
         while let Some(st) = self.s.next(t) {

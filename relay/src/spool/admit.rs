@@ -38,7 +38,7 @@ impl<'a> Ahead<'a> {
         } else if let Some(count) = self.added.get(id) {
             Some(*count)
         } else {
-            self.index.get(id).map(|e| e.envelope.recipients.len())
+            self.index.get(id).map(|e| e.recipient_count())
         };
         count.ok_or(SpoolError::NotFound { id: *id })
     }
@@ -47,10 +47,7 @@ impl<'a> Ahead<'a> {
     pub(crate) fn admit(&mut self, op: &Op) -> Result<(), SpoolError> {
         match op {
             Op::Commit {
-                id,
-                envelope,
-                notice,
-                ..
+                id, meta, notice, ..
             } => {
                 if self.index.contains(id) || self.added.contains_key(id) {
                     return Err(SpoolError::Duplicate { id: *id });
@@ -61,7 +58,7 @@ impl<'a> Ahead<'a> {
                         self.removed.insert(*about);
                     }
                 }
-                self.added.insert(*id, envelope.recipients.len());
+                self.added.insert(*id, meta.recipients);
             }
             Op::Remove { id, .. } => {
                 self.recipients(id)?;
@@ -98,7 +95,7 @@ pub(crate) fn check_recipients(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::index::Entry;
+    use crate::spool::index::Meta;
     use crate::spool::tests::envelope;
     use crate::spool::types::Location;
 
@@ -109,8 +106,7 @@ mod tests {
     fn commit(n: u32, notice: Option<(QueueId, Notice)>) -> Op {
         Op::Commit {
             id: id(n),
-            envelope: envelope(1),
-            body_len: 0,
+            meta: Meta::of(&envelope(1), 0),
             frame: Vec::new(),
             notice,
             carried: None,
@@ -151,7 +147,7 @@ mod tests {
             len: 10,
         };
         for n in [1, 2] {
-            index.insert(id(n), Entry::new(envelope(1), location, 0));
+            index.insert_new(id(n), Meta::of(&envelope(1), 0), location);
         }
         let mut ahead = Ahead::new(&index);
         let bounce = Some((id(1), Notice::Bounce));

@@ -69,6 +69,8 @@ const SNAPSHOT_ESTIMATE: u64 = 128;
 #[derive(Debug, PartialEq)]
 pub(crate) struct Planned {
     pub id: QueueId,
+    /// Its whole delivery state, read from its records when the step is
+    /// made (empty in the plan).
     pub state: DeliveryState,
     /// The message record, when it is in a source: copy it whole.
     pub from: Option<Location>,
@@ -120,11 +122,11 @@ impl Pass {
             if !entry.needs_any(&self.sources) {
                 continue;
             }
-            let from = Some(entry.location).filter(|l| self.sources.contains(&l.segment));
+            let from = Some(entry.location()).filter(|l| self.sources.contains(&l.segment));
             bytes += from.map_or(SNAPSHOT_ESTIMATE, |l| l.len);
             moves.push(Planned {
                 id: *id,
-                state: entry.state(),
+                state: DeliveryState::default(),
                 from,
             });
         }
@@ -206,17 +208,25 @@ impl Compactor {
             let (planned, next) = pass.plan(&state.index);
             let records: Vec<_> = planned
                 .iter()
-                .map(|p| p.from.and_then(|l| state.record_ref(l)))
+                .map(|p| {
+                    let from = p.from.and_then(|l| state.record_ref(l));
+                    (from, state.message_refs(&p.id))
+                })
                 .collect();
             (planned, next, records)
         };
         let mut moves = Vec::with_capacity(planned.len());
-        for (planned, from) in planned.into_iter().zip(records) {
-            let frame = match (&planned.from, &from) {
-                (None, _) => record::encode_snapshot(salt, &planned.id, &planned.state),
-                (Some(_), Some(from)) => copy_frame(from, &planned.id, &planned.state, salt),
-                (Some(_), None) => Err(SpoolError::NotFound { id: planned.id }),
-            };
+        // Read without the lock: only this thread changes the index, so
+        // the states read are the index's as the batch begins.
+        for (mut planned, (from, refs)) in planned.into_iter().zip(records) {
+            let frame = refs.and_then(|r| r.state()).and_then(|state| {
+                planned.state = state;
+                match (&planned.from, &from) {
+                    (None, _) => record::encode_snapshot(salt, &planned.id, &planned.state),
+                    (Some(_), Some(from)) => copy_frame(from, &planned.id, &planned.state, salt),
+                    (Some(_), None) => Err(SpoolError::NotFound { id: planned.id }),
+                }
+            });
             match frame {
                 Ok(frame) => moves.push((planned, frame)),
                 Err(e) => {
@@ -298,7 +308,7 @@ pub(crate) fn copy_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::index::Entry;
+    use crate::spool::index::Meta;
     use crate::spool::tests::envelope;
     use crate::spool::types::RecipientState;
 
@@ -325,7 +335,7 @@ mod tests {
             index.add_segment(n, 10_000);
         }
         for n in 1..=count {
-            index.insert(id(n), Entry::new(envelope(1), at(1, 100), 10));
+            index.insert_new(id(n), Meta::of(&envelope(1), 10), at(1, 100));
         }
         index
     }
@@ -333,11 +343,11 @@ mod tests {
     #[test]
     fn a_message_in_a_source_is_copied_and_one_with_only_state_there_is_snapshotted() {
         let mut index = index(2);
-        index.insert(id(3), Entry::new(envelope(1), at(2, 100), 10));
+        index.insert_new(id(3), Meta::of(&envelope(1), 10), at(2, 100));
         let delivered = RecipientState::Delivered {
             reply: "250".into(),
         };
-        index.set_states(&id(3), vec![(1, delivered.clone())], at(1, 40));
+        index.set_states(&id(3), &[(1, delivered)], at(1, 40));
         index.set_held(&id(2), true, at(2, 40));
         let pass = Pass::new(sources(&[1]));
         let (moves, next) = pass.plan(&index);
@@ -347,15 +357,13 @@ mod tests {
             .map(|m| (m.id, m.from.map(|l| l.segment)))
             .collect();
         assert_eq!(froms, [(id(1), Some(1)), (id(2), Some(1)), (id(3), None)]);
-        assert!(moves[1].state.held);
-        assert_eq!(moves[2].state.recipients[1], delivered);
     }
 
     #[test]
     fn a_pass_goes_in_steps_and_messages_elsewhere_are_left_alone() {
         let count = STEP_ENTRIES as u32 + 10;
         let mut index = index(count);
-        index.insert(id(count + 1), Entry::new(envelope(1), at(2, 100), 10));
+        index.insert_new(id(count + 1), Meta::of(&envelope(1), 10), at(2, 100));
         let mut pass = Pass::new(sources(&[1]));
         let (moves, next) = pass.plan(&index);
         assert_eq!(moves.len(), STEP_ENTRIES);
@@ -372,7 +380,7 @@ mod tests {
     fn a_step_stops_after_a_megabyte_of_copies() {
         let mut index = index(0);
         for n in 1..=20 {
-            index.insert(id(n), Entry::new(envelope(1), at(1, 100_000), 10));
+            index.insert_new(id(n), Meta::of(&envelope(1), 10), at(1, 100_000));
         }
         let (moves, next) = Pass::new(sources(&[1])).plan(&index);
         assert_eq!(moves.len() as u64, STEP_BYTES.div_ceil(100_000));
@@ -384,7 +392,7 @@ mod tests {
         let mut index = index(2);
         index.set_states(
             &id(1),
-            vec![(
+            &[(
                 0,
                 RecipientState::Failed {
                     reply: "550".into(),
@@ -393,7 +401,7 @@ mod tests {
             at(1, 40),
         );
         index.relocate(&id(1), at(2, 150));
-        assert_eq!(index.get(&id(1)).unwrap().location.segment, 2);
+        assert_eq!(index.get(&id(1)).unwrap().location().segment, 2);
         assert_eq!(index.segments().live_bytes(), 250);
         // Removed, the copy's segment still waits for the original's.
         index.remove(&id(1), 3);

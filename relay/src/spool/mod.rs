@@ -10,6 +10,7 @@ mod id;
 mod index;
 mod ledger;
 mod linger;
+mod load;
 mod op;
 mod queued;
 mod record;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
+use self::index::Meta;
 use self::op::{Op, Request};
 use self::recover::{Access, Loaded};
 use self::reserve::Reserve;
@@ -48,6 +50,7 @@ pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
+pub(crate) use self::index::Glance;
 pub use self::recover::{SegmentCheck, check_segment};
 pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};
@@ -201,9 +204,10 @@ impl fmt::Debug for SpoolOptions {
 ///   `compact`). A crash at any point leaves the original or the copy or
 ///   both, and recovery makes one message of them.
 ///
-/// The index of queued messages (envelope, delivery state and record
-/// locations) lives in memory; bodies are read back from the segments on
-/// demand. The delivery-state API (`queued`, `record`, `set_held`,
+/// The index of queued messages (record locations, and per recipient the
+/// kind of state and when it is due) lives in memory; envelopes, states
+/// and bodies are read back from the segments on demand (see `index`,
+/// `load`). The delivery-state API (`queued`, `record`, `set_held`,
 /// `commit_notice`, `changed`) is in `queued`.
 #[derive(Clone)]
 pub struct Spool {
@@ -225,7 +229,30 @@ struct Inner {
 }
 
 /// See [`Spool::on_arrival`].
-pub type Arrivals = Box<dyn Fn(QueueId) + Send + Sync>;
+pub type Arrivals = Box<dyn Fn(Arrival) + Send + Sync>;
+
+/// A message just committed: its id and, for new mail (every recipient
+/// pending, not held), the message itself, so delivery need not read back
+/// what it was just handed.
+pub struct Arrival {
+    pub id: QueueId,
+    pub queued: Option<Box<Queued>>,
+}
+
+impl Arrival {
+    fn fresh(id: QueueId, envelope: &Envelope) -> Arrival {
+        Arrival {
+            id,
+            queued: Some(Box::new(Queued {
+                id,
+                recipients: vec![RecipientState::Pending; envelope.recipients.len()],
+                envelope: envelope.clone(),
+                held: false,
+                warned: envelope.handed_off.as_ref().is_some_and(|h| h.warned),
+            })),
+        }
+    }
+}
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -273,27 +300,26 @@ impl Spool {
         let frame = record::encode_message(self.inner.salt, id, envelope, body)?;
         self.submit(Op::Commit {
             id: *id,
-            envelope: envelope.clone(),
-            body_len: body.len() as u64,
+            meta: Meta::of(envelope, body.len() as u64),
             frame,
             notice: None,
             carried: None,
         })
         .await?;
-        self.arrived(*id);
+        self.arrived(|| Arrival::fresh(*id, envelope));
         Ok(())
     }
 
-    /// Call `f` with the id of every message committed from now on (new
-    /// mail, notices, hand-offs), after it is durable. Set once; a second
-    /// call is ignored.
+    /// Call `f` with every message committed from now on (new mail,
+    /// notices, hand-offs), after it is durable. Set once; a second call
+    /// is ignored.
     pub(crate) fn on_arrival(&self, f: Arrivals) {
         let _ = self.inner.arrivals.set(f);
     }
 
-    fn arrived(&self, id: QueueId) {
+    fn arrived(&self, arrival: impl FnOnce() -> Arrival) {
         if let Some(f) = self.inner.arrivals.get() {
-            f(id);
+            f(arrival());
         }
     }
 
@@ -355,12 +381,10 @@ impl Spool {
     /// delivery state.
     #[cfg(test)]
     pub(crate) fn messages(&self) -> Vec<(QueueId, Envelope)> {
-        self.inner.shared.lock().index.messages()
-    }
-
-    pub(crate) fn envelope(&self, id: &QueueId) -> Option<Envelope> {
-        let state = self.inner.shared.lock();
-        state.index.get(id).map(|entry| entry.envelope.clone())
+        self.queued()
+            .into_iter()
+            .map(|q| (q.id, q.envelope))
+            .collect()
     }
 
     pub(crate) async fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {

@@ -3,16 +3,15 @@
 
 use tokio::sync::oneshot;
 
-use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
+use super::index::Meta;
 use super::types::{Notice, RecipientState};
 
 pub(crate) enum Op {
     Commit {
         id: QueueId,
-        envelope: Envelope,
-        body_len: u64,
+        meta: Meta,
         frame: Vec<u8>,
         /// A notice: the message it is about and what it does to it.
         notice: Option<(QueueId, Notice)>,

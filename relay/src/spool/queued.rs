@@ -5,24 +5,73 @@
 //! rather than in rewritten message records, so a retry costs one short
 //! append, not a copy of the body.
 
-use super::Spool;
 use super::admit::check_recipients;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
+use super::index::{Glance, Meta};
 use super::op::{Carried, Op};
 use super::record;
 use super::tally::Tally;
 use super::types::{Notice, Queued, RecipientState};
+use super::{Arrival, Spool};
 
 impl Spool {
-    /// All queued messages with their state, sorted by id.
+    /// All queued messages with their state, sorted by id, read from the
+    /// segments: for admin commands and tests (a message that cannot be
+    /// read is left out and logged).
     pub(crate) fn queued(&self) -> Vec<Queued> {
-        self.inner.shared.lock().index.queued()
+        self.ids()
+            .iter()
+            .filter_map(|id| match self.queued_one(id) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "spool: cannot read a queued message");
+                    None
+                }
+            })
+            .collect()
     }
 
-    pub(crate) fn queued_one(&self, id: &QueueId) -> Option<Queued> {
-        self.inner.shared.lock().index.queued_one(id)
+    /// One message with its state, read from the segments (blocking
+    /// reads, one per record: from the page cache, for mail that moves).
+    /// `Ok(None)` when it is not queued.
+    pub(crate) fn queued_one(&self, id: &QueueId) -> Result<Option<Queued>, SpoolError> {
+        let refs = match self.inner.shared.lock().message_refs(id) {
+            Ok(refs) => refs,
+            Err(SpoolError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        refs.read().map(Some)
+    }
+
+    /// What delivery may know of `id` without reading it; `None` when it
+    /// is not queued.
+    pub(crate) fn glance(&self, id: &QueueId) -> Option<Glance> {
+        self.inner.shared.lock().index.glance(id)
+    }
+
+    /// Set (`None`: clear) when delivery means to look at `id` again:
+    /// `None` if it is not queued, else the time it had (see
+    /// `index::Entry::wake`).
+    pub(crate) fn set_wake(&self, id: &QueueId, at: Option<i64>) -> Option<Option<i64>> {
+        self.inner.shared.lock().index.set_wake(id, at)
+    }
+
+    /// Messages delivery means to look at again at a set time.
+    pub(crate) fn waiting(&self) -> usize {
+        self.inner.shared.lock().index.waiting()
+    }
+
+    /// Whether `at` is still delivery's time for `id`; if so it is spent.
+    pub(crate) fn take_wake(&self, id: &QueueId, at: i64) -> bool {
+        self.inner.shared.lock().index.take_wake(id, at)
+    }
+
+    /// Whether a message that is not held has a recipient due by `until`
+    /// (unix seconds): a walk over the index, reading nothing.
+    pub(crate) fn anything_due(&self, until: i64) -> bool {
+        self.inner.shared.lock().index.anything_due(until)
     }
 
     /// Queued recipients by state, and when the oldest message arrived.
@@ -49,10 +98,13 @@ impl Spool {
         // Checked here for a prompt answer; the writer checks again against
         // the queue as it is when the record is written.
         let recipients = self
-            .envelope(id)
+            .inner
+            .shared
+            .lock()
+            .index
+            .get(id)
             .ok_or(SpoolError::NotFound { id: *id })?
-            .recipients
-            .len();
+            .recipient_count();
         check_recipients(id, updates, recipients)?;
         if updates.is_empty() {
             return Ok(());
@@ -93,14 +145,13 @@ impl Spool {
         let frame = record::encode_notice(self.inner.salt, id, envelope, body, about, notice)?;
         self.submit(Op::Commit {
             id: *id,
-            envelope: envelope.clone(),
-            body_len: body.len() as u64,
+            meta: Meta::of(envelope, body.len() as u64),
             frame,
             notice: Some((*about, notice)),
             carried: None,
         })
         .await?;
-        self.arrived(*id);
+        self.arrived(|| Arrival::fresh(*id, envelope));
         Ok(())
     }
 
@@ -130,8 +181,7 @@ impl Spool {
         }
         self.submit(Op::Commit {
             id: *id,
-            envelope: envelope.clone(),
-            body_len: body.len() as u64,
+            meta: Meta::of(envelope, body.len() as u64),
             frame,
             notice: None,
             carried: Some(Box::new(Carried {
@@ -142,7 +192,10 @@ impl Spool {
             })),
         })
         .await?;
-        self.arrived(*id);
+        self.arrived(|| Arrival {
+            id: *id,
+            queued: None,
+        });
         Ok(())
     }
 

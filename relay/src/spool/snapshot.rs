@@ -30,17 +30,32 @@ pub fn open_readonly(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
 
 impl SpoolSnapshot {
     /// Sorted by id; `queued` adds the delivery state.
-    pub fn messages(&self) -> Vec<(QueueId, Envelope)> {
-        self.state.index.messages()
+    pub fn messages(&self) -> Result<Vec<(QueueId, Envelope)>, SpoolError> {
+        Ok(self
+            .queued()?
+            .into_iter()
+            .map(|q| (q.id, q.envelope))
+            .collect())
     }
 
-    /// All queued messages with their state, sorted by id.
-    pub fn queued(&self) -> Vec<Queued> {
-        self.state.index.queued()
+    /// All queued messages with their state, sorted by id, read from the
+    /// segments.
+    pub fn queued(&self) -> Result<Vec<Queued>, SpoolError> {
+        self.state
+            .index
+            .ids()
+            .iter()
+            .map(|id| self.state.message_refs(id)?.read())
+            .collect()
     }
 
-    pub(crate) fn queued_one(&self, id: &QueueId) -> Option<Queued> {
-        self.state.index.queued_one(id)
+    /// `Ok(None)` when `id` is not queued.
+    pub(crate) fn queued_one(&self, id: &QueueId) -> Result<Option<Queued>, SpoolError> {
+        match self.state.message_refs(id) {
+            Ok(refs) => refs.read().map(Some),
+            Err(SpoolError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What a writable open would repair.

@@ -58,7 +58,7 @@ impl State {
     pub(crate) fn body_ref(&self, id: &QueueId) -> Result<BodyRef, SpoolError> {
         let entry = self.index.get(id).ok_or(SpoolError::NotFound { id: *id })?;
         let record = self
-            .record_ref(entry.location)
+            .record_ref(entry.location())
             .ok_or(SpoolError::NotFound { id: *id })?;
         Ok(BodyRef { id: *id, record })
     }

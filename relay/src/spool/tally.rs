@@ -4,6 +4,27 @@
 
 use super::types::RecipientState;
 
+/// What kind of state a recipient is in: all the index keeps of it (the
+/// state itself, with its reply text, stays on disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    Pending,
+    Deferred,
+    Delivered,
+    Failed,
+}
+
+impl Class {
+    pub(crate) fn of(state: &RecipientState) -> Class {
+        match state {
+            RecipientState::Pending => Class::Pending,
+            RecipientState::Deferred { .. } => Class::Deferred,
+            RecipientState::Delivered { .. } => Class::Delivered,
+            RecipientState::Failed { .. } => Class::Failed,
+        }
+    }
+}
+
 /// Queued recipients by state; `held` counts messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -15,21 +36,21 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn slot(&mut self, state: &RecipientState) -> &mut u64 {
-        match state {
-            RecipientState::Pending => &mut self.pending,
-            RecipientState::Deferred { .. } => &mut self.deferred,
-            RecipientState::Delivered { .. } => &mut self.delivered,
-            RecipientState::Failed { .. } => &mut self.failed,
+    fn slot(&mut self, class: Class) -> &mut u64 {
+        match class {
+            Class::Pending => &mut self.pending,
+            Class::Deferred => &mut self.deferred,
+            Class::Delivered => &mut self.delivered,
+            Class::Failed => &mut self.failed,
         }
     }
 
-    pub(crate) fn add(&mut self, state: &RecipientState) {
-        *self.slot(state) += 1;
+    pub(crate) fn add(&mut self, class: Class) {
+        *self.slot(class) += 1;
     }
 
-    pub(crate) fn sub(&mut self, state: &RecipientState) {
-        let slot = self.slot(state);
+    pub(crate) fn sub(&mut self, class: Class) {
+        let slot = self.slot(class);
         *slot = slot.saturating_sub(1);
     }
 

@@ -31,7 +31,7 @@ use super::admit::Ahead;
 use super::compact::{Compactor, Step};
 use super::disk::Disk;
 use super::error::SpoolError;
-use super::index::{Entry, Index};
+use super::index::Index;
 use super::linger::Linger;
 use super::op::{Op, Request, Waiter};
 use super::reserve::Reserve;
@@ -297,7 +297,7 @@ impl Writer {
                 };
                 match planned.from {
                     Some(_) => state.index.relocate(&planned.id, location),
-                    None => state.index.snapshot(&planned.id, planned.state, location),
+                    None => state.index.snapshot(&planned.id, &planned.state, location),
                 }
                 records += 1;
                 bytes += location.len;
@@ -476,8 +476,7 @@ fn apply(index: &mut Index, op: Op, segment: u64, offset: u64) -> (bool, bool) {
     match op {
         Op::Commit {
             id,
-            envelope,
-            body_len,
+            meta,
             frame,
             notice,
             carried,
@@ -490,7 +489,7 @@ fn apply(index: &mut Index, op: Op, segment: u64, offset: u64) -> (bool, bool) {
                 offset,
                 len,
             };
-            index.insert(id, Entry::new(envelope, location, body_len));
+            index.insert_new(id, meta, location);
             if let Some((about, notice)) = notice {
                 index.notice(&about, notice, location);
                 released = true;
@@ -505,7 +504,7 @@ fn apply(index: &mut Index, op: Op, segment: u64, offset: u64) -> (bool, bool) {
                 };
                 let (m, s) = (carried.message_len, carried.states_len);
                 if !carried.states.is_empty() {
-                    index.set_states(&id, carried.states, at(m, s));
+                    index.set_states(&id, &carried.states, at(m, s));
                 }
                 if carried.held {
                     let held_len = (frame.len() as u64).saturating_sub(m + s);
@@ -524,7 +523,7 @@ fn apply(index: &mut Index, op: Op, segment: u64, offset: u64) -> (bool, bool) {
                 offset,
                 len: frame.len() as u64,
             };
-            index.set_states(&id, updates, location);
+            index.set_states(&id, &updates, location);
             released = true;
         }
         Op::Held { id, held, frame } => {

@@ -29,6 +29,7 @@ pub fn read(dir: &Path) -> (Vec<Queued>, Recovery) {
         .unwrap_or_else(|e| panic!("spool {} cannot be read: {e}", dir.display()));
     let messages = snapshot
         .messages()
+        .unwrap_or_else(|e| panic!("spool {} cannot be read: {e}", dir.display()))
         .into_iter()
         .map(|(id, envelope)| {
             let body = snapshot
@@ -59,4 +60,5 @@ pub fn states(dir: &Path) -> Vec<mailrelay::spool::Queued> {
     open_readonly(dir)
         .unwrap_or_else(|e| panic!("spool {} cannot be read: {e}", dir.display()))
         .queued()
+        .unwrap_or_else(|e| panic!("spool {} cannot be read: {e}", dir.display()))
 }

@@ -367,8 +367,16 @@ impl Sending<'_> {
     /// A queued message as it goes on the wire; None (and logged, and
     /// listed as unsent) when it cannot be read.
     async fn load(&mut self, id: QueueId) -> Option<Outgoing> {
-        // Gone meanwhile (removed by an administrator): nothing to move.
-        let q = self.spool.queued_one(&id)?;
+        let q = match self.spool.queued_one(&id) {
+            Ok(Some(q)) => q,
+            // Gone meanwhile (removed by an administrator): nothing to move.
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read the message to hand it off; kept");
+                self.unsent.push(id);
+                return None;
+            }
+        };
         let body = match self.spool.read_body(&id).await {
             Ok(b) => b,
             Err(e) => {

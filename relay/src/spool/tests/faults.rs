@@ -259,7 +259,10 @@ async fn a_full_disk_refuses_new_mail_keeps_delivery_records_going_and_recovers(
     assert_eq!(recovery.skipped_records, 0);
     assert_eq!(recovery.truncated_bytes, 0);
     assert_eq!(ids(&spool), [second, fifth]);
-    assert_eq!(spool.queued_one(&second).unwrap().recipients[0], deferred);
+    assert_eq!(
+        spool.queued_one(&second).unwrap().unwrap().recipients[0],
+        deferred
+    );
 }
 
 /// A message that does not fit also releases the reserve; with the room

@@ -40,7 +40,7 @@ async fn a_bounce_replaces_the_original_and_survives_a_reopen() {
     let (spool, recovery) = open(dir.path()).await;
     assert_eq!(recovery.messages, 2);
     assert_eq!(ids(&spool), [other, bounce]);
-    let queued = spool.queued_one(&bounce).unwrap();
+    let queued = spool.queued_one(&bounce).unwrap().unwrap();
     assert_eq!(queued.envelope, dsn(7).0);
     assert_eq!(queued.recipients, [RecipientState::Pending]);
     assert_eq!(spool.read_body(&bounce).await.unwrap(), dsn(7).1);
@@ -60,7 +60,7 @@ async fn a_delay_warning_marks_the_original_warned() {
         .unwrap();
     let want = [RecipientState::Pending, deferred(3, "451 later")];
     let check = |spool: &Spool| {
-        let queued = spool.queued_one(&original).unwrap();
+        let queued = spool.queued_one(&original).unwrap().unwrap();
         assert!(queued.warned);
         assert_eq!(queued.recipients, want);
         assert_eq!(ids(spool), [original, warning]);
@@ -152,7 +152,7 @@ async fn a_delivered_delay_warning_still_marks_its_original() {
     assert_eq!(segment_files(dir.path()).len(), 4);
     drop(spool);
     let (spool, _) = open_with(dir.path(), tiny_segments()).await;
-    assert!(spool.queued_one(&original).unwrap().warned);
+    assert!(spool.queued_one(&original).unwrap().unwrap().warned);
     assert_eq!(ids(&spool), [original]);
     spool.remove(&original).await.unwrap();
     assert_eq!(segment_files(dir.path()).len(), 1);
@@ -180,7 +180,7 @@ async fn every_cut_inside_a_state_record_leaves_all_states_or_none() {
         assert_eq!(recovery.truncated_bytes, torn as u64, "cut at {cut}");
         let want = if cut == whole.len() { &after } else { &before };
         assert_eq!(
-            &spool.queued_one(&id).unwrap().recipients,
+            &spool.queued_one(&id).unwrap().unwrap().recipients,
             want,
             "cut at {cut}"
         );
@@ -202,7 +202,10 @@ async fn every_cut_inside_a_notice_leaves_both_effects_or_neither() {
         for cut in start..=whole.len() {
             std::fs::write(&segment, &whole[..cut]).unwrap();
             let (spool, _) = open(dir.path()).await;
-            let (ids, warned) = (ids(&spool), spool.queued_one(&original).map(|q| q.warned));
+            let (ids, warned) = (
+                ids(&spool),
+                spool.queued_one(&original).unwrap().map(|q| q.warned),
+            );
             let whole_notice = cut == whole.len();
             match (kind, whole_notice) {
                 (_, false) => {

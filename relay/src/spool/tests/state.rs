@@ -29,7 +29,7 @@ pub(super) fn delivered() -> RecipientState {
 }
 
 fn states(spool: &Spool, id: &QueueId) -> Vec<RecipientState> {
-    spool.queued_one(id).unwrap().recipients
+    spool.queued_one(id).unwrap().unwrap().recipients
 }
 
 fn segment_names(dir: &std::path::Path) -> Vec<u64> {
@@ -53,7 +53,7 @@ async fn a_new_message_has_every_recipient_pending() {
     assert_eq!(queued[0].envelope, message(2, 150).0);
     assert_eq!(queued[0].recipients, vec![RecipientState::Pending; 3]);
     assert!(!queued[0].held && !queued[0].warned);
-    assert_eq!(spool.queued_one(&spool.new_id()), None);
+    assert_eq!(spool.queued_one(&spool.new_id()).unwrap(), None);
 }
 
 #[tokio::test]
@@ -83,8 +83,11 @@ async fn recorded_states_survive_a_reopen() {
     assert_eq!(states(&spool, &id), want);
     assert_eq!(states(&spool, &other), vec![RecipientState::Pending; 2]);
     let snapshot = open_readonly(dir.path()).unwrap();
-    assert_eq!(snapshot.queued(), spool.queued());
-    assert_eq!(snapshot.queued_one(&id), spool.queued_one(&id));
+    assert_eq!(snapshot.queued().unwrap(), spool.queued());
+    assert_eq!(
+        snapshot.queued_one(&id).unwrap(),
+        spool.queued_one(&id).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -117,16 +120,16 @@ async fn hold_and_release_round_trip() {
     let (spool, _) = open(dir.path()).await;
     let id = commit(&spool, 1).await;
     spool.set_held(&id, true).await.unwrap();
-    assert!(spool.queued_one(&id).unwrap().held);
+    assert!(spool.queued_one(&id).unwrap().unwrap().held);
     drop(spool);
 
     let (spool, _) = open(dir.path()).await;
-    assert!(spool.queued_one(&id).unwrap().held);
+    assert!(spool.queued_one(&id).unwrap().unwrap().held);
     spool.set_held(&id, false).await.unwrap();
-    assert!(!spool.queued_one(&id).unwrap().held);
+    assert!(!spool.queued_one(&id).unwrap().unwrap().held);
     drop(spool);
     let (spool, _) = open(dir.path()).await;
-    assert!(!spool.queued_one(&id).unwrap().held);
+    assert!(!spool.queued_one(&id).unwrap().unwrap().held);
 }
 
 #[tokio::test]
@@ -199,7 +202,7 @@ async fn segments_holding_live_state_are_kept_and_outgrown_ones_collected() {
 
     let (spool, recovery) = open_with(dir.path(), tiny_segments()).await;
     assert_eq!(recovery.messages, 1);
-    let queued = spool.queued_one(&a).unwrap();
+    let queued = spool.queued_one(&a).unwrap().unwrap();
     assert_eq!(
         queued.recipients,
         [deferred(2, "451 two"), delivered(), RecipientState::Pending]
@@ -296,7 +299,7 @@ async fn a_message_committed_with_states_and_hold_has_them_from_the_start() {
         RecipientState::Pending,
         deferred(4, "451 4.4.1 no answer"),
     ];
-    let q = spool.queued_one(&id).unwrap();
+    let q = spool.queued_one(&id).unwrap().unwrap();
     assert_eq!((q.recipients.clone(), q.held), (want.clone(), true));
     assert_eq!(spool.read_body(&id).await.unwrap(), body);
     // Without states or hold it is a plain commit.
@@ -314,13 +317,16 @@ async fn a_message_committed_with_states_and_hold_has_them_from_the_start() {
             .await,
         Err(SpoolError::NoSuchRecipient { .. })
     ));
-    assert_eq!(spool.queued_one(&bad), None);
+    assert_eq!(spool.queued_one(&bad).unwrap(), None);
     drop(spool);
 
     let (spool, recovery) = open(dir.path()).await;
     assert_eq!((recovery.messages, recovery.skipped_records), (2, 0));
-    let q = spool.queued_one(&id).unwrap();
+    let q = spool.queued_one(&id).unwrap().unwrap();
     assert_eq!((q.recipients, q.held), (want, true));
     assert_eq!(spool.read_body(&id).await.unwrap(), body);
-    assert_eq!(open_readonly(dir.path()).unwrap().queued(), spool.queued());
+    assert_eq!(
+        open_readonly(dir.path()).unwrap().queued().unwrap(),
+        spool.queued()
+    );
 }
