@@ -38,7 +38,7 @@ use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, MxDns};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
-use crate::spool::{Glance, QueueId, Queued, RecipientState, Spool};
+use crate::spool::{Glance, Parked, QueueId, Queued, RecipientState, Spool};
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
@@ -218,6 +218,7 @@ impl Manager {
             self.examine(id, rt, false).await;
         }
         for id in probes {
+            self.unpark(&id);
             // A probe goes whatever the message's own retry time says.
             self.examine(id, rt, true).await;
         }
@@ -295,13 +296,16 @@ impl Manager {
                 .sched
                 .finished(&e.dest, e.contact, &e.reason, e.probe, now);
             let suspended = core.sched.is_suspended(&e.dest);
-            if e.contact == Contact::Failed {
-                // Due again as soon as the destination is reached, not
-                // only at its own retry time.
-                core.sched.park(e.dest.clone(), e.id);
-            }
             (f, suspended)
         };
+        if e.contact == Contact::Failed {
+            // Due again as soon as the destination is reached, not only at
+            // its own retry time.
+            self.park(&e.dest, e.id, suspended);
+        }
+        for id in &finished.now_suspended {
+            self.park(&e.dest, *id, true);
+        }
         if e.probe {
             let result = if suspended { "failed" } else { "released" };
             self.worker.metrics.destinations.probe(result);
@@ -319,11 +323,12 @@ impl Manager {
             Change::None => {}
         }
         for (id, job) in finished.defer {
-            self.core().sched.park(e.dest.clone(), id);
+            self.park(&e.dest, id, true);
             self.worker.defer_suspended(job, &e.dest, &e.reason);
         }
         let force = e.contact == Contact::Reached;
         for id in finished.reexamine {
+            self.unpark(&id);
             self.examine(id, rt, force).await;
         }
         if self.release(&e.id) {
@@ -340,13 +345,18 @@ impl Manager {
             first_probe_secs: i64::try_from(q.probe_secs).unwrap_or(i64::MAX),
             max_probe_secs: i64::try_from(q.max_probe_secs).unwrap_or(i64::MAX),
         };
-        let (jobs, ids) = {
+        let (jobs, ids, parked) = {
             let mut core = self.core();
             core.sched.set_health(health);
-            core.sched.take_unstarted()
+            let (jobs, ids) = core.sched.take_unstarted();
+            (jobs, ids, core.sched.take_parked())
         };
         for (id, _) in &jobs {
             self.release(id);
+        }
+        // Looked at again below, under the new routes.
+        for id in &parked {
+            self.unpark(id);
         }
         let mut all = self.worker.spool.ids();
         all.extend(ids);
@@ -375,6 +385,24 @@ impl Manager {
         {
             self.core().sched.wait(id, at);
         }
+    }
+
+    /// Park `id` at `dest` (failing, or `suspended`), unless it is parked
+    /// already: a message is parked at most once (see `scheduler`).
+    fn park(&self, dest: &Dest, id: QueueId, suspended: bool) {
+        let mark = if suspended {
+            Parked::Suspended
+        } else {
+            Parked::Failing
+        };
+        if self.worker.spool.set_parked(&id, mark) == Some(Parked::No) {
+            self.core().sched.park(dest.clone(), id);
+        }
+    }
+
+    /// `id` left the parked list it was in.
+    fn unpark(&self, id: &QueueId) {
+        self.worker.spool.set_parked(id, Parked::No);
     }
 
     /// No time to look at `id` again: something else will.
@@ -420,6 +448,18 @@ impl Manager {
         };
         let received = Timestamp::from_second(glance.received_at).unwrap_or(now);
         if !force && let Some(at) = nothing_before(&glance, &schedule, received, now) {
+            self.wait_for(id, at);
+            return;
+        }
+        if !force
+            && glance.parked == Parked::Suspended
+            && glance.open == 1
+            && let Some(at) = nothing_but_notices_before(&glance, &schedule, received, now)
+        {
+            // Its one recipient waits behind a suspended destination:
+            // retrying it would only defer it again (a read and a write
+            // per message, for a million of them). The release looks at
+            // it; until then only its delay warning and expiry are due.
             self.wait_for(id, at);
             return;
         }
@@ -476,14 +516,30 @@ fn nothing_before(
     received: Timestamp,
     now: Timestamp,
 ) -> Option<i64> {
-    let due = glance.due?;
+    let at = glance.due?.min(notices_at(glance, schedule, received));
+    (at > now.as_second()).then_some(at)
+}
+
+/// When a message parked at a suspended destination needs a look: its
+/// delay warning or its expiry; `None` when that is now.
+fn nothing_but_notices_before(
+    glance: &Glance,
+    schedule: &Schedule,
+    received: Timestamp,
+    now: Timestamp,
+) -> Option<i64> {
+    let at = notices_at(glance, schedule, received);
+    (at > now.as_second()).then_some(at)
+}
+
+/// The earlier of a message's delay warning (unless sent) and expiry.
+fn notices_at(glance: &Glance, schedule: &Schedule, received: Timestamp) -> i64 {
     let expires = schedule.expires_at(received).as_second();
     let warning = schedule
         .delay_warning_at(received)
         .filter(|_| !glance.warned)
-        .map(|w| w.as_second());
-    let at = due.min(expires).min(warning.unwrap_or(i64::MAX));
-    (at > now.as_second()).then_some(at)
+        .map_or(i64::MAX, |w| w.as_second());
+    expires.min(warning)
 }
 
 impl Manager {
@@ -558,8 +614,8 @@ impl Manager {
                     self.release(&q.id);
                 }
                 Push::Suspended { job, reason } => {
-                    core.sched.park(dest.clone(), q.id);
                     drop(core);
+                    self.park(&dest, q.id, true);
                     self.worker.defer_suspended(job, &dest, &reason);
                 }
             }

@@ -16,9 +16,11 @@
 //!   destination with a million messages cannot delay one to another.
 //! - A suspended destination (see `health`) gets no attempts but one probe
 //!   per back-off step; its mail is deferred and parked by id, and all of
-//!   it is due again the moment a probe gets through.
+//!   it is due again the moment a probe gets through. A message is parked
+//!   once, at one destination: the caller keeps the mark (the spool index
+//!   does), so the parked ids are a list, not a set.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 
 use super::health::{Change, Contact, Gate, Health, HealthSettings};
@@ -77,7 +79,7 @@ struct Dest<J> {
     ready: VecDeque<(QueueId, J)>,
     overflow: VecDeque<QueueId>,
     /// Deferred while suspended; due again at release.
-    parked: HashSet<QueueId>,
+    parked: Vec<QueueId>,
     running: usize,
     health: Health,
     /// In the round-robin ring.
@@ -89,7 +91,7 @@ impl<J> Default for Dest<J> {
         Self {
             ready: VecDeque::new(),
             overflow: VecDeque::new(),
-            parked: HashSet::new(),
+            parked: Vec::new(),
             running: 0,
             health: Health::default(),
             in_turn: false,
@@ -140,6 +142,8 @@ pub(crate) struct Finished<J> {
     /// … and these messages, whose ids only were kept, looked at again.
     /// After an attempt got through: the parked messages, due now.
     pub reexamine: Vec<QueueId>,
+    /// Just suspended: the messages parked there while it was failing.
+    pub now_suspended: Vec<QueueId>,
 }
 
 /// One destination as the admin API shows it.
@@ -249,9 +253,21 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
     }
 
     /// Keep `id` (deferred because `dest` could not be reached) until
-    /// `dest` is reached again.
+    /// `dest` is reached again. Call it only for a message not parked
+    /// already (see the module comment).
     pub(crate) fn park(&mut self, dest: K, id: QueueId) {
-        self.dests.entry(dest).or_default().parked.insert(id);
+        self.dests.entry(dest).or_default().parked.push(id);
+    }
+
+    /// Every parked id, for a new routing (config change): the caller
+    /// looks at each again.
+    pub(crate) fn take_parked(&mut self) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        for d in self.dests.values_mut() {
+            out.append(&mut d.parked);
+        }
+        self.dests.retain(|_, d| !d.is_idle());
+        out
     }
 
     /// The next attempt to start, taking destinations in turn.
@@ -314,6 +330,7 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             change: Change::None,
             defer: Vec::new(),
             reexamine: Vec::new(),
+            now_suspended: Vec::new(),
         };
         let Some(d) = self.dests.get_mut(dest) else {
             return out;
@@ -321,12 +338,13 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         d.running = d.running.saturating_sub(1);
         out.change = d.health.record(contact, reason, probe, now, &self.health);
         if out.change == Change::Suspended {
+            out.now_suspended = d.parked.clone();
             out.defer = d.ready.drain(..).collect();
             out.reexamine = d.overflow.drain(..).collect();
         } else if contact == Contact::Reached {
             // It takes mail: what waits only because it could not be
             // reached goes now (a release, or failures short of one).
-            out.reexamine = d.parked.drain().collect();
+            out.reexamine = std::mem::take(&mut d.parked);
         }
         if !d.ready.is_empty() && !d.in_turn {
             d.in_turn = true;
@@ -363,10 +381,9 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             if d.health.gate(now) != Gate::Probe || !d.ready.is_empty() {
                 continue;
             }
-            let Some(id) = d.parked.iter().next().copied() else {
+            let Some(id) = d.parked.pop() else {
                 continue;
             };
-            d.parked.remove(&id);
             out.push(id);
         }
         out

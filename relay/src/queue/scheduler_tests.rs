@@ -39,6 +39,8 @@ struct Sim {
     pushed: HashMap<QueueId, u32>,
     /// Each waiting message's one current time (the spool index's part).
     wake: HashMap<QueueId, i64>,
+    /// Messages parked somewhere (the spool index's mark).
+    parked: BTreeSet<QueueId>,
 }
 
 const RETRY: i64 = 25;
@@ -55,6 +57,14 @@ impl Sim {
             starts: Vec::new(),
             pushed: HashMap::new(),
             wake: HashMap::new(),
+            parked: BTreeSet::new(),
+        }
+    }
+
+    /// What the manager does: park a message once.
+    fn park(&mut self, dest: u8, q: QueueId) {
+        if self.parked.insert(q) {
+            self.s.park(dest, q);
         }
     }
 
@@ -97,7 +107,7 @@ impl Sim {
     }
 
     fn defer(&mut self, dest: u8, q: QueueId, t: i64) {
-        self.s.park(dest, q);
+        self.park(dest, q);
         self.wait(q, t + RETRY);
     }
 
@@ -115,13 +125,14 @@ impl Sim {
                 self.delivered.insert(self.num[&q]);
             } else {
                 self.wait(q, t + RETRY);
-                self.s.park(dest, q);
+                self.park(dest, q);
             }
             for (q, _) in f.defer {
                 *self.pushed.get_mut(&q).unwrap() -= 1;
                 self.defer(dest, q, t);
             }
             for q in f.reexamine {
+                self.parked.remove(&q);
                 self.clear(&q);
                 self.examine(q, t);
             }
@@ -137,6 +148,7 @@ impl Sim {
             self.examine(q, t);
         }
         for q in self.s.take_probes(t) {
+            self.parked.remove(&q);
             self.clear(&q);
             self.examine(q, t);
         }

@@ -174,10 +174,25 @@ impl Meta {
 pub(crate) struct Glance {
     pub held: bool,
     pub warned: bool,
+    /// Parked at a destination (see `set_parked`).
+    pub parked: Parked,
+    /// Recipients not yet final.
+    pub open: usize,
     pub received_at: i64,
     /// When the earliest recipient still to deliver is due (0: now);
     /// `None` when every recipient is final.
     pub due: Option<i64>,
+}
+
+/// Whether the delivery manager parked a message at a destination that
+/// could not be reached, and whether that destination is suspended (then
+/// the message's own retry time does not matter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Parked {
+    #[default]
+    No,
+    Failing,
+    Suspended,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +210,7 @@ pub(crate) struct Entry {
     wake: u32,
     pub held: bool,
     pub warned: bool,
+    parked: Parked,
 }
 
 impl Entry {
@@ -211,6 +227,7 @@ impl Entry {
             wake: 0,
             held: false,
             warned: meta.warned,
+            parked: Parked::No,
         })
     }
 
@@ -266,11 +283,14 @@ impl Entry {
     }
 
     pub(crate) fn glance(&self) -> Glance {
+        let slots = self.slots.as_slice();
         Glance {
             held: self.held,
             warned: self.warned,
+            parked: self.parked,
+            open: slots.iter().filter(|s| s.due().is_some()).count(),
             received_at: i64::from(self.received),
-            due: self.slots.as_slice().iter().filter_map(|s| s.due()).min(),
+            due: slots.iter().filter_map(|s| s.due()).min(),
         }
     }
 
@@ -572,6 +592,21 @@ impl Index {
             (true, false) => self.wakes = self.wakes.saturating_sub(1),
             _ => {}
         }
+        Some(old)
+    }
+
+    /// Mark `id` parked (`Parked::No`: no longer). A mark only rises
+    /// while parked (`Failing` to `Suspended`). `None` if it is not
+    /// queued, else the mark it had. The mark lets the delivery manager
+    /// park a message once, in a list rather than a set.
+    pub(crate) fn set_parked(&mut self, id: &QueueId, parked: Parked) -> Option<Parked> {
+        let entry = self.get_mut(id)?;
+        let old = entry.parked;
+        entry.parked = if parked == Parked::No {
+            Parked::No
+        } else {
+            old.max(parked)
+        };
         Some(old)
     }
 
@@ -877,5 +912,27 @@ mod tests {
         index.set_wake(&id(1), Some(40));
         index.remove(&id(1), 2);
         assert_eq!(index.waiting(), 0, "gone with its message");
+    }
+
+    #[test]
+    fn a_parked_mark_only_rises_until_cleared() {
+        let mut index = index_with_segments(1);
+        message(&mut index, 1, 1);
+        assert_eq!(index.set_parked(&id(9), Parked::Failing), None);
+        assert_eq!(index.set_parked(&id(1), Parked::Failing), Some(Parked::No));
+        assert_eq!(
+            index.set_parked(&id(1), Parked::Suspended),
+            Some(Parked::Failing)
+        );
+        assert_eq!(
+            index.set_parked(&id(1), Parked::Failing),
+            Some(Parked::Suspended)
+        );
+        assert_eq!(index.glance(&id(1)).unwrap().parked, Parked::Suspended);
+        assert_eq!(
+            index.set_parked(&id(1), Parked::No),
+            Some(Parked::Suspended)
+        );
+        assert_eq!(index.glance(&id(1)).unwrap().parked, Parked::No);
     }
 }

@@ -50,7 +50,7 @@ pub use self::error::SpoolError;
 pub use self::id::{
     IdGenerator, IdSource, ParseQueueIdError, QUEUE_ID_LEN, QueueId, SystemIdSource,
 };
-pub(crate) use self::index::Glance;
+pub(crate) use self::index::{Glance, Parked};
 pub use self::recover::{SegmentCheck, check_segment};
 pub use self::reserve::{DEFAULT_RESERVE_BYTES, DEFAULT_RESERVE_RETRY};
 pub use self::snapshot::{SpoolSnapshot, open_readonly};

@@ -9,7 +9,7 @@ use super::admit::check_recipients;
 use super::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::QueueId;
-use super::index::{Glance, Meta};
+use super::index::{Glance, Meta, Parked};
 use super::op::{Carried, Op};
 use super::record;
 use super::tally::Tally;
@@ -56,6 +56,12 @@ impl Spool {
     /// `index::Entry::wake`).
     pub(crate) fn set_wake(&self, id: &QueueId, at: Option<i64>) -> Option<Option<i64>> {
         self.inner.shared.lock().index.set_wake(id, at)
+    }
+
+    /// Mark `id` parked (or no longer, see `index::Index::set_parked`):
+    /// `None` if it is not queued, else the mark it had.
+    pub(crate) fn set_parked(&self, id: &QueueId, parked: Parked) -> Option<Parked> {
+        self.inner.shared.lock().index.set_parked(id, parked)
     }
 
     /// Messages delivery means to look at again at a set time.
