@@ -13,15 +13,17 @@
 //! that needs a record in a source:
 //!
 //! - its message record is there: one COPY record, the message with its
-//!   whole delivery state (every recipient, hold, warned);
+//!   whole delivery state (every recipient, hold, warned), read back from
+//!   its records;
 //! - only some of its state is there: one SNAPSHOT record with its whole
 //!   delivery state.
 //!
 //! A step's records go through the writer like any other: appended in
 //! front of the requests of the batch it rides with (or alone when there
 //! are none), synced with them, and only then applied to the index. Their
-//! states are the index's as the batch begins, which is exactly what
-//! replaying the log up to that point gives; the batch's own requests
+//! states are read from the records the index points to as the batch
+//! begins (see `load`), which is exactly what replaying the log up to
+//! that point gives; the batch's own requests
 //! come after and replay over them. So a step never waits for more than
 //! one batch, a batch carries at most one step, and commits keep going.
 //!
