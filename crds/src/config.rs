@@ -56,8 +56,20 @@ pub struct RelayConfig {
     /// everywhere (and configs written before it existed still load).
     #[serde(default, skip_serializing_if = "OutboundTlsConfig::is_default")]
     pub outbound_tls: OutboundTlsConfig,
+    /// `spec.delivery.classification`, in order; checked by compile().
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classification: Vec<ClassRuleConfig>,
     /// Replica settings, for the operator's builders.
     pub scaling: ScalingConfig,
+}
+
+/// One bounce classification rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClassRuleConfig {
+    /// A regular expression that compiles (compile() checked it).
+    pub pattern: String,
+    pub class: crate::relay::BounceClass,
 }
 
 /// One listener.

@@ -496,6 +496,93 @@ pub struct Delivery {
     /// Outbound TLS policy.
     #[serde(default)]
     pub tls: DeliveryTls,
+    /// Rules that put a remote reply into a bounce class, tried in order
+    /// before the built-in table (which goes by the RFC 3463 enhanced
+    /// status code first and the reply text second).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub classification: Vec<ClassificationRule>,
+}
+
+/// One classification rule: a reply that matches goes into `class`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassificationRule {
+    /// A regular expression (Rust `regex` syntax; `(?i)` for any case)
+    /// matched against the reply as `CODE ENHANCED TEXT`, for example
+    /// `550 5.7.1 Service unavailable`, or the relay's own words for a
+    /// failure without a reply (`connection refused by …`).
+    #[serde(rename = "match")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub pattern: String,
+    pub class: BounceClass,
+}
+
+/// Why a recipient was not delivered (the class of a bounce or a
+/// deferral). In metrics (`class` label), logs and `mailrelay queue show`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum BounceClass {
+    /// The mailbox does not exist (5.1.1, "user unknown").
+    InvalidRecipient,
+    /// The domain does not exist or takes no mail (5.1.2, null MX).
+    BadDomain,
+    /// The mailbox is over quota (5.2.2).
+    MailboxFull,
+    /// The message is larger than the receiver takes (5.3.4, 5.2.3).
+    MessageTooLarge,
+    /// Refused by the receiver's policy (relaying denied, 5.7.1, …).
+    PolicyRejection,
+    /// Refused as spam, or the sending IP or domain is on a block list.
+    SpamBlock,
+    /// Slowed down by the receiver: rate limits, "try again later".
+    Throttled,
+    /// Refused for failed SPF, DKIM or DMARC (5.7.23–5.7.27).
+    AuthenticationFailure,
+    /// TLS could not be had as required (5.7.10, a failed handshake).
+    TlsFailure,
+    /// No connection: refused, timed out, unreachable, DNS trouble.
+    NetworkFailure,
+    /// The receiver or the conversation broke the protocol.
+    ProtocolError,
+    /// None of the above.
+    Other,
+}
+
+impl BounceClass {
+    pub const ALL: [BounceClass; 12] = [
+        BounceClass::InvalidRecipient,
+        BounceClass::BadDomain,
+        BounceClass::MailboxFull,
+        BounceClass::MessageTooLarge,
+        BounceClass::PolicyRejection,
+        BounceClass::SpamBlock,
+        BounceClass::Throttled,
+        BounceClass::AuthenticationFailure,
+        BounceClass::TlsFailure,
+        BounceClass::NetworkFailure,
+        BounceClass::ProtocolError,
+        BounceClass::Other,
+    ];
+
+    /// The name as in the API (and the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BounceClass::InvalidRecipient => "InvalidRecipient",
+            BounceClass::BadDomain => "BadDomain",
+            BounceClass::MailboxFull => "MailboxFull",
+            BounceClass::MessageTooLarge => "MessageTooLarge",
+            BounceClass::PolicyRejection => "PolicyRejection",
+            BounceClass::SpamBlock => "SpamBlock",
+            BounceClass::Throttled => "Throttled",
+            BounceClass::AuthenticationFailure => "AuthenticationFailure",
+            BounceClass::TlsFailure => "TlsFailure",
+            BounceClass::NetworkFailure => "NetworkFailure",
+            BounceClass::ProtocolError => "ProtocolError",
+            BounceClass::Other => "Other",
+        }
+    }
 }
 
 impl Delivery {

@@ -12,6 +12,8 @@ mod blocklists;
 mod domains;
 pub mod normalize;
 mod relay;
+
+pub use relay::CLASSIFICATION_REGEX_BYTES;
 pub mod selector;
 
 use kube::Resource;

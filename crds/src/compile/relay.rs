@@ -10,11 +10,15 @@ use super::selector::Selector;
 use super::{Problem, Report, namespace_of};
 use crate::common::{ObjectRef, SecretKeyRef};
 use crate::config::{
-    AutoscalingConfig, CONFIG_VERSION, DEFAULT_SECRETS_DIR, DnsConfig, DomainTlsConfig,
-    LimitsConfig, ListenerConfig, OutboundTlsConfig, PolicyConfig, QueueConfig, QueueStorageConfig,
-    RelayConfig, ScalingConfig, SecretFile, SmarthostConfig, TlsFiles,
+    AutoscalingConfig, CONFIG_VERSION, ClassRuleConfig, DEFAULT_SECRETS_DIR, DnsConfig,
+    DomainTlsConfig, LimitsConfig, ListenerConfig, OutboundTlsConfig, PolicyConfig, QueueConfig,
+    QueueStorageConfig, RelayConfig, ScalingConfig, SecretFile, SmarthostConfig, TlsFiles,
 };
 use crate::relay::{ListenerName, Relay, RelaySpec};
+
+/// The compiled size a classification pattern may take (the relay builds
+/// it with the same limit): ample for a rule, not for a runaway one.
+pub const CLASSIFICATION_REGEX_BYTES: usize = 1 << 20;
 
 pub(super) struct Base {
     pub config: RelayConfig,
@@ -70,6 +74,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let smarthost = r.smarthost(spec);
     let dns = r.dns(spec);
     let outbound_tls = r.outbound_tls(spec);
+    let classification = r.classification(spec);
     let scaling = r.scaling(spec);
 
     match (
@@ -106,6 +111,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 smarthost: smarthost.flatten(),
                 dns,
                 outbound_tls,
+                classification,
                 scaling,
             },
             domain_selector,
@@ -398,6 +404,26 @@ impl Report<'_> {
             policy: tls.policy,
             domains,
         }
+    }
+
+    /// `spec.delivery.classification`: each pattern must compile, within
+    /// the size the relay allows, so a rule never fails in the pod.
+    fn classification(&mut self, spec: &RelaySpec) -> Vec<ClassRuleConfig> {
+        let mut rules = Vec::new();
+        for (i, rule) in spec.delivery.classification.iter().enumerate() {
+            let field = format!("spec.delivery.classification[{i}].match");
+            match regex::RegexBuilder::new(&rule.pattern)
+                .size_limit(CLASSIFICATION_REGEX_BYTES)
+                .build()
+            {
+                Ok(_) => rules.push(ClassRuleConfig {
+                    pattern: rule.pattern.clone(),
+                    class: rule.class,
+                }),
+                Err(e) => self.add(field, format!("not a valid regular expression: {e}")),
+            }
+        }
+        rules
     }
 
     fn dns(&mut self, spec: &RelaySpec) -> Option<DnsConfig> {

@@ -478,6 +478,45 @@ fn outbound_tls_domains_are_normalised_sorted_and_listed_once() {
 }
 
 #[test]
+fn classification_rules_keep_their_order_and_a_bad_pattern_is_named() {
+    use crate::relay::BounceClass as C;
+    assert!(
+        ok(&plain_relay(), &[], &[])
+            .config
+            .classification
+            .is_empty()
+    );
+    let r = relay(
+        "  hostname: mx.example.com\n  delivery: {classification: [{match: '(?i)quota', class: MailboxFull}, {match: 'TSS0[0-9]', class: Throttled}]}\n",
+    );
+    let rules: Vec<(String, C)> = ok(&r, &[], &[])
+        .config
+        .classification
+        .into_iter()
+        .map(|r| (r.pattern, r.class))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("(?i)quota".to_string(), C::MailboxFull),
+            ("TSS0[0-9]".to_string(), C::Throttled)
+        ]
+    );
+    let r = relay(
+        "  hostname: mx.example.com\n  delivery: {classification: [{match: 'ok', class: Other}, {match: '(unclosed', class: SpamBlock}]}\n",
+    );
+    let problems = compile(&r, &[], &[]).expect_err("a bad pattern");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "spec.delivery.classification[1].match");
+    assert!(
+        problems[0]
+            .message
+            .contains("not a valid regular expression"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn relay_defaults_compile_to_rfc_values() {
     let c = ok(&plain_relay(), &[], &[]);
     let cfg = &c.config;

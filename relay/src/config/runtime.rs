@@ -3,6 +3,7 @@
 //! time, so the SMTP hot path does no parsing. Immutable; a reload builds a
 //! new one and swaps it in, and sessions already open keep theirs.
 
+use crate::delivery::classify::Classifier;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -22,6 +23,8 @@ pub struct Runtime {
     /// Login → extra addresses or `*@domain` patterns it may send as.
     senders: HashMap<String, Vec<String>>,
     pub policy: Policy,
+    /// `spec.delivery.classification` before the built-in table.
+    pub classifier: Classifier,
 }
 
 /// Where a recipient's mail would go.
@@ -77,7 +80,9 @@ impl Runtime {
             }
         }
         let policy = Policy::build(&config.policy, now_unix);
+        let classifier = Classifier::new(&config.classification);
         let runtime = Runtime {
+            classifier,
             config,
             domains,
             accounts,

@@ -4,6 +4,7 @@
 //! outbound TLS policy ([`tls_policy`]). Each gives one typed [`Outcome`]
 //! per recipient; what to do with it is the queue's business.
 
+pub(crate) mod classify;
 pub(crate) mod lmtp;
 pub(crate) mod maildir;
 pub(crate) mod mx;

@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::delivery::classify;
 use crate::spool::{self, QueueId, Queued, RecipientState, Spool, SpoolError, SpoolSnapshot};
 
 /// What `mailrelay queue` was asked to do.
@@ -365,7 +366,16 @@ pub(crate) fn format_show(q: &Queued, body_head: &[u8]) -> String {
     field("Body:", body.join(", "));
     out.push_str("Recipients:\n");
     for (address, state) in envelope.recipients.iter().zip(&q.recipients) {
-        let _ = writeln!(out, "  {}: {}", printable(address), describe(state, None));
+        let _ = write!(out, "  {}: {}", printable(address), describe(state, None));
+        // By the built-in table: a Relay's own rules apply in its logs and
+        // metrics, where its config is at hand.
+        match state {
+            RecipientState::Deferred { last_reply: r, .. }
+            | RecipientState::Failed { reply: r } => {
+                let _ = writeln!(out, " (class {})", classify::builtin(r).as_str());
+            }
+            RecipientState::Pending | RecipientState::Delivered { .. } => out.push('\n'),
+        }
     }
     out.push_str("Headers:\n");
     for line in header_lines(body_head) {
@@ -567,8 +577,8 @@ mod tests {
             "TLS:        yes",
             "Body:       8BITMIME, SMTPUTF8",
             "Recipients:",
-            r"  erin@example.com: failed: 550 5.1.1 No\r\n such user",
-            "  frank@example.com: deferred, 1 attempt, next attempt 2023-11-14 23:13:15 UTC: 421 4.3.2 Shutting down",
+            r"  erin@example.com: failed: 550 5.1.1 No\r\n such user (class InvalidRecipient)",
+            "  frank@example.com: deferred, 1 attempt, next attempt 2023-11-14 23:13:15 UTC: 421 4.3.2 Shutting down (class Other)",
             "Headers:",
             r"  Subject: hi \u{1b}[2J",
             "  From: a@example.org",

@@ -32,6 +32,9 @@ pub(crate) struct DeliveryLabel {
     pub route: &'static str,
     /// `delivered`, `deferred` or `bounced`.
     pub result: &'static str,
+    /// The bounce class of a deferral or bounce (`BounceClass`), empty for
+    /// a delivery.
+    pub class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -251,10 +254,21 @@ impl Metrics {
     }
 
     /// One recipient's attempt: `result` is `delivered`, `deferred` or
-    /// `bounced`; `age` is seconds since the message arrived.
-    pub(crate) fn delivery(&self, route: &'static str, result: &'static str, age: i64) {
+    /// `bounced`, `class` its bounce class (empty for a delivery); `age`
+    /// is seconds since the message arrived.
+    pub(crate) fn delivery(
+        &self,
+        route: &'static str,
+        result: &'static str,
+        class: &'static str,
+        age: i64,
+    ) {
         self.deliveries
-            .get_or_create(&DeliveryLabel { route, result })
+            .get_or_create(&DeliveryLabel {
+                route,
+                result,
+                class,
+            })
             .inc();
         if result != "deferred" {
             self.delivery_latency.observe(age as f64);

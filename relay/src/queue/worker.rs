@@ -3,6 +3,7 @@
 //! (the pool), each group's results are made durable before the next, and
 //! the manager is told what the attempt learnt of the destination.
 
+use crate::delivery::classify::Classifier;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -137,9 +138,10 @@ impl Worker {
             for ((&i, rcpt), outcome) in indices.iter().zip(&recipients).zip(&tried.outcomes) {
                 let state =
                     decide::after_attempt(&q.recipients[i], outcome, &schedule, received, now, rng);
-                let result = log_outcome(&q, rcpt, &route, outcome, &state);
+                let class = class_of(&rt.classifier, outcome);
+                let result = log_outcome(&q, rcpt, &route, outcome, &state, class);
                 let age = (now.as_second() - q.envelope.received_at).max(0);
-                self.metrics.delivery(route.kind(), result, age);
+                self.metrics.delivery(route.kind(), result, class, age);
                 updates.push((i, state));
             }
             // Awaited: the next group (and the next job) waits until this
@@ -196,11 +198,13 @@ impl Worker {
                 updates.push((i, state));
             }
         }
+        let class = self.current.get().classifier.classify(reason).as_str();
         tracing::info!(queue_id = %q.id, destination = dest, recipients = updates.len(),
-            result = "deferred", reason, "delivery: destination suspended, no attempt");
+            result = "deferred", class, reason, "delivery: destination suspended, no attempt");
         self.metrics.delivery(
             "suspended",
             "deferred",
+            class,
             (now.as_second() - q.envelope.received_at).max(0),
         );
         self.record(q, updates).await;
@@ -224,6 +228,16 @@ impl Worker {
     }
 }
 
+/// The bounce class of an outcome; empty for a delivery.
+fn class_of(classifier: &Classifier, outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered { .. } => "",
+        Outcome::TempFail { reason } | Outcome::PermFail { reason } => {
+            classifier.classify(reason).as_str()
+        }
+    }
+}
+
 /// One structured event per recipient decision; returns the result label.
 fn log_outcome(
     q: &Queued,
@@ -231,6 +245,7 @@ fn log_outcome(
     route: &Route,
     outcome: &Outcome,
     state: &RecipientState,
+    class: &'static str,
 ) -> &'static str {
     let result = match state {
         RecipientState::Delivered { .. } => "delivered",
@@ -242,6 +257,7 @@ fn log_outcome(
         recipient = %rcpt,
         route = route.kind(),
         result,
+        class,
         reply = %outcome,
         "delivery"
     );

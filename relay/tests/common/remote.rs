@@ -32,6 +32,9 @@ pub enum Step {
     Accept,
     /// Greet with `421` and close: a host that takes no mail at all.
     Refuse421,
+    /// Behave, but answer RCPT for a recipient whose local part is one of
+    /// these with its reply line (others get 250).
+    Answers(&'static [(&'static str, &'static str)]),
 }
 
 /// What the server saw.
@@ -202,7 +205,11 @@ fn converse(stream: TcpStream, step: Step, stop: &AtomicBool, seen: &Mutex<Seen>
         let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" | "HELO" => c.reply("250 misbehaving.test")?,
-            "MAIL" | "RCPT" | "RSET" | "NOOP" => c.reply("250 2.0.0 Ok")?,
+            "RCPT" => match answer_for(step, &line) {
+                Some(reply) => c.reply(reply)?,
+                None => c.reply("250 2.0.0 Ok")?,
+            },
+            "MAIL" | "RSET" | "NOOP" => c.reply("250 2.0.0 Ok")?,
             "QUIT" => {
                 c.reply("221 2.0.0 Bye")?;
                 return Some(());
@@ -232,4 +239,17 @@ fn converse(stream: TcpStream, step: Step, stop: &AtomicBool, seen: &Mutex<Seen>
             _ => c.reply("502 5.5.2 Command not recognized")?,
         }
     }
+}
+
+/// The scripted reply to `RCPT TO:<local@domain>`, if any.
+fn answer_for(step: Step, line: &str) -> Option<&'static str> {
+    let Step::Answers(answers) = step else {
+        return None;
+    };
+    let address = line.split_once('<')?.1.split_once('>')?.0;
+    let local = address.split_once('@').map_or(address, |(l, _)| l);
+    answers
+        .iter()
+        .find(|(who, _)| who.eq_ignore_ascii_case(local))
+        .map(|(_, reply)| *reply)
 }
