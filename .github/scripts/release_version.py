@@ -40,15 +40,22 @@ def workspace_version(root: Path) -> str:
         raise ReleaseError("Cargo.toml has no [workspace.package] version") from None
 
 
-def crate_problems(root: Path, version: str) -> list[str]:
-    """Members that do not carry the workspace version, in Cargo.toml or Cargo.lock."""
+def member_packages(root: Path) -> dict[str, dict]:
+    """Each workspace member's directory and its [package] table."""
     with open(root / "Cargo.toml", "rb") as fh:
         members = tomllib.load(fh)["workspace"].get("members", [])
-    problems = []
-    names = {}
+    packages = {}
     for member in members:
         with open(root / member / "Cargo.toml", "rb") as fh:
-            package = tomllib.load(fh).get("package", {})
+            packages[member] = tomllib.load(fh).get("package", {})
+    return packages
+
+
+def crate_problems(root: Path, version: str) -> list[str]:
+    """Members that do not carry the workspace version, in Cargo.toml or Cargo.lock."""
+    problems = []
+    names = {}
+    for member, package in member_packages(root).items():
         names[package.get("name")] = member
         declared = package.get("version")
         if declared != {"workspace": True} and declared != version:
