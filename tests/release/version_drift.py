@@ -89,6 +89,11 @@ def workflow_problems(wf: dict) -> list[str]:
             problems.append(f"{WORKFLOW}: merge job {key} is {merge.get('env', {}).get(key)!r}, not {value!r}")
     if '-t "$IMAGE:$VERSION"' not in merge["run"]:
         problems.append(f"{WORKFLOW}: the merge job does not tag $IMAGE:$VERSION")
+    # The merge job finds the platform images by digest under $IMAGE.
+    build = step_with(jobs["image"], lambda s: s.get("uses", "").startswith("docker/build-push-action@"))
+    pushed_as = "type=image,name=" + META % "registry" + "/${{ matrix.component }},"
+    if not build.get("with", {}).get("outputs", "").startswith(pushed_as):
+        problems.append(f"{WORKFLOW}: the image job does not push to {pushed_as[len('type=image,name='):-1]}")
     built = jobs["image"]["strategy"]["matrix"]["component"]
     if built != jobs["merge"]["strategy"]["matrix"]["component"]:
         problems.append(f"{WORKFLOW}: the image and merge jobs have different components")
@@ -179,6 +184,9 @@ def mutations(version: str) -> list[tuple]:
         ("release component renamed in both jobs", WORKFLOW,
          "component: [mailrelay, mailrelay-operator]", "component: [mailrelay, operator]",
          "release pushes ghcr.io/mailrelay/operator", 2),
+        ("platform images pushed elsewhere", WORKFLOW,
+         "name=${{ needs.meta.outputs.registry }}/${{ matrix.component }},push-by-digest",
+         "name=ghcr.io/mailrelay/${{ matrix.component }},push-by-digest", "the image job does not push"),
         ("chart pushed with another version", WORKFLOW,
          "VERSION: ${{ needs.meta.outputs.version }}\n          ACTOR",
          f"VERSION: {new}\n          ACTOR", "chart job VERSION"),
