@@ -70,6 +70,16 @@ pub struct BlocklistSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(e, e.value.contains('@'))").message("each value must be an address such as user@example.com"))]
     pub senders: Vec<Entry>,
 
+    /// Recipients never to send to (a suppression list): an address
+    /// (`user@example.com`), every address of a domain (`*@example.com`)
+    /// or of the domains under one (`*.example.com`). A listed recipient is
+    /// refused at RCPT on every listener (550 5.7.1 with `Reject`), after
+    /// the relay has decided it would take it: outsiders learn nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50000))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, e.value.contains('@') || e.value.startsWith('*.'))").message("each value must be an address, *@domain or *.domain"))]
+    pub recipients: Vec<Entry>,
+
     /// DNS blocklist zones checked for each client address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]

@@ -234,12 +234,24 @@ pub struct PolicyConfig {
     pub senders: Vec<AddressBlock>,
     /// DNSBL zones, sorted by zone then rule.
     pub dnsbl: Vec<DnsblConfig>,
+    /// Suppressed recipient addresses, sorted by address then rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<AddressBlock>,
+    /// Suppressed recipient domains (`*@name`, or with `wildcard` the
+    /// names under it, `*.name`), sorted by name then rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipient_domains: Vec<DomainBlock>,
 }
 
 impl PolicyConfig {
     /// Entries in force: every list entry and every DNSBL zone.
     pub fn entry_count(&self) -> usize {
-        self.ips.len() + self.domains.len() + self.senders.len() + self.dnsbl.len()
+        self.ips.len()
+            + self.domains.len()
+            + self.senders.len()
+            + self.dnsbl.len()
+            + self.recipients.len()
+            + self.recipient_domains.len()
     }
 }
 

@@ -72,6 +72,7 @@ fn valid_blocklist() -> Value {
             "ips": [{"value": "192.0.2.1"}, {"value": "2001:db8::/32"}],
             "domains": [{"value": "spam.example"}, {"value": "*.bulk.example"}],
             "senders": [{"value": "offers@promo.example"}],
+            "recipients": [{"value": "bob@example.net"}, {"value": "*@gone.example"}],
             "dnsbl": [{"zone": "bl.example", "returnCodes": ["127.0.0.2", "127.0.0.0/24"], "message": "listed"}]
         }
     })
@@ -287,6 +288,11 @@ fn blocklist_cases() -> Vec<Case> {
             rule: "self.all(e, e.value.contains('@'))",
             bad: ("/spec/senders/0", json!({"value": "promo.example"})),
             good: ("/spec/senders/0", json!({"value": "Sales@Promo.Example"})),
+        },
+        Case {
+            rule: "self.all(e, e.value.contains('@') || e.value.startsWith('*.'))",
+            bad: ("/spec/recipients/1", json!({"value": "gone.example"})),
+            good: ("/spec/recipients/1", json!({"value": "*.gone.example"})),
         },
         Case {
             rule: "self.all(c, isIP(c) || isCIDR(c))",

@@ -22,8 +22,13 @@ fn manifests(blocked: bool) -> String {
     } else {
         "  ips: [{value: 192.0.2.1}]\n".to_string()
     };
+    manifests_with(&list)
+}
+
+/// The manifests with `list` as the Blocklist's spec.
+fn manifests_with(list: &str) -> String {
     format!(
-        "apiVersion: mailrelay.io/v1alpha1\nkind: Relay\nmetadata: {{name: r}}\nspec:\n  hostname: mx.test\n  trustedNetworks: [127.0.0.0/8]\n---\n\
+        "apiVersion: mailrelay.io/v1alpha1\nkind: Relay\nmetadata: {{name: r}}\nspec:\n  hostname: mx.test\n  trustedNetworks: [127.0.0.0/8]\n  relayFromTrustedNetworks: true\n---\n\
          apiVersion: mailrelay.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: h}}\nspec:\n  domain: hosted.test\n  inbound: {{localParts: [alice]}}\n  delivery: {{lmtp: {{host: 127.0.0.1, port: 9}}}}\n---\n\
          apiVersion: mailrelay.io/v1alpha1\nkind: Blocklist\nmetadata: {{name: b}}\nspec:\n{list}"
     )
@@ -31,14 +36,13 @@ fn manifests(blocked: bool) -> String {
 
 /// Compile the manifests as the operator would and write the JSON.
 fn write_config(path: &Path, blocked: bool) {
+    write_manifests(path, &manifests(blocked));
+}
+
+fn write_manifests(path: &Path, text: &str) {
     let mut m = Manifests::default();
     let mut errors = Vec::new();
-    load_text(
-        Path::new("test.yaml"),
-        &manifests(blocked),
-        &mut m,
-        &mut errors,
-    );
+    load_text(Path::new("test.yaml"), text, &mut m, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let compiled = compile(
         &m.relays[0].object,
@@ -126,6 +130,93 @@ fn connect_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
             let _ = s.set_nonblocking(false);
         })
     })
+}
+
+/// `mailrelay run --config` on `config`, logging into `dir/relay.log`;
+/// its SMTP address.
+fn start(dir: &Path, config: &Path) -> (Relay, SocketAddr) {
+    let (smtp, http) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
+    let log = std::fs::File::create(dir.join("relay.log")).unwrap();
+    let relay = Relay(
+        Command::new(env!("CARGO_BIN_EXE_mailrelay"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args([
+                "--listen",
+                &format!("smtp={addr}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--spool",
+            ])
+            .arg(dir.join("spool"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mailrelay"),
+    );
+    (relay, addr)
+}
+
+const SUPPRESSED: &str = "  recipients:\n    - {value: bob@remote.test, comment: asked to stop}\n    - {value: \"*@gone.test\"}\n  message: \"Recipient suppressed\"\n";
+
+/// RCPT for `to` in a new session from a trusted client (which may relay).
+fn rcpt_reply(addr: SocketAddr, to: &str) -> String {
+    let mut c = Client::connect("127.0.0.1", addr).expect("a session");
+    assert!(c.send("EHLO client.test").starts_with("250"));
+    assert!(c.send("MAIL FROM:<a@remote.test>").starts_with("250"));
+    c.send(&format!("RCPT TO:<{to}>"))
+}
+
+#[test]
+fn a_suppressed_recipient_is_refused_until_its_entry_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.json");
+    write_manifests(&config, &manifests_with(SUPPRESSED));
+    let (_relay, addr) = start(dir.path(), &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Client::connect("127.0.0.1", addr).is_none() {
+        assert!(Instant::now() < deadline, "relay did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for to in ["bob@remote.test", "BOB@Remote.Test", "anyone@gone.test"] {
+        let reply = rcpt_reply(addr, to);
+        assert!(
+            reply.starts_with("550 5.7.1 Recipient suppressed"),
+            "{to}: {reply}"
+        );
+    }
+    let other = rcpt_reply(addr, "carol@remote.test");
+    assert!(other.starts_with("250 2.1.5"), "{other}");
+
+    // The entry goes (the operator writes the new config); no restart.
+    write_manifests(
+        &config,
+        &manifests_with("  recipients: [{value: \"*@gone.test\"}]\n"),
+    );
+    let through = loop {
+        let mut c = Client::connect("127.0.0.1", addr).expect("a session");
+        c.send("EHLO client.test");
+        c.send("MAIL FROM:<a@remote.test>");
+        let reply = c.send("RCPT TO:<bob@remote.test>");
+        if reply.starts_with("250") {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new config never applied; last reply {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut c = through;
+    assert!(c.send("DATA").starts_with("354"));
+    let accepted = c.send("Subject: after\r\n\r\nwelcome again\r\n.");
+    assert!(
+        accepted.starts_with("250 2.0.0 Ok: queued as "),
+        "{accepted}"
+    );
+    let still = rcpt_reply(addr, "x@gone.test");
+    assert!(still.starts_with("550 5.7.1"), "{still}");
 }
 
 #[test]

@@ -68,6 +68,8 @@ struct Entries {
     domains: BTreeMap<(String, bool, u32), Option<i64>>,
     senders: BTreeMap<(String, u32), Option<i64>>,
     dnsbl: BTreeMap<(String, u32), DnsblConfig>,
+    recipients: BTreeMap<(String, u32), Option<i64>>,
+    recipient_domains: BTreeMap<(String, bool, u32), Option<i64>>,
 }
 
 impl Entries {
@@ -97,6 +99,28 @@ impl Entries {
                 normalize::address(&e.value),
             ) {
                 keep_longest(&mut self.senders, (address, index), expiry(e));
+            }
+        }
+        for (i, e) in bl.spec.recipients.iter().enumerate() {
+            let field = format!("spec.recipients[{i}].value");
+            let (domain, wildcard) = match (e.value.strip_prefix("*@"), e.value.strip_prefix("*."))
+            {
+                (Some(domain), _) => (Some(domain), false),
+                (None, Some(domain)) => (Some(domain), true),
+                (None, None) => (None, false),
+            };
+            match domain {
+                Some(domain) => {
+                    if let Some(name) = r.check(field, normalize::domain_name(domain)) {
+                        let key = (name, wildcard, index);
+                        keep_longest(&mut self.recipient_domains, key, expiry(e));
+                    }
+                }
+                None => {
+                    if let Some(address) = r.check(field, normalize::address(&e.value)) {
+                        keep_longest(&mut self.recipients, (address, index), expiry(e));
+                    }
+                }
             }
         }
         for (i, z) in bl.spec.dnsbl.iter().enumerate() {
@@ -134,6 +158,25 @@ impl Entries {
                 })
                 .collect(),
             dnsbl: self.dnsbl.into_values().collect(),
+            recipients: self
+                .recipients
+                .into_iter()
+                .map(|((address, rule), expires)| AddressBlock {
+                    address,
+                    rule,
+                    expires,
+                })
+                .collect(),
+            recipient_domains: self
+                .recipient_domains
+                .into_iter()
+                .map(|((name, wildcard, rule), expires)| DomainBlock {
+                    name,
+                    wildcard,
+                    rule,
+                    expires,
+                })
+                .collect(),
         }
     }
 }

@@ -314,6 +314,33 @@ fn without_timestamps_the_name_decides() {
     assert_eq!(c.config.domains[0].source.name, "a");
 }
 
+#[test]
+fn suppressed_recipients_compile_to_addresses_and_domains_and_count() {
+    let bl = blocklist(
+        "stop",
+        "  recipients: [{value: Bob@Example.NET}, {value: '*@Gone.Example.'}, {value: '*.old.example'}, {value: 'bob@example.net'}, {value: nobody}, {value: '*@a..b'}]\n",
+    );
+    let c = ok(&plain_relay(), &[], &[bl.clone()]);
+    let p = &c.config.policy;
+    let addresses: Vec<&str> = p.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(addresses, ["bob@example.net"], "once, lower case");
+    let domains: Vec<(&str, bool)> = p
+        .recipient_domains
+        .iter()
+        .map(|d| (d.name.as_str(), d.wildcard))
+        .collect();
+    assert_eq!(domains, [("gone.example", false), ("old.example", true)]);
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["spec.recipients[4].value", "spec.recipients[5].value"],
+        "{:?}",
+        c.problems
+    );
+    let (entries, problems) = crate::compile::check_blocklist(&bl);
+    assert_eq!((entries, problems.len()), (3, 2), "the status counts them");
+}
+
 // --- problems ---
 
 #[test]

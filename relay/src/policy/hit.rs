@@ -47,6 +47,9 @@ pub enum Matched {
     },
     /// A sender address.
     Sender { address: String },
+    /// A recipient on a suppression list, and the entry that matched
+    /// (the address, `*@domain` or `*.domain`).
+    Recipient { address: String, entry: String },
     /// The client address is listed in a DNSBL zone with this answer; the
     /// zone's own reply text, if it has one, takes precedence.
     Dnsbl {
@@ -108,6 +111,9 @@ impl Hit {
                 NameRole::SenderDomain => format!("Sender domain {name} is blocked"),
             },
             Matched::Sender { address } => format!("Sender {address} is blocked"),
+            Matched::Recipient { address, .. } => {
+                format!("Recipient {address} is on a suppression list")
+            }
             Matched::Dnsbl { ip, zone, .. } => {
                 format!("Client address {ip} is listed by {zone}")
             }

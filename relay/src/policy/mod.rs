@@ -43,6 +43,8 @@ pub struct Policy {
     ips: IpSet<u32>,
     names: NameSet<u32>,
     senders: AddressSet<u32>,
+    recipients: AddressSet<u32>,
+    recipient_domains: NameSet<u32>,
     dnsbl: Vec<DnsblZone>,
     next_expiry: Option<i64>,
 }
@@ -117,6 +119,22 @@ impl Policy {
                 .map(|e| (e.address.clone(), e.rule)),
             |(_, r)| *r,
         ));
+        let recipients = AddressSet::build(by_rule(
+            config
+                .recipients
+                .iter()
+                .filter(|e| live(e.rule, e.expires, &e.address))
+                .map(|e| (e.address.clone(), e.rule)),
+            |(_, r)| *r,
+        ));
+        let recipient_domains = NameSet::build(by_rule(
+            config
+                .recipient_domains
+                .iter()
+                .filter(|e| live(e.rule, e.expires, &e.name))
+                .map(|e| (e.name.clone(), e.wildcard, e.rule)),
+            |(_, _, r)| *r,
+        ));
         let mut dnsbl: Vec<DnsblZone> = config
             .dnsbl
             .iter()
@@ -146,6 +164,8 @@ impl Policy {
             ips,
             names,
             senders,
+            recipients,
+            recipient_domains,
             dnsbl,
             next_expiry,
         }
@@ -194,14 +214,44 @@ impl Policy {
         })
     }
 
+    /// A recipient (normalised address, and its domain) against the
+    /// suppression lists: the address itself, then its domain (`*@name`)
+    /// and the domains above it (`*.name`).
+    pub(crate) fn check_recipient(&self, address: &str, domain: &str) -> Option<Hit> {
+        let (entry, rule) = match self.recipients.lookup(address) {
+            Some((entry, rule)) => (entry.to_string(), *rule),
+            None => {
+                let hit = self.recipient_domains.lookup(domain)?;
+                let entry = if hit.wildcard {
+                    format!("*.{}", hit.entry)
+                } else {
+                    format!("*@{}", hit.entry)
+                };
+                (entry, *hit.value)
+            }
+        };
+        Some(Hit {
+            rule: self.rule(rule)?,
+            matched: Matched::Recipient {
+                address: address.to_string(),
+                entry,
+            },
+        })
+    }
+
     /// DNSBL zones to query, strictest rule first.
     pub(crate) fn dnsbl_zones(&self) -> &[DnsblZone] {
         &self.dnsbl
     }
 
-    /// Entries in force (networks, names, senders, zones).
+    /// Entries in force (networks, names, senders, zones, recipients).
     pub fn entry_count(&self) -> usize {
-        self.ips.len() + self.names.len() + self.senders.len() + self.dnsbl.len()
+        self.ips.len()
+            + self.names.len()
+            + self.senders.len()
+            + self.dnsbl.len()
+            + self.recipients.len()
+            + self.recipient_domains.len()
     }
 
     fn rule(&self, index: u32) -> Option<Arc<BlockRule>> {

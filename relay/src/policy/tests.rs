@@ -87,6 +87,16 @@ fn config() -> PolicyConfig {
                 rule: 0,
             },
         ],
+        recipients: vec![AddressBlock {
+            address: "bob@example.net".into(),
+            rule: 0,
+            expires: None,
+        }],
+        recipient_domains: vec![
+            dom("gone.example", false, 1, None),
+            dom("old.example", true, 2, Some(NOW + 50)),
+            dom("past.example", false, 0, Some(NOW)),
+        ],
     }
 }
 
@@ -214,6 +224,44 @@ fn names_are_checked_in_each_role() {
 }
 
 #[test]
+fn suppressed_recipients_match_by_address_domain_or_parent_domain() {
+    let policy = Policy::build(&config(), NOW);
+    for (address, domain, want) in [
+        (
+            "bob@example.net",
+            "example.net",
+            Some("550 5.7.1 Recipient bob@example.net is on a suppression list"),
+        ),
+        ("alice@example.net", "example.net", None),
+        (
+            "x@gone.example",
+            "gone.example",
+            Some("550 5.7.1 Spam source, see https://example.com"),
+        ),
+        ("x@sub.gone.example", "sub.gone.example", None),
+        (
+            "x@a.old.example",
+            "a.old.example",
+            Some("450 4.7.1 Recipient x@a.old.example is on a suppression list"),
+        ),
+        ("x@old.example", "old.example", None),
+        ("x@past.example", "past.example", None),
+    ] {
+        let got = policy
+            .check_recipient(address, domain)
+            .map(|h| h.reply().to_string());
+        assert_eq!(got.as_deref(), want, "{address}");
+    }
+    assert_eq!(
+        Policy::build(&config(), NOW + 50)
+            .check_recipient("x@a.old.example", "a.old.example")
+            .map(|h| h.reply().to_string()),
+        None,
+        "expired"
+    );
+}
+
+#[test]
 fn senders_match_exactly() {
     let policy = Policy::build(&config(), NOW);
     for (sender, want) in [
@@ -250,7 +298,8 @@ fn dnsbl_zones_come_strictest_first() {
     assert!(!policy.dnsbl_zones()[0].lists(ip("127.0.0.3")));
     // Networks: 7 listed, one expired, one duplicate, one without a rule.
     // Names: 4 listed, one expired, one duplicate.
-    assert_eq!(policy.entry_count(), 4 + 2 + 2 + 2);
+    // Recipients: one address, 3 domains of which one expired.
+    assert_eq!(policy.entry_count(), 4 + 2 + 2 + 2 + 1 + 2);
 }
 
 #[test]

@@ -408,6 +408,11 @@ impl Session {
         if let Some(reply) = reply {
             return reply.into();
         }
+        // Suppression after routing: a client that may not send here
+        // learns nothing of the list.
+        if let Some(hit) = self.rt.policy.check_recipient(&to.normalised(), &to.domain) {
+            return super::policy_reply(&hit.reply()).into();
+        }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(to);
         }
