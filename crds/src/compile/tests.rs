@@ -320,7 +320,7 @@ fn suppressed_recipients_compile_to_addresses_and_domains_and_count() {
         "stop",
         "  recipients: [{value: Bob@Example.NET}, {value: '*@Gone.Example.'}, {value: '*.old.example'}, {value: 'bob@example.net'}, {value: nobody}, {value: '*@a..b'}]\n",
     );
-    let c = ok(&plain_relay(), &[], &[bl.clone()]);
+    let c = ok(&plain_relay(), &[], std::slice::from_ref(&bl));
     let p = &c.config.policy;
     let addresses: Vec<&str> = p.recipients.iter().map(|r| r.address.as_str()).collect();
     assert_eq!(addresses, ["bob@example.net"], "once, lower case");
