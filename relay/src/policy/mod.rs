@@ -214,6 +214,12 @@ impl Policy {
         })
     }
 
+    /// Whether any recipient is suppressed: most relays list none, and
+    /// their RCPT path then costs no lookup.
+    pub(crate) fn suppresses_recipients(&self) -> bool {
+        self.recipients.len() + self.recipient_domains.len() > 0
+    }
+
     /// A recipient (normalised address, and its domain) against the
     /// suppression lists: the address itself, then its domain (`*@name`)
     /// and the domains above it (`*.name`).

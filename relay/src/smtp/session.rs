@@ -410,7 +410,9 @@ impl Session {
         }
         // Suppression after routing: a client that may not send here
         // learns nothing of the list.
-        if let Some(hit) = self.rt.policy.check_recipient(&to.normalised(), &to.domain) {
+        if self.rt.policy.suppresses_recipients()
+            && let Some(hit) = self.rt.policy.check_recipient(&to.normalised(), &to.domain)
+        {
             return super::policy_reply(&hit.reply()).into();
         }
         if let Some(tx) = self.tx.as_mut() {
