@@ -9,7 +9,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use mailrelay_crds::compile::normalize;
 use mailrelay_crds::compile::selector::Selector;
 use mailrelay_crds::{MailDomain, MailDomainStatus};
@@ -147,13 +146,11 @@ async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeySta
     Some(state)
 }
 
-/// The DKIM readiness gauge of this domain, and none for deleted ones.
+/// The DKIM readiness gauge of this domain (deleted domains lose theirs
+/// in `Context::forget_deleted_domains`).
 fn publish_dkim(domain: &MailDomain, ctx: &Context, ns: &str, dkim: Option<&KeyState>) {
     let ready = dkim.map(|k| matches!(k, KeyState::Ready { .. }));
     ctx.metrics.dkim_key(ns, &domain.name_any(), ready);
-    let store = ctx.cluster.domains();
-    ctx.metrics
-        .retain_dkim(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
 }
 
 /// Events for what happened to the DKIM key.

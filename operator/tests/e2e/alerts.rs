@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube::api::DeleteParams;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cluster::{Cluster, eventually, operator_rules, root};
-use crate::{LIMIT, RelayProcess, config_of, free_port, relay_binary};
+use crate::{LIMIT, RelayProcess, config_of, domains, free_port, relay_binary};
 
 /// How long Prometheus gets to fire an alert once the mail is queued: it
 /// scrapes and evaluates every second.
@@ -442,6 +443,18 @@ async fn prometheus_fires_the_charts_alerts_for_mail_piling_up_behind_a_dead_nex
         http_get(operator_http, "/metrics").unwrap(),
     ];
     assert_rules_name_exported_metrics(&groups, &pages);
+
+    // A deleted MailDomain takes its DKIM series along (a stale value
+    // would keep MailrelayDKIMKeyNotReady firing for a domain that is gone).
+    c.api(&domains(), ns)
+        .delete("signed", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted domain's DKIM series gone", LIMIT, || async {
+        let text = http_get(operator_http, "/metrics")?;
+        (!text.contains("mailrelay_operator_dkim_key_ready{")).then_some(())
+    })
+    .await;
 }
 
 /// A self-signed `tls.crt`/`tls.key` pair in `dir`, valid until midnight
