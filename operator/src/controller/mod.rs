@@ -106,6 +106,18 @@ impl Context {
             .set_pending("Blocklist", p.count("Blocklist", c.blocklists()));
     }
 
+    /// Drop the DKIM series of MailDomains no longer in the cluster: a
+    /// deleted object is not reconciled again, and its last 0 would keep
+    /// alerting.
+    pub fn forget_deleted_domains(&self) {
+        let store = self.cluster.domains();
+        self.metrics.retain_dkim(|ns, name| {
+            store
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                .is_some()
+        });
+    }
+
     /// The Relays of the object's namespace whose domain (or blocklist)
     /// selector matches its labels, or whose last outcome involves it: so a
     /// relabelled MailDomain reaches both the Relay that gains it and the
@@ -201,6 +213,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 ctx.update_pending();
+                ctx.forget_deleted_domains();
             }
         }
     };
@@ -309,6 +322,10 @@ where
                 let ns = gone.namespace.clone().unwrap_or_default();
                 if kind == "Relay" {
                     ctx.outcomes.record(&ns, &gone.name, None);
+                }
+                // A deleted MailDomain's last DKIM 0 would keep alerting.
+                if kind == "MailDomain" {
+                    ctx.metrics.dkim_key(&ns, &gone.name, None);
                 }
                 ctx.pending.forget(kind, ns, gone.name.clone());
             }

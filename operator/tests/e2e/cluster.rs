@@ -123,6 +123,12 @@ impl Cluster {
 
     /// Start an operator replica named `identity`.
     pub fn operator(&self, identity: &str) -> Operator {
+        self.operator_serving(identity, "127.0.0.1:0")
+    }
+
+    /// Start an operator replica named `identity` whose /metrics, /healthz
+    /// and /readyz answer on `http` (for a scraper that must know where).
+    pub fn operator_serving(&self, identity: &str, http: &str) -> Operator {
         let token = format!("{identity}-token");
         self.sim.add_user(&token, OPERATOR_SA);
         let kubeconfig = self.dir.path().join(format!("{identity}.kubeconfig"));
@@ -135,7 +141,7 @@ impl Cluster {
             .args([
                 "run",
                 "--http-addr",
-                "127.0.0.1:0",
+                http,
                 "--leader-elect",
                 "--lease-namespace",
                 OPERATOR_NS,

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: panics are its failures
 
+mod alerts;
 mod cluster;
 mod dkim;
 

@@ -254,6 +254,9 @@ async fn open_spool(opts: &RunOptions) -> Result<Spool, RunError> {
 async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Running, RunError> {
     let mut metrics = Metrics::new();
     let drain_metrics = DrainMetrics::register(&mut metrics.registry);
+    if let Some(tls) = &loaded.tls {
+        metrics.tls_expiry(tls.expiry());
+    }
     let metrics = Arc::new(metrics);
     let hostname = loaded.runtime.config.hostname.clone();
     let shared = Shared {
@@ -479,6 +482,7 @@ async fn expire_entries(current: Current) {
 /// stopped the delivery manager.
 async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut disk_failing = false;
     loop {
         tick.tick().await;
         let (tally, oldest) = spool.tally();
@@ -488,6 +492,18 @@ async fn spool_gauges(spool: Spool, metrics: Arc<Metrics>) {
             &tally,
             oldest.map_or(0, |t| (now - t).max(0)),
         );
+        // A failing statvfs keeps the last figures; logged once, not every second.
+        match crate::ops::disk::disk_space(spool.dir()) {
+            Ok(space) => {
+                metrics.spool_disk(&space);
+                disk_failing = false;
+            }
+            Err(e) if !disk_failing => {
+                tracing::warn!(error = %e, spool = %spool.dir().display(), "spool disk space unknown");
+                disk_failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     pub spool_bytes: Gauge,
     pub spool_live_bytes: Gauge,
     pub spool_disk_bytes: Gauge,
+    pub spool_disk_free_bytes: Gauge,
+    pub spool_disk_total_bytes: Gauge,
     pub deliveries: Family<DeliveryLabel, Counter>,
     pub delivery_latency: Histogram,
     pub queue_recipients: Family<StateLabel, Gauge>,
@@ -233,6 +235,16 @@ impl Metrics {
                 "spool_disk_bytes",
                 "Bytes of the spool's segment files; compaction keeps the closed ones under twice the live bytes",
             ),
+            spool_disk_free_bytes: new_in(
+                r,
+                "spool_disk_free_bytes",
+                "Bytes the relay may still write on the spool's filesystem",
+            ),
+            spool_disk_total_bytes: new_in(
+                r,
+                "spool_disk_total_bytes",
+                "Size of the spool's filesystem in bytes",
+            ),
             inbound_auth,
             destinations,
             registry,
@@ -311,6 +323,23 @@ impl Metrics {
         self.oldest_message_age.set(oldest);
     }
 
+    /// Free and total space of the spool's filesystem.
+    pub(crate) fn spool_disk(&self, space: &crate::ops::disk::DiskSpace) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.spool_disk_free_bytes.set(n(space.free));
+        self.spool_disk_total_bytes.set(n(space.total));
+    }
+
+    /// Publish the listener certificate's expiry, a gauge the TLS loader
+    /// keeps (it is loaded before the metrics exist, and reloaded later).
+    pub(crate) fn tls_expiry(&mut self, expiry: Gauge) {
+        self.registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the listeners' TLS certificate expires (its notAfter), Unix seconds",
+            expiry,
+        );
+    }
+
     /// The Prometheus text exposition.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
@@ -324,5 +353,30 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_space_and_certificate_expiry_are_exported_under_the_alerted_names() {
+        let mut m = Metrics::new();
+        m.spool_disk(&crate::ops::disk::DiskSpace {
+            free: 1_500,
+            total: 10_000,
+        });
+        let expiry = Gauge::default();
+        m.tls_expiry(expiry.clone());
+        expiry.set(1_952_467_200);
+        let text = m.encode();
+        for line in [
+            "mailrelay_spool_disk_free_bytes 1500",
+            "mailrelay_spool_disk_total_bytes 10000",
+            "mailrelay_tls_certificate_expiry_timestamp_seconds 1952467200",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -5,5 +5,6 @@
 pub mod admin;
 pub mod check;
 pub mod destinations;
+pub(crate) mod disk;
 pub(crate) mod http;
 pub(crate) mod metrics;
