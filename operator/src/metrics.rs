@@ -15,6 +15,9 @@ pub(crate) struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The kinds the operator reconciles, as the `kind` label gives them.
+const KINDS: [&str; 3] = ["Relay", "MailDomain", "Blocklist"];
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabel, Counter>,
@@ -79,6 +82,17 @@ impl Metrics {
             "1 while this replica holds the leader lease (or runs without election)",
             leader.clone(),
         );
+        // Every kind's counters and gauges at zero from the start: a family
+        // without a child is not exported at all, and rate() over reconcile
+        // errors should read 0 before the first failure, not no data.
+        for kind in KINDS {
+            let label = KindLabel { kind };
+            reconciles.get_or_create(&label).inc_by(0);
+            failures.get_or_create(&label).inc_by(0);
+            controller_errors.get_or_create(&label).inc_by(0);
+            in_flight.get_or_create(&label).set(0);
+            pending.get_or_create(&label).set(0);
+        }
         Self {
             registry,
             reconciles,
@@ -157,6 +171,21 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_exported_at_zero_before_its_first_reconcile() {
+        let text = Metrics::new().encode();
+        for kind in KINDS {
+            for series in [
+                format!("mailrelay_operator_reconciles_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_reconcile_errors_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_controller_errors_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_reconciles_pending{{kind=\"{kind}\"}} 0"),
+            ] {
+                assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+            }
+        }
+    }
 
     #[test]
     fn reconciles_are_counted_timed_and_failures_kept_apart() {
