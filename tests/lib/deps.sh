@@ -1,6 +1,6 @@
 # Installs what the test suite needs and is missing: Debian packages for the
-# real peers (Postfix, Dovecot, dnsmasq, swaks) and a Python venv with the
-# schema validator. Sourced by tests/run.
+# real peers (Postfix, Dovecot, dnsmasq, swaks, Prometheus) and a Python venv
+# with the schema validator. Sourced by tests/run.
 
 # Debian package -> a file it installs that the tests use.
 declare -A PEERS=(
@@ -18,6 +18,8 @@ declare -A PEERS=(
   # swaks needs these for --tls and --tls-on-connect
   [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
+  # Prometheus 2.42 for the dashboard's PromQL (operator/tests/e2e/dashboard.rs)
+  [prometheus]=/usr/bin/prometheus
 )
 
 install_peers() {
@@ -33,7 +35,18 @@ install_peers() {
   echo "tests/run: installing ${missing[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages with a daemon (prometheus, dnsmasq, dovecot) must not start it
+  # on install: the tests start their own on their own ports. A policy-rc.d
+  # answering 101 forbids it (invoke-rc.d and deb-systemd-invoke ask it);
+  # one already present (as in Docker images) is left as it is.
+  local policy=/usr/sbin/policy-rc.d placed=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  if [ -n "$placed" ]; then rm -f "$policy"; fi
+  [ $rc = 0 ] || { echo "tests/run: apt-get install ${missing[*]} failed" >&2; return 1; }
   for pkg in "${missing[@]}"; do
     [ -e "${PEERS[$pkg]}" ] || { echo "tests/run: $pkg did not install ${PEERS[$pkg]}" >&2; return 1; }
   done

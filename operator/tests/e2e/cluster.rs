@@ -2,6 +2,7 @@
 //! from the chart's files, and the real `mailrelay-operator` binary (one or
 //! two replicas) running against it with an ordinary kubeconfig.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ pub fn gvk(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource 
 pub struct Operator {
     pub identity: String,
     pub token: String,
+    /// Its HTTP address: /metrics, /healthz, /readyz.
+    pub http: SocketAddr,
     child: Child,
     pub log: PathBuf,
 }
@@ -131,11 +134,12 @@ impl Cluster {
             .unwrap();
         let log = self.dir.path().join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_mailrelay-operator"))
             .args([
                 "run",
                 "--http-addr",
-                "127.0.0.1:0",
+                &http.to_string(),
                 "--leader-elect",
                 "--lease-namespace",
                 OPERATOR_NS,
@@ -160,6 +164,7 @@ impl Cluster {
         Operator {
             identity: identity.into(),
             token,
+            http,
             child,
             log,
         }
@@ -216,6 +221,15 @@ pub async fn client_for(sim: &KubeSim, token: &str) -> Client {
         .await
         .unwrap();
     Client::try_from(config).unwrap()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `check` until it gives `Some`, or fail after `limit` naming `what`.
