@@ -26,7 +26,7 @@ pub(crate) struct DomainLabel {
     pub maildomain: String,
 }
 
-/// The kinds the operator reconciles.
+/// The kinds the operator reconciles, as the `kind` label gives them.
 const KINDS: [&str; 3] = ["Relay", "MailDomain", "Blocklist"];
 
 pub struct Metrics {
@@ -103,14 +103,16 @@ impl Metrics {
             "1 when a MailDomain's DKIM signing key is in its Secret and usable, 0 when not (domains with spec.dkim)",
             dkim_ready.clone(),
         );
-        // Counters start at 0 for every kind: `increase()` and `rate()`
-        // cannot see the first error of a series that appears with it, so
-        // an alert would miss a reconcile that fails once and for all.
+        // Every kind's counters and gauges at zero from the start: a family
+        // without a child is not exported at all, and rate() over reconcile
+        // errors should read 0 before the first failure, not no data.
         for kind in KINDS {
             let label = KindLabel { kind };
-            let _ = reconciles.get_or_create(&label);
-            let _ = failures.get_or_create(&label);
-            let _ = controller_errors.get_or_create(&label);
+            reconciles.get_or_create(&label).inc_by(0);
+            failures.get_or_create(&label).inc_by(0);
+            controller_errors.get_or_create(&label).inc_by(0);
+            in_flight.get_or_create(&label).set(0);
+            pending.get_or_create(&label).set(0);
         }
         Self {
             registry,
@@ -225,6 +227,21 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_exported_at_zero_before_its_first_reconcile() {
+        let text = Metrics::new().encode();
+        for kind in KINDS {
+            for series in [
+                format!("mailrelay_operator_reconciles_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_reconcile_errors_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_controller_errors_total{{kind=\"{kind}\"}} 0"),
+                format!("mailrelay_operator_reconciles_pending{{kind=\"{kind}\"}} 0"),
+            ] {
+                assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+            }
+        }
+    }
 
     #[test]
     fn reconciles_are_counted_timed_and_failures_kept_apart() {

@@ -1,6 +1,6 @@
 # Installs what the test suite needs and is missing: Debian packages for the
-# real peers (Postfix, Dovecot, dnsmasq, swaks) and a Python venv with the
-# schema validator. Sourced by tests/run.
+# real peers (Postfix, Dovecot, dnsmasq, swaks, Prometheus) and a Python venv
+# with the schema validator. Sourced by tests/run.
 
 # Debian package -> a file it installs that the tests use.
 declare -A PEERS=(
@@ -21,6 +21,8 @@ declare -A PEERS=(
   # swaks needs these for --tls and --tls-on-connect
   [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
+  # Prometheus 2.42 for the dashboard's PromQL (operator/tests/e2e/dashboard.rs)
+  [prometheus]=/usr/bin/prometheus
 )
 
 install_peers() {

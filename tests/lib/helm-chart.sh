@@ -282,6 +282,61 @@ PY
   chart_pass "values.yaml, values.schema.json and README values table agree; every schema object is closed"
 }
 
+# The dashboard ConfigMap: only with grafanaDashboard.enabled, labelled for
+# the Grafana sidecar, holding files/grafana-dashboard.json unchanged and as
+# valid JSON. The control: a chart copy with a cut-off dashboard file must
+# be caught. (Its PromQL is evaluated by a real Prometheus in
+# operator/tests/e2e/dashboard.rs.)
+chart_dashboard_ok() {
+  python3 - "$@" <<'PY'
+import json, sys, yaml
+
+render, dashboard_file, expect = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(render) as fh:
+    maps = [o for o in yaml.safe_load_all(fh) if o and o["kind"] == "ConfigMap"
+            and (o["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+if expect == "none":
+    sys.exit(f"{render}: a dashboard ConfigMap without grafanaDashboard.enabled" if maps else 0)
+if len(maps) != 1:
+    sys.exit(f"{render}: {len(maps)} ConfigMaps labelled grafana_dashboard: \"1\", want 1")
+data = maps[0].get("data") or {}
+if list(data) != ["mailrelay.json"]:
+    sys.exit(f"dashboard ConfigMap keys {list(data)}, want ['mailrelay.json']")
+try:
+    got = json.loads(data["mailrelay.json"])
+except ValueError as e:
+    sys.exit(f"the dashboard ConfigMap does not hold valid JSON: {e}")
+with open(dashboard_file) as fh:
+    want = json.load(fh)
+if got != want:
+    sys.exit(f"the dashboard ConfigMap differs from {dashboard_file}")
+PY
+}
+
+check_chart_dashboard() {
+  local chart=$1 out=$2 err=$out/dashboard-err
+  chart_dashboard_ok "$out/default.yaml" "$chart/files/grafana-dashboard.json" none ||
+    { chart_fail "default render (grafanaDashboard.enabled=false)"; return 1; }
+  chart_render "$chart" --set grafanaDashboard.enabled=true >"$out/dashboard.yaml" ||
+    { chart_fail "render with grafanaDashboard.enabled=true"; return 1; }
+  chart_dashboard_ok "$out/dashboard.yaml" "$chart/files/grafana-dashboard.json" one ||
+    { chart_fail "render with grafanaDashboard.enabled=true"; return 1; }
+  chart_dashboard_ok "$out/full.yaml" "$chart/files/grafana-dashboard.json" one ||
+    { chart_fail "full-feature render"; return 1; }
+  local copy="$out/chart-copy-dashboard"
+  cp -r "$chart" "$copy"
+  head -c 200 "$chart/files/grafana-dashboard.json" >"$copy/files/grafana-dashboard.json"
+  chart_render "$copy" --set grafanaDashboard.enabled=true >"$out/dashboard-cut.yaml" ||
+    { chart_fail "negative control: render of the chart with a cut-off dashboard"; return 1; }
+  if chart_dashboard_ok "$out/dashboard-cut.yaml" "$chart/files/grafana-dashboard.json" one 2>"$err"; then
+    chart_fail "negative control: a cut-off dashboard JSON passed"
+    return 1
+  fi
+  grep -q "valid JSON" "$err" ||
+    { cat "$err" >&2; chart_fail "negative control: a cut-off dashboard failed for another reason"; return 1; }
+  chart_pass "dashboard ConfigMap only when enabled, labelled grafana_dashboard: \"1\", holding files/grafana-dashboard.json as valid JSON (a cut-off file is caught)"
+}
+
 check_helm_chart() {
   local chart="$ROOT/charts/mailrelay"
   local full="$chart/ci/full-values.yaml"
@@ -305,6 +360,7 @@ check_helm_chart() {
   check_chart_rbac "$chart" "$out" || ok=1
   check_chart_values_docs "$chart" || ok=1
   check_prometheus_rules "$out" || ok=1
+  check_chart_dashboard "$chart" "$out" || ok=1
   rm -rf "$out"
   [ $ok = 0 ] || { chart_fail "the Helm chart has problems (above)"; return 1; }
   echo "helm-chart: all chart checks passed"

@@ -350,7 +350,7 @@ async fn prometheus_fires_the_charts_alerts_for_mail_piling_up_behind_a_dead_nex
 
     let c = Cluster::start(operator_rules(|_| {})).await;
     let operator_http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _op = c.operator_serving("op-1", &operator_http.to_string());
+    let _op = c.operator_serving("op-1", operator_http);
     let ns = "mail";
     let relay = relay_manifest(free_port());
     eventually("the CRDs", LIMIT, || async {

@@ -2,6 +2,7 @@
 //! from the chart's files, and the real `mailrelay-operator` binary (one or
 //! two replicas) running against it with an ordinary kubeconfig.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ pub fn gvk(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource 
 pub struct Operator {
     pub identity: String,
     pub token: String,
+    /// Its HTTP address: /metrics, /healthz, /readyz.
+    pub http: SocketAddr,
     child: Child,
     pub log: PathBuf,
 }
@@ -123,12 +126,12 @@ impl Cluster {
 
     /// Start an operator replica named `identity`.
     pub fn operator(&self, identity: &str) -> Operator {
-        self.operator_serving(identity, "127.0.0.1:0")
+        self.operator_serving(identity, SocketAddr::from(([127, 0, 0, 1], free_port())))
     }
 
     /// Start an operator replica named `identity` whose /metrics, /healthz
     /// and /readyz answer on `http` (for a scraper that must know where).
-    pub fn operator_serving(&self, identity: &str, http: &str) -> Operator {
+    pub fn operator_serving(&self, identity: &str, http: SocketAddr) -> Operator {
         let token = format!("{identity}-token");
         self.sim.add_user(&token, OPERATOR_SA);
         let kubeconfig = self.dir.path().join(format!("{identity}.kubeconfig"));
@@ -141,7 +144,7 @@ impl Cluster {
             .args([
                 "run",
                 "--http-addr",
-                http,
+                &http.to_string(),
                 "--leader-elect",
                 "--lease-namespace",
                 OPERATOR_NS,
@@ -166,6 +169,7 @@ impl Cluster {
         Operator {
             identity: identity.into(),
             token,
+            http,
             child,
             log,
         }
@@ -222,6 +226,15 @@ pub async fn client_for(sim: &KubeSim, token: &str) -> Client {
         .await
         .unwrap();
     Client::try_from(config).unwrap()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `check` until it gives `Some`, or fail after `limit` naming `what`.

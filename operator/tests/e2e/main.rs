@@ -6,14 +6,16 @@
 
 mod alerts;
 mod cluster;
+mod dashboard;
 mod dkim;
+mod prometheus;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cluster::{Cluster, OPERATOR_NS, condition, eventually, gvk, operator_rules};
+use cluster::{Cluster, OPERATOR_NS, condition, eventually, free_port, gvk, operator_rules};
 use kube::api::{ApiResource, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -360,14 +362,6 @@ fn relay_binary() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The reply a client from `source` gets to MAIL FROM (where the relay,

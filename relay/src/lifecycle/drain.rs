@@ -51,6 +51,13 @@ impl DrainMetrics {
             "Messages still in this relay's spool when its drain ended",
             m.left.clone(),
         );
+        // Exported at zero before the first hand-off (a family without a
+        // child is not exported at all).
+        for direction in ["sent", "received"] {
+            m.handoffs
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(0);
+        }
         m
     }
 }

@@ -161,7 +161,7 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12);
         let inbound_auth = crate::smtp::inbound_auth::AuthMetrics::register(r);
         let destinations = DestinationMetrics::register(r);
-        Self {
+        let metrics = Self {
             sessions: new_in(r, "smtp_sessions", "SMTP sessions started, by listener"),
             sessions_open: new_in(r, "smtp_sessions_open", "SMTP sessions open now"),
             connections_refused: new_in(
@@ -248,6 +248,46 @@ impl Metrics {
             inbound_auth,
             destinations,
             registry,
+        };
+        metrics.zero_fixed_labels();
+        metrics
+    }
+
+    /// The series of fixed label values at zero from the start. A family
+    /// without a child is not exported at all, so until its first event
+    /// Prometheus, the dashboard and rate() would see no data instead of 0
+    /// (Prometheus's "avoid missing metrics"). Outbound TLS: the outcomes of
+    /// the default, opportunistic, policy only; the other policies' series
+    /// appear with a Relay or domain that uses them.
+    fn zero_fixed_labels(&self) {
+        for result in ["ok", "failed"] {
+            self.tls_handshakes
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
+        for result in ["proxy", "total", "per_ip"] {
+            self.connections_refused
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
+        for result in ["clear", "clear_after_tls_failure", "encrypted", "verified"] {
+            self.outbound_connections
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
+        for outcome in ["verified", "encrypted", "clear"] {
+            self.outbound_tls
+                .get_or_create(&OutboundTlsLabel {
+                    policy: "opportunistic",
+                    outcome,
+                })
+                .inc_by(0);
+        }
+        for result in ["released", "failed"] {
+            self.destinations
+                .probes
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
         }
     }
 
@@ -377,6 +417,20 @@ mod tests {
             "mailrelay_tls_certificate_expiry_timestamp_seconds 1952467200",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn families_with_fixed_labels_are_exported_at_zero_before_any_event() {
+        let text = Metrics::new().encode();
+        for series in [
+            "mailrelay_tls_handshakes_total{result=\"failed\"} 0",
+            "mailrelay_smtp_connections_refused_total{result=\"per_ip\"} 0",
+            "mailrelay_outbound_connections_total{result=\"verified\"} 0",
+            "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"clear\"} 0",
+            "mailrelay_queue_destination_probes_total{result=\"released\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
         }
     }
 }
