@@ -21,6 +21,8 @@ use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use mailrelay::smtp::inbound_auth::arparse::{self, AuthResultsField, ResInfo};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 
 /// The Ed25519 key pair of RFC 8463 §A.2 (a test key, published below).
 const ED25519_SEED: &str = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
@@ -34,9 +36,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 fn rsa_key() -> RsaKey<Sha256> {
-    let der = rustls_pemfile::private_key(&mut RSA_PRIVATE_KEY.as_bytes())
-        .expect("PEM")
-        .expect("a private key");
+    let der = PrivateKeyDer::from_pem_slice(RSA_PRIVATE_KEY.as_bytes()).expect("a private key");
     RsaKey::<Sha256>::from_key_der(der).expect("the RSA test key")
 }
 

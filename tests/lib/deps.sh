@@ -1,6 +1,6 @@
 # Installs what the test suite needs and is missing: Debian packages for the
-# real peers (Postfix, Dovecot, dnsmasq, swaks, Prometheus) and a Python venv
-# with the schema validator. Sourced by tests/run.
+# real peers (Postfix, Dovecot, dnsmasq, swaks, Prometheus), a Python venv
+# with the schema validator, and cargo-deny. Sourced by tests/run.
 
 # Debian package -> a file it installs that the tests use.
 declare -A PEERS=(
@@ -71,4 +71,24 @@ install_python_tools() {
     cp "$ROOT/tests/requirements.txt" "$VENV/requirements.txt"
   fi
   export PATH="$VENV/bin:$PATH"
+}
+
+# cargo-deny for the supply-chain step. Debian has no package of it
+# (`apt-cache policy cargo-deny` finds none), so it is built from crates.io
+# into target/tools/cargo-deny/ when missing or of another version: about
+# 6 minutes on a 2-core machine (374 s measured, crates already downloaded),
+# once per fresh checkout.
+CARGO_DENY_VERSION=0.20.2
+install_cargo_deny() {
+  local root="$ROOT/target/tools/cargo-deny"
+  if [ ! -x "$root/bin/cargo-deny" ] ||
+     [ "$("$root/bin/cargo-deny" --version)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+    echo "tests/run: building cargo-deny $CARGO_DENY_VERSION from crates.io"
+    # In cargo's own temporary directory, not the workspace's target dir:
+    # its release build would otherwise stay there, unused, for good.
+    env -u CARGO_TARGET_DIR cargo install --locked --quiet \
+      --root "$root" --version "$CARGO_DENY_VERSION" cargo-deny
+  fi
+  export PATH="$root/bin:$PATH"
+  cargo deny --version
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use mailrelay_crds::maildomain::DkimAlgorithm;
-use rustls_pemfile::Item;
-use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::config::Current;
 use crate::config::runtime::Runtime;
@@ -55,19 +55,19 @@ pub(crate) fn algorithm_name(a: DkimAlgorithm) -> &'static str {
 /// Parse a PEM private key for `algorithm`: PKCS#8 for both, and for RSA
 /// also PKCS#1 (`BEGIN RSA PRIVATE KEY`, what `opendkim-genkey` writes).
 pub fn parse(pem: &[u8], algorithm: DkimAlgorithm, path: &str) -> Result<DkimKey, KeyError> {
-    let mut reader = pem;
-    let der = loop {
-        match rustls_pemfile::read_one(&mut reader) {
-            Ok(Some(Item::Pkcs8Key(k))) => break PrivateKeyDer::Pkcs8(k),
-            Ok(Some(Item::Pkcs1Key(k))) => break PrivateKeyDer::Pkcs1(k),
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => {
-                return Err(KeyError::NoPem {
-                    path: path.to_string(),
-                });
-            }
-        }
-    };
+    // Sections of other kinds (a certificate, an EC key) are passed over; the
+    // first PKCS#8 or PKCS#1 key is the one, and malformed PEM before it
+    // means there is none.
+    let der = PrivateKeyDer::pem_slice_iter(pem)
+        .find_map(|item| match item {
+            Ok(k @ (PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Pkcs1(_))) => Some(Ok(k)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .and_then(Result::ok)
+        .ok_or_else(|| KeyError::NoPem {
+            path: path.to_string(),
+        })?;
     let invalid = |reason: String| KeyError::Invalid {
         path: path.to_string(),
         algorithm: algorithm_name(algorithm),

@@ -208,6 +208,56 @@ fn key_files_parse_and_name_what_is_wrong() {
     ));
 }
 
+/// What a reader of the log sees for each kind of file: the messages are
+/// the operator's only clue, so they are compared whole.
+#[test]
+fn key_file_errors_read_the_same_for_each_pem_kind() {
+    let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let ec_key = b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+    let unterminated = b"-----BEGIN PRIVATE KEY-----\nAAAA\n";
+    let mut cert_then_rsa = cert.as_bytes().to_vec();
+    cert_then_rsa.extend_from_slice(RSA);
+    let no_pem = "k: no PEM private key (expected PKCS#8 `BEGIN PRIVATE KEY`)";
+    let cases: [(&[u8], DkimAlgorithm, Result<&str, &str>); 9] = [
+        (RSA, DkimAlgorithm::RsaSha256, Ok("rsa")),
+        (RSA_PKCS1, DkimAlgorithm::RsaSha256, Ok("rsa")),
+        (ED25519, DkimAlgorithm::Ed25519Sha256, Ok("ed25519")),
+        // Other sections before the key are passed over.
+        (&cert_then_rsa, DkimAlgorithm::RsaSha256, Ok("rsa")),
+        (
+            RSA_PKCS1,
+            DkimAlgorithm::Ed25519Sha256,
+            Err("k: the key is RSA (PKCS#1) but spec.dkim.algorithm is ed25519-sha256"),
+        ),
+        (
+            RSA,
+            DkimAlgorithm::Ed25519Sha256,
+            Err("k: the key is RSA but spec.dkim.algorithm is ed25519-sha256"),
+        ),
+        (
+            ED25519,
+            DkimAlgorithm::RsaSha256,
+            Err("k: the key is Ed25519 but spec.dkim.algorithm is rsa-sha256"),
+        ),
+        // An EC key is no DKIM key, and a section without its end is no PEM.
+        (ec_key, DkimAlgorithm::RsaSha256, Err(no_pem)),
+        (unterminated, DkimAlgorithm::RsaSha256, Err(no_pem)),
+    ];
+    for (pem, algorithm, want) in cases {
+        let got = match keys::parse(pem, algorithm, "k") {
+            Ok(mail_auth::common::crypto::DkimKey::Rsa(_)) => Ok("rsa"),
+            Ok(mail_auth::common::crypto::DkimKey::Ed25519(_)) => Ok("ed25519"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            got,
+            want.map_err(str::to_string),
+            "{}",
+            String::from_utf8_lossy(pem)
+        );
+    }
+}
+
 #[tokio::test]
 async fn keys_follow_the_file_and_a_broken_rotation_is_reported() {
     let (rt, dir) = runtime();

@@ -9,9 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -20,6 +21,8 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: not valid PEM: {source}", path.display())]
+    Pem { path: PathBuf, source: pem::Error },
     #[error("{}: no certificate in the file", .0.display())]
     NoCertificate(PathBuf),
     #[error("{}: no private key in the file", .0.display())]
@@ -48,12 +51,13 @@ pub(crate) struct Loaded {
 pub(crate) fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let pem_error = |path: &Path, source| TlsError::Pem {
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: cert.to_path_buf(),
-            source,
-        })?;
+        .map_err(|e| pem_error(cert, e))?;
     let Some(leaf) = certs.first() else {
         return Err(TlsError::NoCertificate(cert.to_path_buf()));
     };
@@ -61,12 +65,13 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
         path: cert.to_path_buf(),
         message,
     })?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: key.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
+    // cert-manager writes RSA keys as PKCS#1 or PKCS#8 (its `encoding`) and
+    // ECDSA keys as SEC1: the first key of any of these kinds is the one.
+    let key: PrivateKeyDer<'static> = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => return Err(TlsError::NoKey(key.to_path_buf())),
+        Err(e) => return Err(pem_error(key, e)),
+    };
     let config = ServerConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
@@ -188,6 +193,15 @@ mod tests {
         assert!(matches!(
             load(&cert, &key),
             Err(TlsError::Certificate { .. })
+        ));
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        assert!(matches!(load(&cert, &key), Err(TlsError::Pem { .. })));
+        let (other_cert, empty_key) = (dir.path().join("b.crt"), dir.path().join("b.key"));
+        write_self_signed("mx.test", &other_cert, &empty_key).unwrap();
+        std::fs::write(&empty_key, "no key here\n").unwrap();
+        assert!(matches!(
+            load(&other_cert, &empty_key),
+            Err(TlsError::NoKey(_))
         ));
         assert!(matches!(
             load(&dir.path().join("missing"), &key),

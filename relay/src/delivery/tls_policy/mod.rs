@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use mailrelay_crds::config::OutboundTlsConfig;
 use mailrelay_crds::relay::OutboundTlsPolicy;
+use rustls_pki_types::pem::PemObject;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::ServerCertVerifier;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
@@ -61,6 +62,12 @@ pub enum TlsPolicyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the CA bundle {path} is not valid PEM: {source}")]
+    PemCa {
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("the CA bundle {path} holds no certificate")]
     EmptyCa { path: String },
     #[error("certificate {index} of {path} is not a usable root: {reason}")]
@@ -80,10 +87,10 @@ pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, TlsPolicyError
         path: shown.clone(),
         source,
     })?;
-    let certs = rustls_pemfile::certs(&mut text.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&text)
         .map(|c| c.map(|c| c.as_ref().to_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsPolicyError::ReadCa {
+        .map_err(|source| TlsPolicyError::PemCa {
             path: shown.clone(),
             source,
         })?;

@@ -486,4 +486,14 @@ fn a_ca_bundle_must_hold_certificates() {
         read_ca_bundle(&dir.path().join("missing.pem")),
         Err(TlsPolicyError::ReadCa { .. })
     ));
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    assert!(matches!(
+        read_ca_bundle(&broken),
+        Err(TlsPolicyError::PemCa { .. })
+    ));
 }
