@@ -219,10 +219,12 @@ mod tests {
         assert_eq!(route("/readyz", &m, &h).status(), StatusCode::OK);
         assert_eq!(route("/healthz", &m, &h).status(), StatusCode::OK);
         assert_eq!(route("/nope", &m, &h).status(), StatusCode::NOT_FOUND);
-        m.messages_accepted.inc();
+        m.messages_accepted
+            .get_or_create(&crate::ops::metrics::ListenerLabel { listener: "smtp" })
+            .inc();
         let text = m.encode();
         assert!(
-            text.contains("mailrelay_messages_accepted_total 1"),
+            text.contains("mailrelay_messages_accepted_total{listener=\"smtp\"} 1"),
             "{text}"
         );
     }

@@ -57,7 +57,10 @@ pub(crate) struct Metrics {
     pub sessions_open: Gauge,
     pub connections_refused: Family<ResultLabel, Counter>,
     pub replies: Family<ReplyLabel, Counter>,
-    pub messages_accepted: Counter,
+    pub messages_accepted: Family<ListenerLabel, Counter>,
+    /// From the end of a message's data to its 250: checks, signing and
+    /// the spool's fsync.
+    pub acceptance_latency: Histogram,
     pub message_bytes: Counter,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     pub auth_failures: Counter,
@@ -174,7 +177,20 @@ impl Metrics {
                 "smtp_replies",
                 "SMTP replies sent, by class and enhanced status code",
             ),
-            messages_accepted: new_in(r, "messages_accepted", "Messages accepted into the spool"),
+            messages_accepted: new_in(
+                r,
+                "messages_accepted",
+                "Messages accepted into the spool, by listener",
+            ),
+            acceptance_latency: reg(
+                r,
+                "acceptance_latency_seconds",
+                "Time from the end of a message's data to its 250 (inbound checks, DKIM signing, the spool's fsync)",
+                // 100 µs to about 13 s.
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0001, 2.0, 18,
+                )),
+            ),
             message_bytes: new_in(
                 r,
                 "message_bytes",
@@ -260,6 +276,13 @@ impl Metrics {
     /// the default, opportunistic, policy only; the other policies' series
     /// appear with a Relay or domain that uses them.
     fn zero_fixed_labels(&self) {
+        for name in mailrelay_crds::relay::ListenerName::ALL {
+            self.messages_accepted
+                .get_or_create(&ListenerLabel {
+                    listener: name.as_str(),
+                })
+                .inc_by(0);
+        }
         for result in ["ok", "failed"] {
             self.tls_handshakes
                 .get_or_create(&ResultLabel { result })

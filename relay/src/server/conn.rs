@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::stream::Stream;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{ListenerLabel, Metrics};
 use crate::server::tls::Tls;
 use crate::smtp::received::{self, Trace};
 use crate::smtp::reply::Reply;
@@ -332,6 +332,7 @@ where
 
 /// Put an accepted message in the spool; the reply says whether it is ours now.
 async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
+    let started = std::time::Instant::now();
     let id = ctx.spool.new_id();
     let id_text = id.to_string();
     // Inbound checks (smtp listener) and DKIM signing (submission) apply
@@ -399,7 +400,15 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     };
     match ctx.spool.commit(&id, &envelope, &body).await {
         Ok(()) => {
-            ctx.metrics.messages_accepted.inc();
+            ctx.metrics
+                .messages_accepted
+                .get_or_create(&ListenerLabel {
+                    listener: session.conn.listener.as_str(),
+                })
+                .inc();
+            ctx.metrics
+                .acceptance_latency
+                .observe(started.elapsed().as_secs_f64());
             ctx.metrics.message_bytes.inc_by(body.len() as u64);
             tracing::info!(
                 queue_id = %id_text,
