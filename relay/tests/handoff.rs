@@ -714,7 +714,12 @@ fn a_replay_inside_a_pipelined_window_is_refused_in_place() {
             envelope: mailrelay::spool::Envelope {
                 sender: REMOTE_SENDER.into(),
                 recipients: vec![format!("x@{DOMAIN_LARGE}")],
-                received_at: 1_700_000_000,
+                // Now, not long ago: a message past its lifetime would be
+                // bounced (and gone from b's queue) as soon as it lands.
+                received_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
                 client_ip: LOCALHOST,
                 helo: "client.test".into(),
                 auth: None,
