@@ -138,47 +138,36 @@ impl Entries {
                 .into_iter()
                 .map(|((net, rule), expires)| IpBlock { net, rule, expires })
                 .collect(),
-            domains: self
-                .domains
-                .into_iter()
-                .map(|((name, wildcard, rule), expires)| DomainBlock {
-                    name,
-                    wildcard,
-                    rule,
-                    expires,
-                })
-                .collect(),
-            senders: self
-                .senders
-                .into_iter()
-                .map(|((address, rule), expires)| AddressBlock {
-                    address,
-                    rule,
-                    expires,
-                })
-                .collect(),
+            domains: domain_blocks(self.domains),
+            senders: address_blocks(self.senders),
             dnsbl: self.dnsbl.into_values().collect(),
-            recipients: self
-                .recipients
-                .into_iter()
-                .map(|((address, rule), expires)| AddressBlock {
-                    address,
-                    rule,
-                    expires,
-                })
-                .collect(),
-            recipient_domains: self
-                .recipient_domains
-                .into_iter()
-                .map(|((name, wildcard, rule), expires)| DomainBlock {
-                    name,
-                    wildcard,
-                    rule,
-                    expires,
-                })
-                .collect(),
+            recipients: address_blocks(self.recipients),
+            recipient_domains: domain_blocks(self.recipient_domains),
         }
     }
+}
+
+fn domain_blocks(entries: BTreeMap<(String, bool, u32), Option<i64>>) -> Vec<DomainBlock> {
+    entries
+        .into_iter()
+        .map(|((name, wildcard, rule), expires)| DomainBlock {
+            name,
+            wildcard,
+            rule,
+            expires,
+        })
+        .collect()
+}
+
+fn address_blocks(entries: BTreeMap<(String, u32), Option<i64>>) -> Vec<AddressBlock> {
+    entries
+        .into_iter()
+        .map(|((address, rule), expires)| AddressBlock {
+            address,
+            rule,
+            expires,
+        })
+        .collect()
 }
 
 /// One DNSBL zone of a list, `None` when it is left out (reported to `r`).
