@@ -59,6 +59,11 @@ pub struct RelayConfig {
     /// `spec.delivery.classification`, in order; checked by compile().
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classification: Vec<ClassRuleConfig>,
+    /// `spec.delivery.shaping` and `throttle`, inheritance resolved;
+    /// absent means the built-in limits (and configs written before it
+    /// existed still load).
+    #[serde(default, skip_serializing_if = "ShapingConfig::is_default")]
+    pub shaping: ShapingConfig,
     /// Replica settings, for the operator's builders.
     pub scaling: ScalingConfig,
 }
@@ -70,6 +75,101 @@ pub struct ClassRuleConfig {
     /// A regular expression that compiles (compile() checked it).
     pub pattern: String,
     pub class: crate::relay::BounceClass,
+}
+
+/// Outbound shaping, compiled: every limit resolved, patterns checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// Limits of destinations no entry matches.
+    pub default: ShapeConfig,
+    /// Entries in order; the first that matches applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationShapeConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttle: Vec<ThrottleRuleConfig>,
+}
+
+impl ShapingConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One destination's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShapeConfig {
+    pub max_connections: u32,
+    pub max_messages_per_connection: u32,
+    pub message_rate: Option<RateConfig>,
+    pub connection_rate: Option<RateConfig>,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ShapeConfig {
+    /// The built-in limits: Postfix's concurrency (20 per destination),
+    /// 100 messages per connection as KumoMTA, no rate, 5 s idle.
+    fn default() -> Self {
+        Self {
+            max_connections: 20,
+            max_messages_per_connection: 100,
+            message_rate: None,
+            connection_rate: None,
+            idle_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `count` events per `per_secs` seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateConfig {
+    pub count: u32,
+    pub per_secs: u32,
+}
+
+impl RateConfig {
+    /// Milliseconds between two events, evenly spaced (never 0).
+    pub fn interval_ms(&self) -> u64 {
+        (u64::from(self.per_secs) * 1000 / u64::from(self.count.max(1))).max(1)
+    }
+}
+
+impl std::fmt::Display for RateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// Limits for the destinations that match `domains` or `mx_hosts`
+/// (lower-case; a leading `*.` matches every name below).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationShapeConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mx_hosts: Vec<String>,
+    pub shape: ShapeConfig,
+}
+
+/// A reaction to remote replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThrottleRuleConfig {
+    /// A regular expression that compiles (compile() checked it).
+    pub pattern: String,
+    pub action: crate::shaping::ThrottleAction,
+    pub duration_secs: u64,
+    /// For `Slow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_rate: Option<RateConfig>,
 }
 
 /// One listener.

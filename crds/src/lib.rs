@@ -25,6 +25,7 @@ pub mod maildomain;
 pub mod manifests;
 pub mod relay;
 pub mod resolver;
+pub mod shaping;
 
 pub use blocklist::{Blocklist, BlocklistSpec, BlocklistStatus};
 pub use compile::{Compiled, Problem, compile};

@@ -489,7 +489,7 @@ pub struct Dns {
     pub timeout: String,
 }
 
-/// Delivery to remote domains (by MX).
+/// Delivery to remote domains (by MX or the smarthost).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
@@ -502,6 +502,15 @@ pub struct Delivery {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub classification: Vec<ClassificationRule>,
+    /// Limits per destination: connections, messages per connection,
+    /// message and connection rates, per relay pod.
+    #[serde(default, skip_serializing_if = "crate::shaping::Shaping::is_default")]
+    pub shaping: crate::shaping::Shaping,
+    /// Reactions to remote replies that ask the relay to slow down,
+    /// tried in order; the first that matches applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub throttle: Vec<crate::shaping::ThrottleRule>,
 }
 
 /// One classification rule: a reply that matches goes into `class`.

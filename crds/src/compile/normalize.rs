@@ -163,6 +163,33 @@ pub fn address_pattern(input: &str) -> Result<String, String> {
     }
 }
 
+/// A domain or host name, or `*.name` for every name below it.
+pub fn name_pattern(input: &str) -> Result<String, String> {
+    match input.strip_prefix("*.") {
+        Some(rest) => Ok(format!("*.{}", domain_name(rest)?)),
+        None => domain_name(input),
+    }
+}
+
+/// A rate such as `200/s`, `50/m` or `1000/h`: (count, seconds).
+pub fn rate(input: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{input:?} is not a rate such as 200/s, 50/m or 1000/h");
+    let (count, unit) = input.split_once('/').ok_or_else(bad)?;
+    let per_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match count.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok((n, per_secs)),
+        _ => Err(format!("{input:?}: the count must be from 1 to 1000000")),
+    }
+}
+
 /// A duration such as `5m`, `1h30m`, `250ms` or `5d`.
 pub fn duration(input: &str) -> Result<Duration, String> {
     let bad = || format!("{input:?} is not a duration such as 30s, 5m, 1h30m or 5d");
@@ -387,6 +414,31 @@ mod tests {
             address_pattern("*@Example.com").as_deref(),
             Ok("*@example.com")
         );
+    }
+
+    #[test]
+    fn rates_and_name_patterns() {
+        assert_eq!(rate("200/s"), Ok((200, 1)));
+        assert_eq!(rate("50/m"), Ok((50, 60)));
+        assert_eq!(rate("1000/h"), Ok((1000, 3600)));
+        for bad in [
+            "",
+            "/s",
+            "20",
+            "20/d",
+            "0/s",
+            "-1/s",
+            "1.5/s",
+            "2000000/s",
+            " 5/s",
+        ] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(name_pattern("*.Google.COM."), Ok("*.google.com".into()));
+        assert_eq!(name_pattern("MX.example"), Ok("mx.example".into()));
+        for bad in ["*", "*.", "a.*.b", "**.x", "a b"] {
+            assert!(name_pattern(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let dns = r.dns(spec);
     let outbound_tls = r.outbound_tls(spec);
     let classification = r.classification(spec);
+    let shaping = r.shaping(spec);
     let scaling = r.scaling(spec);
 
     match (
@@ -112,6 +113,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 dns,
                 outbound_tls,
                 classification,
+                shaping,
                 scaling,
             },
             domain_selector,

@@ -771,3 +771,115 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shaping_entries_inherit_from_default_and_default_from_the_built_in_limits() {
+    use crate::config::{RateConfig, ShapeConfig};
+    use crate::shaping::ThrottleAction;
+    let plain = ok(&plain_relay(), &[], &[]).config;
+    assert!(plain.shaping.is_default(), "{:?}", plain.shaping);
+    let r = relay(
+        "  hostname: mx.example.com
+  delivery:
+    shaping:
+      default: {maxConnections: 10, messageRate: 100/s, idleTimeout: 30s}
+      destinations:
+        - domains: [Slow.Example.]
+          mxHosts: ['*.Google.com']
+          maxConnections: 5
+          messageRate: 50/m
+        - mxHosts: [mx.other.example]
+          connectionRate: 2/h
+    throttle:
+      - {match: '(?i)try again later', action: Suspend, duration: 15m}
+      - {match: 'TS[0-9]+', action: Slow, duration: 1h, messageRate: 1/m}
+",
+    );
+    let s = ok(&r, &[], &[]).config.shaping;
+    let default = ShapeConfig {
+        max_connections: 10,
+        max_messages_per_connection: 100,
+        message_rate: Some(RateConfig {
+            count: 100,
+            per_secs: 1,
+        }),
+        connection_rate: None,
+        idle_timeout_ms: 30_000,
+    };
+    assert_eq!(s.default, default);
+    assert_eq!(s.destinations[0].domains, ["slow.example"]);
+    assert_eq!(s.destinations[0].mx_hosts, ["*.google.com"]);
+    assert_eq!(
+        s.destinations[0].shape,
+        ShapeConfig {
+            max_connections: 5,
+            message_rate: Some(RateConfig {
+                count: 50,
+                per_secs: 60
+            }),
+            ..default
+        }
+    );
+    assert_eq!(
+        s.destinations[1].shape,
+        ShapeConfig {
+            connection_rate: Some(RateConfig {
+                count: 2,
+                per_secs: 3600
+            }),
+            ..default
+        }
+    );
+    assert_eq!(s.throttle.len(), 2);
+    assert_eq!(
+        (s.throttle[0].action, s.throttle[0].duration_secs),
+        (ThrottleAction::Suspend, 900)
+    );
+    assert_eq!(
+        s.throttle[1].message_rate,
+        Some(RateConfig {
+            count: 1,
+            per_secs: 60
+        })
+    );
+    assert_eq!(
+        s.throttle[1].message_rate.map(|r| r.to_string()).as_deref(),
+        Some("1/m")
+    );
+}
+
+#[test]
+fn bad_shaping_is_reported_field_by_field() {
+    let r = relay(
+        "  hostname: mx.example.com
+  delivery:
+    shaping:
+      default: {maxConnections: 0, messageRate: 20/d}
+      destinations:
+        - {maxConnections: 5}
+        - {domains: ['a b'], maxMessagesPerConnection: -1, idleTimeout: 5x}
+    throttle:
+      - {match: '(unclosed', action: Suspend, duration: 1m}
+      - {match: 'x', action: Slow, duration: 0s}
+      - {match: 'y', action: Suspend, duration: 1m, messageRate: 1/m}
+",
+    );
+    let problems = compile(&r, &[], &[]).expect_err("bad shaping");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.delivery.shaping.default.maxConnections",
+            "spec.delivery.shaping.default.messageRate",
+            "spec.delivery.shaping.destinations[0]",
+            "spec.delivery.shaping.destinations[1].domains[0]",
+            "spec.delivery.shaping.destinations[1].idleTimeout",
+            "spec.delivery.shaping.destinations[1].maxMessagesPerConnection",
+            "spec.delivery.throttle[0].match",
+            "spec.delivery.throttle[1].duration",
+            "spec.delivery.throttle[1].messageRate",
+            "spec.delivery.throttle[2].messageRate",
+        ],
+        "{problems:#?}"
+    );
+}
