@@ -25,6 +25,8 @@ pub struct Runtime {
     pub policy: Policy,
     /// `spec.delivery.classification` before the built-in table.
     pub classifier: Classifier,
+    /// `spec.delivery.shaping` and `throttle`.
+    pub(crate) shaper: crate::queue::shaping::Shaper,
 }
 
 /// Where a recipient's mail would go.
@@ -81,8 +83,10 @@ impl Runtime {
         }
         let policy = Policy::build(&config.policy, now_unix);
         let classifier = Classifier::new(&config.classification);
+        let shaper = crate::queue::shaping::Shaper::new(&config.shaping);
         let runtime = Runtime {
             classifier,
+            shaper,
             config,
             domains,
             accounts,

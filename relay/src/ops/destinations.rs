@@ -17,12 +17,19 @@ pub struct DestinationRow {
     /// `mx:HOSTS` (an MX site), `smarthost`, `lmtp:HOST:PORT`,
     /// `smtp:HOST:PORT` or `maildir:PATH`.
     pub destination: String,
-    /// `active` or `suspended`.
+    /// `active`, `suspended` (after connection failures), `throttled`
+    /// (suspended by a throttle rule) or `slowed` (a throttle rule's rate).
     pub state: String,
     /// Messages waiting for it: ready, being tried, or parked.
     pub depth: usize,
     /// Attempts under way.
     pub running: usize,
+    /// Its shaping: most connections at once, and the message rate.
+    #[serde(default)]
+    pub shaping: String,
+    /// A throttle rule in force: what it does, until when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<String>,
     /// The last connection-level failure.
     pub last_error: Option<String>,
     /// When a suspended destination is probed next (RFC 3339).
@@ -105,19 +112,25 @@ pub fn format(rows: &[DestinationRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:width$}  {:9}  {:>7}  {:>7}  {:20}  LAST ERROR",
-        "DESTINATION", "STATE", "DEPTH", "RUNNING", "NEXT PROBE"
+        "{:width$}  {:9}  {:>7}  {:>7}  {:16}  {:20}  LAST ERROR / THROTTLE",
+        "DESTINATION", "STATE", "DEPTH", "RUNNING", "SHAPING", "NEXT PROBE"
     );
     for r in rows {
+        let last = match (&r.throttle, &r.last_error) {
+            (Some(t), _) => t.as_str(),
+            (None, Some(e)) => e.as_str(),
+            (None, None) => "-",
+        };
         let _ = writeln!(
             out,
-            "{:width$}  {:9}  {:>7}  {:>7}  {:20}  {}",
+            "{:width$}  {:9}  {:>7}  {:>7}  {:16}  {:20}  {}",
             r.destination,
             r.state,
             r.depth,
             r.running,
+            r.shaping,
             r.next_probe.as_deref().unwrap_or("-"),
-            r.last_error.as_deref().unwrap_or("-"),
+            last,
         );
     }
     out

@@ -112,6 +112,17 @@ pub(crate) struct DestinationMetrics {
     pub waiting: Gauge,
     pub suspensions: Counter,
     pub probes: Family<ResultLabel, Counter>,
+    /// Destinations under a throttle rule now, by action.
+    pub throttled_now: Family<ActionLabel, Gauge>,
+    /// Replies that matched a throttle rule, by action.
+    pub throttles: Family<ActionLabel, Counter>,
+    /// Destinations waiting for their next message-rate slot.
+    pub paced: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActionLabel {
+    pub action: &'static str,
 }
 
 impl DestinationMetrics {
@@ -147,6 +158,36 @@ impl DestinationMetrics {
                 "Probes of suspended destinations, by result: released or failed",
                 Family::default(),
             ),
+            throttled_now: reg(
+                registry,
+                "queue_destinations_throttled",
+                "Destinations under a throttle rule, by action: suspend or slow",
+                Family::default(),
+            ),
+            throttles: reg(
+                registry,
+                "queue_throttle_triggers",
+                "Remote replies that matched a throttle rule, by action: suspend or slow",
+                Family::default(),
+            ),
+            paced: reg(
+                registry,
+                "queue_destinations_paced",
+                "Destinations waiting for their next message-rate slot (spec.delivery.shaping)",
+                Gauge::default(),
+            ),
+        }
+    }
+
+    pub(crate) fn throttle(&self, action: &'static str) {
+        self.throttles.get_or_create(&ActionLabel { action }).inc();
+    }
+
+    pub(crate) fn throttled(&self, suspended: usize, slowed: usize) {
+        for (action, n) in [("suspend", suspended), ("slow", slowed)] {
+            self.throttled_now
+                .get_or_create(&ActionLabel { action })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -312,6 +353,13 @@ impl Metrics {
                 .get_or_create(&ResultLabel { result })
                 .inc_by(0);
         }
+        for action in ["suspend", "slow"] {
+            self.destinations
+                .throttles
+                .get_or_create(&ActionLabel { action })
+                .inc_by(0);
+        }
+        self.destinations.throttled(0, 0);
     }
 
     pub(crate) fn reply(&self, code: u16, enhanced: Option<&'static str>) {

@@ -8,8 +8,9 @@ use mailrelay_crds::maildomain::TlsMode;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::destination::Dest;
 use super::health::Contact;
-use super::pool::{Client, Pool};
+use super::pool::{Client, Kept, Pool};
 use super::router::Route;
 use crate::config::runtime::Runtime;
 use crate::config::runtime::base_local_part;
@@ -20,6 +21,7 @@ use crate::delivery::{
 };
 use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::spool::QueueId;
+use mailrelay_crds::config::ShapeConfig;
 
 /// What an attempt needs besides the message.
 pub(crate) struct AttemptCtx<'a, D> {
@@ -30,6 +32,9 @@ pub(crate) struct AttemptCtx<'a, D> {
     pub mx_port: u16,
     /// Connections kept from earlier messages.
     pub pool: &'a Pool,
+    /// The destination, whose connections the pool keeps, and its shaping.
+    pub dest: &'a Dest,
+    pub shape: &'a ShapeConfig,
     pub metrics: &'a Metrics,
     /// Outbound TLS policy for MX delivery (see `tls_policy`).
     pub outbound_tls: &'a OutboundTls,
@@ -87,17 +92,18 @@ pub(crate) async fn attempt<D: MxDns>(
         }),
         _ => None,
     };
-    if let Some(outcomes) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
+    if let Some(outcomes) = reuse(ctx, check.as_ref(), sender, recipients, body).await {
         return Attempted::reached(outcomes);
     }
     let hostname = &ctx.runtime.config.hostname;
     let all = |o: Outcome| Attempted::all(o, recipients.len(), Contact::Unknown);
     match route {
         Route::Lmtp { host, port } => {
+            before_connecting(ctx).await;
             match LmtpClient::connect(host, *port, hostname, ctx.timeouts).await {
                 Ok(mut client) => {
                     let outcomes = client.send(sender, recipients, body).await;
-                    ctx.pool.put(route, Client::Lmtp(Box::new(client)));
+                    put_back(ctx, Client::Lmtp(Box::new(client)), 1).await;
                     Attempted::reached(outcomes)
                 }
                 Err(o) => Attempted::all(o, recipients.len(), Contact::Failed),
@@ -106,7 +112,7 @@ pub(crate) async fn attempt<D: MxDns>(
         Route::Smtp { host, port, tls } => match resolve_host(ctx.dns, host, *port).await {
             Ok(targets) => {
                 let cfg = OutboundConfig::new(hostname.clone(), *tls).with_timeouts(ctx.timeouts);
-                try_targets(ctx, route, &targets, &cfg, None, sender, recipients, body).await
+                try_targets(ctx, &targets, &cfg, None, sender, recipients, body).await
             }
             Err(e) => all(route_failed(ctx.metrics, e)),
         },
@@ -127,7 +133,7 @@ pub(crate) async fn attempt<D: MxDns>(
             }
             match resolve_host(ctx.dns, &s.host, s.port).await {
                 Ok(targets) => {
-                    try_targets(ctx, route, &targets, &cfg, None, sender, recipients, body).await
+                    try_targets(ctx, &targets, &cfg, None, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -145,7 +151,7 @@ pub(crate) async fn attempt<D: MxDns>(
                         None => OutboundConfig::new(hostname.clone(), TlsMode::Opportunistic)
                             .with_timeouts(ctx.timeouts),
                     };
-                    try_targets(ctx, route, &targets, &cfg, check, sender, recipients, body).await
+                    try_targets(ctx, &targets, &cfg, check, sender, recipients, body).await
                 }
                 Err(e) => all(route_failed(ctx.metrics, e)),
             }
@@ -185,19 +191,42 @@ fn count_security(metrics: &Metrics, security: &Security) {
         .inc();
 }
 
+/// Keep `client` (which has now carried `sent` messages) for the next
+/// message, or close it before the attempt ends (see `pool`).
+async fn put_back<D>(ctx: &AttemptCtx<'_, D>, client: Client, sent: u32) {
+    let kept = Kept { client, sent };
+    if let Some(client) = ctx.pool.put(ctx.dest, kept, ctx.shape) {
+        client.quit().await;
+    }
+}
+
+/// Wait for the destination's next connection slot (`connectionRate`).
+async fn before_connecting<D>(ctx: &AttemptCtx<'_, D>) {
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let wait = (ctx.pool).connect_slot(ctx.dest, ctx.shape.connection_rate, now_ms);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Send over a kept connection, if there is one. A connection the server
 /// closed while it sat idle fails the whole transaction before anything
 /// was accepted: then `None`, and the caller connects afresh.
-async fn reuse(
-    pool: &Pool,
-    route: &Route,
+async fn reuse<D>(
+    ctx: &AttemptCtx<'_, D>,
     check: Option<&Check<'_>>,
     sender: &str,
     recipients: &[String],
     body: &[u8],
 ) -> Option<Vec<Outcome>> {
-    let out = match pool.take(route)? {
-        // Kept under a weaker policy than the one now in force.
+    let taken = ctx.pool.take(ctx.dest);
+    for stale in taken.close {
+        stale.quit().await;
+    }
+    let Kept { client, sent } = taken.kept?;
+    let out = match client {
+        // Kept under a weaker policy than the one now in force, or for a
+        // host this domain's policy does not allow.
         Client::Smtp(c) if check.is_some_and(|k| !k.reusable(&c)) => {
             c.quit().await;
             return None;
@@ -205,13 +234,13 @@ async fn reuse(
         Client::Smtp(mut c) => {
             let out = c.send(sender, recipients, body).await;
             let broken = c.broken().is_some();
-            pool.put(route, Client::Smtp(c));
+            put_back(ctx, Client::Smtp(c), sent.saturating_add(1)).await;
             (out, broken)
         }
         Client::Lmtp(mut c) => {
             let out = c.send(sender, recipients, body).await;
             let broken = c.broken().is_some();
-            pool.put(route, Client::Lmtp(c));
+            put_back(ctx, Client::Lmtp(c), sent.saturating_add(1)).await;
             (out, broken)
         }
     };
@@ -233,7 +262,6 @@ async fn reuse(
 #[allow(clippy::too_many_arguments)]
 async fn try_targets<D: MxDns>(
     ctx: &AttemptCtx<'_, D>,
-    route: &Route,
     targets: &[Target],
     cfg: &OutboundConfig,
     check: Option<&Check<'_>>,
@@ -251,6 +279,7 @@ async fn try_targets<D: MxDns>(
             last = outcome;
             continue;
         }
+        before_connecting(ctx).await;
         match SmtpClient::connect_checked(target, cfg).await {
             Ok(mut client) => {
                 count_security(ctx.metrics, client.security());
@@ -261,7 +290,7 @@ async fn try_targets<D: MxDns>(
                     continue;
                 }
                 let outcomes = client.send(sender, recipients, body).await;
-                ctx.pool.put(route, Client::Smtp(Box::new(client)));
+                put_back(ctx, Client::Smtp(Box::new(client)), 1).await;
                 return Attempted::reached(outcomes);
             }
             Err(failure) => {

@@ -22,6 +22,9 @@ pub(crate) enum Dest {
     /// MX hosts (sorted, comma-separated), or `domain` itself for a
     /// domain without MX records or whose MX lookup failed.
     Site(Arc<str>),
+    /// A recipient domain with a shaping entry of its own (matched by
+    /// `domains`): its mail is not pooled with its MX hosts' other domains.
+    Domain(Arc<str>),
 }
 
 impl fmt::Display for Dest {
@@ -33,6 +36,7 @@ impl fmt::Display for Dest {
             Dest::Route(Route::Smarthost) => f.write_str("smarthost"),
             Dest::Route(Route::Mx { domain }) => write!(f, "mx:{domain}"),
             Dest::Site(hosts) => write!(f, "mx:{hosts}"),
+            Dest::Domain(domain) => write!(f, "domain:{domain}"),
         }
     }
 }
@@ -55,11 +59,23 @@ pub(crate) fn site(domain: &str, lookup: Result<Vec<(u16, String)>, DnsError>) -
 
 impl From<DestView<Dest>> for DestinationRow {
     fn from(v: DestView<Dest>) -> Self {
+        let state = match (v.suspended, &v.throttle) {
+            (true, Some(_)) => "throttled",
+            (true, None) => "suspended",
+            (false, Some(_)) => "slowed",
+            (false, None) => "active",
+        };
+        let shaping = match v.pace.rate {
+            Some(rate) => format!("max {}, {rate}", v.pace.max_running),
+            None => format!("max {}", v.pace.max_running),
+        };
         Self {
             destination: v.dest.to_string(),
-            state: if v.suspended { "suspended" } else { "active" }.into(),
+            state: state.into(),
             depth: v.depth,
             running: v.running,
+            shaping,
+            throttle: v.throttle,
             last_error: v.last_error,
             next_probe: v
                 .next_probe
@@ -201,6 +217,11 @@ mod tests {
         let row = DestinationRow::from(DestView {
             dest: Dest::Site(Arc::from("mx1.dead.test,mx2.dead.test")),
             suspended: true,
+            pace: super::super::scheduler::Pace {
+                max_running: 20,
+                rate: None,
+            },
+            throttle: None,
             depth: 1200,
             running: 0,
             last_error: Some("connection refused by 127.0.0.9:25".into()),
@@ -214,7 +235,7 @@ mod tests {
         assert!(lines[0].starts_with("DESTINATION"), "{table}");
         assert!(
             lines[1]
-                == "mx:mx1.dead.test,mx2.dead.test  suspended     1200        0  2027-01-15T08:00:00Z  connection refused by 127.0.0.9:25",
+                == "mx:mx1.dead.test,mx2.dead.test  suspended     1200        0  max 20            2027-01-15T08:00:00Z  connection refused by 127.0.0.9:25",
             "{table}"
         );
     }

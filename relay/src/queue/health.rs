@@ -88,6 +88,16 @@ pub(crate) struct Health {
     pub state: State,
     /// The reason of the last connection-level failure.
     pub last_error: Option<String>,
+    /// Suspended by a throttle rule: until when, and the reply that
+    /// matched. Only the probe after it releases the destination, not an
+    /// attempt that was already under way.
+    pub held: Option<Held>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub until: i64,
+    pub reply: String,
 }
 
 impl Default for Health {
@@ -95,6 +105,7 @@ impl Default for Health {
         Self {
             state: State::Up { failures: 0 },
             last_error: None,
+            held: None,
         }
     }
 }
@@ -118,7 +129,26 @@ impl Health {
 
     /// Up with no failure counted: nothing worth remembering.
     pub(crate) fn is_clean(&self) -> bool {
-        self.state == State::Up { failures: 0 }
+        self.state == State::Up { failures: 0 } && self.held.is_none()
+    }
+
+    /// Suspend until `until` because the remote asked us to back off
+    /// (`reply` matched a throttle rule); the probe goes at `until`. A
+    /// reply that matches again while held starts the wait over.
+    pub(crate) fn hold(&mut self, until: i64, reply: &str) {
+        let failures = match self.state {
+            State::Up { failures } | State::Suspended { failures, .. } => failures,
+        };
+        self.state = State::Suspended {
+            failures,
+            probes: 0,
+            next_probe: until,
+            probing: false,
+        };
+        self.held = Some(Held {
+            until,
+            reply: reply.to_string(),
+        });
     }
 
     /// When a suspended destination may be probed next.
@@ -175,10 +205,18 @@ impl Health {
                 };
                 Change::Suspended
             }
+            (State::Suspended { .. }, Contact::Reached)
+                if !probe && self.held.as_ref().is_some_and(|h| now < h.until) =>
+            {
+                // Held by a throttle rule: the remote asked for the pause,
+                // so an attempt that got through does not end it early.
+                Change::None
+            }
             (State::Suspended { .. }, Contact::Reached) => {
                 // Any attempt that got through (a probe, or one already
                 // under way when the suspension came) shows it is back.
                 self.state = State::Up { failures: 0 };
+                self.held = None;
                 Change::Released
             }
             (
@@ -291,6 +329,29 @@ mod tests {
         h.record(Contact::Unknown, "dns", true, 10, &S);
         assert_eq!(h.gate(10), Gate::Probe);
         assert_eq!(h.next_probe(), Some(10));
+    }
+
+    #[test]
+    fn a_throttle_hold_ends_only_with_the_probe_after_it() {
+        let mut h = Health::default();
+        h.hold(100, "421 4.7.0 Try again later");
+        assert!(h.is_suspended() && !h.is_clean());
+        assert_eq!(h.gate(99), Gate::Closed);
+        // An attempt that was under way gets through: still held.
+        assert_eq!(h.record(Contact::Reached, "", false, 50, &S), Change::None);
+        assert_eq!(h.gate(99), Gate::Closed);
+        assert_eq!(h.gate(100), Gate::Probe);
+        h.probe_started();
+        assert_eq!(
+            h.record(Contact::Reached, "", true, 101, &S),
+            Change::Released
+        );
+        assert!(h.is_clean());
+        // A probe refused at connection level backs off as any other.
+        h.hold(200, "421 4.7.0 Try again later");
+        h.probe_started();
+        assert_eq!(fail(&mut h, true, 200), Change::None);
+        assert_eq!(h.next_probe(), Some(200 + 20));
     }
 
     #[test]

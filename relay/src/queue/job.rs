@@ -8,7 +8,9 @@ use super::destination::Dest;
 use super::health::Contact;
 use super::router::Route;
 use super::schedule::Schedule;
+use super::scheduler::Throttle;
 use crate::spool::{QueueId, Queued};
+use mailrelay_crds::config::ShapeConfig;
 
 /// One message's due recipients for one destination, grouped by route
 /// and tried group by group.
@@ -16,6 +18,9 @@ pub(super) struct Job {
     pub q: Arc<Queued>,
     pub groups: VecDeque<(Route, Vec<usize>)>,
     pub schedule: Schedule,
+    /// The destination's shaping (the pool's part: connections, their
+    /// reuse and rate).
+    pub shape: ShapeConfig,
 }
 
 /// What the manager is told.
@@ -46,4 +51,6 @@ pub(super) struct Ended {
     /// The last failure's text, for the destination's last error.
     pub reason: String,
     pub probe: bool,
+    /// A reply matched a throttle rule.
+    pub throttle: Option<Throttle>,
 }

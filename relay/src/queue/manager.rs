@@ -30,7 +30,8 @@ use super::job::{Ended, Job, Nudge};
 use super::pool::Pool;
 use super::router::{Route, domain_of, route};
 use super::schedule::Schedule;
-use super::scheduler::{Limits, Push, Scheduler};
+use super::scheduler::{Limits, Push, Scheduler, Throttle};
+use super::shaping::{Selected, pace};
 use super::worker::Worker;
 use crate::config::Current;
 use crate::config::runtime::Runtime;
@@ -39,6 +40,7 @@ use crate::delivery::{CachedDns, MxDns};
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::{Glance, Parked, QueueId, Queued, RecipientState, Spool};
+use mailrelay_crds::config::ShapeConfig;
 
 /// Limits on concurrent deliveries.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +71,8 @@ pub(super) struct Core {
 pub struct Manager {
     /// What deliveries and spool writes run on.
     pub(super) worker: Arc<Worker>,
+    /// The shaping of hosted domains' mailbox servers.
+    hosted: ShapeConfig,
     core: Mutex<Core>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Nudge>>>,
 }
@@ -109,13 +113,19 @@ impl Manager {
             dns: CachedDns::new(dns),
             metrics,
             mx_port,
-            pool: Pool::new(limits.per_destination, limits.total),
+            pool: Pool::new(limits.total),
             outbound_tls,
             inbox: tx,
             in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         };
+        let hosted = ShapeConfig {
+            max_connections: u32::try_from(limits.per_destination).unwrap_or(u32::MAX),
+            max_messages_per_connection: u32::MAX,
+            ..ShapeConfig::default()
+        };
         Arc::new(Self {
+            hosted,
             worker: Arc::new(worker),
             core: Mutex::new(Core {
                 sched: Scheduler::new(limits, HealthSettings::default()),
@@ -172,7 +182,7 @@ impl Manager {
             self.step(&rt).await;
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
-                self.worker.pool.expire();
+                self.worker.pool.expire(Timestamp::now().as_millisecond());
                 self.publish();
             }
             let wait = self.wait();
@@ -189,14 +199,11 @@ impl Manager {
 
     /// How long to sleep: until the next timer or probe, at most `IDLE`.
     fn wait(&self) -> Duration {
-        let now = Timestamp::now();
-        match self.core().sched.next_wake() {
-            Some(at) if at <= now.as_second() => Duration::from_millis(50),
-            Some(at) => {
-                // Timers count whole seconds: wake just after `at` begins.
-                let in_ms = (at - now.as_second()) * 1000 - i64::from(now.subsec_millisecond());
-                Duration::from_millis(u64::try_from(in_ms).unwrap_or(0) + 5).min(IDLE)
-            }
+        let now = Timestamp::now().as_millisecond();
+        match self.core().sched.next_wake_ms() {
+            Some(at) if at <= now => Duration::from_millis(1),
+            // Wake just after `at` (timers count whole seconds).
+            Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1).min(IDLE),
             None => IDLE,
         }
     }
@@ -204,6 +211,7 @@ impl Manager {
     /// Due timers, probes, refills, then start what the limits allow.
     async fn step(self: &Arc<Self>, rt: &Runtime) {
         let now = Timestamp::now().as_second();
+        let now_ms = Timestamp::now().as_millisecond();
         let (due, probes, refill) = {
             let mut core = self.core();
             let due = core.sched.take_due(now);
@@ -222,12 +230,12 @@ impl Manager {
             // A probe goes whatever the message's own retry time says.
             self.examine(id, rt, true).await;
         }
-        self.start_what_can(now);
+        self.start_what_can(now_ms);
     }
 
-    fn start_what_can(self: &Arc<Self>, now: i64) {
+    fn start_what_can(self: &Arc<Self>, now_ms: i64) {
         loop {
-            let Some(start) = self.core().sched.next(now) else {
+            let Some(start) = self.core().sched.next_at(now_ms) else {
                 return;
             };
             self.worker.hold();
@@ -290,15 +298,23 @@ impl Manager {
     /// An attempt ended: the destination's health, then the message.
     async fn ended(self: &Arc<Self>, e: Ended, rt: &Runtime) {
         let now = Timestamp::now().as_second();
-        let (finished, suspended) = {
+        let finished = {
             let mut core = self.core();
+            let held = matches!(e.throttle, Some(Throttle::Suspend { .. }));
+            if let Some(t) = &e.throttle {
+                let action = if held { "suspend" } else { "slow" };
+                self.worker.metrics.destinations.throttle(action);
+                tracing::warn!(destination = %e.dest, queue_id = %e.id, action, throttle = ?t,
+                    "throttle rule matched a reply");
+            }
             let f = core
                 .sched
-                .finished(&e.dest, e.contact, &e.reason, e.probe, now);
+                .finished(&e.dest, e.contact, &e.reason, e.probe, now, e.throttle);
             let suspended = core.sched.is_suspended(&e.dest);
-            (f, suspended)
+            (f, suspended, held)
         };
-        if e.contact == Contact::Failed {
+        let (finished, suspended, held) = finished;
+        if e.contact == Contact::Failed || held {
             // Due again as soon as the destination is reached, not only at
             // its own retry time.
             self.park(&e.dest, e.id, suspended);
@@ -502,7 +518,7 @@ impl Manager {
             return;
         };
         self.unwait(&id);
-        self.offer(Arc::new(q), groups, schedule, now.as_second());
+        self.offer(rt, Arc::new(q), groups, schedule, now.as_second());
     }
 }
 
@@ -559,7 +575,13 @@ impl Manager {
                 Route::Mx { domain } => {
                     let lookup = self.core().sites.get(domain, q.id, Instant::now());
                     match lookup {
-                        Lookup::Known(s) => Dest::Site(s),
+                        Lookup::Known(s) => {
+                            let hosts = s.split(',');
+                            match rt.shaper.select(Some(domain), hosts) {
+                                Selected::ByDomain(_) => Dest::Domain(Arc::from(domain.as_str())),
+                                _ => Dest::Site(s),
+                            }
+                        }
                         Lookup::Wait { start } => {
                             if start {
                                 self.look_up_site(domain.clone());
@@ -593,20 +615,26 @@ impl Manager {
     /// Hand each destination its job.
     fn offer(
         self: &Arc<Self>,
+        rt: &Runtime,
         q: Arc<Queued>,
         groups: BTreeMap<Dest, BTreeMap<Route, Vec<usize>>>,
         schedule: Schedule,
         now: i64,
     ) {
         for (dest, routes) in groups {
+            let shape = self.shape_of(rt, &dest);
             let job = Job {
                 q: Arc::clone(&q),
                 groups: routes.into_iter().collect(),
                 schedule: schedule.clone(),
+                shape,
             };
             let mut core = self.core();
             *core.busy.entry(q.id).or_default() += 1;
-            match core.sched.push(dest.clone(), q.id, job, now) {
+            match core
+                .sched
+                .push_paced(dest.clone(), q.id, job, now, pace(&shape))
+            {
                 Push::Ready => {}
                 Push::Overflow => {
                     // Loaded again when the destination's ready queue drains.
@@ -619,6 +647,26 @@ impl Manager {
                     self.worker.defer_suspended(job, &dest, &reason);
                 }
             }
+        }
+    }
+
+    /// The shaping of `dest` (`spec.delivery.shaping`): MX sites and
+    /// domains by their entry, the smarthost by its host; a hosted
+    /// domain's mailbox server gets the relay's own per-destination
+    /// concurrency and no rate (it is ours, not a remote to be polite to).
+    fn shape_of(&self, rt: &Runtime, dest: &Dest) -> ShapeConfig {
+        let shaper = &rt.shaper;
+        match dest {
+            Dest::Site(hosts) => shaper.shape(shaper.select(None, hosts.split(','))),
+            Dest::Domain(domain) => shaper.shape(shaper.select(Some(domain), std::iter::empty())),
+            Dest::Route(Route::Smarthost) => {
+                let host = rt.config.smarthost.as_ref().map(|s| s.host.as_str());
+                shaper.shape(shaper.select(None, host.into_iter()))
+            }
+            Dest::Route(Route::Mx { domain }) => {
+                shaper.shape(shaper.select(Some(domain), std::iter::empty()))
+            }
+            Dest::Route(_) => self.hosted,
         }
     }
 

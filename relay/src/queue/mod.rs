@@ -16,4 +16,5 @@ mod report;
 pub(crate) mod router;
 pub(crate) mod schedule;
 pub(crate) mod scheduler;
+pub(crate) mod shaping;
 mod worker;

@@ -17,6 +17,9 @@ impl Manager {
         d.suspended.set(core.sched.suspended() as i64);
         d.parked.set(core.sched.parked() as i64);
         d.waiting.set(self.worker.spool.waiting() as i64);
+        let (held, slowed) = core.sched.throttled(jiff::Timestamp::now().as_second());
+        d.throttled(held, slowed);
+        d.paced.set(core.sched.paced() as i64);
     }
 }
 
@@ -31,7 +34,8 @@ impl QueueControl for Manager {
 
     /// The destinations with mail or a health worth showing.
     fn destinations(&self) -> Vec<DestinationRow> {
-        let mut views: Vec<DestView<Dest>> = self.core().sched.views();
+        let mut views: Vec<DestView<Dest>> =
+            self.core().sched.views(jiff::Timestamp::now().as_second());
         views.sort_by(|a, b| a.dest.cmp(&b.dest));
         views.into_iter().map(DestinationRow::from).collect()
     }

@@ -14,6 +14,14 @@
 //! - Destinations take turns (round robin over those with work and a free
 //!   slot), within a per-destination and a total limit of attempts: a
 //!   destination with a million messages cannot delay one to another.
+//! - Each destination has its own pace (traffic shaping): at most
+//!   `max_running` attempts at once and, with a rate, one start per
+//!   interval (GCRA without a burst: starts evenly spaced, and a late
+//!   start does not earn a catch-up burst). A destination waiting for its
+//!   next slot is set aside with that time, not polled.
+//! - A throttle rule (a remote reply asking us to back off) suspends a
+//!   destination for a while (see `health::Health::hold`) or slows it to
+//!   another rate for a while.
 //! - A suspended destination (see `health`) gets no attempts but one probe
 //!   per back-off step; its mail is deferred and parked by id, and all of
 //!   it is due again the moment a probe gets through. A message is parked
@@ -25,6 +33,25 @@ use std::hash::Hash;
 
 use super::health::{Change, Contact, Gate, Health, HealthSettings};
 use crate::spool::QueueId;
+use mailrelay_crds::config::RateConfig;
+
+/// One destination's shaping, as the scheduler applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pace {
+    /// Attempts under way at once.
+    pub max_running: usize,
+    /// Starts per period; `None`: as fast as the slots allow.
+    pub rate: Option<RateConfig>,
+}
+
+/// A throttle rule's reaction, decided by the attempt that saw the reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Throttle {
+    /// No attempts until `until` (unix seconds), then a probe.
+    Suspend { until: i64, reply: String },
+    /// `rate` instead of the destination's own until `until`.
+    Slow { until: i64, rate: RateConfig },
+}
 
 /// Limits on attempts and on what is kept loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,8 +109,15 @@ struct Dest<J> {
     parked: Vec<QueueId>,
     running: usize,
     health: Health,
-    /// In the round-robin ring.
+    /// In the round-robin ring, or set aside until its next rate slot.
     in_turn: bool,
+    pace: Pace,
+    /// GCRA: when the next start may go (unix ms).
+    next_start_ms: i64,
+    /// Set aside until `next_start_ms` (see `Scheduler::paced`).
+    paced: bool,
+    /// A Slow throttle rule in force: until when (unix seconds), and the rate.
+    slowed: Option<(i64, RateConfig)>,
 }
 
 impl<J> Default for Dest<J> {
@@ -95,6 +129,13 @@ impl<J> Default for Dest<J> {
             running: 0,
             health: Health::default(),
             in_turn: false,
+            pace: Pace {
+                max_running: 1,
+                rate: None,
+            },
+            next_start_ms: 0,
+            paced: false,
+            slowed: None,
         }
     }
 }
@@ -106,6 +147,15 @@ impl<J> Dest<J> {
             && self.parked.is_empty()
             && self.running == 0
             && self.health.is_clean()
+            && self.slowed.is_none()
+    }
+
+    /// The rate in force at `now` (unix seconds).
+    fn rate(&self, now: i64) -> Option<RateConfig> {
+        match self.slowed {
+            Some((until, rate)) if now < until => Some(rate),
+            _ => self.pace.rate,
+        }
     }
 }
 
@@ -151,6 +201,9 @@ pub(crate) struct Finished<J> {
 pub(crate) struct DestView<K> {
     pub dest: K,
     pub suspended: bool,
+    pub pace: Pace,
+    /// A throttle rule in force: what it does and until when.
+    pub throttle: Option<String>,
     /// Messages ready, waiting as ids, parked, or being attempted.
     pub depth: usize,
     pub running: usize,
@@ -163,6 +216,8 @@ pub(crate) struct Scheduler<K, J> {
     dests: HashMap<K, Dest<J>>,
     /// Destinations that may have a job to start, in turn order.
     turn: VecDeque<K>,
+    /// Destinations waiting for their next rate slot (unix ms).
+    paced: Vec<(i64, K)>,
     running: usize,
     limits: Limits,
     health: HealthSettings,
@@ -174,6 +229,7 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             timers: Timers::default(),
             dests: HashMap::new(),
             turn: VecDeque::new(),
+            paced: Vec::new(),
             running: 0,
             limits: Limits {
                 total: limits.total.max(1),
@@ -200,6 +256,17 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         self.timers.take_due(now)
     }
 
+    /// When something is next due, in unix ms: a timer, a probe, or a
+    /// destination's next rate slot.
+    pub(crate) fn next_wake_ms(&self) -> Option<i64> {
+        let secs = self.next_wake().map(|s| s.saturating_mul(1000));
+        let paced = self.paced.iter().map(|(at, _)| *at).min();
+        match (secs, paced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// When something is next due: a timer or a probe.
     pub(crate) fn next_wake(&self) -> Option<i64> {
         let probe = self
@@ -220,10 +287,32 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         self.running
     }
 
-    /// Offer `job` (for message `id`) to `dest`.
+    /// Offer `job` with the default pace (the limits' per destination).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, dest: K, id: QueueId, job: J, now: i64) -> Push<J> {
+        let pace = Pace {
+            max_running: self.limits.per_destination,
+            rate: None,
+        };
+        self.push_paced(dest, id, job, now, pace)
+    }
+
+    /// Offer `job` (for message `id`) to `dest`, whose shaping is `pace`
+    /// (the latest push's pace is the one in force).
+    pub(crate) fn push_paced(
+        &mut self,
+        dest: K,
+        id: QueueId,
+        job: J,
+        now: i64,
+        pace: Pace,
+    ) -> Push<J> {
         let limit = self.limits.ready;
         let d = self.dests.entry(dest.clone()).or_default();
+        d.pace = Pace {
+            max_running: pace.max_running.max(1),
+            rate: pace.rate,
+        };
         match d.health.gate(now) {
             Gate::Closed => {
                 return Push::Suspended {
@@ -270,8 +359,35 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         out
     }
 
-    /// The next attempt to start, taking destinations in turn.
+    /// The next attempt to start at `now` (unix seconds).
+    #[cfg(test)]
     pub(crate) fn next(&mut self, now: i64) -> Option<Start<K, J>> {
+        self.next_at(now.saturating_mul(1000))
+    }
+
+    /// Destinations whose rate slot has come go back in turn.
+    fn wake_paced(&mut self, now_ms: i64) {
+        let dests = &mut self.dests;
+        let turn = &mut self.turn;
+        self.paced.retain(|(at, key)| {
+            if *at > now_ms {
+                return true;
+            }
+            if let Some(d) = dests.get_mut(key)
+                && d.paced
+            {
+                d.paced = false;
+                turn.push_back(key.clone());
+            }
+            false
+        });
+    }
+
+    /// The next attempt to start at `now_ms` (unix ms), taking
+    /// destinations in turn.
+    pub(crate) fn next_at(&mut self, now_ms: i64) -> Option<Start<K, J>> {
+        let now = now_ms.div_euclid(1000);
+        self.wake_paced(now_ms);
         for _ in 0..self.turn.len() {
             if self.running >= self.limits.total {
                 return None;
@@ -282,7 +398,7 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             };
             let gate = d.health.gate(now);
             let blocked = match gate {
-                Gate::Open => d.running >= self.limits.per_destination,
+                Gate::Open => d.running >= d.pace.max_running,
                 Gate::Probe => false,
                 Gate::Closed => true,
             };
@@ -291,10 +407,22 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
                 d.in_turn = false;
                 continue;
             }
+            let rate = d.rate(now);
+            if rate.is_some() && d.next_start_ms > now_ms {
+                // Still in turn, as far as pushes and ends are concerned:
+                // it comes back at its slot.
+                d.paced = true;
+                self.paced.push((d.next_start_ms, key));
+                continue;
+            }
             let Some((id, job)) = d.ready.pop_front() else {
                 d.in_turn = false;
                 continue;
             };
+            if let Some(rate) = rate {
+                let interval = i64::try_from(rate.interval_ms()).unwrap_or(i64::MAX);
+                d.next_start_ms = d.next_start_ms.max(now_ms).saturating_add(interval);
+            }
             let probe = gate == Gate::Probe;
             if probe {
                 d.health.probe_started();
@@ -316,7 +444,8 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         None
     }
 
-    /// An attempt to `dest` ended with `contact` (`reason`: its last error).
+    /// An attempt to `dest` ended with `contact` (`reason`: its last
+    /// error), and `throttle` if a reply matched a throttle rule.
     pub(crate) fn finished(
         &mut self,
         dest: &K,
@@ -324,6 +453,7 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         reason: &str,
         probe: bool,
         now: i64,
+        throttle: Option<Throttle>,
     ) -> Finished<J> {
         self.running = self.running.saturating_sub(1);
         let mut out = Finished {
@@ -336,12 +466,34 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             return out;
         };
         d.running = d.running.saturating_sub(1);
+        let was_suspended = d.health.is_suspended();
         out.change = d.health.record(contact, reason, probe, now, &self.health);
+        if d.slowed.is_some_and(|(until, _)| now >= until) {
+            d.slowed = None;
+        }
+        match throttle {
+            Some(Throttle::Suspend { until, reply }) => {
+                let already = was_suspended && out.change != Change::Released;
+                d.health.hold(until, &reply);
+                out.change = if already {
+                    Change::None
+                } else {
+                    Change::Suspended
+                };
+            }
+            Some(Throttle::Slow { until, rate }) => {
+                d.slowed = Some((until, rate));
+                // The slower rate counts from now.
+                let interval = i64::try_from(rate.interval_ms()).unwrap_or(i64::MAX);
+                d.next_start_ms = now.saturating_mul(1000).saturating_add(interval);
+            }
+            None => {}
+        }
         if out.change == Change::Suspended {
             out.now_suspended = d.parked.clone();
             out.defer = d.ready.drain(..).collect();
             out.reexamine = d.overflow.drain(..).collect();
-        } else if contact == Contact::Reached {
+        } else if contact == Contact::Reached && !d.health.is_suspended() {
             // It takes mail: what waits only because it could not be
             // reached goes now (a release, or failures short of one).
             out.reexamine = std::mem::take(&mut d.parked);
@@ -398,8 +550,10 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
             jobs.extend(d.ready.drain(..));
             ids.extend(d.overflow.drain(..));
             d.in_turn = false;
+            d.paced = false;
         }
         self.turn.clear();
+        self.paced.clear();
         self.dests.retain(|_, d| !d.is_idle());
         (jobs, ids)
     }
@@ -423,13 +577,29 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         self.dests.values().map(|d| d.parked.len()).sum()
     }
 
-    /// Every destination with mail or a state worth showing.
-    pub(crate) fn views(&self) -> Vec<DestView<K>> {
+    /// Destinations under a throttle rule at `now`: (suspended, slowed).
+    pub(crate) fn throttled(&self, now: i64) -> (usize, usize) {
+        self.dests.values().fold((0, 0), |(held, slow), d| {
+            let is_held = d.health.is_suspended() && d.health.held.is_some();
+            let is_slow = d.slowed.is_some_and(|(until, _)| now < until);
+            (held + usize::from(is_held), slow + usize::from(is_slow))
+        })
+    }
+
+    /// Destinations set aside until their next rate slot.
+    pub(crate) fn paced(&self) -> usize {
+        self.dests.values().filter(|d| d.paced).count()
+    }
+
+    /// Every destination with mail or a state worth showing, at `now`.
+    pub(crate) fn views(&self, now: i64) -> Vec<DestView<K>> {
         self.dests
             .iter()
             .map(|(k, d)| DestView {
                 dest: k.clone(),
                 suspended: d.health.is_suspended(),
+                pace: d.pace,
+                throttle: throttle_view(d, now),
                 depth: d.ready.len() + d.overflow.len() + d.parked.len() + d.running,
                 running: d.running,
                 last_error: d.health.last_error.clone(),
@@ -439,7 +609,31 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
     }
 }
 
+/// What a throttle rule is doing to `d` at `now`, for the admin API.
+fn throttle_view<J>(d: &Dest<J>, now: i64) -> Option<String> {
+    let at = |t: i64| {
+        jiff::Timestamp::from_second(t)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    if let Some(h) = &d.health.held
+        && d.health.is_suspended()
+    {
+        return Some(format!("suspended until {}: {}", at(h.until), h.reply));
+    }
+    match d.slowed {
+        Some((until, rate)) if now < until => Some(format!("slowed to {rate} until {}", at(until))),
+        _ => None,
+    }
+}
+
 fn reason(h: &Health) -> String {
+    if let Some(held) = &h.held {
+        return format!(
+            "destination paused by a throttle rule after: {}",
+            held.reply
+        );
+    }
     let last = h
         .last_error
         .as_deref()

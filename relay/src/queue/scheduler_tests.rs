@@ -41,6 +41,8 @@ struct Sim {
     wake: HashMap<QueueId, i64>,
     /// Messages parked somewhere (the spool index's mark).
     parked: BTreeSet<QueueId>,
+    /// Attempts of this tick not yet ended.
+    ending: Vec<QueueId>,
 }
 
 const RETRY: i64 = 25;
@@ -58,6 +60,7 @@ impl Sim {
             pushed: HashMap::new(),
             wake: HashMap::new(),
             parked: BTreeSet::new(),
+            ending: Vec::new(),
         }
     }
 
@@ -98,6 +101,14 @@ impl Sim {
         if self.delivered.contains(&n) {
             return;
         }
+        // The manager does not look at a message while it has a job out
+        // (its `busy` count): not ready twice, not pushed while running.
+        let out = self.pushed.get(&q).copied().unwrap_or(0) > 0
+            || self.running.iter().any(|(_, r, _)| *r == q)
+            || self.ending.contains(&q);
+        if out {
+            return;
+        }
         let dest = self.dest_of[&q];
         match self.s.push(dest, q, n, t) {
             Push::Ready => *self.pushed.entry(q).or_default() += 1,
@@ -113,14 +124,17 @@ impl Sim {
 
     fn tick(&mut self, t: i64) {
         // Attempts started last tick end now.
-        for (dest, q, probe) in std::mem::take(&mut self.running) {
+        let ending = std::mem::take(&mut self.running);
+        self.ending = ending.iter().map(|(_, q, _)| *q).collect();
+        for (dest, q, probe) in ending {
+            self.ending.retain(|e| *e != q);
             let alive = self.alive(dest, t);
             let contact = if alive {
                 Contact::Reached
             } else {
                 Contact::Failed
             };
-            let f = self.s.finished(&dest, contact, "refused", probe, t);
+            let f = self.s.finished(&dest, contact, "refused", probe, t, None);
             if alive {
                 self.delivered.insert(self.num[&q]);
             } else {
@@ -294,10 +308,10 @@ fn a_release_makes_every_parked_message_due_at_once() {
         s.next(0).unwrap();
     }
     for _ in 0..2 {
-        s.finished(&"mx", Contact::Failed, "refused", false, 0);
+        s.finished(&"mx", Contact::Failed, "refused", false, 0, None);
     }
     assert_eq!(s.push("mx", id(3), 3, 0), Push::Ready);
-    let f = s.finished(&"mx", Contact::Failed, "421 busy", false, 1);
+    let f = s.finished(&"mx", Contact::Failed, "421 busy", false, 1, None);
     assert_eq!(f.change, Change::Suspended);
     assert_eq!(f.defer, vec![(id(3), 3)]);
     match s.push("mx", id(4), 4, 2) {
@@ -317,7 +331,7 @@ fn a_release_makes_every_parked_message_due_at_once() {
     assert_eq!(s.push("mx", probe[0], n, 11), Push::Ready);
     let st = s.next(11).unwrap();
     assert!(st.probe);
-    let f = s.finished(&"mx", Contact::Reached, "", true, 12);
+    let f = s.finished(&"mx", Contact::Reached, "", true, 12, None);
     assert_eq!(f.change, Change::Released);
     assert_eq!(f.reexamine.len(), 1, "the other parked message");
     assert_eq!(s.suspended(), 0);
@@ -339,7 +353,7 @@ fn a_full_ready_queue_keeps_ids_and_refills_as_it_drains() {
     s.next(0).unwrap();
     s.next(0).unwrap();
     assert_eq!(s.refill(), vec![id(2), id(3)]);
-    assert_eq!(s.views()[0].depth, 2, "two running");
+    assert_eq!(s.views(0)[0].depth, 2, "two running");
 }
 
 #[test]
@@ -360,6 +374,135 @@ fn a_config_change_takes_back_what_has_not_started() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(ids, vec![id(1)]);
     assert!(s.next(0).is_none());
-    s.finished(&started.dest, Contact::Reached, "", false, 0);
-    assert!(s.views().is_empty());
+    s.finished(&started.dest, Contact::Reached, "", false, 0, None);
+    assert!(s.views(0).is_empty());
+}
+
+fn pace(max_running: usize, per_sec: Option<u32>) -> Pace {
+    Pace {
+        max_running,
+        rate: per_sec.map(|count| RateConfig { count, per_secs: 1 }),
+    }
+}
+
+#[test]
+fn a_destination_runs_at_most_its_own_connections_and_others_keep_theirs() {
+    let mut s: Scheduler<&str, u64> = Scheduler::new(Limits::default(), HEALTH);
+    for n in 0..10 {
+        s.push_paced("slow", id(n), n, 0, pace(2, None));
+        s.push_paced("fast", id(100 + n), n, 0, pace(5, None));
+    }
+    let mut started = BTreeMap::<&str, usize>::new();
+    while let Some(st) = s.next_at(0) {
+        *started.entry(st.dest).or_default() += 1;
+    }
+    assert_eq!(started, BTreeMap::from([("fast", 5), ("slow", 2)]));
+    s.finished(&"slow", Contact::Reached, "", false, 0, None);
+    let st = s.next_at(0).expect("a freed slot");
+    assert_eq!(st.dest, "slow");
+    assert!(s.next_at(0).is_none());
+}
+
+#[test]
+fn a_rate_spaces_starts_evenly_and_a_late_start_earns_no_burst() {
+    let mut s: Scheduler<&str, u64> = Scheduler::new(Limits::default(), HEALTH);
+    for n in 0..5 {
+        s.push_paced("mx", id(n), n, 0, pace(10, Some(20)));
+    }
+    // 20/s: one start per 50 ms.
+    assert!(s.next_at(1_000).is_some());
+    assert!(s.next_at(1_000).is_none());
+    assert_eq!(s.paced(), 1);
+    assert_eq!(s.next_wake_ms(), Some(1_050));
+    assert!(s.next_at(1_049).is_none());
+    assert!(s.next_at(1_050).is_some());
+    // Asked much later: one start, then the spacing again from now.
+    assert!(s.next_at(5_000).is_some());
+    assert!(s.next_at(5_000).is_none());
+    assert!(s.next_at(5_049).is_none());
+    assert!(s.next_at(5_050).is_some());
+    assert_eq!(s.next_wake_ms(), None, "one job left, paced until 5100");
+    assert!(s.next_at(5_100).is_some());
+    assert!(s.next_at(10_000).is_none(), "all five started");
+}
+
+#[test]
+fn a_paced_destination_does_not_hold_up_the_others() {
+    let mut s: Scheduler<&str, u64> = Scheduler::new(Limits::default(), HEALTH);
+    s.push_paced("slow", id(0), 0, 0, pace(10, Some(1)));
+    s.push_paced("slow", id(1), 1, 0, pace(10, Some(1)));
+    s.next_at(0).unwrap();
+    for n in 2..6 {
+        s.push_paced("free", id(n), n, 0, pace(10, None));
+    }
+    let dests: Vec<&str> = std::iter::from_fn(|| s.next_at(10).map(|st| st.dest)).collect();
+    assert_eq!(dests, ["free"; 4]);
+    assert_eq!(s.next_at(1_000).map(|st| st.dest), Some("slow"));
+}
+
+#[test]
+fn a_suspend_rule_stops_starts_until_its_time_then_one_probe_goes() {
+    let mut s: Scheduler<&str, u64> = Scheduler::new(Limits::default(), HEALTH);
+    for n in 0..3 {
+        s.push_paced("mx", id(n), n, 0, pace(1, None));
+    }
+    s.next_at(0).unwrap();
+    let throttle = Throttle::Suspend {
+        until: 60,
+        reply: "421 4.7.0 Try again later".into(),
+    };
+    let f = s.finished(&"mx", Contact::Reached, "", false, 0, Some(throttle));
+    assert_eq!(f.change, Change::Suspended);
+    assert_eq!(f.defer.len(), 2, "what was ready is deferred");
+    assert!(f.reexamine.is_empty());
+    let views = s.views(10);
+    assert!(views[0].suspended);
+    let shown = views[0].throttle.clone().unwrap_or_default();
+    assert!(
+        shown.starts_with("suspended until 1970-01-01T00:01:00Z: 421 4.7.0"),
+        "{shown}"
+    );
+    assert_eq!(s.throttled(10), (1, 0));
+    match s.push_paced("mx", id(3), 3, 59, pace(1, None)) {
+        Push::Suspended { reason, .. } => assert!(reason.contains("Try again later"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    s.park("mx", id(3));
+    assert_eq!(s.next_wake(), Some(60));
+    assert!(s.take_probes(59).is_empty());
+    let probe = s.take_probes(60);
+    assert_eq!(probe, [id(3)]);
+    assert_eq!(s.push_paced("mx", id(3), 3, 60, pace(1, None)), Push::Ready);
+    let st = s.next_at(60_000).unwrap();
+    assert!(st.probe);
+    let f = s.finished(&"mx", Contact::Reached, "", true, 61, None);
+    assert_eq!(f.change, Change::Released);
+    assert_eq!(s.throttled(61), (0, 0));
+}
+
+#[test]
+fn a_slow_rule_changes_the_rate_for_its_duration() {
+    let mut s: Scheduler<&str, u64> = Scheduler::new(Limits::default(), HEALTH);
+    for n in 0..4 {
+        s.push_paced("mx", id(n), n, 0, pace(10, None));
+    }
+    s.next_at(0).unwrap();
+    let slow = Throttle::Slow {
+        until: 100,
+        rate: RateConfig {
+            count: 1,
+            per_secs: 60,
+        },
+    };
+    let f = s.finished(&"mx", Contact::Reached, "", false, 0, Some(slow));
+    assert_eq!(f.change, Change::None);
+    assert_eq!(s.throttled(0), (0, 1));
+    assert!(s.next_at(59_999).is_none(), "one a minute from now");
+    assert!(s.next_at(60_000).is_some());
+    assert!(
+        s.next_at(100_000).is_some(),
+        "its own rate again after 100 s"
+    );
+    assert!(s.next_at(100_000).is_some());
+    assert_eq!(s.views(100)[0].throttle, None);
 }

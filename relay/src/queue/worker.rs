@@ -17,7 +17,7 @@ use super::health::Contact;
 use super::job::{Ended, Job, Nudge};
 use super::pool::Pool;
 use super::router::Route;
-use super::scheduler::Start;
+use super::scheduler::{Start, Throttle};
 use crate::config::Current;
 use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, Outcome, Timeouts};
@@ -74,11 +74,11 @@ impl Worker {
             probe,
         } = start;
         let mut rng = rand::rngs::StdRng::from_os_rng();
-        let (contact, reason) = if self.is_stopping() {
+        let (contact, reason, throttle) = if self.is_stopping() {
             // Draining: what has not started stays queued for hand-off.
-            (Contact::Unknown, String::new())
+            (Contact::Unknown, String::new(), None)
         } else {
-            self.deliver(job, &mut rng).await
+            self.deliver(&dest, job, &mut rng).await
         };
         self.send(Nudge::Ended(Box::new(Ended {
             dest,
@@ -86,28 +86,39 @@ impl Worker {
             contact,
             reason,
             probe,
+            throttle,
         })));
     }
 
     /// Try each group of `job`, recording each group's results before the
     /// next: the window in which a crash repeats a delivery stays one
-    /// transaction wide. Returns what was learnt of the destination.
-    async fn deliver(&self, job: Job, rng: &mut rand::rngs::StdRng) -> (Contact, String) {
+    /// transaction wide. Returns what was learnt of the destination, and
+    /// the reaction of a throttle rule that a reply matched.
+    async fn deliver(
+        &self,
+        dest: &Dest,
+        job: Job,
+        rng: &mut rand::rngs::StdRng,
+    ) -> (Contact, String, Option<Throttle>) {
         let Job {
             q,
             groups,
             schedule,
+            shape,
         } = job;
         let body = match self.spool.read_body(&q.id).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(queue_id = %q.id, error = %e, "cannot read the message body; will retry");
-                return (Contact::Unknown, String::new());
+                return (Contact::Unknown, String::new(), None);
             }
         };
         let rt = self.current.get();
         let mut seen = Contact::Unknown;
         let mut reason = String::new();
+        let mut throttle = None;
+        // Throttle rules are about remote receivers, not our own servers.
+        let shaped = !matches!(dest, Dest::Route(r) if r.kind() != "smarthost");
         for (route, indices) in groups {
             let ctx = AttemptCtx {
                 runtime: &rt,
@@ -115,6 +126,8 @@ impl Worker {
                 timeouts: Timeouts::default(),
                 mx_port: self.mx_port,
                 pool: &self.pool,
+                dest,
+                shape: &shape,
                 metrics: &self.metrics,
                 outbound_tls: &self.outbound_tls,
                 queue_id: Some(q.id),
@@ -133,6 +146,15 @@ impl Worker {
                 reason.clone_from(r);
             }
             let now = Timestamp::now();
+            if shaped && throttle.is_none() {
+                let replies = tried.outcomes.iter().filter_map(|o| match o {
+                    Outcome::TempFail { reason } | Outcome::PermFail { reason } => {
+                        Some(reason.as_str())
+                    }
+                    Outcome::Delivered { .. } => None,
+                });
+                throttle = rt.shaper.throttle(replies, now.as_second());
+            }
             let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
             let mut updates = Vec::with_capacity(indices.len());
             for ((&i, rcpt), outcome) in indices.iter().zip(&recipients).zip(&tried.outcomes) {
@@ -149,7 +171,7 @@ impl Worker {
             // transaction per attempt.
             self.record(&q, updates).await;
         }
-        (seen, reason)
+        (seen, reason, throttle)
     }
 
     /// Make one group's results durable. The common case — every
