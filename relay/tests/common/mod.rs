@@ -9,6 +9,7 @@
 // Each test file uses its part of the harness.
 #![allow(dead_code)]
 
+pub mod counting_mx;
 pub mod dns;
 pub mod dovecot;
 pub mod mailbox;
