@@ -20,7 +20,9 @@ pub struct Shaping {
     /// of its domains is that domain alone (its mail is not pooled with
     /// other domains on the same MX hosts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200))]
+    // Bounded so the API server's estimated CEL cost (items × entries ×
+    // name length) stays far below its per-CRD limit.
+    #[schemars(length(max = 100))]
     pub destinations: Vec<DestinationShape>,
 }
 
@@ -76,14 +78,14 @@ pub struct DestinationShape {
     /// Recipient domains; `*.example.com` matches every name below
     /// `example.com`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(length(min = 1, max = 253)))]
+    #[schemars(length(max = 200), inner(length(min = 1, max = 253)))]
     #[x_kube(validation = kube::core::Rule::new("self.all(d, !d.contains('@') && !d.contains(' ') && (!d.contains('*') || (d.startsWith('*.') && d.lastIndexOf('*') == 0)))").message("each entry must be a domain name, optionally starting with '*.'"))]
     pub domains: Vec<String>,
     /// MX host names (or the smarthost's host); the entry applies when any
     /// of the destination's hosts matches. `*.google.com` matches every
     /// name below `google.com`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(length(min = 1, max = 253)))]
+    #[schemars(length(max = 200), inner(length(min = 1, max = 253)))]
     #[x_kube(validation = kube::core::Rule::new("self.all(d, !d.contains('@') && !d.contains(' ') && (!d.contains('*') || (d.startsWith('*.') && d.lastIndexOf('*') == 0)))").message("each entry must be a host name, optionally starting with '*.'"))]
     pub mx_hosts: Vec<String>,
     #[serde(flatten)]

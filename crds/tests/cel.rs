@@ -57,7 +57,17 @@ fn valid_relay() -> Value {
             "queue": {"storage": {"size": "10Gi"}, "retrySchedule": ["5m", "1h"], "jitterPercent": 50,
                       "lifetime": "5d", "delayWarning": "4h"},
             "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "annotations": {}},
-            "dns": {"timeout": "5s"}
+            "dns": {"timeout": "5s"},
+            "delivery": {
+                "shaping": {
+                    "default": {"maxConnections": 10, "messageRate": "100/s", "connectionRate": "5/s", "idleTimeout": "30s"},
+                    "destinations": [{"domains": ["slow.example"], "mxHosts": ["*.google.com"], "maxConnections": 5}]
+                },
+                "throttle": [
+                    {"match": "(?i)try again later", "action": "Suspend", "duration": "15m"},
+                    {"match": "TS0[1-4]", "action": "Slow", "duration": "1h", "messageRate": "1/m"}
+                ]
+            }
         }
     })
 }
@@ -153,6 +163,70 @@ const SIZE_RULE: &str = "self.matches('^[0-9]+(k|M|G|Ki|Mi|Gi)?$')";
 
 fn relay_cases() -> Vec<Case> {
     vec![
+        Case {
+            rule: "self.matches('^[1-9][0-9]{0,5}/(s|m|h)$')",
+            bad: ("/spec/delivery/shaping/default/messageRate", json!("20/d")),
+            good: ("/spec/delivery/shaping/default/messageRate", json!("50/m")),
+        },
+        Case {
+            rule: "self.matches('^[1-9][0-9]{0,5}/(s|m|h)$')",
+            bad: (
+                "/spec/delivery/shaping/default/connectionRate",
+                json!("0/s"),
+            ),
+            good: (
+                "/spec/delivery/shaping/default/connectionRate",
+                json!("1/h"),
+            ),
+        },
+        Case {
+            rule: "self.matches('^[1-9][0-9]{0,5}/(s|m|h)$')",
+            bad: ("/spec/delivery/throttle/1/messageRate", json!("1.5/m")),
+            good: ("/spec/delivery/throttle/1/messageRate", json!("30/h")),
+        },
+        Case {
+            rule: "self.all(d, !d.contains('@') && !d.contains(' ') && (!d.contains('*') || (d.startsWith('*.') && d.lastIndexOf('*') == 0)))",
+            bad: (
+                "/spec/delivery/shaping/destinations/0/domains",
+                json!(["a@b.example"]),
+            ),
+            good: (
+                "/spec/delivery/shaping/destinations/0/domains",
+                json!(["*.corp.example"]),
+            ),
+        },
+        Case {
+            rule: "self.all(d, !d.contains('@') && !d.contains(' ') && (!d.contains('*') || (d.startsWith('*.') && d.lastIndexOf('*') == 0)))",
+            bad: (
+                "/spec/delivery/shaping/destinations/0/mxHosts",
+                json!(["mx.*.example"]),
+            ),
+            good: (
+                "/spec/delivery/shaping/destinations/0/mxHosts",
+                json!(["mx1.example"]),
+            ),
+        },
+        Case {
+            rule: "(has(self.domains) && size(self.domains) > 0) || (has(self.mxHosts) && size(self.mxHosts) > 0)",
+            bad: (
+                "/spec/delivery/shaping/destinations/0",
+                json!({"maxConnections": 5}),
+            ),
+            good: (
+                "/spec/delivery/shaping/destinations/0",
+                json!({"mxHosts": ["mx.example"], "messageRate": "1/s"}),
+            ),
+        },
+        Case {
+            rule: "self.action != 'Slow' || has(self.messageRate)",
+            bad: ("/spec/delivery/throttle/1/messageRate", Value::Null),
+            good: ("/spec/delivery/throttle/1/messageRate", json!("2/h")),
+        },
+        Case {
+            rule: "self.action == 'Slow' || !has(self.messageRate)",
+            bad: ("/spec/delivery/throttle/0/messageRate", json!("1/m")),
+            good: ("/spec/delivery/throttle/0/duration", json!("1m")),
+        },
         Case {
             rule: "self.listeners.all(l, l.name == 'smtp') || has(self.tls)",
             bad: ("/spec/tls", Value::Null),
