@@ -199,13 +199,27 @@ impl Manager {
 
     /// How long to sleep: until the next timer or probe, at most `IDLE`.
     fn wait(&self) -> Duration {
-        let now = Timestamp::now().as_millisecond();
-        match self.core().sched.next_wake_ms() {
-            Some(at) if at <= now => Duration::from_millis(1),
-            // Wake just after `at` (timers count whole seconds).
-            Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1).min(IDLE),
+        let now = Timestamp::now();
+        let (timer, paced) = {
+            let core = self.core();
+            (core.sched.next_wake(), core.sched.next_paced_ms())
+        };
+        let timer = match timer {
+            // Due but not taken (a probe under way): look again soon, not
+            // in a busy loop.
+            Some(at) if at <= now.as_second() => Duration::from_millis(50),
+            Some(at) => {
+                // Timers count whole seconds: wake just after `at` begins.
+                let in_ms = (at - now.as_second()) * 1000 - i64::from(now.subsec_millisecond());
+                Duration::from_millis(u64::try_from(in_ms).unwrap_or(0) + 5)
+            }
             None => IDLE,
-        }
+        };
+        // A destination's next rate slot, to the millisecond.
+        let paced = paced.map_or(IDLE, |at| {
+            Duration::from_millis(u64::try_from(at - now.as_millisecond()).unwrap_or(0).max(1))
+        });
+        timer.min(paced).min(IDLE)
     }
 
     /// Due timers, probes, refills, then start what the limits allow.

@@ -256,15 +256,10 @@ impl<K: Clone + Eq + Hash, J> Scheduler<K, J> {
         self.timers.take_due(now)
     }
 
-    /// When something is next due, in unix ms: a timer, a probe, or a
-    /// destination's next rate slot.
-    pub(crate) fn next_wake_ms(&self) -> Option<i64> {
-        let secs = self.next_wake().map(|s| s.saturating_mul(1000));
-        let paced = self.paced.iter().map(|(at, _)| *at).min();
-        match (secs, paced) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// When the first destination set aside for its rate has its next
+    /// slot (unix ms).
+    pub(crate) fn next_paced_ms(&self) -> Option<i64> {
+        self.paced.iter().map(|(at, _)| *at).min()
     }
 
     /// When something is next due: a timer or a probe.

@@ -413,7 +413,7 @@ fn a_rate_spaces_starts_evenly_and_a_late_start_earns_no_burst() {
     assert!(s.next_at(1_000).is_some());
     assert!(s.next_at(1_000).is_none());
     assert_eq!(s.paced(), 1);
-    assert_eq!(s.next_wake_ms(), Some(1_050));
+    assert_eq!(s.next_paced_ms(), Some(1_050));
     assert!(s.next_at(1_049).is_none());
     assert!(s.next_at(1_050).is_some());
     // Asked much later: one start, then the spacing again from now.
@@ -421,7 +421,7 @@ fn a_rate_spaces_starts_evenly_and_a_late_start_earns_no_burst() {
     assert!(s.next_at(5_000).is_none());
     assert!(s.next_at(5_049).is_none());
     assert!(s.next_at(5_050).is_some());
-    assert_eq!(s.next_wake_ms(), None, "one job left, paced until 5100");
+    assert_eq!(s.next_paced_ms(), None, "one job left, not yet set aside");
     assert!(s.next_at(5_100).is_some());
     assert!(s.next_at(10_000).is_none(), "all five started");
 }
