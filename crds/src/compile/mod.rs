@@ -12,6 +12,7 @@ mod blocklists;
 mod domains;
 pub mod normalize;
 mod relay;
+mod smarthost;
 
 pub use relay::CLASSIFICATION_REGEX_BYTES;
 pub mod selector;
