@@ -553,8 +553,9 @@ impl Manager {
     ) -> Option<BTreeMap<Dest, BTreeMap<Route, Vec<usize>>>> {
         let mut out: BTreeMap<Dest, BTreeMap<Route, Vec<usize>>> = BTreeMap::new();
         let mut waiting = false;
+        let sender = domain_of(&q.envelope.sender);
         for &i in due {
-            let r = route(rt, &domain_of(&q.envelope.recipients[i]));
+            let r = route(rt, &sender, &domain_of(&q.envelope.recipients[i]));
             let dest = match &r {
                 Route::Mx { domain } => {
                     let lookup = self.core().sites.get(domain, q.id, Instant::now());
