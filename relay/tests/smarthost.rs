@@ -20,14 +20,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::manifests::{ALICE, REMOTE_SENDER, Setup};
-use common::{Env, LOCALHOST, http_get, wait_for};
-use mailrelay::spool::RecipientState;
+use common::deliveries::{send, wait_body, wait_deferred};
+use common::manifests::{ALICE, REMOTE_SENDER, Setup, maildomain};
+use common::{Env, http_get, wait_for};
 use test_server::{TestServer, TlsScript};
-
-/// How long a message may take to arrive or be tried: generous, never a
-/// timing claim.
-const WITHIN: Duration = Duration::from_secs(60);
 
 const SMARTHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 96);
 const MX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 98);
@@ -36,18 +32,11 @@ const MAILBOX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 99);
 /// finds its address through dnsmasq.
 const PROVIDER: &str = "smtp.provider.test";
 
-/// The tenants' MailDomain: its own smarthost, credentials from `secret`.
+/// A tenant's MailDomain: its own smarthost, credentials from `secret`.
 fn tenant(domain: &str, aliases: &str, secret: &str) -> String {
+    let delivery = "{lmtp: {host: 127.0.0.1, port: 9}}";
     format!(
-        "apiVersion: mailrelay.io/v1alpha1
-kind: MailDomain
-metadata:
-  name: {name}
-spec:
-  domain: {domain}
-  aliases: [{aliases}]
-  inbound: {{localParts: [a]}}
-  delivery: {{lmtp: {{host: 127.0.0.1, port: 9}}}}
+        "{}  aliases: [{aliases}]
   outbound:
     smarthost:
       host: {PROVIDER}
@@ -56,7 +45,7 @@ spec:
         username: {{name: {secret}, key: username}}
         password: {{name: {secret}, key: password}}
 ",
-        name = domain.replace('.', "-"),
+        maildomain(domain, &["a"], delivery)
     )
 }
 
@@ -73,66 +62,12 @@ fn pem(der: &[u8]) -> String {
     )
 }
 
-fn content(marker: &str) -> String {
-    format!("Subject: {marker}\r\n\r\nbody of {marker}\r\n")
-}
-
-#[track_caller]
-fn send(env: &Env, from: &str, to: &str, marker: &str) -> String {
-    let mut smtp = env.smtp_from(LOCALHOST);
-    let sent = smtp.send_mail(from, &[to], &content(marker));
-    smtp.quit();
-    sent.queue_id()
-        .unwrap_or_else(|| panic!("{marker} from {from} to {to} was not queued: {sent:?}"))
-}
-
-/// What `server` saw once a message with `marker` arrived.
-#[track_caller]
-fn wait_body(server: &TestServer, marker: &str, env: &Env) -> Vec<String> {
-    wait_for(
-        WITHIN,
-        || {
-            let seen = server.seen();
-            seen.iter()
-                .any(|l| l.starts_with("BODY:") && l.contains(marker))
-                .then_some(seen)
-        },
-        || {
-            format!(
-                "{marker} did not arrive: {:?}\n{}",
-                server.seen(),
-                env.relay.log_text()
-            )
-        },
-    )
-}
-
 fn bodies(server: &TestServer) -> Vec<String> {
     server
         .seen()
         .into_iter()
         .filter(|l| l.starts_with("BODY:"))
         .collect()
-}
-
-/// The last reply of the message to `rcpt` once it was deferred.
-#[track_caller]
-fn wait_deferred(env: &Env, rcpt: &str) -> String {
-    wait_for(
-        WITHIN,
-        || {
-            common::spool::states(&env.spool_dir())
-                .into_iter()
-                .find_map(|q| {
-                    let i = q.envelope.recipients.iter().position(|r| r == rcpt)?;
-                    match &q.recipients[i] {
-                        RecipientState::Deferred { last_reply, .. } => Some(last_reply.clone()),
-                        _ => None,
-                    }
-                })
-        },
-        || format!("{rcpt} was not deferred\n{}", env.relay.log_text()),
-    )
 }
 
 /// The `user:password` of each `AUTH PLAIN` the server was sent.
@@ -205,14 +140,14 @@ fn mail_from_a_tenant_leaves_through_its_smarthost_with_its_credentials_and_the_
 
     // From the tenant (its domain, then an alias) to a remote domain.
     send(&env, "a@tenant.test", "x@dest.test", "tenant-to-remote");
-    let seen = wait_body(&smarthost, "tenant-to-remote", &env);
+    let seen = wait_body(&env, "tenant-to-remote", || smarthost.seen());
     send(
         &env,
         "b@tenant-alias.test",
         "y@dest.test",
         "alias-to-remote",
     );
-    let seen_alias = wait_body(&smarthost, "alias-to-remote", &env);
+    let seen_alias = wait_body(&env, "alias-to-remote", || smarthost.seen());
     let tls = seen.iter().position(|l| l == "TLS").expect("STARTTLS");
     let auth = seen.iter().position(|l| l == "AUTH ok").expect("AUTH");
     let mail = seen
@@ -237,7 +172,7 @@ fn mail_from_a_tenant_leaves_through_its_smarthost_with_its_credentials_and_the_
     // own (wrong) password and is refused, even while the first tenant's
     // authenticated connection sits in the pool.
     send(&env, "c@other-tenant.test", "z@dest.test", "other-tenant");
-    let reason = wait_deferred(&env, "z@dest.test");
+    let reason = wait_deferred(&env, "z@dest.test", 1);
     assert!(reason.contains("5.7.8"), "{reason}");
     assert!(
         credentials_sent(&smarthost.seen()).contains(&"other-user:wrong".to_string()),
@@ -249,8 +184,8 @@ fn mail_from_a_tenant_leaves_through_its_smarthost_with_its_credentials_and_the_
     // domain: to its mailbox server.
     send(&env, REMOTE_SENDER, "w@dest.test", "remote-to-remote");
     send(&env, "a@tenant.test", ALICE, "tenant-to-hosted");
-    wait_body(&mx, "remote-to-remote", &env);
-    wait_body(&mailbox, "tenant-to-hosted", &env);
+    wait_body(&env, "remote-to-remote", || mx.seen());
+    wait_body(&env, "tenant-to-hosted", || mailbox.seen());
 
     let on = |server: &TestServer| bodies(server).join("\n");
     let (smarthost_got, mx_got, mailbox_got) = (on(&smarthost), on(&mx), on(&mailbox));
@@ -264,7 +199,7 @@ fn mail_from_a_tenant_leaves_through_its_smarthost_with_its_credentials_and_the_
 
     // The admin view names the tenant's smarthost as a destination of its own.
     wait_for(
-        WITHIN,
+        Duration::from_secs(60),
         || {
             let json = http_get(env.addrs().http, "/queue/destinations")?;
             json.contains("\"smarthost:other-tenant.test\"")

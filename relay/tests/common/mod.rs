@@ -9,6 +9,7 @@
 // Each test file uses its part of the harness.
 #![allow(dead_code)]
 
+pub mod deliveries;
 pub mod dns;
 pub mod dovecot;
 pub mod mailbox;
