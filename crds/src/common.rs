@@ -81,8 +81,12 @@ impl std::fmt::Display for ObjectRef {
 
 /// A smarthost: a server that takes outgoing mail and sends it on, such
 /// as a provider's submission service.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("!has(self.credentials) || !has(self.tls) || self.tls != 'None'").message("credentials are never sent without TLS: use Required or Implicit").field_path(".tls")
+)]
 pub struct Smarthost {
     /// Host name or IP address.
     #[schemars(length(min = 1, max = 253))]

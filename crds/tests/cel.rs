@@ -145,7 +145,26 @@ fn maildomain_cases() -> Vec<Case> {
             bad: ("/spec/dkim/selector", json!("mail.2026")),
             good: ("/spec/dkim/selector", json!("s1")),
         },
+        Case {
+            rule: SMARTHOST_TLS_RULE,
+            bad: ("/spec/outbound", json!({"smarthost": smarthost("None")})),
+            good: (
+                "/spec/outbound",
+                json!({"smarthost": smarthost("Implicit")}),
+            ),
+        },
     ]
+}
+
+const SMARTHOST_TLS_RULE: &str = "!has(self.credentials) || !has(self.tls) || self.tls != 'None'";
+
+/// A smarthost with credentials and TLS use `tls`.
+fn smarthost(tls: &str) -> Value {
+    json!({
+        "host": "smtp.provider.example", "port": 465, "tls": tls,
+        "credentials": {"username": {"name": "auth", "key": "username"},
+                        "password": {"name": "auth", "key": "password"}}
+    })
 }
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h|d))+$')";
@@ -153,6 +172,11 @@ const SIZE_RULE: &str = "self.matches('^[0-9]+(k|M|G|Ki|Mi|Gi)?$')";
 
 fn relay_cases() -> Vec<Case> {
     vec![
+        Case {
+            rule: SMARTHOST_TLS_RULE,
+            bad: ("/spec/smarthost", smarthost("None")),
+            good: ("/spec/smarthost", smarthost("Required")),
+        },
         Case {
             rule: "self.listeners.all(l, l.name == 'smtp') || has(self.tls)",
             bad: ("/spec/tls", Value::Null),

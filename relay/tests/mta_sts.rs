@@ -21,9 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Env;
 use common::deliveries::{send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
-use common::Env;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use test_server::{TestServer, TlsScript};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
