@@ -4,6 +4,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::maildomain::TlsMode;
+
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, Time,
 };
@@ -75,4 +77,39 @@ impl std::fmt::Display for ObjectRef {
             write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
         }
     }
+}
+
+/// A smarthost: a server that takes outgoing mail and sends it on, such
+/// as a provider's submission service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("!has(self.credentials) || !has(self.tls) || self.tls != 'None'").message("credentials are never sent without TLS: use Required or Implicit").field_path(".tls")
+)]
+pub struct Smarthost {
+    /// Host name or IP address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "crate::defaults::submission_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// TLS use. `Required` is the default: credentials are never sent in clear.
+    #[serde(default = "crate::defaults::tls_required")]
+    pub tls: TlsMode,
+    /// Secret keys holding the user name and password for AUTH, for example
+    /// of a `kubernetes.io/basic-auth` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SmarthostCredentials>,
+}
+
+/// AUTH credentials for a smarthost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmarthostCredentials {
+    /// The user name.
+    pub username: SecretKeyRef,
+    /// The password.
+    pub password: SecretKeyRef,
 }

@@ -247,6 +247,10 @@ pub struct DomainConfig {
     pub delivery: DeliveryConfig,
     pub submission: Option<SubmissionConfig>,
     pub dkim: Option<DkimConfig>,
+    /// `spec.outbound.smarthost`: mail from the domain's addresses leaves
+    /// through it; left out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<SmarthostConfig>,
     /// What the smtp listener does with SPF/DKIM/DMARC results; left out
     /// when it is the default, `Enforce`.
     #[serde(default, skip_serializing_if = "is_enforce")]
@@ -455,7 +459,8 @@ pub struct QueueStorageConfig {
     pub storage_class_name: Option<String>,
 }
 
-/// Smarthost for non-hosted mail.
+/// A smarthost: the Relay's for non-hosted mail, or a MailDomain's for
+/// mail from its addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SmarthostConfig {

@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, SecretKeyRef};
+use crate::common::{Condition, SecretKeyRef, Smarthost};
 
 /// A mail domain hosted by mailrelay: the relays that select it accept mail
 /// for it on their `smtp` listener and deliver that mail to its mailbox
@@ -78,6 +78,31 @@ pub struct MailDomainSpec {
     /// DKIM signing of mail sent from this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim: Option<Dkim>,
+
+    /// How mail sent from this domain leaves the relays.
+    #[serde(default, skip_serializing_if = "Outbound::is_default")]
+    pub outbound: Outbound,
+}
+
+/// Outgoing mail from the domain's addresses.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outbound {
+    /// Send mail whose envelope sender is an address of this domain (or
+    /// of one of its aliases) through this host, whatever the recipient's
+    /// domain, instead of the Relay's smarthost or the recipients' MX
+    /// hosts. Mail for hosted domains still goes to their mailbox servers.
+    /// The host's certificate is verified (`Required`, `Implicit`) against
+    /// the public roots and the relay's `--tls-ca`; credentials are only
+    /// ever sent over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<Smarthost>,
+}
+
+impl Outbound {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Which recipients are accepted for the domain.

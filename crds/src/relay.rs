@@ -7,8 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, LabelSelector, SecretKeyRef};
-use crate::maildomain::TlsMode;
+use crate::common::{Condition, LabelSelector, Smarthost};
 
 /// A fleet of mailrelay pods: listeners, limits, queue, scaling and the
 /// MailDomains and Blocklists it uses.
@@ -112,7 +111,8 @@ pub struct RelaySpec {
     pub queue: Queue,
 
     /// Send all mail for non-hosted domains through this host instead of
-    /// looking up MX records.
+    /// looking up MX records; mail from a MailDomain with its own
+    /// `spec.outbound.smarthost` goes through that one instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smarthost: Option<Smarthost>,
 
@@ -405,36 +405,6 @@ pub struct QueueStorage {
     /// Storage class of the volumes; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-}
-
-/// A smarthost for all non-hosted mail.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Smarthost {
-    /// Host name or IP address.
-    #[schemars(length(min = 1, max = 253))]
-    pub host: String,
-    /// TCP port.
-    #[serde(default = "crate::defaults::submission_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
-    /// TLS use. `Required` is the default: credentials are never sent in clear.
-    #[serde(default = "crate::defaults::tls_required")]
-    pub tls: TlsMode,
-    /// Secret keys holding the user name and password for AUTH, for example
-    /// of a `kubernetes.io/basic-auth` Secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<SmarthostCredentials>,
-}
-
-/// AUTH credentials for the smarthost.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SmarthostCredentials {
-    /// The user name.
-    pub username: SecretKeyRef,
-    /// The password.
-    pub password: SecretKeyRef,
 }
 
 /// The Service in front of the listeners.

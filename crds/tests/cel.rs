@@ -155,7 +155,26 @@ fn maildomain_cases() -> Vec<Case> {
             bad: ("/spec/dkim/selector", json!("mail.2026")),
             good: ("/spec/dkim/selector", json!("s1")),
         },
+        Case {
+            rule: SMARTHOST_TLS_RULE,
+            bad: ("/spec/outbound", json!({"smarthost": smarthost("None")})),
+            good: (
+                "/spec/outbound",
+                json!({"smarthost": smarthost("Implicit")}),
+            ),
+        },
     ]
+}
+
+const SMARTHOST_TLS_RULE: &str = "!has(self.credentials) || !has(self.tls) || self.tls != 'None'";
+
+/// A smarthost with credentials and TLS use `tls`.
+fn smarthost(tls: &str) -> Value {
+    json!({
+        "host": "smtp.provider.example", "port": 465, "tls": tls,
+        "credentials": {"username": {"name": "auth", "key": "username"},
+                        "password": {"name": "auth", "key": "password"}}
+    })
 }
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h|d))+$')";
@@ -226,6 +245,11 @@ fn relay_cases() -> Vec<Case> {
             rule: "self.action == 'Slow' || !has(self.messageRate)",
             bad: ("/spec/delivery/throttle/0/messageRate", json!("1/m")),
             good: ("/spec/delivery/throttle/0/duration", json!("1m")),
+        },
+        Case {
+            rule: SMARTHOST_TLS_RULE,
+            bad: ("/spec/smarthost", smarthost("None")),
+            good: ("/spec/smarthost", smarthost("Required")),
         },
         Case {
             rule: "self.listeners.all(l, l.name == 'smtp') || has(self.tls)",

@@ -77,7 +77,8 @@ enum Command {
         #[arg(long)]
         dns: Option<SocketAddr>,
         /// PEM file of CA certificates trusted besides the Mozilla roots for
-        /// outbound TLS (MTA-STS policy fetches, required STARTTLS to MX hosts).
+        /// outbound TLS (MTA-STS policy fetches, required STARTTLS to MX hosts,
+        /// smarthosts).
         #[arg(long, env = "MAILRELAY_TLS_CA")]
         tls_ca: Option<PathBuf>,
         /// Log as JSON lines (the default with --config, as in a pod).

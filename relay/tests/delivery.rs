@@ -12,29 +12,15 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::deliveries::send;
 use common::dovecot::{Dovecot, Store};
 use common::mailbox::{Protocol, maildir_new};
 use common::manifests::{ALICE, REMOTE_SENDER, Setup, maildomain};
 use common::sink::{Answer, Sink, saved};
-use common::{Env, LOCALHOST, wait_for};
+use common::{Env, wait_for};
 
 /// How long a message may take to arrive: generous, never a timing claim.
 const ARRIVAL: Duration = Duration::from_secs(60);
-
-/// A message whose body names it.
-fn content(marker: &str) -> String {
-    format!("From: <{REMOTE_SENDER}>\r\nSubject: delivery {marker}\r\n\r\nbody of {marker}\r\n")
-}
-
-/// Send one message over the smtp listener; its queue id.
-#[track_caller]
-fn send(env: &Env, from: &str, to: &str, marker: &str) -> String {
-    let mut smtp = env.smtp_from(LOCALHOST);
-    let sent = smtp.send_mail(from, &[to], &content(marker));
-    smtp.quit();
-    sent.queue_id()
-        .unwrap_or_else(|| panic!("{marker} to {to} was not queued: {sent:?}"))
-}
 
 #[test]
 fn a_hosted_users_message_goes_over_lmtp_to_dovecot_and_reads_back_over_imap_and_pop3() {

@@ -21,9 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Env;
+use common::deliveries::{send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
-use common::{Env, LOCALHOST, wait_for};
-use mailrelay::spool::RecipientState;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use test_server::{TestServer, TlsScript};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,69 +198,6 @@ fn relay(dir: &std::path::Path, pki: &Pki, dns: &str, spec: &str) -> Env {
     )
 }
 
-fn content(marker: &str) -> String {
-    format!("From: <{REMOTE_SENDER}>\r\nSubject: {marker}\r\n\r\nbody of {marker}\r\n")
-}
-
-#[track_caller]
-fn send(env: &Env, to: &str, marker: &str) -> String {
-    let mut smtp = env.smtp_from(LOCALHOST);
-    let sent = smtp.send_mail(REMOTE_SENDER, &[to], &content(marker));
-    smtp.quit();
-    sent.queue_id()
-        .unwrap_or_else(|| panic!("{marker} to {to} was not queued: {sent:?}"))
-}
-
-/// Wait until the message for `rcpt` has been tried and deferred at
-/// least `attempts` times; its last reply.
-#[track_caller]
-fn wait_deferred(env: &Env, rcpt: &str, attempts: u32) -> String {
-    wait_for(
-        WITHIN,
-        || {
-            common::spool::states(&env.spool_dir())
-                .into_iter()
-                .find_map(|q| {
-                    let i = q.envelope.recipients.iter().position(|r| r == rcpt)?;
-                    match &q.recipients[i] {
-                        RecipientState::Deferred {
-                            attempts: n,
-                            last_reply,
-                            ..
-                        } if *n >= attempts => Some(last_reply.clone()),
-                        _ => None,
-                    }
-                })
-        },
-        || {
-            format!(
-                "{rcpt} was not deferred {attempts} times\n{}",
-                env.relay.log_text()
-            )
-        },
-    )
-}
-
-#[track_caller]
-fn wait_body(server: &TestServer, marker: &str, env: &Env) -> Vec<String> {
-    wait_for(
-        WITHIN,
-        || {
-            let seen = server.seen();
-            seen.iter()
-                .any(|l| l.starts_with("BODY:") && l.contains(marker))
-                .then_some(seen)
-        },
-        || {
-            format!(
-                "{marker} did not arrive: {:?}\n{}",
-                server.seen(),
-                env.relay.log_text()
-            )
-        },
-    )
-}
-
 /// `mailrelay_NAME{LABELS}` from /metrics, 0 when absent.
 fn metric(env: &Env, name_and_labels: &str) -> u64 {
     let addr = env.addrs().http;
@@ -335,12 +272,12 @@ fn enforce_defers_mail_to_hosts_the_policy_does_not_vouch_for_and_delivers_over_
     let dir = tempfile::tempdir().expect("dir");
     let env = relay(dir.path(), &pki, &dns, "delivery: {tls: {policy: MtaSts}}");
 
-    let bad_id = send(&env, "user@bad.test", "to-bad");
-    let off_id = send(&env, "user@off.test", "to-off");
-    let good_id = send(&env, "user@good.test", "to-good");
+    let bad_id = send(&env, REMOTE_SENDER, "user@bad.test", "to-bad");
+    let off_id = send(&env, REMOTE_SENDER, "user@off.test", "to-off");
+    let good_id = send(&env, REMOTE_SENDER, "user@good.test", "to-good");
 
     // Delivered where the policy is met, over TLS.
-    let seen = wait_body(&good, "to-good", &env);
+    let seen = wait_body(&env, "to-good", || good.seen());
     assert!(seen.contains(&"TLS".to_string()), "{seen:?}");
     let tls_at = seen.iter().position(|l| l == "TLS").expect("TLS");
     let mail_at = seen
@@ -448,8 +385,8 @@ fn testing_mode_delivers_to_a_host_that_fails_the_policy_and_reports_it() {
         "delivery: {tls: {policy: MtaSts}}",
     );
 
-    let id = send(&env, "user@trial.test", "to-trial");
-    let seen = wait_body(&mx, "to-trial", &env);
+    let id = send(&env, REMOTE_SENDER, "user@trial.test", "to-trial");
+    let seen = wait_body(&env, "to-trial", || mx.seen());
     assert!(
         seen.contains(&"TLS".to_string()),
         "still encrypted: {seen:?}"
@@ -505,10 +442,10 @@ fn required_tls_for_a_domain_defers_a_host_without_starttls_while_others_stay_op
         "delivery: {tls: {domains: [{domain: Strict.Test, policy: Required}]}}",
     );
 
-    send(&env, "user@strict.test", "to-strict");
-    send(&env, "user@plain.test", "to-plain");
+    send(&env, REMOTE_SENDER, "user@strict.test", "to-strict");
+    send(&env, REMOTE_SENDER, "user@plain.test", "to-plain");
 
-    let seen = wait_body(&plain, "to-plain", &env);
+    let seen = wait_body(&env, "to-plain", || plain.seen());
     assert!(
         !seen.contains(&"TLS".to_string()),
         "opportunistic, in clear: {seen:?}"
@@ -573,8 +510,8 @@ fn a_policy_that_cannot_be_fetched_and_is_not_cached_counts_as_none() {
         "delivery: {tls: {policy: MtaSts}}",
     );
 
-    let id = send(&env, "user@gone.test", "to-gone");
-    wait_body(&mx, "to-gone", &env);
+    let id = send(&env, REMOTE_SENDER, "user@gone.test", "to-gone");
+    wait_body(&env, "to-gone", || mx.seen());
     env.wait_until_spool_is_empty(WITHIN);
     let log = env.relay.log_text();
     assert!(

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Problem, Report, age_order, normalize};
+use super::{Problem, Report, age_order, normalize, smarthost};
 use crate::common::ObjectRef;
 use crate::config::{
     DeliveryConfig, DkimConfig, DomainConfig, InboundConfig, SecretFile, SenderConfig,
@@ -102,6 +102,12 @@ fn compile_domain(
             private_key: key?,
         })
     });
+    // A smarthost that cannot be used leaves the domain out, as a broken
+    // delivery does: its mail must not leave by another way than asked.
+    let smarthost = match &spec.outbound.smarthost {
+        None => Some(None),
+        Some(s) => smarthost::compile(r, "spec.outbound.smarthost", s).map(Some),
+    };
     Some(DomainConfig {
         name: name?,
         aliases: aliases.into_iter().collect(),
@@ -110,6 +116,7 @@ fn compile_domain(
         delivery: delivery?,
         submission,
         dkim,
+        smarthost: smarthost?,
         inbound_auth: spec.inbound_auth.policy,
     })
 }

@@ -13,6 +13,7 @@ mod domains;
 pub mod normalize;
 mod relay;
 mod shaping;
+mod smarthost;
 
 pub use relay::CLASSIFICATION_REGEX_BYTES;
 pub mod selector;

@@ -146,7 +146,7 @@ impl Report<'_> {
         set.into_iter().collect()
     }
 
-    fn port(&mut self, field: String, port: i32) -> Option<u16> {
+    pub(super) fn port(&mut self, field: String, port: i32) -> Option<u16> {
         let ok = u16::try_from(port).ok().filter(|p| *p != 0);
         if ok.is_none() {
             self.add(field, format!("{port} is not a port from 1 to 65535"));
@@ -348,7 +348,7 @@ impl Report<'_> {
         })
     }
 
-    fn secret(&mut self, field: &str, r: &SecretKeyRef) -> Option<SecretFile> {
+    pub(super) fn secret(&mut self, field: &str, r: &SecretKeyRef) -> Option<SecretFile> {
         let name = self.check(format!("{field}.name"), normalize::object_name(&r.name));
         let key = self.check(format!("{field}.key"), normalize::secret_key(&r.key));
         name.and(key).map(|()| SecretFile::new(&r.name, &r.key))
@@ -356,31 +356,10 @@ impl Report<'_> {
 
     /// `Some(None)`: no smarthost; `None`: a broken one.
     fn smarthost(&mut self, spec: &RelaySpec) -> Option<Option<SmarthostConfig>> {
-        let Some(s) = &spec.smarthost else {
-            return Some(None);
-        };
-        let host = self.check("spec.smarthost.host", normalize::host(&s.host));
-        let port = self.port("spec.smarthost.port".into(), s.port);
-        let (username, password) = match &s.credentials {
-            Some(c) => (
-                self.secret("spec.smarthost.credentials.username", &c.username),
-                self.secret("spec.smarthost.credentials.password", &c.password),
-            ),
-            None => (None, None),
-        };
-        if s.credentials.is_some() && s.tls == crate::maildomain::TlsMode::None {
-            self.add(
-                "spec.smarthost.tls",
-                "credentials are never sent without TLS: use Required or Implicit",
-            );
+        match &spec.smarthost {
+            None => Some(None),
+            Some(s) => super::smarthost::compile(self, "spec.smarthost", s).map(Some),
         }
-        Some(Some(SmarthostConfig {
-            host: host?,
-            port: port?,
-            tls: s.tls,
-            username,
-            password,
-        }))
     }
 
     /// `spec.delivery.tls`: domains normalised, sorted, each once.

@@ -621,6 +621,87 @@ fn a_secret_reference_cannot_leave_the_secrets_directory() {
     assert_eq!(c.problems[0].field, "spec.submission.accounts.name");
 }
 
+fn tenant(outbound: &str) -> MailDomain {
+    domain(
+        "tenant",
+        &format!(
+            "  domain: Tenant.Example\n  inbound: {{localParts: [x]}}\n  delivery: {{lmtp: {{host: d, port: 24}}}}\n  outbound:\n    smarthost: {outbound}\n"
+        ),
+    )
+}
+
+#[test]
+fn a_maildomains_smarthost_compiles_as_the_relays_does() {
+    let smarthost = "{host: Smtp.Provider.Example, port: 2525, credentials: {username: {name: tenant-smarthost, key: username}, password: {name: tenant-smarthost, key: password}}}";
+    let c = ok(
+        &relay(&format!(
+            "  hostname: mx.example.com\n  smarthost: {smarthost}\n"
+        )),
+        &[tenant(smarthost), lmtp_domain("plain", "plain.example")],
+        &[],
+    );
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let d = &c.config.domains[1];
+    assert_eq!(d.name, "tenant.example");
+    let s = d.smarthost.as_ref().expect("the tenant's smarthost");
+    assert_eq!(Some(s), c.config.smarthost.as_ref());
+    assert_eq!((s.host.as_str(), s.port), ("smtp.provider.example", 2525));
+    assert_eq!(s.tls, crate::maildomain::TlsMode::Required, "the default");
+    let path = |f: &Option<crate::config::SecretFile>| f.as_ref().map(|f| f.path("/s"));
+    assert_eq!(
+        path(&s.username),
+        Some(std::path::PathBuf::from("/s/tenant-smarthost/username"))
+    );
+    assert_eq!(
+        path(&s.password),
+        Some(std::path::PathBuf::from("/s/tenant-smarthost/password"))
+    );
+    assert_eq!(
+        c.config.domains[0].smarthost, None,
+        "plain.example has none"
+    );
+    let json = serde_json::to_string(&c.config.domains[0]).expect("json");
+    assert!(!json.contains("smarthost"), "left out when absent: {json}");
+}
+
+#[test]
+fn a_broken_maildomain_smarthost_names_its_field_and_leaves_the_domain_out() {
+    let creds = "credentials: {username: {name: s, key: user}, password: {name: s, key: pass}}";
+    for (smarthost, field) in [
+        ("{host: 'smtp provider'}".to_string(), "spec.outbound.smarthost.host"),
+        ("{host: smtp.example, port: 0}".to_string(), "spec.outbound.smarthost.port"),
+        (
+            format!("{{host: smtp.example, tls: None, {creds}}}"),
+            "spec.outbound.smarthost.tls",
+        ),
+        (
+            "{host: smtp.example, credentials: {username: {name: '..', key: user}, password: {name: s, key: pass}}}".to_string(),
+            "spec.outbound.smarthost.credentials.username.name",
+        ),
+        (
+            "{host: smtp.example, credentials: {username: {name: s, key: user}, password: {name: s, key: '../p'}}}".to_string(),
+            "spec.outbound.smarthost.credentials.password.key",
+        ),
+    ] {
+        let c = ok(
+            &plain_relay(),
+            &[tenant(&smarthost), lmtp_domain("good", "good.example")],
+            &[],
+        );
+        assert_eq!(names(&c), ["good.example"], "{smarthost}");
+        let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, [field], "{smarthost}");
+        assert_eq!(c.problems[0].object.to_string(), "MailDomain mail/tenant");
+    }
+    // The same mistake in the Relay's smarthost is the Relay's, and fatal.
+    let r = relay(&format!(
+        "  hostname: mx.example.com\n  smarthost: {{host: smtp.example, tls: None, {creds}}}\n"
+    ));
+    let problems = compile(&r, &[], &[]).expect_err("credentials in clear");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.smarthost.tls"]);
+}
+
 // --- properties ---
 
 fn arb_domain() -> impl Strategy<Value = MailDomain> {

@@ -7,9 +7,10 @@
 //! regardless.
 //!
 //! Egress: DNS (resolver, MX and DNSBL lookups); SMTP port 25 to any MX
-//! host, unless a smarthost takes all outgoing mail; the smarthost; the
-//! mailbox servers' LMTP/SMTP ports; the peers' hand-off port; the API
-//! server's ports (the watch on the pod's own config ConfigMaps).
+//! host, unless the Relay's smarthost takes all outgoing mail; the
+//! Relay's and the MailDomains' smarthosts; the mailbox servers'
+//! LMTP/SMTP ports; the peers' hand-off port; the API server's ports (the
+//! watch on the pod's own config ConfigMaps).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -110,6 +111,9 @@ pub(crate) fn delivery_ports(config: &RelayConfig) -> BTreeSet<u16> {
                 ports.insert(*port);
             }
             DeliveryConfig::Maildir { .. } => {}
+        }
+        if let Some(s) = &d.smarthost {
+            ports.insert(s.port);
         }
     }
     ports

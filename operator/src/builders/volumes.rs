@@ -2,10 +2,10 @@
 //!
 //! - `config`: the config ConfigMap(s), projected into one directory.
 //! - one Secret volume per Secret the compiled config names (TLS,
-//!   accounts, DKIM keys, smarthost credentials), at `SECRETS_DIR/NAME`,
-//!   exposing only the keys the config reads. No `subPath`: kubelet
-//!   refreshes whole-volume mounts, so a rotated certificate reaches the
-//!   relay without a restart.
+//!   accounts, DKIM keys, the Relay's and the MailDomains' smarthost
+//!   credentials), at `SECRETS_DIR/NAME`, exposing only the keys the
+//!   config reads. No `subPath`: kubelet refreshes whole-volume mounts,
+//!   so a rotated certificate reaches the relay without a restart.
 //! - one PersistentVolumeClaim volume per maildir claim, at each path.
 //! - `spool`: an emptyDir, unless the StatefulSet's volume claim template
 //!   provides it.
@@ -57,9 +57,10 @@ impl Volumes {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SecretUse {
     pub keys: BTreeSet<String>,
-    /// True when only tenants' files come from it (accounts, DKIM keys):
-    /// one MailDomain's missing Secret must not keep the relay pods from
-    /// starting for everyone else; the relay then reports that domain.
+    /// True when only tenants' files come from it (accounts, DKIM keys,
+    /// smarthost credentials): one MailDomain's missing Secret must not
+    /// keep the relay pods from starting for everyone else; the relay then
+    /// reports that domain (or defers its mail, for smarthost credentials).
     pub optional: bool,
 }
 
@@ -89,6 +90,11 @@ pub(crate) fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
         }
         if let Some(dkim) = &d.dkim {
             add(&dkim.private_key, true);
+        }
+        if let Some(s) = &d.smarthost {
+            for file in [&s.username, &s.password].into_iter().flatten() {
+                add(file, true);
+            }
         }
     }
     uses

@@ -114,3 +114,31 @@ dns: {nameservers: [\"10.0.0.10:5353\", \"10.0.0.11\"]}",
         [("UDP".into(), 5353), ("TCP".into(), 5353)]
     );
 }
+
+#[test]
+fn a_maildomains_smarthost_port_is_allowed_beside_mx_delivery_and_the_relays_smarthost() {
+    let tenant = "domain: tenant.example
+inbound: {localParts: [a]}
+delivery: {lmtp: {host: dovecot.mail.svc, port: 24}}
+outbound: {smarthost: {host: smtp.tenant-provider.example, port: 2525}}";
+    let egress = |relay: &str| {
+        let np = Fixture::relay(relay)
+            .domain("tenant", tenant)
+            .objects()
+            .network_policy;
+        open_egress(&np.spec.unwrap().egress.unwrap())
+    };
+    let dns_and_api = |delivery: &[i32]| {
+        let mut want = vec![("UDP".to_string(), 53), ("TCP".into(), 53)];
+        want.extend(delivery.iter().map(|p| ("TCP".to_string(), *p)));
+        want.extend([("TCP".to_string(), 443), ("TCP".into(), 6443)]);
+        want
+    };
+    // Other senders' mail still goes by MX: port 25 stays open.
+    assert_eq!(egress(MINIMAL), dns_and_api(&[24, 25, 2525]));
+    // The Relay's smarthost takes the rest.
+    assert_eq!(
+        egress("hostname: mx.example.com\nsmarthost: {host: smtp.provider.example, port: 2587}"),
+        dns_and_api(&[24, 2525, 2587])
+    );
+}

@@ -350,6 +350,32 @@ fn every_secret_file_of_the_config_is_mounted_under_the_secrets_dir() {
 }
 
 #[test]
+fn a_maildomains_smarthost_credentials_are_mounted_and_optional_unless_the_relay_needs_them_too() {
+    let domain = |secret: &str| {
+        format!(
+            "{LMTP_DOMAIN}\noutbound:\n  smarthost:\n    host: smtp.tenant.example\n    credentials:\n      username: {{name: {secret}, key: username}}\n      password: {{name: {secret}, key: password}}"
+        )
+    };
+    let dir = "/var/run/mailrelay/secrets";
+    let mounts = secret_mounts(MINIMAL, Some(&domain("tenant-smarthost")));
+    assert_eq!(
+        mounts[&format!("{dir}/tenant-smarthost")],
+        (
+            "tenant-smarthost".to_string(),
+            vec!["password".to_string(), "username".to_string()],
+            true
+        ),
+        "a tenant's missing Secret defers its mail, it does not stop the pods"
+    );
+    // The same Secret for the Relay's smarthost: required.
+    let relay = format!(
+        "{MINIMAL}\nsmarthost:\n  host: smtp.provider.example\n  credentials:\n    username: {{name: provider, key: username}}\n    password: {{name: provider, key: password}}"
+    );
+    let mounts = secret_mounts(&relay, Some(&domain("provider")));
+    assert!(!mounts[&format!("{dir}/provider")].2, "required");
+}
+
+#[test]
 fn maildir_claims_are_mounted_at_their_paths_and_a_missing_claim_is_a_warning() {
     let maildir = "domain: shop.example
 inbound: {localParts: [orders]}

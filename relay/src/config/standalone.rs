@@ -122,6 +122,7 @@ pub(crate) fn prepare(
     }
     let domains = manifests.domain_objects();
     warnings.extend(generate_dkim_keys(&config, &domains)?);
+    warnings.extend(missing_smarthost_secrets(&config));
     for listener in &mut config.listeners {
         listener
             .address
@@ -177,6 +178,35 @@ fn generate_dkim_keys(
         ));
     }
     Ok(notes)
+}
+
+/// Smarthost credentials, the Relay's and the MailDomains' alike, whose
+/// Secret is not among the manifests: mail through that smarthost waits
+/// in the queue until they are there.
+fn missing_smarthost_secrets(config: &RelayConfig) -> Vec<String> {
+    let relay = config
+        .smarthost
+        .iter()
+        .map(|s| ("the Relay's smarthost".to_string(), s));
+    let tenants = config.domains.iter().filter_map(|d| {
+        let s = d.smarthost.as_ref()?;
+        Some((format!("the smarthost of {}", d.name), s))
+    });
+    relay
+        .chain(tenants)
+        .flat_map(|(whose, s)| {
+            [&s.username, &s.password]
+                .into_iter()
+                .flatten()
+                .filter(|f| !f.path(&config.secrets_dir).exists())
+                .map(move |f| {
+                    format!(
+                        "Secret {} (key {}) is not among the manifests: mail through {whose} waits in the queue until it is",
+                        f.secret, f.key
+                    )
+                })
+        })
+        .collect()
 }
 
 fn private_dir(path: &Path) -> Result<(), StandaloneError> {
@@ -247,6 +277,51 @@ pub(crate) fn write_self_signed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smarthost_credentials_come_from_the_manifests_for_the_relay_and_its_tenants_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let smarthost = |secret: &str| {
+            format!(
+                "{{host: smtp.provider.test, credentials: {{username: {{name: {secret}, key: username}}, password: {{name: {secret}, key: password}}}}}}"
+            )
+        };
+        let domain = |name: &str, secret: &str| {
+            format!(
+                "---\napiVersion: mailrelay.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: {name}}}\nspec:\n  domain: {name}.test\n  inbound: {{localParts: [a]}}\n  delivery: {{lmtp: {{host: 127.0.0.1, port: 24}}}}\n  outbound: {{smarthost: {}}}\n",
+                smarthost(secret)
+            )
+        };
+        let manifests = format!(
+            "apiVersion: mailrelay.io/v1alpha1\nkind: Relay\nmetadata: {{name: r}}\nspec: {{hostname: mx.test, smarthost: {}}}\n{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tenant-auth}}\nstringData: {{username: tenant, password: pass}}\n",
+            smarthost("relay-auth"),
+            domain("tenant", "tenant-auth"),
+            domain("other", "other-auth"),
+        );
+        std::fs::write(dir.path().join("all.yaml"), manifests).unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let p = prepare(dir.path(), None, secrets.path()).unwrap();
+        let tenant = p.config.domains.iter().find(|d| d.name == "tenant.test");
+        let user = tenant.and_then(|d| d.smarthost.as_ref()?.username.as_ref());
+        let path = user.unwrap().path(&p.config.secrets_dir);
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "tenant");
+        let missing: Vec<&String> = p
+            .warnings
+            .iter()
+            .filter(|w| w.contains("smarthost"))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "Secret relay-auth (key username) is not among the manifests: mail through the Relay's smarthost waits in the queue until it is",
+                "Secret relay-auth (key password) is not among the manifests: mail through the Relay's smarthost waits in the queue until it is",
+                "Secret other-auth (key username) is not among the manifests: mail through the smarthost of other.test waits in the queue until it is",
+                "Secret other-auth (key password) is not among the manifests: mail through the smarthost of other.test waits in the queue until it is",
+            ],
+            "{:?}",
+            p.warnings
+        );
+    }
 
     #[test]
     fn the_examples_prepare_with_a_self_signed_certificate_on_loopback() {

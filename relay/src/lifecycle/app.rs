@@ -54,7 +54,8 @@ pub struct RunOptions {
     /// Bytes past which spool segments roll over (default 64 MiB).
     pub spool_segment_size: Option<u64>,
     /// PEM CA certificates trusted besides the Mozilla roots for outbound
-    /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts.
+    /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts and
+    /// smarthosts.
     pub tls_ca: Option<PathBuf>,
     pub http: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,

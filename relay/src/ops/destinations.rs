@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRow {
-    /// `mx:HOSTS` (an MX site), `smarthost`, `lmtp:HOST:PORT`,
+    /// `mx:HOSTS` (an MX site), `smarthost` (the Relay's),
+    /// `smarthost:DOMAIN` (a MailDomain's), `lmtp:HOST:PORT`,
     /// `smtp:HOST:PORT` or `maildir:PATH`.
     pub destination: String,
     /// `active`, `suspended` (after connection failures), `throttled`

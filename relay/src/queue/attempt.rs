@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mailrelay_crds::config::RelayConfig;
+use mailrelay_crds::config::SmarthostConfig;
 use mailrelay_crds::maildomain::TlsMode;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use super::destination::Dest;
 use super::health::Contact;
 use super::pool::{Client, Kept, Pool};
-use super::router::Route;
+use super::router::{Route, smarthost_of};
 use crate::config::runtime::Runtime;
 use crate::config::runtime::base_local_part;
 use crate::delivery::tls_policy::{Check, OutboundTls};
@@ -119,14 +119,15 @@ pub(crate) async fn attempt<D: MxDns>(
         Route::Maildir { path } => {
             Attempted::reached(maildir(ctx.runtime, path, sender, recipients, body).await)
         }
-        Route::Smarthost => {
-            let Some(s) = &ctx.runtime.config.smarthost else {
+        Route::Smarthost { tenant } => {
+            let Some(s) = smarthost_of(ctx.runtime, tenant.as_deref()) else {
                 return all(Outcome::temp(
                     "smarthost route without a smarthost in the config",
                 ));
             };
-            let mut cfg = OutboundConfig::new(hostname.clone(), s.tls).with_timeouts(ctx.timeouts);
-            match smarthost_credentials(&ctx.runtime.config) {
+            // A private smarthost's CA is trusted as for MX hosts (`--tls-ca`).
+            let mut cfg = ctx.outbound_tls.configured(s.tls, hostname, ctx.timeouts);
+            match smarthost_credentials(s, &ctx.runtime.config.secrets_dir) {
                 Ok(Some(c)) => cfg = cfg.with_auth(c),
                 Ok(None) => {}
                 Err(reason) => return all(Outcome::temp(reason)),
@@ -339,10 +340,10 @@ async fn maildir(
     out
 }
 
-fn smarthost_credentials(config: &RelayConfig) -> Result<Option<Credentials>, String> {
-    let Some(s) = &config.smarthost else {
-        return Ok(None);
-    };
+fn smarthost_credentials(
+    s: &SmarthostConfig,
+    secrets_dir: &str,
+) -> Result<Option<Credentials>, String> {
     let (Some(user), Some(pass)) = (&s.username, &s.password) else {
         return Ok(None);
     };
@@ -352,7 +353,7 @@ fn smarthost_credentials(config: &RelayConfig) -> Result<Option<Credentials>, St
             .map_err(|e| format!("cannot read smarthost credentials {}: {e}", p.display()))
     };
     Ok(Some(Credentials {
-        username: read(&user.path(&config.secrets_dir))?,
-        password: read(&pass.path(&config.secrets_dir))?,
+        username: read(&user.path(secrets_dir))?,
+        password: read(&pass.path(secrets_dir))?,
     }))
 }

@@ -17,7 +17,7 @@ use crate::ops::destinations::DestinationRow;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Dest {
     /// A route that names its server: LMTP/SMTP mailbox server, maildir,
-    /// the smarthost.
+    /// the Relay's or a MailDomain's smarthost.
     Route(Route),
     /// MX hosts (sorted, comma-separated), or `domain` itself for a
     /// domain without MX records or whose MX lookup failed.
@@ -33,7 +33,10 @@ impl fmt::Display for Dest {
             Dest::Route(Route::Lmtp { host, port }) => write!(f, "lmtp:{host}:{port}"),
             Dest::Route(Route::Smtp { host, port, .. }) => write!(f, "smtp:{host}:{port}"),
             Dest::Route(Route::Maildir { path }) => write!(f, "maildir:{path}"),
-            Dest::Route(Route::Smarthost) => f.write_str("smarthost"),
+            Dest::Route(Route::Smarthost { tenant: None }) => f.write_str("smarthost"),
+            Dest::Route(Route::Smarthost {
+                tenant: Some(domain),
+            }) => write!(f, "smarthost:{domain}"),
             Dest::Route(Route::Mx { domain }) => write!(f, "mx:{domain}"),
             Dest::Site(hosts) => write!(f, "mx:{hosts}"),
             Dest::Domain(domain) => write!(f, "domain:{domain}"),
@@ -204,7 +207,14 @@ mod tests {
     #[test]
     fn destinations_print_as_the_admin_api_shows_them() {
         assert_eq!(Dest::Site(Arc::from("a,b")).to_string(), "mx:a,b");
-        assert_eq!(Dest::Route(Route::Smarthost).to_string(), "smarthost");
+        let smarthost = |tenant: Option<&str>| Route::Smarthost {
+            tenant: tenant.map(String::from),
+        };
+        assert_eq!(Dest::Route(smarthost(None)).to_string(), "smarthost");
+        assert_eq!(
+            Dest::Route(smarthost(Some("tenant.example"))).to_string(),
+            "smarthost:tenant.example"
+        );
         let lmtp = Route::Lmtp {
             host: "dovecot".into(),
             port: 24,

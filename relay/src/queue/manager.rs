@@ -28,7 +28,7 @@ use super::destination::{Dest, Lookup, Sites, site};
 use super::health::{Change, Contact, HealthSettings};
 use super::job::{Ended, Job, Nudge};
 use super::pool::Pool;
-use super::router::{Route, domain_of, route};
+use super::router::{Route, domain_of, route, smarthost_of};
 use super::schedule::Schedule;
 use super::scheduler::{Limits, Push, Scheduler, Throttle};
 use super::shaping::{Selected, pace};
@@ -583,8 +583,9 @@ impl Manager {
     ) -> Option<BTreeMap<Dest, BTreeMap<Route, Vec<usize>>>> {
         let mut out: BTreeMap<Dest, BTreeMap<Route, Vec<usize>>> = BTreeMap::new();
         let mut waiting = false;
+        let sender = domain_of(&q.envelope.sender);
         for &i in due {
-            let r = route(rt, &domain_of(&q.envelope.recipients[i]));
+            let r = route(rt, &sender, &domain_of(&q.envelope.recipients[i]));
             let dest = match &r {
                 Route::Mx { domain } => {
                     let lookup = self.core().sites.get(domain, q.id, Instant::now());
@@ -673,8 +674,8 @@ impl Manager {
         match dest {
             Dest::Site(hosts) => shaper.shape(shaper.select(None, hosts.split(','))),
             Dest::Domain(domain) => shaper.shape(shaper.select(Some(domain), std::iter::empty())),
-            Dest::Route(Route::Smarthost) => {
-                let host = rt.config.smarthost.as_ref().map(|s| s.host.as_str());
+            Dest::Route(Route::Smarthost { tenant }) => {
+                let host = smarthost_of(rt, tenant.as_deref()).map(|s| s.host.as_str());
                 shaper.shape(shaper.select(None, host.into_iter()))
             }
             Dest::Route(Route::Mx { domain }) => {

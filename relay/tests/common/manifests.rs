@@ -41,6 +41,8 @@ pub struct Setup {
     pub domains: Vec<String>,
     /// More arguments of `mailrelay run` (`--tls-ca FILE`).
     pub relay_args: Vec<String>,
+    /// More Secret manifests (YAML documents, see [`secret`]).
+    pub secrets: Vec<String>,
 }
 
 impl Default for Setup {
@@ -61,6 +63,7 @@ impl Default for Setup {
             hosted_local_parts: ["alice", "bob", "postmaster"].map(String::from).to_vec(),
             domains: Vec::new(),
             relay_args: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -137,6 +140,12 @@ impl Setup {
         self
     }
 
+    /// A Secret among the manifests, as `kubectl apply` would take it.
+    pub fn secret(mut self, name: &str, string_data: &[(&str, &str)]) -> Setup {
+        self.secrets.push(secret(name, string_data));
+        self
+    }
+
     /// Write the manifests into `dir`.
     pub fn write(&self, dir: &Path) {
         std::fs::create_dir_all(dir).expect("create the manifests directory");
@@ -151,6 +160,9 @@ impl Setup {
         write("secret-accounts.yaml", &accounts_secret());
         for (i, blocklist) in self.blocklists.iter().enumerate() {
             write(&format!("blocklist-{i}.yaml"), blocklist);
+        }
+        for (i, secret) in self.secrets.iter().enumerate() {
+            write(&format!("secret-{i}.yaml"), secret);
         }
     }
 
@@ -234,6 +246,23 @@ type: Opaque
 stringData:
   passwd: \"{ALICE}:{hash}\"
 "
+    )
+}
+
+/// A Secret manifest named `name` holding `string_data`.
+pub fn secret(name: &str, string_data: &[(&str, &str)]) -> String {
+    let data: String = string_data
+        .iter()
+        .map(|(key, value)| format!("  {key}: {value:?}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}
+type: Opaque
+stringData:
+{data}"
     )
 }
 

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod counting_mx;
+pub mod deliveries;
 pub mod dns;
 pub mod dovecot;
 pub mod mailbox;

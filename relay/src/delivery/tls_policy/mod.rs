@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mailrelay_crds::config::OutboundTlsConfig;
+use mailrelay_crds::maildomain::TlsMode;
 use mailrelay_crds::relay::OutboundTlsPolicy;
 use rustls_pki_types::pem::PemObject;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
@@ -235,7 +236,18 @@ impl OutboundTls {
         hostname: &str,
         timeouts: Timeouts,
     ) -> OutboundConfig {
-        let mut config = OutboundConfig::new(hostname, plan.tls_mode()).with_timeouts(timeouts);
+        self.configured(plan.tls_mode(), hostname, timeouts)
+    }
+
+    /// How to connect to a server whose TLS use is configured (a
+    /// smarthost), trusting the same roots as for MX hosts.
+    pub(crate) fn configured(
+        &self,
+        tls: TlsMode,
+        hostname: &str,
+        timeouts: Timeouts,
+    ) -> OutboundConfig {
+        let mut config = OutboundConfig::new(hostname, tls).with_timeouts(timeouts);
         config.extra_roots = self.extra_roots.clone();
         config
     }
