@@ -203,8 +203,11 @@ async fn put_back<D>(ctx: &AttemptCtx<'_, D>, client: Client, sent: u32) {
 
 /// Wait for the destination's next connection slot (`connectionRate`).
 async fn before_connecting<D>(ctx: &AttemptCtx<'_, D>) {
+    let Some(rate) = ctx.shape.connection_rate else {
+        return;
+    };
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let wait = (ctx.pool).connect_slot(ctx.dest, ctx.shape.connection_rate, now_ms);
+    let wait = (ctx.pool).connect_slot(ctx.dest, Some(rate), now_ms);
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }

@@ -224,8 +224,8 @@ impl Manager {
 
     /// Due timers, probes, refills, then start what the limits allow.
     async fn step(self: &Arc<Self>, rt: &Runtime) {
-        let now = Timestamp::now().as_second();
         let now_ms = Timestamp::now().as_millisecond();
+        let now = now_ms.div_euclid(1000);
         let (due, probes, refill) = {
             let mut core = self.core();
             let due = core.sched.take_due(now);
