@@ -65,6 +65,29 @@ fn send(env: &Env, domain: &str, count: usize) {
     smtp.quit();
 }
 
+/// Wait until `mx` has acknowledged `count` messages.
+fn wait_delivered(env: &Env, mx: &CountingMx, count: usize, within: Duration) {
+    let delivered = || {
+        mx.counts(|c| {
+            c.connections
+                .iter()
+                .map(|c| c.messages.len())
+                .sum::<usize>()
+        })
+    };
+    wait_for(
+        within,
+        || (delivered() == count).then_some(()),
+        || {
+            format!(
+                "{} of {count} delivered\n{}",
+                delivered(),
+                env.relay.log_text()
+            )
+        },
+    );
+}
+
 #[test]
 fn a_shaped_destination_never_gets_more_connections_or_messages_per_connection_than_allowed() {
     // 70 ms a message: one connection cannot keep up with 20 a second
@@ -95,25 +118,7 @@ fn a_shaped_destination_never_gets_more_connections_or_messages_per_connection_t
         Some(serde_json::json!("max 2, 20/s")),
         "{shown:?}"
     );
-    let delivered = || {
-        mx.counts(|c| {
-            c.connections
-                .iter()
-                .map(|c| c.messages.len())
-                .sum::<usize>()
-        })
-    };
-    wait_for(
-        Duration::from_secs(180),
-        || (delivered() == MESSAGES).then_some(()),
-        || {
-            format!(
-                "{} of {MESSAGES} delivered\n{}",
-                delivered(),
-                env.relay.log_text()
-            )
-        },
-    );
+    wait_delivered(&env, &mx, MESSAGES, Duration::from_secs(180));
     let (most_open, per_connection, connections, first, last) = mx.counts(|c| {
         let times: Vec<Instant> = c
             .connections
@@ -172,25 +177,7 @@ fn a_slow_receiver_gets_exactly_max_connections() {
     );
     const MESSAGES: usize = 40;
     send(&env, "busy.test", MESSAGES);
-    let delivered = || {
-        mx.counts(|c| {
-            c.connections
-                .iter()
-                .map(|c| c.messages.len())
-                .sum::<usize>()
-        })
-    };
-    wait_for(
-        Duration::from_secs(120),
-        || (delivered() == MESSAGES).then_some(()),
-        || {
-            format!(
-                "{} of {MESSAGES} delivered\n{}",
-                delivered(),
-                env.relay.log_text()
-            )
-        },
-    );
+    wait_delivered(&env, &mx, MESSAGES, Duration::from_secs(120));
     let most_open = mx.counts(|c| c.most_open);
     println!("busy receiver: at most {most_open} connections open at once (limit 3)");
     assert_eq!(most_open, 3);
