@@ -8,6 +8,7 @@
 //! policy into an action, [`header`] writes `Authentication-Results:`
 //! (RFC 8601) and removes forged ones that name our host.
 
+pub(crate) mod arc;
 pub mod arparse;
 pub(crate) mod check;
 pub(crate) mod header;
