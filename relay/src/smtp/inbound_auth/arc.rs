@@ -5,6 +5,16 @@ use mail_auth::{ArcOutput, DkimResult};
 
 use super::results::{Arc, ArcCheck};
 
+/// What an ARC sealer takes from the inbound checks (RFC 8617 §5.1):
+/// the chain's status, which becomes the new seal's `cv=`, and our
+/// `Authentication-Results:` field, which becomes the
+/// ARC-Authentication-Results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub chain: Arc,
+    pub results: String,
+}
+
 /// What mail-auth found. Every way a chain can be broken — a changed body
 /// under the newest ARC-Message-Signature (mail-auth says "neutral"), a
 /// seal that does not verify, an ARC-Seal with `cv=fail`, missing or
@@ -56,7 +66,10 @@ mod tests {
                 Arc::Fail,
             ),
             (DkimResult::Fail(Error::Arc(ArcError::InvalidCV)), Arc::Fail),
-            (DkimResult::PermError(Error::Arc(ArcError::BrokenChain)), Arc::Fail),
+            (
+                DkimResult::PermError(Error::Arc(ArcError::BrokenChain)),
+                Arc::Fail,
+            ),
             (
                 DkimResult::TempError(Error::Dns(DnsError::Resolver("timed out".into()))),
                 Arc::Fail,
