@@ -255,6 +255,10 @@ pub struct DomainConfig {
     /// when it is the default, `Enforce`.
     #[serde(default, skip_serializing_if = "is_enforce")]
     pub inbound_auth: InboundAuthPolicy,
+    /// `spec.arc.seal`: mail accepted for the domain on the smtp listener
+    /// gets an ARC set signed with `dkim`; left out when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arc_seal: bool,
 }
 
 fn is_enforce(policy: &InboundAuthPolicy) -> bool {

@@ -41,6 +41,10 @@ use crate::common::{Condition, SecretKeyRef, Smarthost};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("!has(self.arc) || !has(self.arc.seal) || !self.arc.seal || has(self.dkim)").message("spec.arc.seal needs spec.dkim: ARC sets are signed with the domain's DKIM key").field_path(".arc.seal"),
+    validation = kube::core::Rule::new("!has(self.arc) || !has(self.arc.seal) || !self.arc.seal || !has(self.inboundAuth) || !has(self.inboundAuth.policy) || self.inboundAuth.policy != 'Accept'").message("spec.arc.seal needs inbound checks: the ARC set records them, and spec.inboundAuth.policy Accept makes none").field_path(".arc.seal")
+)]
 pub struct MailDomainSpec {
     /// The domain name, for example `example.com`. Internationalised names
     /// are accepted and used in their ASCII (A-label) form; case and a
@@ -82,6 +86,36 @@ pub struct MailDomainSpec {
     /// How mail sent from this domain leaves the relays.
     #[serde(default, skip_serializing_if = "Outbound::is_default")]
     pub outbound: Outbound,
+
+    /// ARC (RFC 8617) for mail this domain receives on the `smtp`
+    /// listener. The ARC chain of inbound mail is always verified and
+    /// recorded in `Authentication-Results:`; this adds the relay's own
+    /// ARC set.
+    #[serde(default, skip_serializing_if = "ArcOptions::is_default")]
+    pub arc: ArcOptions,
+}
+
+/// ARC sealing of the domain's inbound mail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArcOptions {
+    /// Seal mail accepted for this domain on the `smtp` listener with the
+    /// domain's DKIM key (`spec.dkim`, `d=` the domain): an
+    /// ARC-Authentication-Results copy of the relay's checks, an
+    /// ARC-Message-Signature and an ARC-Seal. Turn it on when the mailbox
+    /// server forwards mail off-site (aliases, forwarding rules), so the
+    /// next receiver can trust the checks made here when SPF and DKIM
+    /// break on the way (Google's bulk sender guidance asks forwarders for
+    /// ARC). Needs `spec.dkim` and checks on (`spec.inboundAuth.policy`
+    /// not `Accept`).
+    #[serde(default)]
+    pub seal: bool,
+}
+
+impl ArcOptions {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Outgoing mail from the domain's addresses.

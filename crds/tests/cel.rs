@@ -30,7 +30,8 @@ fn valid_maildomain() -> Value {
             "inbound": {"enabled": true, "catchAll": false, "localParts": ["alice"], "recipientDelimiter": "+"},
             "delivery": {"lmtp": {"host": "dovecot", "port": 24}},
             "dkim": {"selector": "mail2026", "algorithm": "rsa-sha256", "generate": false,
-                     "privateKey": {"name": "dkim", "key": "private.pem"}}
+                     "privateKey": {"name": "dkim", "key": "private.pem"}},
+            "arc": {"seal": true}
         }
     })
 }
@@ -154,6 +155,16 @@ fn maildomain_cases() -> Vec<Case> {
             rule: "self.matches('^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$')",
             bad: ("/spec/dkim/selector", json!("mail.2026")),
             good: ("/spec/dkim/selector", json!("s1")),
+        },
+        Case {
+            rule: "!has(self.arc) || !has(self.arc.seal) || !self.arc.seal || has(self.dkim)",
+            bad: ("/spec/dkim", json!(null)),
+            good: ("/spec/arc", json!({"seal": true})),
+        },
+        Case {
+            rule: "!has(self.arc) || !has(self.arc.seal) || !self.arc.seal || !has(self.inboundAuth) || !has(self.inboundAuth.policy) || self.inboundAuth.policy != 'Accept'",
+            bad: ("/spec/inboundAuth", json!({"policy": "Accept"})),
+            good: ("/spec/inboundAuth", json!({"policy": "Tag"})),
         },
         Case {
             rule: SMARTHOST_TLS_RULE,

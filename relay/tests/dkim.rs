@@ -12,8 +12,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use common::Env;
@@ -118,17 +117,9 @@ stringData:
     /// The TXT record for dnsmasq: the value in strings of at most 255
     /// octets, as a zone file would have it.
     fn txt_record(&self) -> String {
-        let value = format!("v=DKIM1; k={}; p={}", self.k, self.public.trim());
-        let strings: Vec<String> = value
-            .as_bytes()
-            .chunks(255)
-            .map(|c| format!("\"{}\"", std::str::from_utf8(c).unwrap()))
-            .collect();
-        format!(
-            "txt-record={}._domainkey.{},{}",
-            self.selector,
-            self.domain,
-            strings.join(",")
+        common::dns::txt_record(
+            &format!("{}._domainkey.{}", self.selector, self.domain),
+            &format!("v=DKIM1; k={}; p={}", self.k, self.public.trim()),
         )
     }
 
@@ -184,82 +175,11 @@ fn mail_auth_result(dns: SocketAddr, message: &[u8]) -> Vec<DkimResult> {
     })
 }
 
-/// dkimpy's `dkim.verify`, asking the test's dnsmasq through dnspython.
-const DKIMPY: &str = r#"
-import sys, dkim, dns.resolver
-message = open(sys.argv[1], "rb").read()
-resolver = dns.resolver.Resolver(configure=False)
-resolver.nameservers = ["127.0.0.1"]
-resolver.port = int(sys.argv[2])
-def dnsfunc(name, timeout=5):
-    if isinstance(name, bytes):
-        name = name.decode()
-    try:
-        answer = resolver.resolve(name, "TXT", lifetime=timeout)
-    except Exception as e:
-        print("lookup of %s failed: %r" % (name, e), file=sys.stderr)
-        return None
-    return b"".join(answer[0].strings)
-print("pass" if dkim.verify(message, dnsfunc=dnsfunc) else "fail")
-"#;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv tests/lib/deps.sh makes, with dkimpy; made here the same way
-/// when it lacks it.
-fn venv_python() -> PathBuf {
-    let venv = workspace().join("target/tests-venv");
-    let python = venv.join("bin/python");
-    let has_dkimpy = || {
-        Command::new(&python)
-            .args(["-c", "import dkim, nacl, dns.resolver"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_dkimpy() {
-        if !python.exists() {
-            let made = Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .status();
-            assert!(
-                made.is_ok_and(|s| s.success()),
-                "cannot make {}",
-                venv.display()
-            );
-        }
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "-r"])
-            .arg(workspace().join("tests/requirements.txt"))
-            .status();
-        assert!(
-            installed.is_ok_and(|s| s.success()) && has_dkimpy(),
-            "dkimpy is not installed in {} and could not be installed: run tests/run",
-            venv.display()
-        );
-    }
-    python
-}
+/// dkimpy's `dkim.verify`.
+const DKIMPY: &str = r#"print("pass" if dkim.verify(message, dnsfunc=dnsfunc) else "fail")"#;
 
 fn dkimpy_result(dir: &Path, dns: SocketAddr, message: &[u8]) -> String {
-    let file = dir.join("verify.eml");
-    std::fs::write(&file, message).unwrap();
-    let out = Command::new(venv_python())
-        .arg("-c")
-        .arg(DKIMPY)
-        .arg(&file)
-        .arg(dns.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dkimpy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::dkimpy::run(DKIMPY, dir, dns, message)
 }
 
 /// One field of the DKIM-Signature: `d`, `s`, `a`, `h`...
@@ -281,8 +201,7 @@ fn tag(message: &str, name: &str) -> String {
 
 #[test]
 fn submitted_mail_is_signed_and_verifies_with_mail_auth_and_dkimpy_for_rsa_and_ed25519() {
-    let python = venv_python();
-    assert!(python.exists());
+    assert!(common::dkimpy::venv_python().exists());
     let sinks = tempfile::tempdir().unwrap();
     let inbox = sinks.path().join("mx");
     let _sink = Sink::start(MX, &inbox, Answer::Accept);

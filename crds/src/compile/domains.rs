@@ -8,7 +8,7 @@ use crate::config::{
     DeliveryConfig, DkimConfig, DomainConfig, InboundConfig, SecretFile, SenderConfig,
     SubmissionConfig,
 };
-use crate::maildomain::{Delivery, MailDomain, MailDomainSpec, Submission};
+use crate::maildomain::{Delivery, InboundAuthPolicy, MailDomain, MailDomainSpec, Submission};
 
 pub(super) fn compile_domains(
     relay: &ObjectRef,
@@ -118,7 +118,31 @@ fn compile_domain(
         dkim,
         smarthost: smarthost?,
         inbound_auth: spec.inbound_auth.policy,
+        arc_seal: arc_seal(spec, r),
     })
+}
+
+/// `spec.arc.seal`, when what it needs is there: a key to seal with, and
+/// checks whose results the ARC set records.
+fn arc_seal(spec: &MailDomainSpec, r: &mut Report) -> bool {
+    if !spec.arc.seal {
+        return false;
+    }
+    if spec.dkim.is_none() {
+        r.add(
+            "spec.arc.seal",
+            "sealing needs spec.dkim: ARC sets are signed with the domain's DKIM key; mail is not sealed",
+        );
+        return false;
+    }
+    if spec.inbound_auth.policy == InboundAuthPolicy::Accept {
+        r.add(
+            "spec.arc.seal",
+            "sealing needs inbound checks, and spec.inboundAuth.policy Accept makes none; mail is not sealed",
+        );
+        return false;
+    }
+    true
 }
 
 fn inbound(spec: &MailDomainSpec, r: &mut Report) -> InboundConfig {

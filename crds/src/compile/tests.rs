@@ -964,3 +964,42 @@ fn bad_shaping_is_reported_field_by_field() {
         "{problems:#?}"
     );
 }
+
+fn sealing(extra: &str) -> MailDomain {
+    domain(
+        "fwd",
+        &format!(
+            "  domain: fwd.example\n  inbound: {{localParts: [x]}}\n  delivery: {{lmtp: {{host: d, port: 24}}}}\n  arc: {{seal: true}}\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn arc_sealing_compiles_with_a_dkim_key_and_checks_and_is_off_by_default() {
+    let dkim = "  dkim: {selector: s1, privateKey: {name: k, key: private.pem}}\n";
+    let c = ok(
+        &plain_relay(),
+        &[sealing(dkim), lmtp_domain("plain", "plain.example")],
+        &[],
+    );
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert!(c.config.domains[0].arc_seal);
+    assert!(!c.config.domains[1].arc_seal, "off unless asked");
+    let json = serde_json::to_string(&c.config.domains[1]).expect("json");
+    assert!(!json.contains("arcSeal"), "left out when off: {json}");
+
+    for (extra, why) in [
+        ("", "spec.dkim"),
+        (
+            &format!("{dkim}  inboundAuth: {{policy: Accept}}\n") as &str,
+            "Accept",
+        ),
+    ] {
+        let c = ok(&plain_relay(), &[sealing(extra)], &[]);
+        assert_eq!(names(&c), ["fwd.example"], "the domain is still served");
+        assert!(!c.config.domains[0].arc_seal, "{extra}");
+        let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.arc.seal"], "{extra}");
+        assert!(c.problems[0].message.contains(why), "{:?}", c.problems);
+    }
+}

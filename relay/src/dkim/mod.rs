@@ -2,6 +2,7 @@
 //! when it is accepted and before it is written to the spool: the 250
 //! means the signed message is on disk, and retries send the same bytes.
 
+pub(crate) mod arc_seal;
 pub(crate) mod headers;
 pub mod keys;
 pub mod sign;

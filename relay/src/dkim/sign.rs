@@ -83,7 +83,7 @@ pub(crate) fn decide<'a>(
 }
 
 /// A loaded key shared between messages (the signer wants to own its key).
-struct Shared(Arc<DkimKey>);
+pub(crate) struct Shared(pub(crate) Arc<DkimKey>);
 
 impl SigningKey for Shared {
     type Hasher = Sha256;

@@ -338,7 +338,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     // Inbound checks (smtp listener) and DKIM signing (submission) apply
     // to different mail; both happen before the spool, so 250 means the
     // message is on disk as it will leave.
-    let (auth_headers, stripped) = match crate::smtp::inbound_auth::stamp(
+    let (auth_headers, stripped, arc) = match crate::smtp::inbound_auth::stamp(
         &ctx.inbound_auth,
         &ctx.metrics.inbound_auth,
         session,
@@ -353,11 +353,25 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
                 std::borrow::Cow::Owned(content) => Some(content),
                 std::borrow::Cow::Borrowed(_) => None,
             },
+            stamped.arc,
         ),
         Err(reply) => return reply,
     };
     let tx = &accepted.transaction;
     let content = stripped.unwrap_or(accepted.content);
+    let (content, arc_set) = match crate::dkim::arc_seal::seal_accepted(
+        &ctx.dkim,
+        session,
+        &id_text,
+        &tx.recipients,
+        arc,
+        content,
+    )
+    .await
+    {
+        Ok(sealed) => sealed,
+        Err(reply) => return reply,
+    };
     let (content, signature) =
         match crate::dkim::sign_accepted(&ctx.dkim, session, &id_text, content).await {
             Ok(signed) => signed,
@@ -375,9 +389,14 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         now: jiff::Timestamp::now(),
     });
     let signature = signature.unwrap_or_default();
-    let mut body =
-        Vec::with_capacity(header.len() + auth_headers.len() + signature.len() + content.len());
+    let arc_set = arc_set.unwrap_or_default();
+    let mut body = Vec::with_capacity(
+        header.len() + arc_set.len() + auth_headers.len() + signature.len() + content.len(),
+    );
     body.extend_from_slice(header.as_bytes());
+    // RFC 8617 §5.1: the ARC set goes on top, above the
+    // Authentication-Results it copies.
+    body.extend_from_slice(arc_set.as_bytes());
     body.extend_from_slice(auth_headers.as_bytes());
     body.extend_from_slice(signature.as_bytes());
     body.extend_from_slice(&content);

@@ -167,3 +167,14 @@ pub fn query_a(server: SocketAddr, name: &str) -> Option<Vec<Ipv4Addr>> {
     }
     (!addrs.is_empty()).then_some(addrs)
 }
+
+/// A dnsmasq `txt-record=` line for `name`: the value in strings of at
+/// most 255 octets, as a zone file would have it (a DKIM RSA key is longer).
+pub fn txt_record(name: &str, value: &str) -> String {
+    let strings: Vec<String> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    format!("txt-record={name},{}", strings.join(","))
+}

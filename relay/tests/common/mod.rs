@@ -11,6 +11,7 @@
 
 pub mod counting_mx;
 pub mod deliveries;
+pub mod dkimpy;
 pub mod dns;
 pub mod dovecot;
 pub mod mailbox;

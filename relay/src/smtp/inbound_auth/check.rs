@@ -70,10 +70,17 @@ impl Checker {
                 None => Vec::new(),
             }
         };
-        let (helo_out, mailfrom_out, dkim_out) = tokio::join!(
+        let arc_verify = async {
+            match &message {
+                Some(m) => super::arc::arc_check(&self.auth.verify_arc(m).await),
+                None => super::arc::arc_check(&mail_auth::ArcOutput::default()),
+            }
+        };
+        let (helo_out, mailfrom_out, dkim_out, arc_out) = tokio::join!(
             tokio::time::timeout(self.deadline, helo_check),
             tokio::time::timeout(self.deadline, mailfrom_check),
             tokio::time::timeout(self.deadline, dkim_verify),
+            tokio::time::timeout(self.deadline, arc_verify),
         );
         let spf_helo = spf_check(helo_out.as_ref().ok(), helo_identity);
         let spf_mailfrom = spf_check(mailfrom_out.as_ref().ok(), mailfrom_identity.clone());
@@ -107,6 +114,7 @@ impl Checker {
             spf_mailfrom,
             dkim,
             dmarc,
+            arc: arc_out.unwrap_or_else(|_| super::arc::timed_out()),
         }
     }
 }

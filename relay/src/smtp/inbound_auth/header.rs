@@ -44,6 +44,12 @@ pub(crate) fn authentication_results(authserv_id: &str, results: Option<&AuthRes
         entry.push_str(&format!(" header.from={}", value(from)));
     }
     push(&mut h, &entry);
+    // RFC 8617 §4.4 / §6: the chain's validation status.
+    let mut entry = format!("arc={}", r.arc.result.as_str());
+    if let Some(reason) = &r.arc.reason {
+        entry.push_str(&format!(" ({})", comment(reason)));
+    }
+    push(&mut h, &entry);
     h.push_str("\r\n");
     h
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::smtp::inbound_auth::results::{
-    AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck,
+    Arc, ArcCheck, AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck,
 };
 
 fn sample() -> AuthResults {
@@ -27,6 +27,10 @@ fn sample() -> AuthResults {
             spf_aligned: true,
             dkim_aligned: false,
         },
+        arc: ArcCheck {
+            result: Arc::Fail,
+            reason: Some("Invalid 'cv=' value found in ARC header".into()),
+        },
     }
 }
 
@@ -38,7 +42,8 @@ fn header_lists_each_method_folded() {
          \tspf=pass smtp.mailfrom=alice@example.org;\r\n\
          \tspf=none smtp.helo=client.example.net;\r\n\
          \tdkim=fail (body hash bh did not verify) header.d=example.org header.s=s1 header.b=\"AbC+/dEf\";\r\n\
-         \tdmarc=pass (p=reject) header.from=example.org\r\n"
+         \tdmarc=pass (p=reject) header.from=example.org;\r\n\
+         \tarc=fail (Invalid 'cv=' value found in ARC header)\r\n"
     );
 }
 
@@ -51,9 +56,13 @@ fn header_says_none_when_nothing_was_checked_and_notes_missing_signatures() {
     let mut r = sample();
     r.dkim.clear();
     r.dmarc = DmarcCheck::none(None);
+    r.arc = ArcCheck {
+        result: Arc::None,
+        reason: None,
+    };
     let h = authentication_results("mx.example.com", Some(&r));
     assert!(
-        h.contains(";\r\n\tdkim=none (no signature);\r\n\tdmarc=none\r\n"),
+        h.contains(";\r\n\tdkim=none (no signature);\r\n\tdmarc=none;\r\n\tarc=none\r\n"),
         "{h}"
     );
 }
@@ -80,7 +89,8 @@ fn header_parses_back_with_every_result() {
             ("spf", "pass"),
             ("spf", "none"),
             ("dkim", "fail"),
-            ("dmarc", "pass")
+            ("dmarc", "pass"),
+            ("arc", "fail")
         ]
     );
     assert_eq!(

@@ -11,7 +11,7 @@ use super::verdict::Action;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct MethodLabel {
-    /// `spf_helo`, `spf_mailfrom`, `dkim` or `dmarc`.
+    /// `spf_helo`, `spf_mailfrom`, `dkim`, `dmarc` or `arc`.
     pub method: &'static str,
     /// `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror`.
     pub result: &'static str,
@@ -34,7 +34,7 @@ impl AuthMetrics {
         let m = Self::default();
         registry.register(
             "inbound_auth_results",
-            "Inbound SPF/DKIM/DMARC results on the smtp listener, by method and result (one per DKIM signature)",
+            "Inbound SPF/DKIM/DMARC/ARC results on the smtp listener, by method and result (one per DKIM signature)",
             m.results.clone(),
         );
         registry.register(
@@ -60,6 +60,7 @@ impl AuthMetrics {
             count("dkim", d.result.as_str());
         }
         count("dmarc", r.dmarc.result.as_str());
+        count("arc", r.arc.result.as_str());
         self.action(action.as_str());
     }
 

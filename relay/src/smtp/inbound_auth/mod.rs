@@ -8,6 +8,7 @@
 //! policy into an action, [`header`] writes `Authentication-Results:`
 //! (RFC 8601) and removes forged ones that name our host.
 
+pub(crate) mod arc;
 pub mod arparse;
 pub(crate) mod check;
 pub(crate) mod header;
@@ -34,6 +35,8 @@ use crate::smtp::session::{Accepted, Session};
 pub(crate) struct Stamped<'a> {
     pub headers: String,
     pub content: Cow<'a, [u8]>,
+    /// For an ARC sealer; `None` when nothing was checked.
+    pub arc: Option<arc::Verdict>,
 }
 
 /// Check an accepted message and decide. `Err` is the reply that refuses
@@ -55,6 +58,7 @@ pub(crate) async fn stamp<'a>(
         return Ok(Stamped {
             headers: String::new(),
             content: Cow::Borrowed(&accepted.content),
+            arc: None,
         });
     }
     // Boxed: the checks' futures (mail-auth's DNS lookups) are large, and
@@ -95,6 +99,7 @@ async fn check<'a>(
         return Ok(Stamped {
             headers: header::authentication_results(hostname, None),
             content: Cow::Owned(content),
+            arc: None,
         });
     }
     let sender = tx.sender.as_ref().map(|a| a.as_string());
@@ -120,11 +125,16 @@ async fn check<'a>(
         dkim = %results.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>().join(","),
         dmarc = results.dmarc.result.as_str(),
         dmarc_policy = results.dmarc.policy.map_or("", |p| p.as_str()),
+        arc = results.arc.result.as_str(),
         policy = ?policy,
         action = action.as_str(),
         "inbound auth"
     );
     let mut headers = header::authentication_results(hostname, Some(&results));
+    let arc = Some(arc::Verdict {
+        chain: results.arc.result,
+        results: headers.clone(),
+    });
     match action {
         Action::Reject(reply) | Action::Defer(reply) => return Err(reply),
         Action::Quarantine => headers.push_str(header::SPAM_FLAG),
@@ -133,5 +143,6 @@ async fn check<'a>(
     Ok(Stamped {
         headers,
         content: Cow::Owned(content),
+        arc,
     })
 }

@@ -144,6 +144,33 @@ impl DmarcCheck {
     }
 }
 
+/// The ARC chain validation status (RFC 8617 §4.4: `cv` values, the
+/// results of the `arc` method in the RFC 8601 registry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Arc {
+    Pass,
+    Fail,
+    None,
+}
+
+impl Arc {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Arc::Pass => "pass",
+            Arc::Fail => "fail",
+            Arc::None => "none",
+        }
+    }
+}
+
+/// The ARC chain of a message and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ArcCheck {
+    pub result: Arc,
+    /// Why it did not pass, in a few words.
+    pub reason: Option<String>,
+}
+
 /// Everything the checks found for one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AuthResults {
@@ -155,4 +182,5 @@ pub(crate) struct AuthResults {
     /// One entry per DKIM-Signature header field, in message order.
     pub dkim: Vec<DkimCheck>,
     pub dmarc: DmarcCheck,
+    pub arc: ArcCheck,
 }

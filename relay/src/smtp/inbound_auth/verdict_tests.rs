@@ -1,5 +1,5 @@
 use super::*;
-use crate::smtp::inbound_auth::results::{DkimCheck, DmarcCheck, SpfCheck};
+use crate::smtp::inbound_auth::results::{Arc, ArcCheck, DkimCheck, DmarcCheck, SpfCheck};
 use InboundAuthPolicy::{Accept, Enforce, Tag};
 
 fn spf(result: Spf, identity: &str) -> SpfCheck {
@@ -32,6 +32,10 @@ fn results(spf_result: Spf, dmarc: Dmarc, p: Option<DmarcPolicy>) -> AuthResults
             policy: p,
             spf_aligned: spf_result == Spf::Pass && dmarc == Dmarc::Pass,
             dkim_aligned: false,
+        },
+        arc: ArcCheck {
+            result: Arc::None,
+            reason: None,
         },
     }
 }
