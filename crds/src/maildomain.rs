@@ -78,6 +78,13 @@ pub struct MailDomainSpec {
     /// DKIM signing of mail sent from this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim: Option<Dkim>,
+
+    /// This domain's own delivery events webhook.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::events::MailDomainEvents::is_default"
+    )]
+    pub events: crate::events::MailDomainEvents,
 }
 
 /// Which recipients are accepted for the domain.

@@ -10,6 +10,7 @@
 
 mod blocklists;
 mod domains;
+mod events;
 pub mod normalize;
 mod relay;
 
@@ -89,6 +90,8 @@ pub fn compile(
     let mut config = base.config;
     config.domains = domains::compile_domains(&config.relay, &selected_domains, &mut problems);
     config.policy = blocklists::compile_blocklists(&selected_blocklists, &mut problems);
+    let tenants = events::domain_webhooks(&selected_domains, &config.domains, &mut problems);
+    config.events.webhooks.extend(tenants);
     problems.sort();
     problems.dedup();
     Ok(Compiled { config, problems })

@@ -76,6 +76,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let outbound_tls = r.outbound_tls(spec);
     let classification = r.classification(spec);
     let scaling = r.scaling(spec);
+    let events = super::events::relay_events(&mut r, &spec.events);
 
     match (
         hostname,
@@ -85,6 +86,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
         queue,
         dns,
         scaling,
+        events,
     ) {
         (
             Some(hostname),
@@ -94,6 +96,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
             Some(queue),
             Some(dns),
             Some(scaling),
+            Some(events),
         ) if problems.is_empty() => Ok(Base {
             config: RelayConfig {
                 version: CONFIG_VERSION,
@@ -113,6 +116,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 outbound_tls,
                 classification,
                 scaling,
+                events,
             },
             domain_selector,
             blocklist_selector,
@@ -346,7 +350,7 @@ impl Report<'_> {
         })
     }
 
-    fn secret(&mut self, field: &str, r: &SecretKeyRef) -> Option<SecretFile> {
+    pub(super) fn secret(&mut self, field: &str, r: &SecretKeyRef) -> Option<SecretFile> {
         let name = self.check(format!("{field}.name"), normalize::object_name(&r.name));
         let key = self.check(format!("{field}.key"), normalize::secret_key(&r.key));
         name.and(key).map(|()| SecretFile::new(&r.name, &r.key))
