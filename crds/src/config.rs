@@ -79,7 +79,7 @@ pub struct EventsConfig {
 
 impl EventsConfig {
     pub fn is_empty(&self) -> bool {
-        self.webhooks.is_empty()
+        *self == EventsConfig::default()
     }
 }
 

@@ -39,12 +39,15 @@ pub(super) fn relay_events(r: &mut Report<'_>, events: &RelayEvents) -> Option<E
     })
 }
 
-/// The webhooks of the MailDomains that compiled, by domain name.
-pub(super) fn domain_webhooks(
+/// Add the webhooks of the MailDomains that compiled, by domain name.
+/// With no webhook at all the events config is left empty: a retention
+/// with nothing to retain would only change the config's bytes.
+pub(super) fn add_domain_webhooks(
+    events: &mut EventsConfig,
     selected: &[&MailDomain],
     compiled: &[DomainConfig],
     problems: &mut Vec<Problem>,
-) -> Vec<WebhookConfig> {
+) {
     let mut out = Vec::new();
     for md in selected {
         let Some(w) = &md.spec.events.webhook else {
@@ -74,7 +77,10 @@ pub(super) fn domain_webhooks(
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    events.webhooks.extend(out);
+    if events.webhooks.is_empty() {
+        *events = EventsConfig::default();
+    }
 }
 
 fn webhook(

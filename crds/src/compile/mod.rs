@@ -90,8 +90,12 @@ pub fn compile(
     let mut config = base.config;
     config.domains = domains::compile_domains(&config.relay, &selected_domains, &mut problems);
     config.policy = blocklists::compile_blocklists(&selected_blocklists, &mut problems);
-    let tenants = events::domain_webhooks(&selected_domains, &config.domains, &mut problems);
-    config.events.webhooks.extend(tenants);
+    events::add_domain_webhooks(
+        &mut config.events,
+        &selected_domains,
+        &config.domains,
+        &mut problems,
+    );
     problems.sort();
     problems.dedup();
     Ok(Compiled { config, problems })
