@@ -15,6 +15,29 @@ pub(crate) struct Peer {
     pub tls: Option<Tls>,
 }
 
+impl Peer {
+    /// The server an SMTP client is connected to, and how.
+    pub(crate) fn of_smtp(client: &crate::delivery::SmtpClient) -> Peer {
+        use crate::delivery::Security;
+        let target = client.target();
+        let tls = match client.security() {
+            Security::Encrypted => Some(false),
+            Security::Verified => Some(true),
+            Security::Clear | Security::ClearAfterTlsFailure { .. } => None,
+        };
+        Peer {
+            host: Some(target.host.clone()),
+            ip: Some(target.addr.ip()),
+            // lettre tells neither the protocol version nor the cipher.
+            tls: tls.map(|verified| Tls {
+                version: None,
+                cipher: None,
+                verified,
+            }),
+        }
+    }
+}
+
 /// An event about recipient `index` (or the whole message) of a queued
 /// message, with the message's common fields.
 pub(crate) fn about(

@@ -26,8 +26,10 @@
 //!   lose it. The client was refused either way.
 
 pub(crate) mod build;
+pub(crate) mod hooks;
 mod log;
 pub(crate) mod metrics;
+pub(crate) mod outcomes;
 pub mod record;
 mod route;
 mod sign;
@@ -70,6 +72,8 @@ struct Inner {
     log: Option<EventLog>,
     /// Tells apart events that concern no queued message.
     serial: AtomicU64,
+    /// The config in force, for callers that have none in hand.
+    current: std::sync::OnceLock<Current>,
 }
 
 static DISABLED: LazyLock<Events> =
@@ -84,6 +88,7 @@ impl Events {
                 pod,
                 log: None,
                 serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -101,8 +106,55 @@ impl Events {
                 pod,
                 log: Some(EventLog::open(dir)?),
                 serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Route events by the config in `current` where a caller has no
+    /// runtime in hand (hand-off, queue administration). Set once.
+    pub(crate) fn follow(&self, current: Current) {
+        let _ = self.inner.current.set(current);
+    }
+
+    /// [`Events::emit_durable`] under the config in force.
+    pub(crate) async fn record(&self, events: &[Event]) {
+        match self.inner.current.get() {
+            Some(current) => self.emit_durable(&current.get(), events).await,
+            None => {
+                for e in events {
+                    self.line(e);
+                }
+            }
+        }
+    }
+
+    /// The config in force, when `follow` was called.
+    pub(crate) fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.inner.current.get().map(Current::get)
+    }
+
+    /// The log line only.
+    pub(crate) fn log(&self, event: &Event) {
+        self.line(event);
+    }
+
+    /// The log line of `event`; its JSON.
+    fn line(&self, event: &Event) -> Option<String> {
+        let json = match serde_json::to_string(event) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, id = %event.id, "cannot serialise an event");
+                return None;
+            }
+        };
+        tracing::info!(
+            target: "mailrelay::event",
+            queue_id = event.queue_id.as_deref().unwrap_or_default(),
+            event_type = event.kind.as_str(),
+            "{json}"
+        );
+        Some(json)
     }
 
     /// A new event of `kind` with `id`, stamped with the time, relay and pod.
@@ -157,19 +209,7 @@ impl Events {
         rt: &Runtime,
         event: &Event,
     ) -> Option<oneshot::Receiver<Result<(), ()>>> {
-        let json = match serde_json::to_string(event) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(error = %e, id = %event.id, "cannot serialise an event");
-                return None;
-            }
-        };
-        tracing::info!(
-            target: "mailrelay::event",
-            queue_id = event.queue_id.as_deref().unwrap_or_default(),
-            event_type = event.kind.as_str(),
-            "{json}"
-        );
+        let json = self.line(event)?;
         let log = self.inner.log.as_ref()?;
         let webhooks = &rt.config.events.webhooks;
         if webhooks.is_empty() {
@@ -220,12 +260,12 @@ impl Events {
 
     /// Emit again, at start-up, the arrival event of every message whose
     /// recipients are all still pending (see the module's comment).
-    pub(crate) fn recover(&self, rt: &Runtime, queued: &[crate::spool::Queued]) -> usize {
+    pub(crate) fn recover(&self, rt: &Runtime, spool: &crate::spool::Spool) -> usize {
         if self.inner.log.is_none() || rt.config.events.webhooks.is_empty() {
             return 0;
         }
         let mut n = 0;
-        for q in queued.iter().filter(|q| {
+        for q in spool.queued().iter().filter(|q| {
             q.recipients
                 .iter()
                 .all(|s| matches!(s, crate::spool::RecipientState::Pending))

@@ -18,6 +18,7 @@ use crate::delivery::{
     Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, Security, SmtpClient, Target,
     Timeouts, resolve_host, route as mx_route,
 };
+use crate::events::build::Peer;
 use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::spool::QueueId;
 
@@ -42,6 +43,8 @@ pub(crate) struct AttemptCtx<'a, D> {
 pub(crate) struct Attempted {
     pub outcomes: Vec<Outcome>,
     pub contact: Contact,
+    /// The server reached, for the events.
+    pub peer: Option<Peer>,
 }
 
 impl Attempted {
@@ -49,14 +52,21 @@ impl Attempted {
         Self {
             outcomes,
             contact: Contact::Reached,
+            peer: None,
         }
     }
 
     /// Every one of `n` recipients gets `outcome`.
+    fn with_peer(mut self, peer: Peer) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
     fn all(outcome: Outcome, n: usize, contact: Contact) -> Self {
         Self {
             outcomes: vec![outcome; n],
             contact,
+            peer: None,
         }
     }
 }
@@ -87,8 +97,14 @@ pub(crate) async fn attempt<D: MxDns>(
         }),
         _ => None,
     };
-    if let Some(outcomes) = reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await {
-        return Attempted::reached(outcomes);
+    if let Some((outcomes, peer)) =
+        reuse(ctx.pool, route, check.as_ref(), sender, recipients, body).await
+    {
+        let tried = Attempted::reached(outcomes);
+        return match peer {
+            Some(p) => tried.with_peer(p),
+            None => tried,
+        };
     }
     let hostname = &ctx.runtime.config.hostname;
     let all = |o: Outcome| Attempted::all(o, recipients.len(), Contact::Unknown);
@@ -98,7 +114,10 @@ pub(crate) async fn attempt<D: MxDns>(
                 Ok(mut client) => {
                     let outcomes = client.send(sender, recipients, body).await;
                     ctx.pool.put(route, Client::Lmtp(Box::new(client)));
-                    Attempted::reached(outcomes)
+                    Attempted::reached(outcomes).with_peer(Peer {
+                        host: Some(host.clone()),
+                        ..Peer::default()
+                    })
                 }
                 Err(o) => Attempted::all(o, recipients.len(), Contact::Failed),
             }
@@ -195,7 +214,8 @@ async fn reuse(
     sender: &str,
     recipients: &[String],
     body: &[u8],
-) -> Option<Vec<Outcome>> {
+) -> Option<(Vec<Outcome>, Option<Peer>)> {
+    let mut peer = None;
     let out = match pool.take(route)? {
         // Kept under a weaker policy than the one now in force.
         Client::Smtp(c) if check.is_some_and(|k| !k.reusable(&c)) => {
@@ -203,6 +223,7 @@ async fn reuse(
             return None;
         }
         Client::Smtp(mut c) => {
+            peer = Some(Peer::of_smtp(&c));
             let out = c.send(sender, recipients, body).await;
             let broken = c.broken().is_some();
             pool.put(route, Client::Smtp(c));
@@ -223,7 +244,7 @@ async fn reuse(
         {
             None
         }
-        (outcomes, _) => Some(outcomes),
+        (outcomes, _) => Some((outcomes, peer)),
     }
 }
 
@@ -260,9 +281,10 @@ async fn try_targets<D: MxDns>(
                     contact = Contact::Failed;
                     continue;
                 }
+                let peer = Peer::of_smtp(&client);
                 let outcomes = client.send(sender, recipients, body).await;
                 ctx.pool.put(route, Client::Smtp(Box::new(client)));
-                return Attempted::reached(outcomes);
+                return Attempted::reached(outcomes).with_peer(peer);
             }
             Err(failure) => {
                 let outcome = match check {
