@@ -25,12 +25,12 @@ impl EventMetrics {
     pub(crate) fn register(registry: &mut Registry) -> EventMetrics {
         let m = EventMetrics::default();
         registry.register(
-            "mailrelay_events_pending",
+            "events_pending",
             "Events durable in the event log and not yet acknowledged by the webhook",
             m.pending.clone(),
         );
         registry.register(
-            "mailrelay_event_deliveries",
+            "event_deliveries",
             "Events sent to webhooks: delivered (2xx), failed (in a request that failed, to be retried) or expired (older than the retention, dropped)",
             m.deliveries.clone(),
         );

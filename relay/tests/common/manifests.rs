@@ -41,6 +41,8 @@ pub struct Setup {
     pub domains: Vec<String>,
     /// More arguments of `mailrelay run` (`--tls-ca FILE`).
     pub relay_args: Vec<String>,
+    /// More Secrets: (name, key, value).
+    pub secrets: Vec<(String, String, String)>,
 }
 
 impl Default for Setup {
@@ -61,6 +63,7 @@ impl Default for Setup {
             hosted_local_parts: ["alice", "bob", "postmaster"].map(String::from).to_vec(),
             domains: Vec::new(),
             relay_args: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -137,6 +140,12 @@ impl Setup {
         self
     }
 
+    /// A Secret `name` holding `value` under `key`.
+    pub fn secret(mut self, name: &str, key: &str, value: &str) -> Setup {
+        self.secrets.push((name.into(), key.into(), value.into()));
+        self
+    }
+
     /// Write the manifests into `dir`.
     pub fn write(&self, dir: &Path) {
         std::fs::create_dir_all(dir).expect("create the manifests directory");
@@ -151,6 +160,14 @@ impl Setup {
         write("secret-accounts.yaml", &accounts_secret());
         for (i, blocklist) in self.blocklists.iter().enumerate() {
             write(&format!("blocklist-{i}.yaml"), blocklist);
+        }
+        for (i, (name, key, value)) in self.secrets.iter().enumerate() {
+            write(
+                &format!("secret-{i}.yaml"),
+                &format!(
+                    "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\nstringData:\n  {key}: {value:?}\n"
+                ),
+            );
         }
     }
 

@@ -20,6 +20,7 @@ pub mod remote;
 pub mod sink;
 pub mod smtp;
 pub mod spool;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
