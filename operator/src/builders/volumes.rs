@@ -91,6 +91,11 @@ pub(crate) fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
             add(&dkim.private_key, true);
         }
     }
+    // Optional: a missing signing key holds that webhook's events back
+    // (and shows in status), never the relay's mail.
+    for w in &config.events.webhooks {
+        add(&w.secret, true);
+    }
     uses
 }
 
