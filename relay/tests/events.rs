@@ -107,7 +107,7 @@ fn envelope(n: usize) -> (&'static str, Vec<&'static str>) {
     } else {
         "bob@events-mx.test"
     }];
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         to.push("carol@events-mx.test");
     }
     (sender, to)
