@@ -21,7 +21,7 @@ use common::manifests::{REMOTE_SENDER, Setup, maildomain};
 use common::process::free_ports;
 use common::sink::{Answer, Sink};
 use common::webhook::{Receiver, Request, check_signatures};
-use common::{Env, LOCALHOST, http_get, wait_for};
+use common::{Env, LOCALHOST, http_get, metric, wait_for};
 use serde_json::Value;
 
 /// This file's addresses: unique in the suite.
@@ -187,14 +187,6 @@ fn duplicates(requests: &[Request]) -> BTreeMap<String, usize> {
     }
     count.retain(|_, n| *n > 1);
     count
-}
-
-fn metric(env: &Env, line_start: &str) -> Option<f64> {
-    let text = http_get(env.addrs().http, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

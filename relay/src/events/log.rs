@@ -398,11 +398,6 @@ fn write_loop(
                 dones.extend(a.done);
             }
         }
-        backlog.grew.notify_waiters();
-        let result = written.map_err(|_| ());
-        for d in dones {
-            let _ = d.send(result);
-        }
         if size >= segment_bytes {
             let next = backlog.lock().next_seq;
             match new_segment(&backlog.dir, next) {
@@ -413,6 +408,12 @@ fn write_loop(
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start a new event segment"),
             }
+        }
+        // After a roll, so a waiter sees the log as it now is.
+        backlog.grew.notify_waiters();
+        let result = written.map_err(|_| ());
+        for d in dones {
+            let _ = d.send(result);
         }
     }
 }

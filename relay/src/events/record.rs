@@ -91,32 +91,17 @@ impl Reply {
     /// 550, enhanced 5.1.1; our own words (`connection refused by …`, or
     /// `5.1.10 null MX`) keep what they have.
     pub fn parse(text: &str) -> Reply {
-        let mut words = text.split_whitespace();
-        let first = words.next().unwrap_or_default();
+        let first = text.split_whitespace().next().unwrap_or_default();
         let code = (first.len() == 3 && first.bytes().all(|b| b.is_ascii_digit()))
             .then(|| first.parse::<u16>().ok())
             .flatten();
-        let candidate = if code.is_some() {
-            words.next()
-        } else {
-            Some(first)
-        };
-        let enhanced = candidate.filter(|w| is_enhanced(w)).map(str::to_string);
+        let enhanced = crate::queue::decide::enhanced_code(text).map(str::to_string);
         Reply {
             code,
             enhanced,
             text: text.to_string(),
         }
     }
-}
-
-fn is_enhanced(word: &str) -> bool {
-    let parts: Vec<&str> = word.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What protected a connection.

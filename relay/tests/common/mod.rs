@@ -220,6 +220,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// The value of the first metric line of the relay's /metrics that
+/// starts with `line_start` (name and labels).
+pub fn metric(env: &Env, line_start: &str) -> Option<f64> {
+    let text = http_get(env.addrs().http, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The SMTP listener at `addr` sends a 220 greeting.
 fn greets(addr: SocketAddr) -> bool {
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
