@@ -180,7 +180,8 @@ pub(crate) fn attempted(events: &Events, q: &Queued, a: &Attempted<'_>) -> Event
         a.attempt,
         "",
     );
-    e.route = Some(a.route.to_string());
+    // An expiry of a recipient that waited has no route of its own.
+    e.route = (!a.route.is_empty()).then(|| a.route.to_string());
     e.reply = Some(Reply::parse(a.reply));
     e.class = (!a.class.is_empty()).then(|| a.class.to_string());
     e.attempt = Some(a.attempt);

@@ -265,10 +265,16 @@ impl Events {
             return 0;
         }
         let mut n = 0;
+        // A notice the relay wrote itself (null sender, our own name as
+        // HELO) never had a Reception: it gets none now either.
+        let own_notice = |q: &crate::spool::Queued| {
+            q.envelope.sender.is_empty() && q.envelope.helo == rt.config.hostname
+        };
         for q in spool.queued().iter().filter(|q| {
-            q.recipients
-                .iter()
-                .all(|s| matches!(s, crate::spool::RecipientState::Pending))
+            !own_notice(q)
+                && q.recipients
+                    .iter()
+                    .all(|s| matches!(s, crate::spool::RecipientState::Pending))
         }) {
             for e in build::arrival(self, q) {
                 self.emit(rt, &e);
@@ -358,3 +364,7 @@ fn read_secret(rt: &Runtime, w: &WebhookConfig) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 #[path = "schema_tests.rs"]
 mod schema_tests;
+
+#[cfg(test)]
+#[path = "recover_tests.rs"]
+mod recover_tests;

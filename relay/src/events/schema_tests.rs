@@ -100,6 +100,22 @@ fn every_kind() -> Vec<super::Event> {
             },
         ));
     }
+    // An expiry while waiting: no route, no server.
+    let mut waited = q.clone();
+    waited.recipients[0] = RecipientState::Deferred {
+        attempts: 4,
+        next_attempt: 0,
+        last_reply: "451 4.7.1 later".into(),
+    };
+    let expired = RecipientState::Failed {
+        reply: "4.4.7 message expired in the queue; last reply: 451 4.7.1 later".into(),
+    };
+    out.extend(super::outcomes::expired(
+        &ev,
+        &waited,
+        &[(0, expired)],
+        |_| "Throttled",
+    ));
     let mut warning = build::about(
         &ev,
         EventType::DelayWarning,
