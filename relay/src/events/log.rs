@@ -290,13 +290,20 @@ fn load_cursors(dir: &Path) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// One line, encoded.
-pub(crate) fn encode(targets: &[Arc<str>], json: &str) -> Vec<u8> {
+/// One line, appended to `out`.
+pub(crate) fn encode(targets: &[Arc<str>], json: &str, out: &mut Vec<u8>) {
     let names: Vec<&str> = targets.iter().map(|t| &**t).collect();
     let targets = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-    let rest = format!("{targets}\t{json}");
-    let crc = crc32fast::hash(rest.as_bytes());
-    format!("{crc:08x}\t{rest}\n").into_bytes()
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(targets.as_bytes());
+    crc.update(b"\t");
+    crc.update(json.as_bytes());
+    out.extend_from_slice(super::record::hex(&crc.finalize().to_be_bytes()).as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(targets.as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(json.as_bytes());
+    out.push(b'\n');
 }
 
 /// Targets and event of one line (without its newline), if it is whole.
@@ -371,7 +378,7 @@ fn write_loop(
         }
         let mut buf = Vec::with_capacity(batch.len() * 512);
         for a in &batch {
-            buf.extend_from_slice(&encode(&a.targets, &a.json));
+            encode(&a.targets, &a.json, &mut buf);
         }
         let written = file.write_all(&buf).and_then(|()| file.sync_data());
         if let Err(e) = &written {

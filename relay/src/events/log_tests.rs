@@ -55,7 +55,9 @@ async fn a_line_cut_short_by_a_crash_is_cut_off_and_the_rest_kept() {
     let segment = segment_path(dir.path(), 0);
     let whole = fs::read(&segment).unwrap();
     let mut torn = whole.clone();
-    torn.extend_from_slice(&encode(&[Arc::from("a")], "{\"n\":2}")[..10]);
+    let mut line = Vec::new();
+    encode(&[Arc::from("a")], "{\"n\":2}", &mut line);
+    torn.extend_from_slice(&line[..10]);
     fs::write(&segment, &torn).unwrap();
     let log = EventLog::open(dir.path()).unwrap();
     assert_eq!(seqs(&log.backlog.batch("a", 0, 10)), [0, 1]);

@@ -27,6 +27,7 @@
 
 pub(crate) mod build;
 pub(crate) mod hooks;
+mod lines;
 mod log;
 pub(crate) mod metrics;
 pub(crate) mod outcomes;
@@ -49,6 +50,7 @@ use mailrelay_crds::events::WebhookUrl;
 use tokio::sync::oneshot;
 use tokio_rustls::rustls::ClientConfig;
 
+pub use self::lines::{EventLines, TARGET};
 pub use self::log::LogError;
 use self::log::{Append, EventLog};
 use self::metrics::EventMetrics;
@@ -148,12 +150,8 @@ impl Events {
                 return None;
             }
         };
-        tracing::info!(
-            target: "mailrelay::event",
-            queue_id = event.queue_id.as_deref().unwrap_or_default(),
-            event_type = event.kind.as_str(),
-            "{json}"
-        );
+        // Written as it is by `EventLines` (see `lines`).
+        tracing::info!(target: "mailrelay::event", event = json.as_str());
         Some(json)
     }
 

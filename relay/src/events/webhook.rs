@@ -99,6 +99,8 @@ impl Sender {
 
     /// The next batch with at least one event: as soon as it is full, or
     /// once the batch window has passed since its first event was seen.
+    /// While it fills, only the webhook's pending count is looked at, not
+    /// the log.
     async fn next_batch(&self, mut cursor: u64) -> Batch {
         let name = &self.config.name;
         let size = self.config.batch_size as usize;
@@ -107,21 +109,24 @@ impl Sender {
             let grew = self.backlog.grew.notified();
             tokio::pin!(grew);
             grew.as_mut().enable();
-            let batch = self.backlog.batch(name, cursor, size);
-            if batch.entries.is_empty() && batch.next > cursor {
-                // Nothing of ours up to here: skip it for good.
-                self.backlog.ack(name, batch.next, 0);
-                cursor = batch.next;
-                continue;
-            }
-            if !batch.entries.is_empty() {
+            let pending = usize::try_from(self.backlog.pending(name)).unwrap_or(usize::MAX);
+            if pending > 0 {
                 let until = *deadline.get_or_insert_with(|| {
                     tokio::time::Instant::now() + Duration::from_millis(self.config.batch_window_ms)
                 });
-                if batch.entries.len() >= size || tokio::time::Instant::now() >= until {
-                    return batch;
+                if pending < size && tokio::time::Instant::now() < until {
+                    let _ = tokio::time::timeout_at(until, grew).await;
+                    continue;
                 }
-                let _ = tokio::time::timeout_at(until, grew).await;
+            }
+            let batch = self.backlog.batch(name, cursor, size);
+            if !batch.entries.is_empty() {
+                return batch;
+            }
+            if batch.next > cursor {
+                // Nothing of ours up to here: skip it for good.
+                self.backlog.ack(name, batch.next, 0);
+                cursor = batch.next;
                 continue;
             }
             if tokio::time::timeout(IDLE_LOOK, grew).await.is_err() {
