@@ -66,6 +66,45 @@ pub struct RelayConfig {
     pub shaping: ShapingConfig,
     /// Replica settings, for the operator's builders.
     pub scaling: ScalingConfig,
+    /// Delivery events' webhooks (the Relay's and its domains').
+    #[serde(default, skip_serializing_if = "EventsConfig::is_empty")]
+    pub events: EventsConfig,
+}
+
+/// Where delivery events go besides the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The Relay's webhooks first (in spec order), then one per MailDomain
+    /// that has one (by domain name).
+    pub webhooks: Vec<WebhookConfig>,
+    /// Events older than this are dropped rather than sent.
+    pub retention_secs: u64,
+}
+
+impl EventsConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == EventsConfig::default()
+    }
+}
+
+/// One webhook, compiled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Stable name of the webhook: `relay:URL`, or `domain:NAME` for a
+    /// MailDomain's; the relay keeps its progress under this name.
+    pub name: String,
+    pub url: String,
+    /// The signing key.
+    pub secret: SecretFile,
+    /// Event types sent; all when empty. Sorted.
+    pub types: Vec<crate::events::EventType>,
+    /// Only this domain's events (a MailDomain's webhook).
+    pub domain: Option<String>,
+    pub batch_size: u32,
+    pub batch_window_ms: u64,
+    pub timeout_ms: u64,
 }
 
 /// One bounce classification rule.

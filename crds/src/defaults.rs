@@ -145,3 +145,15 @@ impl Default for crate::relay::Dns {
         }
     }
 }
+pub(crate) fn event_retention() -> String {
+    "3d".into()
+}
+pub(crate) fn webhook_batch_size() -> i32 {
+    100
+}
+pub(crate) fn webhook_batch_window() -> String {
+    "1s".into()
+}
+pub(crate) fn webhook_timeout() -> String {
+    "10s".into()
+}

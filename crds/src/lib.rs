@@ -21,6 +21,7 @@ pub mod configformat;
 pub mod crdgen;
 mod defaults;
 pub mod dkimkey;
+pub mod events;
 pub mod maildomain;
 pub mod manifests;
 pub mod relay;

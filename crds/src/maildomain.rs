@@ -93,6 +93,13 @@ pub struct MailDomainSpec {
     /// ARC set.
     #[serde(default, skip_serializing_if = "ArcOptions::is_default")]
     pub arc: ArcOptions,
+
+    /// This domain's own delivery events webhook.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::events::MailDomainEvents::is_default"
+    )]
+    pub events: crate::events::MailDomainEvents,
 }
 
 /// ARC sealing of the domain's inbound mail.

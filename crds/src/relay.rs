@@ -130,6 +130,14 @@ pub struct RelaySpec {
     #[serde(default, skip_serializing_if = "Delivery::is_default")]
     pub delivery: Delivery,
 
+    /// Delivery events: webhooks that receive them (the relay's log always
+    /// has them, one JSON line each under the `mailrelay::event` target).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::events::RelayEvents::is_default"
+    )]
+    pub events: crate::events::RelayEvents,
+
     /// CPU and memory for each relay pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

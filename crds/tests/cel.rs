@@ -121,6 +121,28 @@ fn set(mut obj: Value, (pointer, value): &(&str, Value)) -> Value {
 fn maildomain_cases() -> Vec<Case> {
     vec![
         Case {
+            rule: "self.matches('^https?://[^/?#]+')",
+            bad: (
+                "/spec/events",
+                json!({"webhook": {"url": "ftp://hooks.test/e", "secret": {"name": "hook", "key": "key"}}}),
+            ),
+            good: (
+                "/spec/events",
+                json!({"webhook": {"url": "https://hooks.test:8443/e", "secret": {"name": "hook", "key": "key"}}}),
+            ),
+        },
+        Case {
+            rule: "self.matches('^([0-9]+(ms|s|m|h|d))+$')",
+            bad: (
+                "/spec/events",
+                json!({"webhook": {"url": "http://hooks.test/e", "secret": {"name": "hook", "key": "key"}, "batchWindow": "soon"}}),
+            ),
+            good: (
+                "/spec/events",
+                json!({"webhook": {"url": "http://hooks.test/e", "secret": {"name": "hook", "key": "key"}, "batchWindow": "250ms"}}),
+            ),
+        },
+        Case {
             rule: "!self.contains('@') && !self.startsWith('*') && !self.contains(' ')",
             bad: ("/spec/domain", json!("user@example.com")),
             good: ("/spec/domain", json!("bücher.example")),
@@ -261,6 +283,34 @@ fn relay_cases() -> Vec<Case> {
             rule: SMARTHOST_TLS_RULE,
             bad: ("/spec/smarthost", smarthost("None")),
             good: ("/spec/smarthost", smarthost("Required")),
+        },
+        Case {
+            rule: "self.matches('^https?://[^/?#]+')",
+            bad: (
+                "/spec/events",
+                json!({"webhooks": [{"url": "mailto:ops@x.test", "secret": {"name": "hook", "key": "key"}}]}),
+            ),
+            good: (
+                "/spec/events",
+                json!({"webhooks": [{"url": "http://10.0.0.5:8080/", "secret": {"name": "hook", "key": "key"}}]}),
+            ),
+        },
+        Case {
+            rule: "self.all(w, self.exists_one(v, v.url == w.url))",
+            bad: (
+                "/spec/events",
+                json!({"webhooks": [
+                    {"url": "http://hooks.test/e", "secret": {"name": "a", "key": "key"}},
+                    {"url": "http://hooks.test/e", "secret": {"name": "b", "key": "key"}},
+                ]}),
+            ),
+            good: (
+                "/spec/events",
+                json!({"webhooks": [
+                    {"url": "http://hooks.test/e", "secret": {"name": "a", "key": "key"}},
+                    {"url": "http://hooks.test/f", "secret": {"name": "b", "key": "key"}},
+                ]}),
+            ),
         },
         Case {
             rule: "self.listeners.all(l, l.name == 'smtp') || has(self.tls)",

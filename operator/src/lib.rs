@@ -28,6 +28,7 @@ pub mod mx;
 pub(crate) mod plan;
 pub mod render;
 pub(crate) mod status;
+pub(crate) mod webhook_keys;
 
 pub use builders::{Objects, build_all};
 pub use model::{Model, Settings, Warning};

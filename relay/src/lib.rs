@@ -21,6 +21,8 @@ pub mod delivery;
 pub mod lifecycle;
 // HTTP endpoints, metrics, the queue admin commands, offline checks.
 pub mod ops;
+// Delivery events: one record per event, to the log and to webhooks.
+pub mod events;
 
 #[cfg(test)]
 mod testutil;

@@ -174,19 +174,29 @@ fn parse_listen(s: &str) -> Result<(ListenerName, SocketAddr), String> {
 }
 
 fn init_logs(json: bool) {
+    use mailrelay::events::EventLines;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal: a log file or a
         // pod's log gets plain text, and the per-event cost of the ANSI
         // formatting (≈10 % of the instructions per message) goes away.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Delivery events are JSON lines of their own (`events::lines`).
+    let logs = tracing_subscriber::registry().with(filter).with(EventLines);
     if json {
-        builder.json().flatten_event(true).init();
+        logs.with(
+            fmt.json()
+                .flatten_event(true)
+                .with_filter(filter_fn(EventLines::others)),
+        )
+        .init();
     } else {
-        builder.init();
+        logs.with(fmt.with_filter(filter_fn(EventLines::others)))
+            .init();
     }
 }
 

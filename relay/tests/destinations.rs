@@ -18,7 +18,7 @@ use common::manifests::Setup;
 use common::remote::{Remote, Step};
 use common::sink::{Answer, Sink, saved};
 use common::spool::states;
-use common::{Env, LOCALHOST, MAILRELAY, http_get, wait_for};
+use common::{Env, LOCALHOST, MAILRELAY, http_get, metric, wait_for};
 use mailrelay::spool::RecipientState;
 
 /// This test's MX host: unique in the suite.
@@ -27,14 +27,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// The relay's default concurrency per destination (`queue::Limits`).
 const PER_DESTINATION: usize = 20;
 const SUSPEND_AFTER: usize = 3;
-
-fn metric(env: &Env, line_start: &str) -> Option<f64> {
-    let text = http_get(env.addrs().http, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn send_many(env: &Env, to: &[&str], count: usize) {
     let mut smtp = env.smtp_from(LOCALHOST);

@@ -114,6 +114,7 @@ start_mailrelay() {
   MR_SPOOL="$TMP/mr-spool"
   mkdir -p "$MR_SPOOL"
   bench_manifest "$TMP/manifests"
+  [ "${BENCH_EVENTS_WEBHOOK:-}" != 1 ] || [ -n "${EV_PID:-}" ] || start_event_receiver
   "$MR" check --manifests "$TMP/manifests" >&2 || die "mailrelay check rejected the bench manifests"
   start_group "$TMP/mailrelay.log" "$@" "$MR" run --manifests "$TMP/manifests" \
     --listen "smtp=127.0.0.1:$MR_PORT" --spool "$MR_SPOOL" --http "127.0.0.1:$MR_HTTP" \
@@ -144,6 +145,49 @@ spec:
     maxConnectionsPerIp: 20000
     messagesPerMinutePerIp: 10000000
 YAML
+  if [ "${BENCH_EVENTS_WEBHOOK:-}" = 1 ]; then
+    EV_PORT=${EV_PORT:-$(free_port)}
+    cat >>"$1/relay.yaml" <<YAML
+  events:
+    webhooks:
+      - url: http://127.0.0.1:$EV_PORT/events
+        secret: {name: bench-events, key: signing}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bench-events
+stringData:
+  signing: bench-signing-key
+YAML
+  fi
+}
+
+# BENCH_EVENTS_WEBHOOK=1: every event also goes to one webhook (issue 16's
+# cost): a receiver that reads each request and answers 200, counting the
+# events it got into $TMP/events-received.
+start_event_receiver() {
+  start_group "$TMP/events-receiver.log" python3 -c '
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+count, out = 0, sys.argv[2]
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        global count
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        count += body.count(b"\"version\":1")
+        open(out, "w").write(str(count))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$EV_PORT" "$TMP/events-received"
+  EV_PID=$LAST_PID
+  local i
+  for i in $(seq 1 50); do
+    python3 -c "import socket,sys; socket.create_connection((\"127.0.0.1\", $EV_PORT), timeout=1)" 2>/dev/null && break
+    sleep 0.1
+  done
+  log "event webhook receiver on 127.0.0.1:$EV_PORT"
 }
 
 start_postfix() {

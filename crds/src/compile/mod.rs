@@ -10,6 +10,7 @@
 
 mod blocklists;
 mod domains;
+mod events;
 pub mod normalize;
 mod relay;
 mod shaping;
@@ -91,6 +92,12 @@ pub fn compile(
     let mut config = base.config;
     config.domains = domains::compile_domains(&config.relay, &selected_domains, &mut problems);
     config.policy = blocklists::compile_blocklists(&selected_blocklists, &mut problems);
+    events::add_domain_webhooks(
+        &mut config.events,
+        &selected_domains,
+        &config.domains,
+        &mut problems,
+    );
     problems.sort();
     problems.dedup();
     Ok(Compiled { config, problems })

@@ -77,6 +77,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let classification = r.classification(spec);
     let shaping = r.shaping(spec);
     let scaling = r.scaling(spec);
+    let events = super::events::relay_events(&mut r, &spec.events);
 
     match (
         hostname,
@@ -86,6 +87,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
         queue,
         dns,
         scaling,
+        events,
     ) {
         (
             Some(hostname),
@@ -95,6 +97,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
             Some(queue),
             Some(dns),
             Some(scaling),
+            Some(events),
         ) if problems.is_empty() => Ok(Base {
             config: RelayConfig {
                 version: CONFIG_VERSION,
@@ -115,6 +118,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 classification,
                 shaping,
                 scaling,
+                events,
             },
             domain_selector,
             blocklist_selector,

@@ -17,6 +17,7 @@ pub(crate) mod rbac;
 pub(crate) mod service;
 pub(crate) mod serviceaccount;
 pub(crate) mod volumes;
+pub(crate) mod webhook_egress;
 pub(crate) mod workload;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};

@@ -9,8 +9,8 @@
 //! Egress: DNS (resolver, MX and DNSBL lookups); SMTP port 25 to any MX
 //! host, unless the Relay's smarthost takes all outgoing mail; the
 //! Relay's and the MailDomains' smarthosts; the mailbox servers'
-//! LMTP/SMTP ports; the peers' hand-off port; the API server's ports (the
-//! watch on the pod's own config ConfigMaps).
+//! LMTP/SMTP ports; the event webhooks; the peers' hand-off port; the API
+//! server's ports (the watch on the pod's own config ConfigMaps).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -76,6 +76,7 @@ pub(crate) fn build(model: &Model) -> NetworkPolicy {
         to: None,
         ports: Some(vec![tcp(443), tcp(6443)]),
     });
+    egress.extend(super::webhook_egress::rules(config));
     egress.push(NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             pod_selector: Some(pod_selector(model)),

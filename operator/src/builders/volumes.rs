@@ -97,6 +97,11 @@ pub(crate) fn secret_uses(config: &RelayConfig) -> BTreeMap<String, SecretUse> {
             }
         }
     }
+    // Optional: a missing signing key holds that webhook's events back
+    // (and shows in status), never the relay's mail.
+    for w in &config.events.webhooks {
+        add(&w.secret, true);
+    }
     uses
 }
 

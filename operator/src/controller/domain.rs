@@ -74,8 +74,18 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
     };
     let dkim = dkim_key(domain, ctx, &ns).await;
     publish_dkim(domain, ctx, &ns, dkim.as_ref());
-    let status = status(domain, &view, dns, dkim.as_ref(), &Time(Timestamp::now()));
+    let now = Time(Timestamp::now());
+    let mut status = status(domain, &view, dns, dkim.as_ref(), &now);
     let old = domain.status.clone().unwrap_or_default();
+    let webhook = webhook_condition(domain, ctx, &ns).await;
+    let webhook_problem = webhook.as_ref().is_some_and(|c| c.state == State::False);
+    crate::status::webhooks::add(
+        &mut status.conditions,
+        &old.conditions,
+        webhook,
+        domain.metadata.generation,
+        &now,
+    );
     if domain.status.as_ref() != Some(&status) {
         ctx.cluster.apply_status(domain, &status).await?;
         ctx.statuses.wrote(domain, &status);
@@ -123,6 +133,8 @@ async fn reconcile_domain(domain: &MailDomain, ctx: &Context) -> Result<Action, 
         KeyState::Ready { .. } => DKIM_RECHECK,
         KeyState::Problem { .. } => DKIM_RETRY,
     });
+    // A missing webhook key is looked for again like a DKIM key.
+    let key = key.into_iter().chain(webhook_problem.then_some(DKIM_RETRY));
     Ok(match mx.into_iter().chain(key).min() {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
@@ -144,6 +156,18 @@ async fn dkim_key(domain: &MailDomain, ctx: &Context, ns: &str) -> Option<KeySta
         tracing::warn!(maildomain = %domain.name_any(), reason, %message, "DKIM key not usable");
     }
     Some(state)
+}
+
+/// The `EventWebhookReady` condition of the domain's webhook — client.
+async fn webhook_condition(
+    domain: &MailDomain,
+    ctx: &Context,
+    ns: &str,
+) -> Option<crate::status::Cond> {
+    let w = domain.spec.events.webhook.as_ref()?;
+    let refs = [("spec.events.webhook.secret".to_string(), w.secret.clone())];
+    let checks = crate::webhook_keys::check(ctx.cluster.client(), ns, &refs).await;
+    crate::status::webhooks::condition(&checks)
 }
 
 /// The DKIM readiness gauge of this domain (deleted domains lose theirs

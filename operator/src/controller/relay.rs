@@ -85,7 +85,8 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
                     tracing::info!(relay = %key(relay), ?deleted, "pruned objects the Relay no longer needs");
                 }
             }
-            let status = ready_status(relay, &plan, &applied, &now);
+            let mut status = ready_status(relay, &plan, &applied, &now);
+            webhook_condition(ctx, relay, &ns, &mut status, &now).await;
             let ready = crate::status::find(&status.conditions, "Ready")
                 .is_some_and(|c| c.status == "True");
             write_status(ctx, relay, status).await?;
@@ -94,6 +95,43 @@ async fn reconcile_relay(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
             Ok(Action::requeue(RESYNC))
         }
     }
+}
+
+/// The `EventWebhookReady` condition of the Relay's own webhooks — client
+/// (their Secrets are read).
+async fn webhook_condition(
+    ctx: &Context,
+    relay: &Relay,
+    ns: &str,
+    status: &mut RelayStatus,
+    now: &Time,
+) {
+    let refs: Vec<_> = relay
+        .spec
+        .events
+        .webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            (
+                format!("spec.events.webhooks[{i}].secret"),
+                w.secret.clone(),
+            )
+        })
+        .collect();
+    let checks = crate::webhook_keys::check(ctx.cluster.client(), ns, &refs).await;
+    let old = relay
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    crate::status::webhooks::add(
+        &mut status.conditions,
+        old,
+        crate::status::webhooks::condition(&checks),
+        relay.metadata.generation,
+        now,
+    );
 }
 
 fn outcome_of(plan: &Plan, applied: &Applied, ready: bool) -> Outcome {

@@ -7,6 +7,7 @@
 pub(crate) mod blocklist;
 pub(crate) mod domain;
 pub(crate) mod relay;
+pub(crate) mod webhooks;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 

@@ -142,3 +142,44 @@ outbound: {smarthost: {host: smtp.tenant-provider.example, port: 2525}}";
         dns_and_api(&[24, 2525, 2587])
     );
 }
+
+#[test]
+fn egress_reaches_each_event_webhook_by_address_or_else_by_port() {
+    let np = Fixture::relay(
+        "hostname: mx.example.com\nevents:\n  webhooks:\n  - {url: 'https://hooks.example.com:8443/mail', secret: {name: hook, key: k}}\n  - {url: 'http://10.1.2.3:8080/e', secret: {name: hook, key: k}}",
+    )
+    .domain(
+        "example",
+        &format!(
+            "{LMTP_DOMAIN}\nevents:\n  webhook: {{url: 'https://[2001:db8::5]:9443/x', secret: {{name: t, key: k}}}}"
+        ),
+    )
+    .objects()
+    .network_policy;
+    let egress = np.spec.unwrap().egress.unwrap();
+    let by_ip: Vec<(String, Vec<(String, i32)>)> = egress
+        .iter()
+        .filter_map(|r| {
+            let block = r.to.as_ref()?[0].ip_block.as_ref()?;
+            Some((block.cidr.clone(), ports(&r.ports)))
+        })
+        .collect();
+    assert_eq!(
+        by_ip,
+        [
+            ("10.1.2.3/32".into(), vec![("TCP".into(), 8080)]),
+            ("2001:db8::5/128".into(), vec![("TCP".into(), 9443)]),
+        ]
+    );
+    // hooks.example.com: a policy cannot name a host, so its port is open.
+    assert!(open_egress(&egress).contains(&("TCP".into(), 8443)));
+    let without = Fixture::relay("hostname: mx.example.com")
+        .objects()
+        .network_policy;
+    let plain = without.spec.unwrap().egress.unwrap();
+    assert!(
+        plain
+            .iter()
+            .all(|r| r.to.as_ref().is_none_or(|t| t[0].ip_block.is_none()))
+    );
+}

@@ -497,3 +497,25 @@ fn image_pull_secrets_reach_the_pod() {
             .is_none()
     );
 }
+
+#[test]
+fn event_webhook_keys_are_mounted_and_optional() {
+    let mounts = secret_mounts(
+        &format!(
+            "{MINIMAL}\nevents:\n  webhooks:\n  - {{url: 'https://hooks.example.com/mail', secret: {{name: hook, key: signing}}}}"
+        ),
+        Some(&format!(
+            "{LMTP_DOMAIN}\nevents:\n  webhook: {{url: 'http://10.0.0.9:8080/', secret: {{name: tenant-hook, key: key}}}}"
+        )),
+    );
+    let dir = "/var/run/mailrelay/secrets";
+    // A missing signing key holds its webhook's events back, not the mail.
+    assert_eq!(
+        mounts[&format!("{dir}/hook")],
+        ("hook".to_string(), vec!["signing".to_string()], true)
+    );
+    assert_eq!(
+        mounts[&format!("{dir}/tenant-hook")],
+        ("tenant-hook".to_string(), vec!["key".to_string()], true)
+    );
+}

@@ -8,6 +8,7 @@
 mod dkim;
 mod fake;
 mod rbac;
+mod webhooks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

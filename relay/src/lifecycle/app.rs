@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use crate::config::Current;
 use crate::config::runtime::Runtime;
 use crate::config::standalone;
+use crate::events::Events;
+use crate::events::metrics::EventMetrics;
 use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Running};
 use crate::lifecycle::handoff::{self, DrainArgs};
 use crate::ops::http::{self, Health};
@@ -86,6 +88,8 @@ pub enum RunError {
     Dns(#[from] policy::ResolverError),
     #[error(transparent)]
     Handoff(#[from] handoff::HandoffError),
+    #[error("event log: {0}")]
+    Events(#[from] crate::events::LogError),
     #[error("cannot create {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -255,6 +259,7 @@ async fn open_spool(opts: &RunOptions) -> Result<Spool, RunError> {
 async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Running, RunError> {
     let mut metrics = Metrics::new();
     let drain_metrics = DrainMetrics::register(&mut metrics.registry);
+    let event_metrics = Arc::new(EventMetrics::register(&mut metrics.registry));
     if let Some(tls) = &loaded.tls {
         metrics.tls_expiry(tls.expiry());
     }
@@ -276,6 +281,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         },
         dnsbl: Arc::new(DnsblChecker::new(loaded.dns.clone(), 100_000)),
     };
+    start_events(&shared.current, &spool, &loaded.outbound_tls, event_metrics)?;
     let accepting = bind_listeners(loaded.listeners, &shared).await?;
     let manager = start_delivery(&shared, &spool, loaded.dns, loaded.outbound_tls, &metrics);
     let handoff_listener =
@@ -295,6 +301,35 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         metrics: drain_metrics,
         _secrets: loaded.secrets,
     })
+}
+
+/// The event log beside the spool, the arrival events a crash may have
+/// lost (before delivery starts, so they come before any later event of
+/// their message), and the webhook senders.
+fn start_events(
+    current: &Current,
+    spool: &Spool,
+    outbound_tls: &crate::delivery::tls_policy::OutboundTls,
+    metrics: Arc<EventMetrics>,
+) -> Result<(), RunError> {
+    let rt = current.get();
+    let pod = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| rt.config.hostname.clone());
+    let relay = format!("{}/{}", rt.config.relay.namespace, rt.config.relay.name);
+    let events = Events::open(&spool.dir().join("events"), relay, pod)?;
+    events.follow(current.clone());
+    spool.set_events(events.clone());
+    let again = events.recover(&rt, spool);
+    if again > 0 {
+        tracing::info!(
+            events = again,
+            "arrival events of messages never attempted emitted again"
+        );
+    }
+    events.start_senders(current.clone(), metrics, outbound_tls.https());
+    Ok(())
 }
 
 async fn bind_listeners(

@@ -122,14 +122,15 @@ async fn change(
         QueueCommand::Flush(target) => flush(spool, target.as_ref(), now_unix, errors).await,
         QueueCommand::Delete(id) => {
             let queued = read_one(spool, id, errors)?;
+            crate::events::hooks::admin(spool, &queued, "delete", now_unix).await;
             spool.remove(id).await.map_err(|e| errors.spool(e))?;
             Ok(format!(
                 "{id}: deleted; no bounce was sent to {}\n",
                 sender(&queued.envelope.sender)
             ))
         }
-        QueueCommand::Hold(id) => set_held(spool, id, true, errors).await,
-        QueueCommand::Release(id) => set_held(spool, id, false, errors).await,
+        QueueCommand::Hold(id) => set_held(spool, id, true, now_unix, errors).await,
+        QueueCommand::Release(id) => set_held(spool, id, false, now_unix, errors).await,
         QueueCommand::List | QueueCommand::Show(_) => Ok(String::new()),
     }
 }
@@ -189,6 +190,7 @@ async fn set_held(
     spool: &Spool,
     id: &QueueId,
     held: bool,
+    now_unix: i64,
     errors: &Errors<'_>,
 ) -> Result<String, AdminError> {
     let queued = read_one(spool, id, errors)?;
@@ -201,6 +203,8 @@ async fn set_held(
         (true, false) => format!("{id}: released; delivery resumes\n"),
     };
     if queued.held != held {
+        let action = if held { "hold" } else { "release" };
+        crate::events::hooks::admin(spool, &queued, action, now_unix).await;
         spool
             .set_held(id, held)
             .await
@@ -228,6 +232,7 @@ async fn flush(
         if updates.is_empty() {
             continue;
         }
+        crate::events::hooks::admin(spool, queued, "flush", now).await;
         spool
             .record(&queued.id, &updates)
             .await

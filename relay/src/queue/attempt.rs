@@ -19,6 +19,7 @@ use crate::delivery::{
     Credentials, LmtpClient, Maildir, MxDns, OutboundConfig, Outcome, Security, SmtpClient, Target,
     Timeouts, resolve_host, route as mx_route,
 };
+use crate::events::build::Peer;
 use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::spool::QueueId;
 use mailrelay_crds::config::ShapeConfig;
@@ -47,6 +48,8 @@ pub(crate) struct AttemptCtx<'a, D> {
 pub(crate) struct Attempted {
     pub outcomes: Vec<Outcome>,
     pub contact: Contact,
+    /// The server reached, for the events.
+    pub peer: Option<Peer>,
 }
 
 impl Attempted {
@@ -54,14 +57,21 @@ impl Attempted {
         Self {
             outcomes,
             contact: Contact::Reached,
+            peer: None,
         }
     }
 
     /// Every one of `n` recipients gets `outcome`.
+    fn with_peer(mut self, peer: Peer) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
     fn all(outcome: Outcome, n: usize, contact: Contact) -> Self {
         Self {
             outcomes: vec![outcome; n],
             contact,
+            peer: None,
         }
     }
 }
@@ -92,8 +102,12 @@ pub(crate) async fn attempt<D: MxDns>(
         }),
         _ => None,
     };
-    if let Some(outcomes) = reuse(ctx, check.as_ref(), sender, recipients, body).await {
-        return Attempted::reached(outcomes);
+    if let Some((outcomes, peer)) = reuse(ctx, check.as_ref(), sender, recipients, body).await {
+        let tried = Attempted::reached(outcomes);
+        return match peer {
+            Some(p) => tried.with_peer(p),
+            None => tried,
+        };
     }
     let hostname = &ctx.runtime.config.hostname;
     let all = |o: Outcome| Attempted::all(o, recipients.len(), Contact::Unknown);
@@ -104,7 +118,10 @@ pub(crate) async fn attempt<D: MxDns>(
                 Ok(mut client) => {
                     let outcomes = client.send(sender, recipients, body).await;
                     put_back(ctx, Client::Lmtp(Box::new(client)), 1).await;
-                    Attempted::reached(outcomes)
+                    Attempted::reached(outcomes).with_peer(Peer {
+                        host: Some(host.clone()),
+                        ..Peer::default()
+                    })
                 }
                 Err(o) => Attempted::all(o, recipients.len(), Contact::Failed),
             }
@@ -222,12 +239,13 @@ async fn reuse<D>(
     sender: &str,
     recipients: &[String],
     body: &[u8],
-) -> Option<Vec<Outcome>> {
+) -> Option<(Vec<Outcome>, Option<Peer>)> {
     let taken = ctx.pool.take(ctx.dest);
     for stale in taken.close {
         stale.quit().await;
     }
     let Kept { client, sent } = taken.kept?;
+    let mut peer = None;
     let out = match client {
         // Kept under a weaker policy than the one now in force, or for a
         // host this domain's policy does not allow.
@@ -236,6 +254,7 @@ async fn reuse<D>(
             return None;
         }
         Client::Smtp(mut c) => {
+            peer = Some(Peer::of_smtp(&c));
             let out = c.send(sender, recipients, body).await;
             let broken = c.broken().is_some();
             put_back(ctx, Client::Smtp(c), sent.saturating_add(1)).await;
@@ -256,7 +275,7 @@ async fn reuse<D>(
         {
             None
         }
-        (outcomes, _) => Some(outcomes),
+        (outcomes, _) => Some((outcomes, peer)),
     }
 }
 
@@ -293,9 +312,10 @@ async fn try_targets<D: MxDns>(
                     contact = Contact::Failed;
                     continue;
                 }
+                let peer = Peer::of_smtp(&client);
                 let outcomes = client.send(sender, recipients, body).await;
                 put_back(ctx, Client::Smtp(Box::new(client)), 1).await;
-                return Attempted::reached(outcomes);
+                return Attempted::reached(outcomes).with_peer(peer);
             }
             Err(failure) => {
                 let outcome = match check {

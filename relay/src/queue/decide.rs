@@ -78,18 +78,23 @@ pub(crate) fn last_reply(state: &RecipientState) -> &str {
     }
 }
 
-/// The enhanced status code in a reply (`550 5.1.1 ...` → `5.1.1`), or one
-/// made from its class.
-pub(crate) fn status_of(reply: &str, failed: bool) -> String {
-    let found = reply.split_whitespace().take(2).find(|w| {
+/// The enhanced status code in a reply (`550 5.1.1 ...` → `5.1.1`, or
+/// our own `5.1.10 ...`), if it has one.
+pub(crate) fn enhanced_code(reply: &str) -> Option<&str> {
+    reply.split_whitespace().take(2).find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
         parts.len() == 3
             && matches!(parts[0], "2" | "4" | "5")
             && parts[1..]
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-    });
-    match found {
+    })
+}
+
+/// The enhanced status code in a reply (`550 5.1.1 ...` → `5.1.1`), or one
+/// made from its class.
+pub(crate) fn status_of(reply: &str, failed: bool) -> String {
+    match enhanced_code(reply) {
         Some(code) => code.to_string(),
         None if failed => "5.0.0".into(),
         None => "4.0.0".into(),

@@ -38,6 +38,12 @@ impl Worker {
             .map(|(i, s)| (i, decide::expired(decide::last_reply(s))))
             .collect();
         tracing::info!(queue_id = %q.id, recipients = updates.len(), "expired in the queue");
+        let rt = self.current.get();
+        let events = self.spool.events();
+        let emitted = crate::events::outcomes::expired(events, q, &updates, |r| {
+            rt.classifier.classify(r).as_str()
+        });
+        events.emit_durable(&rt, &emitted).await;
         if let Err(e) = self.spool.record(&q.id, &updates).await {
             tracing::error!(queue_id = %q.id, error = %e, "cannot record expiry");
         }
@@ -47,6 +53,10 @@ impl Worker {
         let hostname = self.current.get().config.hostname.clone();
         let reports = decide::delay_reports(q, now, until);
         if !reports.is_empty() {
+            let rt = self.current.get();
+            let events = self.spool.events();
+            let warned = crate::events::outcomes::delay_warnings(events, q, &reports);
+            events.emit_durable(&rt, &warned).await;
             self.notice(q, &hostname, now, &reports, Notice::DelayWarning)
                 .await;
         }

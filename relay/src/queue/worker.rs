@@ -21,6 +21,7 @@ use super::scheduler::{Start, Throttle};
 use crate::config::Current;
 use crate::delivery::tls_policy::OutboundTls;
 use crate::delivery::{CachedDns, Outcome, Timeouts};
+use crate::events::outcomes;
 use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::Spool;
@@ -114,6 +115,8 @@ impl Worker {
             }
         };
         let rt = self.current.get();
+        let events = self.spool.events();
+        let message_id = crate::events::record::message_id(&body);
         let mut seen = Contact::Unknown;
         let mut reason = String::new();
         let mut throttle = None;
@@ -157,6 +160,7 @@ impl Worker {
             }
             let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
             let mut updates = Vec::with_capacity(indices.len());
+            let mut emitted = Vec::with_capacity(indices.len());
             for ((&i, rcpt), outcome) in indices.iter().zip(&recipients).zip(&tried.outcomes) {
                 let state =
                     decide::after_attempt(&q.recipients[i], outcome, &schedule, received, now, rng);
@@ -164,8 +168,24 @@ impl Worker {
                 let result = log_outcome(&q, rcpt, &route, outcome, &state, class);
                 let age = (now.as_second() - q.envelope.received_at).max(0);
                 self.metrics.delivery(route.kind(), result, class, age);
+                emitted.push(outcomes::after_attempt(
+                    events,
+                    &q,
+                    &outcomes::AfterAttempt {
+                        index: i,
+                        outcome,
+                        state: &state,
+                        route: route.kind(),
+                        class,
+                        peer: tried.peer.as_ref(),
+                        message_id: message_id.as_deref(),
+                    },
+                ));
                 updates.push((i, state));
             }
+            // The events first: a crash between the two repeats the
+            // attempt (and its events, with the same ids), never loses them.
+            events.emit_durable(&rt, &emitted).await;
             // Awaited: the next group (and the next job) waits until this
             // outcome is on disk, so a crash repeats at most one
             // transaction per attempt.
@@ -206,8 +226,12 @@ impl Worker {
         let now = Timestamp::now();
         let received = Timestamp::from_second(q.envelope.received_at).unwrap_or(now);
         let outcome = Outcome::temp(reason);
+        let rt = self.current.get();
+        let class = rt.classifier.classify(reason).as_str();
+        let events = self.spool.events();
         let mut updates = Vec::new();
-        for (_, indices) in &job.groups {
+        let mut emitted = Vec::new();
+        for (route, indices) in &job.groups {
             for &i in indices {
                 let state = decide::after_attempt(
                     &q.recipients[i],
@@ -217,10 +241,22 @@ impl Worker {
                     now,
                     &mut rng,
                 );
+                emitted.push(outcomes::after_attempt(
+                    events,
+                    q,
+                    &outcomes::AfterAttempt {
+                        index: i,
+                        outcome: &outcome,
+                        state: &state,
+                        route: route.kind(),
+                        class,
+                        peer: None,
+                        message_id: None,
+                    },
+                ));
                 updates.push((i, state));
             }
         }
-        let class = self.current.get().classifier.classify(reason).as_str();
         tracing::info!(queue_id = %q.id, destination = dest, recipients = updates.len(),
             result = "deferred", class, reason, "delivery: destination suspended, no attempt");
         self.metrics.delivery(
@@ -229,6 +265,7 @@ impl Worker {
             class,
             (now.as_second() - q.envelope.received_at).max(0),
         );
+        events.emit_durable(&rt, &emitted).await;
         self.record(q, updates).await;
     }
 }

@@ -192,12 +192,15 @@ where
         } else {
             MAX_COMMAND
         };
+        let mut command = Vec::new();
         let outcome = match conn.line(max).await? {
             Ok(line) => {
                 if is_mail(&line) {
                     session.set_storage_full(!ctx.spool.has_room().await);
                 }
-                session.line(&line)
+                let outcome = session.line(&line);
+                command = line;
+                outcome
             }
             Err(_) => session.line_too_long(),
         };
@@ -205,6 +208,7 @@ where
             if reply.code >= 400 {
                 // Like Postfix's NOQUEUE lines: refusals before a message exists.
                 tracing::info!(client = %session.conn.client_ip, listener = %session.conn.listener, reply = %reply, "refused");
+                crate::events::hooks::refused_command(&ctx.spool, session, &command, reply);
             }
             conn.queue(reply);
         }
@@ -242,10 +246,14 @@ where
                     conn.inbuf.clear();
                     conn.fill(conn.data_timeout, READ_CHUNK).await?;
                 }
+                let pending = crate::events::hooks::Pending::of(session);
                 let reply = match session.data_end(reader.finish()) {
                     Ok(accepted) => commit(session, ctx, accepted).await,
                     Err(reply) => reply,
                 };
+                if reply.code >= 400 {
+                    crate::events::hooks::refused_message(&ctx.spool, session, pending, &reply);
+                }
                 conn.queue(&reply);
             }
             Effect::ReceiveBdat { size, last } => {
@@ -259,11 +267,15 @@ where
                     conn.inbuf.drain(..take);
                     left -= take;
                 }
+                let pending = crate::events::hooks::Pending::of(session);
                 let reply = match session.bdat_done(last) {
                     Ok(None) => Reply::new(250, "2.0.0", format!("{size} octets received")),
                     Ok(Some(accepted)) => commit(session, ctx, accepted).await,
                     Err(reply) => reply,
                 };
+                if reply.code >= 400 {
+                    crate::events::hooks::refused_message(&ctx.spool, session, pending, &reply);
+                }
                 conn.queue(&reply);
             }
         }
@@ -390,6 +402,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     });
     let signature = signature.unwrap_or_default();
     let arc_set = arc_set.unwrap_or_default();
+    let dkim_signed = !signature.is_empty();
     let mut body = Vec::with_capacity(
         header.len() + arc_set.len() + auth_headers.len() + signature.len() + content.len(),
     );
@@ -438,6 +451,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
                 auth = envelope.auth.as_deref().unwrap_or(""),
                 "accepted"
             );
+            crate::events::hooks::accepted(&ctx.spool, session, &id, &envelope, &body, dkim_signed);
             Reply::new(250, "2.0.0", format!("Ok: queued as {id_text}"))
         }
         Err(e) => {

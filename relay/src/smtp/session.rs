@@ -590,6 +590,11 @@ impl Session {
         self.helo.as_deref()
     }
 
+    /// The transaction under way, if any (for the events of a refusal).
+    pub(crate) fn transaction(&self) -> Option<&Transaction> {
+        self.tx.as_ref()
+    }
+
     pub(crate) fn esmtp(&self) -> bool {
         self.esmtp
     }

@@ -226,6 +226,8 @@ struct Inner {
     /// Told the id of every new message once it is durable (the delivery
     /// manager learns of new mail this way instead of scanning the queue).
     arrivals: std::sync::OnceLock<Arrivals>,
+    /// Where the events of the messages in this spool go (see `events`).
+    events: std::sync::OnceLock<crate::events::Events>,
 }
 
 /// See [`Spool::on_arrival`].
@@ -321,6 +323,20 @@ impl Spool {
         if let Some(f) = self.inner.arrivals.get() {
             f(arrival());
         }
+    }
+
+    /// Send the events of this spool's messages to `events` (its durable
+    /// log lives beside the segments). Set once; a second call is ignored.
+    pub(crate) fn set_events(&self, events: crate::events::Events) {
+        let _ = self.inner.events.set(events);
+    }
+
+    /// Where events go: the log only, until `set_events`.
+    pub(crate) fn events(&self) -> &crate::events::Events {
+        self.inner
+            .events
+            .get()
+            .unwrap_or_else(|| crate::events::Events::log_only())
     }
 
     /// Whether a new message can be taken: false while the disk is full
@@ -473,6 +489,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         dir,
         _lock: lock,
         arrivals: std::sync::OnceLock::new(),
+        events: std::sync::OnceLock::new(),
     };
     let spool = Spool {
         inner: Arc::new(inner),

@@ -23,6 +23,7 @@ pub mod remote;
 pub mod sink;
 pub mod smtp;
 pub mod spool;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -220,6 +221,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let response = http_response(addr, path)?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The value of the first metric line of the relay's /metrics that
+/// starts with `line_start` (name and labels).
+pub fn metric(env: &Env, line_start: &str) -> Option<f64> {
+    let text = http_get(env.addrs().http, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The SMTP listener at `addr` sends a 220 greeting.

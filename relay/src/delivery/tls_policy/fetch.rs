@@ -43,6 +43,10 @@ impl HttpsSource {
         Self { dns, tls, port }
     }
 
+    pub(crate) fn tls(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.tls)
+    }
+
     async fn txt(&self, domain: &str) -> Result<Option<String>, String> {
         let name = format!("_mta-sts.{domain}.");
         let lookup = match self.dns.inner().txt_lookup(name.as_str()).await {

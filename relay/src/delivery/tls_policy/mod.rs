@@ -196,6 +196,11 @@ impl OutboundTls {
         })
     }
 
+    /// The HTTPS client configuration (same roots), for event webhooks.
+    pub(crate) fn https(&self) -> Arc<ClientConfig> {
+        self.source.tls()
+    }
+
     /// The plan for mail to `domain` under `config`, looking up the
     /// domain's MTA-STS policy when the configuration asks for it.
     pub(crate) async fn plan(

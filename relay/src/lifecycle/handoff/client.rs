@@ -470,6 +470,7 @@ impl Receiving<'_> {
                 Verdict::Taken { peer_id } => {
                     let (spool, peer) = (self.spool.clone(), self.peer);
                     self.removals.spawn(async move {
+                        crate::events::hooks::handed_off(&spool, &id, &peer.to_string()).await;
                         let result = spool.remove(&id).await;
                         Removal {
                             id,

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::wire::{self, EXTENSION, MAX_COMMAND, PIPELINING, Transfer};
 use crate::config::Current;
-use crate::spool::{HandedOff, QueueId, RecipientState, Spool, SpoolError};
+use crate::spool::{HandedOff, QueueId, Queued, RecipientState, Spool, SpoolError};
 
 /// Idle time allowed between commands, and for a body to arrive.
 const IDLE: Duration = Duration::from_secs(120);
@@ -235,7 +235,11 @@ impl Commands<'_> {
             Err(e) => Owed::Now(format!("501 5.6.0 {e}")),
             Ok(t) => {
                 let rx = Arc::clone(self.rx);
-                Owed::Stored(tokio::spawn(async move { take(&rx, t, &body).await }), held)
+                let peer = self.peer;
+                Owed::Stored(
+                    tokio::spawn(async move { take(&rx, t, &body, peer).await }),
+                    held,
+                )
             }
         }))
     }
@@ -294,12 +298,12 @@ async fn flush(write: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Result
 }
 
 /// Store a handed-over message; the reply for the sender.
-async fn take(rx: &Receiver, t: Transfer, body: &[u8]) -> String {
+async fn take(rx: &Receiver, t: Transfer, body: &[u8], peer: std::net::SocketAddr) -> String {
     if !rx.spool.has_room().await {
         return "452 4.3.1 insufficient system storage".into();
     }
     let from = t.id.clone();
-    match store(&rx.spool, t, body).await {
+    match store(&rx.spool, t, body, peer).await {
         Ok(id) => {
             rx.received.inc();
             format!("250 2.0.0 {id} queued (handed off from {from})")
@@ -311,7 +315,12 @@ async fn take(rx: &Receiver, t: Transfer, body: &[u8]) -> String {
     }
 }
 
-async fn store(spool: &Spool, t: Transfer, body: &[u8]) -> Result<QueueId, SpoolError> {
+async fn store(
+    spool: &Spool,
+    t: Transfer,
+    body: &[u8],
+    peer: std::net::SocketAddr,
+) -> Result<QueueId, SpoolError> {
     let id = spool.new_id();
     let mut envelope = t.envelope;
     let mut history = envelope.handed_off.take().unwrap_or_default();
@@ -332,6 +341,21 @@ async fn store(spool: &Spool, t: Transfer, body: &[u8]) -> Result<QueueId, Spool
     spool
         .commit_with_states(&id, &envelope, body, &states, t.held)
         .await?;
+    let mut recipients = vec![RecipientState::Pending; envelope.recipients.len()];
+    for (i, s) in &states {
+        if let Some(r) = recipients.get_mut(*i) {
+            r.clone_from(s);
+        }
+    }
+    let stored = Queued {
+        id,
+        envelope,
+        recipients,
+        held: t.held,
+        warned: t.warned,
+    };
+    crate::events::hooks::handed_in(spool, &stored, &peer.to_string());
+    let envelope = stored.envelope;
     tracing::info!(
         queue_id = %id, from_queue_id = %t.id, sender = %envelope.sender,
         recipients = envelope.recipients.len(), held = t.held,

@@ -1,0 +1,368 @@
+//! Delivery events: one record per event (see `record`) — reception,
+//! rejection, delivery, transient failure, bounce, expiry, delay warning,
+//! hand-off, queue administration — always written to the log as one
+//! JSON line under the `mailrelay::event` target, and, for the events a
+//! configured webhook wants (see `route`), to the event log in the spool
+//! directory that the webhook senders read (see `log`, `webhook`).
+//!
+//! Durability, and why it costs no fsync on the way to a 250:
+//! - The event log is one ordered log with group commit. An event that
+//!   precedes a spool step removing or changing a message (a delivery,
+//!   bounce, deferral, expiry, hand-off, admin delete) is awaited until
+//!   durable before that step ([`Events::emit_durable`]), so no crash can
+//!   leave the step done and its event lost.
+//! - A Reception is appended before the 250 but not awaited: waiting for
+//!   a second fsync after the spool's would double the latency of every
+//!   message. Instead, because the log is ordered, the Reception of a
+//!   message is durable as soon as any later event of it is; and a
+//!   message with no later event is still in the spool with every
+//!   recipient pending, so at start-up ([`Events::recover`]) its
+//!   Reception is emitted again from what the spool holds. Its id is the
+//!   same (see [`record::event_id`]), so a receiver that saw it before
+//!   can drop it. What a rebuilt Reception lacks is what the spool does
+//!   not keep: the listener and the TLS details.
+//! - A Rejection concerns no queued message: it is appended and becomes
+//!   durable with the next batch (milliseconds); a crash in between can
+//!   lose it. The client was refused either way.
+
+pub(crate) mod build;
+pub(crate) mod hooks;
+mod lines;
+mod log;
+pub(crate) mod metrics;
+pub(crate) mod outcomes;
+pub mod record;
+mod route;
+mod sign;
+mod webhook;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use mailrelay_crds::config::WebhookConfig;
+use mailrelay_crds::events::WebhookUrl;
+use tokio::sync::oneshot;
+use tokio_rustls::rustls::ClientConfig;
+
+pub use self::lines::{EventLines, TARGET};
+pub use self::log::LogError;
+use self::log::{Append, EventLog};
+use self::metrics::EventMetrics;
+pub use self::record::{Event, EventType, Reply, Tls};
+use crate::config::Current;
+use crate::config::runtime::Runtime;
+
+/// How often the senders are matched against the config in force.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where events go. Cloned freely; one per relay process.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    relay: String,
+    pod: String,
+    /// `None`: the log line only (tests, the offline commands).
+    log: Option<EventLog>,
+    /// Tells apart events that concern no queued message.
+    serial: AtomicU64,
+    /// The config in force, for callers that have none in hand.
+    current: std::sync::OnceLock<Current>,
+}
+
+static DISABLED: LazyLock<Events> =
+    LazyLock::new(|| Events::disabled(String::new(), String::new()));
+
+impl Events {
+    /// Events that go to the log only.
+    pub fn disabled(relay: String, pod: String) -> Events {
+        Events {
+            inner: Arc::new(Inner {
+                relay,
+                pod,
+                log: None,
+                serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A shared log-only instance, for a spool that was given none.
+    pub(crate) fn log_only() -> &'static Events {
+        &DISABLED
+    }
+
+    /// Open (and recover) the event log in `dir`.
+    pub fn open(dir: &Path, relay: String, pod: String) -> Result<Events, LogError> {
+        Ok(Events {
+            inner: Arc::new(Inner {
+                relay,
+                pod,
+                log: Some(EventLog::open(dir)?),
+                serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Route events by the config in `current` where a caller has no
+    /// runtime in hand (hand-off, queue administration). Set once.
+    pub(crate) fn follow(&self, current: Current) {
+        let _ = self.inner.current.set(current);
+    }
+
+    /// [`Events::emit_durable`] under the config in force.
+    pub(crate) async fn record(&self, events: &[Event]) {
+        match self.inner.current.get() {
+            Some(current) => self.emit_durable(&current.get(), events).await,
+            None => {
+                for e in events {
+                    self.line(e);
+                }
+            }
+        }
+    }
+
+    /// The config in force, when `follow` was called.
+    pub(crate) fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.inner.current.get().map(Current::get)
+    }
+
+    /// The log line only.
+    pub(crate) fn log(&self, event: &Event) {
+        self.line(event);
+    }
+
+    /// The log line of `event`; its JSON.
+    fn line(&self, event: &Event) -> Option<String> {
+        let json = match serde_json::to_string(event) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, id = %event.id, "cannot serialise an event");
+                return None;
+            }
+        };
+        // Written as it is by `EventLines` (see `lines`).
+        tracing::info!(target: "mailrelay::event", event = json.as_str());
+        Some(json)
+    }
+
+    /// A new event of `kind` with `id`, stamped with the time, relay and pod.
+    pub(crate) fn event(&self, kind: EventType, id: String) -> Event {
+        Event {
+            version: record::EVENT_VERSION,
+            id,
+            kind,
+            time: jiff::Timestamp::now().to_string(),
+            relay: self.inner.relay.clone(),
+            pod: self.inner.pod.clone(),
+            queue_id: None,
+            message_id: None,
+            sender: None,
+            recipient: None,
+            listener: None,
+            client_ip: None,
+            auth_user: None,
+            size: None,
+            route: None,
+            remote_host: None,
+            remote_ip: None,
+            reply: None,
+            class: None,
+            attempt: None,
+            tls: None,
+            dkim_signed: None,
+            queued_seconds: None,
+            action: None,
+        }
+    }
+
+    /// An id for an event that concerns no queued message (a rejection):
+    /// unique in this process and across restarts (the pod and the start
+    /// time are in it).
+    pub(crate) fn fresh_id(&self, kind: EventType, detail: &str) -> String {
+        let n = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+        record::event_id(
+            &format!("{}@{}", self.inner.pod, *STARTED),
+            Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            kind,
+            0,
+            detail,
+        )
+    }
+
+    /// Write `event` to the log, and to the event log when a webhook
+    /// wants it. Returns without waiting; the receiver, when there is
+    /// one, says when the event is durable.
+    pub(crate) fn emit(
+        &self,
+        rt: &Runtime,
+        event: &Event,
+    ) -> Option<oneshot::Receiver<Result<(), ()>>> {
+        let json = self.line(event)?;
+        let log = self.inner.log.as_ref()?;
+        let webhooks = &rt.config.events.webhooks;
+        if webhooks.is_empty() {
+            return None;
+        }
+        let owner = route::owner(event, |d| rt.domain(d).map(|c| c.name.as_str()));
+        let targets: Vec<Arc<str>> = route::targets(webhooks, event, owner)
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        if targets.is_empty() {
+            return None;
+        }
+        let (done, durable) = oneshot::channel();
+        let appended = log.append(Append {
+            time: jiff::Timestamp::now().as_second(),
+            targets,
+            json: Arc::from(json),
+            done: Some(done),
+        });
+        match appended {
+            Ok(()) => Some(durable),
+            Err(e) => {
+                tracing::error!(error = %e, id = %event.id, "event not queued for webhooks");
+                None
+            }
+        }
+    }
+
+    /// Emit `events` and return once those for webhooks are durable (one
+    /// wait: the log is written in order).
+    pub(crate) async fn emit_durable(&self, rt: &Runtime, events: &[Event]) {
+        let mut last = None;
+        for e in events {
+            if let Some(d) = self.emit(rt, e) {
+                last = Some(d);
+            }
+        }
+        if let Some(durable) = last
+            && !matches!(durable.await, Ok(Ok(())))
+        {
+            tracing::error!(
+                events = events.len(),
+                "events not durable in the event log; a crash now would lose them"
+            );
+        }
+    }
+
+    /// Emit again, at start-up, the arrival event of every message whose
+    /// recipients are all still pending (see the module's comment).
+    pub(crate) fn recover(&self, rt: &Runtime, spool: &crate::spool::Spool) -> usize {
+        if self.inner.log.is_none() || rt.config.events.webhooks.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        // A notice the relay wrote itself (null sender, our own name as
+        // HELO) never had a Reception: it gets none now either.
+        let own_notice = |q: &crate::spool::Queued| {
+            q.envelope.sender.is_empty() && q.envelope.helo == rt.config.hostname
+        };
+        for q in spool.queued().iter().filter(|q| {
+            !own_notice(q)
+                && q.recipients
+                    .iter()
+                    .all(|s| matches!(s, crate::spool::RecipientState::Pending))
+        }) {
+            for e in build::arrival(self, q) {
+                self.emit(rt, &e);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Keep one sender per configured webhook running, following config
+    /// changes (a webhook added, removed or changed; its key rotated).
+    pub(crate) fn start_senders(
+        &self,
+        current: Current,
+        metrics: Arc<EventMetrics>,
+        tls: Arc<ClientConfig>,
+    ) {
+        let Some(log) = &self.inner.log else {
+            return;
+        };
+        let backlog = Arc::clone(&log.backlog);
+        tokio::spawn(async move {
+            let mut running: BTreeMap<
+                String,
+                (WebhookConfig, Vec<u8>, tokio::task::JoinHandle<()>),
+            > = BTreeMap::new();
+            let mut complained = std::collections::BTreeSet::new();
+            loop {
+                let rt = current.get();
+                let events = &rt.config.events;
+                let wanted: BTreeMap<&str, &WebhookConfig> = events
+                    .webhooks
+                    .iter()
+                    .map(|w| (w.name.as_str(), w))
+                    .collect();
+                running.retain(|name, (config, secret, task)| {
+                    let keep = wanted.get(name.as_str()).is_some_and(|w| *w == config)
+                        && read_secret(&rt, config).is_ok_and(|s| s == *secret);
+                    if !keep {
+                        task.abort();
+                        backlog.unregister(name);
+                    }
+                    keep
+                });
+                for (name, w) in wanted {
+                    if running.contains_key(name) {
+                        continue;
+                    }
+                    let (secret, url) = match read_secret(&rt, w)
+                        .and_then(|s| WebhookUrl::parse(&w.url).map(|u| (s, u)))
+                    {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            if complained.insert(name.to_string()) {
+                                tracing::error!(webhook = name, error = %e, "event webhook not started; its events wait in the event log");
+                            }
+                            continue;
+                        }
+                    };
+                    complained.remove(name);
+                    let sender = webhook::Sender {
+                        config: w.clone(),
+                        url,
+                        key: sign::key(&secret),
+                        backlog: Arc::clone(&backlog),
+                        metrics: Arc::clone(&metrics),
+                        retention_secs: events.retention_secs,
+                        tls: Arc::clone(&tls),
+                    };
+                    let task = tokio::spawn(sender.run());
+                    running.insert(name.to_string(), (w.clone(), secret, task));
+                }
+                tokio::time::sleep(SUPERVISE_EVERY).await;
+            }
+        });
+    }
+}
+
+/// The process's start time, in the ids of events about no message.
+static STARTED: LazyLock<i64> = LazyLock::new(|| jiff::Timestamp::now().as_nanosecond() as i64);
+
+fn read_secret(rt: &Runtime, w: &WebhookConfig) -> Result<Vec<u8>, String> {
+    let path = w.secret.path(&rt.config.secrets_dir);
+    std::fs::read(&path).map_err(|e| format!("cannot read the signing key {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+#[path = "schema_tests.rs"]
+mod schema_tests;
+
+#[cfg(test)]
+#[path = "recover_tests.rs"]
+mod recover_tests;
