@@ -19,6 +19,7 @@ pub(crate) mod cache;
 pub(crate) mod decide;
 mod fetch;
 pub(crate) mod sts;
+pub(crate) mod tlsa;
 
 #[cfg(test)]
 mod check_tests;
@@ -26,6 +27,8 @@ mod check_tests;
 mod fetch_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tlsa_tests;
 
 use std::path::Path;
 use std::sync::Arc;
