@@ -601,6 +601,10 @@ pub enum OutboundTlsPolicy {
     MtaSts,
     /// STARTTLS with a valid certificate for the MX name, or defer.
     Required,
+    /// DANE (RFC 7672) where the destination publishes DNSSEC-signed TLSA
+    /// records for its MX hosts: TLS authenticated by them, or defer.
+    /// Elsewhere as `MtaSts`.
+    Dane,
 }
 
 /// The outbound TLS policy of one destination domain.
