@@ -9,6 +9,7 @@
 // Each test file uses its part of the harness.
 #![allow(dead_code)]
 
+pub mod bind9;
 pub mod counting_mx;
 pub mod deliveries;
 pub mod dkimpy;
@@ -18,6 +19,7 @@ pub mod mailbox;
 pub mod manifests;
 pub mod mount;
 pub mod peers;
+pub mod policy_server;
 pub mod process;
 pub mod remote;
 pub mod sink;
@@ -264,6 +266,8 @@ pub fn wait_for<T>(
 pub enum DnsServer {
     Dnsmasq(Dnsmasq),
     Silent(SilentDns),
+    /// A server the test runs itself (bind9 for DNSSEC).
+    External(SocketAddr),
 }
 
 impl DnsServer {
@@ -271,6 +275,7 @@ impl DnsServer {
         match self {
             DnsServer::Dnsmasq(d) => d.addr,
             DnsServer::Silent(s) => s.addr,
+            DnsServer::External(addr) => *addr,
         }
     }
 }
@@ -305,7 +310,9 @@ impl Env {
             .expect("a temporary directory");
         let spool_mount = tmpfs.map(|size| mount::Tmpfs::mount(&dir.path().join("spool"), size));
         setup.write(&dir.path().join("manifests"));
-        let dns = if setup.silent_dns {
+        let dns = if let Some(addr) = setup.dns_server {
+            DnsServer::External(addr)
+        } else if setup.silent_dns {
             DnsServer::Silent(SilentDns::bind())
         } else {
             DnsServer::Dnsmasq(Dnsmasq::start(dir.path(), &setup.dns_records))
@@ -368,4 +375,20 @@ impl Env {
     pub fn smtp_from(&self, source: IpAddr) -> Smtp {
         Smtp::hello(source, self.relay.addrs.smtp)
     }
+}
+
+/// `mailrelay_NAME{LABELS}` from /metrics, 0 when absent.
+pub fn metric(env: &Env, name_and_labels: &str) -> u64 {
+    let addr = env.addrs().http;
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("get");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
 }

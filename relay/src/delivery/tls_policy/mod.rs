@@ -458,7 +458,8 @@ async fn dane_plan(dns: &DaneDns, plan: TlsPlan, domain: &str, queue_id: &str) -
         TlsPlan::Dane { hosts, .. } => hosts.len(),
         _ => 0,
     };
-    tracing::info!(queue_id = %queue_id, domain, mx_proof, dane_hosts, policy = plan.label(),
+    // The other hosts follow the plan's fallback, whose label this is.
+    tracing::info!(queue_id = %queue_id, domain, mx_proof, dane_hosts, other_hosts = plan.label(),
         "DANE lookups done");
     plan
 }
