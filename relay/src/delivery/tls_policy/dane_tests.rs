@@ -89,6 +89,10 @@ fn a_host_with_secure_tlsa_is_dane_the_others_follow_the_fallback() {
         Verdict::DeliverAndReport(_)
     ));
     assert_eq!(plan.for_host("mx3.d.test"), &testing());
+    // An MX host DNSSEC did not vouch for (a forged answer to routing).
+    assert!(
+        matches!(plan.admit("d.test", "evil.example"), Verdict::Defer(r) if r.contains("DNSSEC-validated MX"))
+    );
     // A mismatching certificate defers; testing would only report.
     let seen = TlsSeen::Unverified {
         cert: Err("no certificate of the server's chain matches its TLSA records".into()),

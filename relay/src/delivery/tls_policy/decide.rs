@@ -29,6 +29,10 @@ pub(crate) enum TlsPlan {
     Dane {
         /// [`TlsPlan::DaneHost`] per MX host name (lower case).
         hosts: BTreeMap<String, TlsPlan>,
+        /// The MX host names DNSSEC vouched for (lower case): a host the
+        /// relay's ordinary resolver gave that is not among them is not
+        /// tried, so a forged MX answer cannot step around DANE.
+        mx: Vec<String>,
         fallback: Box<TlsPlan>,
     },
     /// One MX host under DANE: TLS is mandatory and authenticated by the
@@ -89,12 +93,14 @@ impl TlsPlan {
         mx: Proven<Vec<String>>,
         tlsa: Vec<(String, Proven<Vec<Tlsa>>)>,
     ) -> TlsPlan {
+        let validated: Vec<String> = tlsa.iter().map(|(h, _)| h.to_ascii_lowercase()).collect();
         let hosts: BTreeMap<String, TlsPlan> = match mx {
             Proven::Insecure => return self,
             Proven::Bogus(why) => {
                 let why = format!("MX lookup error: {why}");
                 return TlsPlan::Dane {
                     hosts: BTreeMap::new(),
+                    mx: Vec::new(),
                     fallback: Box::new(TlsPlan::DaneHost(HostTlsa::Failed(why))),
                 };
             }
@@ -111,6 +117,7 @@ impl TlsPlan {
         }
         TlsPlan::Dane {
             hosts,
+            mx: validated,
             fallback: Box::new(self),
         }
     }
@@ -118,7 +125,9 @@ impl TlsPlan {
     /// The plan for one MX host: its own under DANE, else this one.
     pub(crate) fn for_host(&self, host: &str) -> &TlsPlan {
         match self {
-            TlsPlan::Dane { hosts, fallback } => hosts
+            TlsPlan::Dane {
+                hosts, fallback, ..
+            } => hosts
                 .get(&host.to_ascii_lowercase())
                 .unwrap_or_else(|| fallback.for_host(host)),
             _ => self,
@@ -173,6 +182,14 @@ impl TlsPlan {
     /// Whether `host` may be tried (§4.1; RFC 7672 §2.2: not after a
     /// failed TLSA lookup).
     pub(crate) fn admit(&self, domain: &str, host: &str) -> Verdict {
+        if let TlsPlan::Dane { mx, .. } = self
+            && !mx.is_empty()
+            && !mx.contains(&host.to_ascii_lowercase())
+        {
+            return Verdict::Defer(format!(
+                "MX host {host} is not in the DNSSEC-validated MX RRset of {domain}"
+            ));
+        }
         match self.for_host(host) {
             TlsPlan::DaneHost(HostTlsa::Failed(why)) => Verdict::Defer(why.clone()),
             TlsPlan::Sts(p) if !p.allows(host) => {
