@@ -121,6 +121,10 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
         // signed file: the MX RRset's signature no longer validates.
         mx_records("bogus", bogus_ip, &ee(&bogus_key))
             .replace("IN MX 10 mx.bogus.test.", "IN MX 10 mx.bogux.test."),
+        // Signed with selector 0 (the whole certificate, which does not
+        // match), then changed to selector 1 (its key, which does): the
+        // TLSA RRset's signature no longer validates.
+        mx_records("bogustlsa", bogus_ip, &ee(&bogus_key)).replace("TLSA 3 1 1", "TLSA 3 0 1"),
         mx_records("sts", sts_ip, &wrong),
         mx_records("stsonly", sts_only_ip, &wrong),
         format!("_mta-sts.sts IN TXT \"v=STSv1; id=1;\"\nmta-sts.sts IN A {https_ip}\n"),
@@ -137,7 +141,10 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
         &Zones {
             signed: &signed,
             unsigned: &[("plain", &plain)],
-            tamper: &[("mx.bogux.test.", "mx.bogus.test.")],
+            tamper: &[
+                ("mx.bogux.test.", "mx.bogus.test."),
+                ("TLSA\t3 0 1 ", "TLSA\t3 1 1 "),
+            ],
         },
     );
 
@@ -191,20 +198,29 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
             .relay_arg(bind.trust_anchor.display().to_string()),
     );
 
-    let ids: HashMap<&str, String> = ["ok", "ta", "bad", "bogus", "sts", "plain", "stsonly"]
-        .into_iter()
-        .map(|d| {
-            (
-                d,
-                send(
-                    &env,
-                    REMOTE_SENDER,
-                    &format!("user@{d}.test"),
-                    &format!("to-{d}"),
-                ),
-            )
-        })
-        .collect();
+    let ids: HashMap<&str, String> = [
+        "ok",
+        "ta",
+        "bad",
+        "bogus",
+        "bogustlsa",
+        "sts",
+        "plain",
+        "stsonly",
+    ]
+    .into_iter()
+    .map(|d| {
+        (
+            d,
+            send(
+                &env,
+                REMOTE_SENDER,
+                &format!("user@{d}.test"),
+                &format!("to-{d}"),
+            ),
+        )
+    })
+    .collect();
 
     // A certificate matching the TLSA record (DANE-EE, and DANE-TA with
     // the CA in the chain) delivers, over TLS.
@@ -241,6 +257,15 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
         "{reason}"
     );
     assert!(reason.contains("DNSSEC validation failed"), "{reason}");
+    // So does a bogus TLSA RRset, for its host.
+    let reason = wait_deferred(&env, "user@bogustlsa.test", 2);
+    assert!(
+        reason.contains(
+            "4.7.5 DANE policy of bogustlsa.test not met by mx.bogustlsa.test: TLSA lookup error for mx.bogustlsa.test:25"
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("DNSSEC validation failed"), "{reason}");
     assert!(bogus.seen().is_empty(), "{:?}", bogus.seen());
 
     // The insecure zone follows the Relay's other policy (no MTA-STS
@@ -268,7 +293,7 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
     );
 
     let queued: Vec<String> = env.spool().into_iter().map(|q| q.id).collect();
-    for d in ["bad", "bogus", "sts"] {
+    for d in ["bad", "bogus", "bogustlsa", "sts"] {
         assert!(queued.contains(&ids[d]), "{d}: {queued:?}");
     }
     for d in ["ok", "ta", "plain", "stsonly"] {
@@ -287,5 +312,8 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
         count("failed_deferred") >= 2,
         "bad.test and sts.test deferred"
     );
-    assert!(count("dnssec_failed") >= 1, "bogus.test deferred");
+    assert!(
+        count("dnssec_failed") >= 2,
+        "bogus.test and bogustlsa.test deferred"
+    );
 }
