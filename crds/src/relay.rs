@@ -589,7 +589,10 @@ pub struct DeliveryTls {
     /// `Opportunistic`, except for domains that publish an MTA-STS policy
     /// (RFC 8461), which is fetched, cached and applied. `Required`:
     /// STARTTLS with a certificate valid for the MX host name, or the
-    /// message waits in the queue (4xx); never sent in clear.
+    /// message waits in the queue (4xx); never sent in clear. `Dane`: DANE
+    /// (RFC 7672) for MX hosts with DNSSEC-signed TLSA records (TLS
+    /// authenticated by them, or 4.7.5 and the message waits), `MtaSts`
+    /// for the rest.
     #[serde(default)]
     pub policy: OutboundTlsPolicy,
     /// Policies for particular destination domains (exact names), which
@@ -609,6 +612,10 @@ pub enum OutboundTlsPolicy {
     MtaSts,
     /// STARTTLS with a valid certificate for the MX name, or defer.
     Required,
+    /// DANE (RFC 7672) where the destination publishes DNSSEC-signed TLSA
+    /// records for its MX hosts: TLS authenticated by them, or defer.
+    /// Elsewhere as `MtaSts`.
+    Dane,
 }
 
 /// The outbound TLS policy of one destination domain.

@@ -39,6 +39,19 @@ pub enum ResolverError {
 /// `servers` is empty, waiting `timeout` for each answer. Needs no
 /// runtime to build, only to look up.
 pub fn resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, ResolverError> {
+    let (config, options) = settings(servers, timeout)?;
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(ResolverError::Build)
+}
+
+/// The configuration and options [`resolver`] builds with, for a resolver
+/// that needs more (the relay's validating one for DANE).
+pub fn settings(
+    servers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(ResolverConfig, ResolverOpts), ResolverError> {
     let servers = if servers.is_empty() {
         system_nameservers()?
     } else {
@@ -62,13 +75,7 @@ pub fn resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolv
     let mut options = ResolverOpts::default();
     options.timeout = timeout;
     options.use_hosts_file = ResolveHosts::Never;
-    TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(name_servers),
-        TokioRuntimeProvider::default(),
-    )
-    .with_options(options)
-    .build()
-    .map_err(ResolverError::Build)
+    Ok((ResolverConfig::from_name_servers(name_servers), options))
 }
 
 /// The nameservers of [`RESOLV_CONF`].

@@ -81,6 +81,10 @@ enum Command {
         /// smarthosts).
         #[arg(long, env = "MAILRELAY_TLS_CA")]
         tls_ca: Option<PathBuf>,
+        /// DNSSEC trust anchor for DANE: a file of DNSKEY records in zone-file
+        /// format (the root's keys when absent).
+        #[arg(long, env = "MAILRELAY_DNSSEC_TRUST_ANCHOR")]
+        dnssec_trust_anchor: Option<PathBuf>,
         /// Log as JSON lines (the default with --config, as in a pod).
         #[arg(long)]
         json_logs: bool,
@@ -251,6 +255,7 @@ fn main() -> ExitCode {
             http,
             dns,
             tls_ca,
+            dnssec_trust_anchor,
             json_logs,
             drain,
         } => {
@@ -285,6 +290,7 @@ fn main() -> ExitCode {
                 spool,
                 spool_segment_size,
                 tls_ca,
+                dnssec_trust_anchor,
                 http,
                 dns,
                 drain,

@@ -18,20 +18,13 @@ mod test_server;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Env;
 use common::deliveries::{send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use common::policy_server::{Pki, PolicyServer, policy};
+use common::{Env, count};
 use test_server::{TestServer, TlsScript};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// How long a message may take to arrive or be tried: generous, never a
 /// timing claim.
@@ -39,135 +32,6 @@ const WITHIN: Duration = Duration::from_secs(60);
 
 fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
-}
-
-/// A test CA, and server certificates it issues.
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "mailrelay MTA-STS test CA");
-        let key = KeyPair::generate().expect("ca key");
-        let cert = params.self_signed(&key).expect("ca cert");
-        Pki {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server config whose certificate names `names`.
-    fn server(&self, names: &[&str]) -> Arc<ServerConfig> {
-        let key = KeyPair::generate().expect("leaf key");
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let leaf = CertificateParams::new(names)
-            .expect("leaf params")
-            .signed_by(&key, &self.issuer)
-            .expect("leaf cert");
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config");
-        Arc::new(config)
-    }
-}
-
-/// `https://mta-sts.DOMAIN/.well-known/mta-sts.txt` for several domains
-/// on one address: the policy by Host header, 404 for anything else.
-struct PolicyServer {
-    /// `Host path` of every request.
-    requests: Arc<Mutex<Vec<String>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl PolicyServer {
-    async fn start(
-        addr: SocketAddr,
-        tls: Arc<ServerConfig>,
-        policies: HashMap<String, String>,
-    ) -> PolicyServer {
-        let listener = TcpListener::bind(addr).await.expect("bind the HTTPS port");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&requests);
-        let policies = Arc::new(policies);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, log, policies) = (
-                    TlsAcceptor::from(tls.clone()),
-                    log.clone(),
-                    policies.clone(),
-                );
-                tokio::spawn(async move {
-                    let Ok(mut stream) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
-                    let path = head
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or_default()
-                        .to_string();
-                    let host = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
-                    log.lock().expect("log").push(format!("{host} {path}"));
-                    let response = match policies.get(&host) {
-                        Some(body) if path == "/.well-known/mta-sts.txt" => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        ),
-                        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_string(),
-                    };
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        PolicyServer { requests, task }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("log").clone()
-    }
-}
-
-fn policy(mode: &str, mx: &[&str]) -> String {
-    let mut text = format!("version: STSv1\r\nmode: {mode}\r\n");
-    for m in mx {
-        text.push_str(&format!("mx: {m}\r\n"));
-    }
-    text.push_str("max_age: 86400\r\n");
-    text
 }
 
 /// dnsmasq lines: `domain` has one MX `mx` at `mx_ip`, and when
@@ -196,23 +60,6 @@ fn relay(dir: &std::path::Path, pki: &Pki, dns: &str, spec: &str) -> Env {
             .relay_arg("--tls-ca")
             .relay_arg(ca.display().to_string()),
     )
-}
-
-/// `mailrelay_NAME{LABELS}` from /metrics, 0 when absent.
-fn metric(env: &Env, name_and_labels: &str) -> u64 {
-    let addr = env.addrs().http;
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
-    use std::io::{Read, Write};
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("get");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -329,20 +176,20 @@ fn enforce_defers_mail_to_hosts_the_policy_does_not_vouch_for_and_delivers_over_
     );
     let policy = "policy=\"mta_sts_enforce\"";
     assert!(
-        metric(
+        count(
             &env,
             &format!("mailrelay_outbound_tls_total{{{policy},outcome=\"failed_deferred\"}}")
         ) >= 4
     );
     assert!(
-        metric(
+        count(
             &env,
             &format!("mailrelay_outbound_tls_total{{{policy},outcome=\"verified\"}}")
         ) >= 1
     );
     // Each policy was fetched once; retries used the cache.
     assert_eq!(
-        metric(&env, "mailrelay_mta_sts_lookups_total{result=\"fetched\"}"),
+        count(&env, "mailrelay_mta_sts_lookups_total{result=\"fetched\"}"),
         3
     );
     let mut fetched = policy_server.requests();
@@ -400,7 +247,7 @@ fn testing_mode_delivers_to_a_host_that_fails_the_policy_and_reports_it() {
         .unwrap_or_else(|| panic!("no report for {id}:\n{log}"));
     assert!(report.contains("not valid for name"), "{report}");
     assert_eq!(
-        metric(
+        count(
             &env,
             "mailrelay_outbound_tls_total{policy=\"mta_sts_testing\",outcome=\"failed_reported\"}"
         ),
@@ -464,13 +311,13 @@ fn required_tls_for_a_domain_defers_a_host_without_starttls_while_others_stay_op
         "nothing was sent in clear: {strict_seen:?}"
     );
     assert!(
-        metric(
+        count(
             &env,
             "mailrelay_outbound_tls_total{policy=\"required\",outcome=\"failed_deferred\"}"
         ) >= 2
     );
     assert!(
-        metric(
+        count(
             &env,
             "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"clear\"}"
         ) >= 1
@@ -520,14 +367,14 @@ fn a_policy_that_cannot_be_fetched_and_is_not_cached_counts_as_none() {
         "{log}"
     );
     assert_eq!(
-        metric(
+        count(
             &env,
             "mailrelay_mta_sts_lookups_total{result=\"failed_no_policy\"}"
         ),
         1
     );
     assert_eq!(
-        metric(
+        count(
             &env,
             "mailrelay_outbound_tls_total{policy=\"opportunistic\",outcome=\"encrypted\"}"
         ),

@@ -23,6 +23,9 @@ declare -A PEERS=(
   [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
   # Prometheus 2.42 for the dashboard's PromQL (operator/tests/e2e/dashboard.rs)
   [prometheus]=/usr/bin/prometheus
+  # bind9 signs and serves the DNSSEC test zones of DANE (relay/tests/dane.rs)
+  [bind9]=/usr/sbin/named
+  [bind9-utils]=/usr/bin/dnssec-signzone
 )
 
 install_peers() {

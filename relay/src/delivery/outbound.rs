@@ -22,6 +22,10 @@ pub struct OutboundConfig {
     /// certificate is verified: a private CA of an internal smarthost.
     pub extra_roots: Vec<Vec<u8>>,
     pub timeouts: Timeouts,
+    /// With `TlsMode::Required`: the handshake takes any certificate and
+    /// the caller checks it before any mail is sent (DANE, whose TLSA
+    /// records replace the Web PKI). The connection is `Encrypted`.
+    pub check_after_handshake: bool,
 }
 
 impl OutboundConfig {
@@ -32,6 +36,7 @@ impl OutboundConfig {
             auth: None,
             extra_roots: Vec::new(),
             timeouts: Timeouts::default(),
+            check_after_handshake: false,
         }
     }
 

@@ -415,6 +415,7 @@ async fn open(
     };
     let check = match plan {
         Plan::OpportunisticStartTls => Some(CertCheck::Accept),
+        Plan::RequiredStartTls if config.check_after_handshake => Some(CertCheck::Accept),
         Plan::RequiredStartTls => Some(CertCheck::Verify),
         Plan::Clear | Plan::Implicit => None,
     };

@@ -59,6 +59,9 @@ pub struct RunOptions {
     /// TLS: MTA-STS policy fetches and verified STARTTLS to MX hosts and
     /// smarthosts.
     pub tls_ca: Option<PathBuf>,
+    /// DNSKEY records (zone-file format) trusted for DNSSEC validation
+    /// for DANE, instead of the root's keys.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     pub http: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
     pub drain: DrainArgs,
@@ -201,7 +204,14 @@ fn load_config(opts: &RunOptions) -> Result<Loaded, RunError> {
         dns.clone(),
         extra_roots,
         crate::delivery::tls_policy::HTTPS_PORT,
-    )?;
+    )?
+    .with_dane(crate::delivery::tls_policy::dane::DaneDns::new(
+        &opts
+            .dns
+            .map_or_else(|| config.dns.nameservers.clone(), |s| vec![s]),
+        Duration::from_millis(config.dns.timeout_ms.max(1)),
+        opts.dnssec_trust_anchor.as_deref(),
+    )?);
     let tls = match &config.tls {
         Some(files) => {
             let tls = Tls::new(

@@ -39,10 +39,12 @@ pub(crate) struct DeliveryLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OutboundTlsLabel {
-    /// `opportunistic`, `required`, `mta_sts_enforce` or `mta_sts_testing`.
+    /// `opportunistic`, `required`, `mta_sts_enforce`, `mta_sts_testing`
+    /// or `dane` (a host with a secure TLSA RRset).
     pub policy: &'static str,
     /// `verified`, `encrypted`, `clear`, `failed_deferred` (the policy kept
-    /// the message) or `failed_reported` (MTA-STS testing: delivered anyway).
+    /// the message), `failed_reported` (MTA-STS testing: delivered anyway)
+    /// or `dnssec_failed` (DANE: a bogus or failed MX or TLSA lookup).
     pub outcome: &'static str,
 }
 

@@ -303,7 +303,8 @@ async fn try_targets<D: MxDns>(
             continue;
         }
         before_connecting(ctx).await;
-        match SmtpClient::connect_checked(target, cfg).await {
+        let own = check.and_then(|c| c.config_for(target, cfg));
+        match SmtpClient::connect_checked(target, own.as_ref().unwrap_or(cfg)).await {
             Ok(mut client) => {
                 count_security(ctx.metrics, client.security());
                 if let Some(Err(outcome)) = check.map(|c| c.connected(&client)) {

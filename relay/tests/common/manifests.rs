@@ -28,6 +28,9 @@ pub struct Setup {
     pub dns_records: String,
     /// Point the relay at a DNS server that never answers.
     pub silent_dns: bool,
+    /// Point the relay at this DNS server (the test runs it) instead of
+    /// a dnsmasq of its own.
+    pub dns_server: Option<std::net::SocketAddr>,
     /// Listen for smtp on `[::1]` instead of 127.0.0.1.
     pub smtp_on_ipv6: bool,
     /// More fields of the Relay's spec, as YAML lines already indented
@@ -55,6 +58,7 @@ impl Default for Setup {
             blocklists: Vec::new(),
             dns_records: String::new(),
             silent_dns: false,
+            dns_server: None,
             smtp_on_ipv6: false,
             relay_spec: String::new(),
             // A closed loopback port: whatever is accepted for hosted.test
@@ -98,6 +102,12 @@ impl Setup {
 
     pub fn silent_dns(mut self) -> Setup {
         self.silent_dns = true;
+        self
+    }
+
+    /// Ask `server` (run by the test) for every name.
+    pub fn dns_server(mut self, server: std::net::SocketAddr) -> Setup {
+        self.dns_server = Some(server);
         self
     }
 

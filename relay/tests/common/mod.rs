@@ -9,6 +9,7 @@
 // Each test file uses its part of the harness.
 #![allow(dead_code)]
 
+pub mod bind9;
 pub mod counting_mx;
 pub mod deliveries;
 pub mod dkimpy;
@@ -18,6 +19,7 @@ pub mod mailbox;
 pub mod manifests;
 pub mod mount;
 pub mod peers;
+pub mod policy_server;
 pub mod process;
 pub mod remote;
 pub mod sink;
@@ -275,6 +277,8 @@ pub fn wait_for<T>(
 pub enum DnsServer {
     Dnsmasq(Dnsmasq),
     Silent(SilentDns),
+    /// A server the test runs itself (bind9 for DNSSEC).
+    External(SocketAddr),
 }
 
 impl DnsServer {
@@ -282,6 +286,7 @@ impl DnsServer {
         match self {
             DnsServer::Dnsmasq(d) => d.addr,
             DnsServer::Silent(s) => s.addr,
+            DnsServer::External(addr) => *addr,
         }
     }
 }
@@ -316,7 +321,9 @@ impl Env {
             .expect("a temporary directory");
         let spool_mount = tmpfs.map(|size| mount::Tmpfs::mount(&dir.path().join("spool"), size));
         setup.write(&dir.path().join("manifests"));
-        let dns = if setup.silent_dns {
+        let dns = if let Some(addr) = setup.dns_server {
+            DnsServer::External(addr)
+        } else if setup.silent_dns {
             DnsServer::Silent(SilentDns::bind())
         } else {
             DnsServer::Dnsmasq(Dnsmasq::start(dir.path(), &setup.dns_records))
@@ -379,4 +386,10 @@ impl Env {
     pub fn smtp_from(&self, source: IpAddr) -> Smtp {
         Smtp::hello(source, self.relay.addrs.smtp)
     }
+}
+
+/// `mailrelay_NAME{LABELS}` (all of its labels) from /metrics as a
+/// count, 0 when absent.
+pub fn count(env: &Env, name_and_labels: &str) -> u64 {
+    metric(env, &format!("{name_and_labels} ")).map_or(0, |v| v as u64)
 }

@@ -145,3 +145,84 @@ async fn testing_mode_reports_a_certificate_for_another_name_and_enforce_refuses
 fn label(policy: &'static str, outcome: &'static str) -> crate::ops::metrics::OutboundTlsLabel {
     crate::ops::metrics::OutboundTlsLabel { policy, outcome }
 }
+
+#[tokio::test]
+async fn a_dane_host_gets_mandatory_tls_checked_against_its_tlsa_records() {
+    use super::dane::Proven;
+    use super::tlsa::{DANE_TA, Tlsa};
+    let (server, pki) = starttls_server("mx.d.test").await;
+    let target = Target {
+        host: "mx.d.test".into(),
+        addr: server.addr,
+    };
+    let tls = outbound_tls(pki.ca_der.clone());
+    let metrics = Metrics::new();
+    let sha256 = |b: &[u8]| {
+        ::ring::digest::digest(&::ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let dane = |data: Vec<u8>| {
+        let record = Tlsa {
+            usage: DANE_TA,
+            selector: 0,
+            matching: 1,
+            data,
+        };
+        TlsPlan::Opportunistic.dane(
+            Proven::Secure(vec!["mx.d.test".into()]),
+            vec![("mx.d.test".into(), Proven::Secure(vec![record]))],
+        )
+    };
+    let check = |plan| Check {
+        tls: &tls,
+        plan,
+        domain: "d.test",
+        queue_id: None,
+        metrics: &metrics,
+    };
+    let matching = check(dane(sha256(&pki.ca_der)));
+    let base = OutboundConfig::new("relay.test", TlsMode::Opportunistic);
+    let config = matching.config_for(&target, &base).expect("a DANE host");
+    assert_eq!(
+        (config.tls, config.check_after_handshake),
+        (TlsMode::Required, true)
+    );
+    let client = SmtpClient::connect(&target, &config).await.expect("TLS");
+    assert_eq!(client.security(), &Security::Encrypted);
+    assert!(matching.connected(&client).is_ok());
+    assert!(matching.reusable(&client));
+
+    let mismatch = check(dane(vec![0; 32]));
+    let Err(Outcome::TempFail { reason }) = mismatch.connected(&client) else {
+        panic!("a certificate that matches no TLSA record is delivered to");
+    };
+    assert!(
+        reason.starts_with("4.7.5 DANE policy of d.test not met by mx.d.test")
+            && reason.contains("TLSA"),
+        "{reason}"
+    );
+    assert!(!mismatch.reusable(&client));
+    // A connection verified by the Web PKI is not a DANE-checked one.
+    let webpki =
+        OutboundConfig::new("relay.test", TlsMode::Required).with_extra_root(pki.ca_der.clone());
+    let verified = SmtpClient::connect(&target, &webpki)
+        .await
+        .expect("verified");
+    assert!(!matching.reusable(&verified));
+    let label = |outcome| crate::ops::metrics::OutboundTlsLabel {
+        policy: "dane",
+        outcome,
+    };
+    assert_eq!(
+        metrics.outbound_tls.get_or_create(&label("verified")).get(),
+        1
+    );
+    assert_eq!(
+        metrics
+            .outbound_tls
+            .get_or_create(&label("failed_deferred"))
+            .get(),
+        1
+    );
+}

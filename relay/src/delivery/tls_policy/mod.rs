@@ -13,19 +13,27 @@
 //!   applies a plan to one attempt, with one log event and one metric per
 //!   decision.
 //!
-//! DANE (RFC 7672) is not implemented: see the README, "Outbound TLS".
+//! - [`dane`] makes the DNSSEC-validated MX and TLSA lookups of DANE
+//!   (RFC 7672), and [`tlsa`] matches a certificate chain against TLSA
+//!   records.
 
 pub(crate) mod cache;
+pub(crate) mod dane;
 pub(crate) mod decide;
 mod fetch;
 pub(crate) mod sts;
+pub(crate) mod tlsa;
 
 #[cfg(test)]
 mod check_tests;
 #[cfg(test)]
+mod dane_tests;
+#[cfg(test)]
 mod fetch_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tlsa_tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,7 +55,8 @@ use crate::ops::metrics::Metrics;
 use crate::policy::HickoryDns;
 use crate::spool::QueueId;
 pub(crate) use cache::{Found, StsCache};
-pub(crate) use decide::{TlsPlan, TlsSeen, Verdict};
+use dane::{DaneDns, Proven};
+pub(crate) use decide::{HostTlsa, TlsPlan, TlsSeen, Verdict};
 use fetch::HttpsSource;
 use sts::Mode;
 
@@ -79,6 +88,12 @@ pub enum TlsPolicyError {
     },
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot read the DNSSEC trust anchor {path}: {reason}")]
+    TrustAnchor { path: String, reason: String },
+    #[error(transparent)]
+    ResolverSettings(#[from] mailrelay_crds::resolver::ResolverError),
+    #[error("cannot build the validating DNS resolver: {0}")]
+    Resolver(String),
 }
 
 /// The DER certificates of a PEM bundle (`--tls-ca`).
@@ -177,6 +192,9 @@ pub(crate) struct OutboundTls {
     cache: StsCache,
     extra_roots: Vec<Vec<u8>>,
     chain: ChainCheck,
+    /// The validating resolver for DANE; without it (unit tests) `Dane`
+    /// is MTA-STS.
+    dane: Option<DaneDns>,
 }
 
 impl OutboundTls {
@@ -193,12 +211,19 @@ impl OutboundTls {
             cache: StsCache::default(),
             extra_roots,
             chain: ChainCheck::new(roots)?,
+            dane: None,
         })
     }
 
     /// The HTTPS client configuration (same roots), for event webhooks.
     pub(crate) fn https(&self) -> Arc<ClientConfig> {
         self.source.tls()
+    }
+
+    /// DANE lookups through `dns`.
+    pub(crate) fn with_dane(mut self, dns: DaneDns) -> Self {
+        self.dane = Some(dns);
+        self
     }
 
     /// The plan for mail to `domain` under `config`, looking up the
@@ -211,7 +236,10 @@ impl OutboundTls {
         metrics: &Metrics,
     ) -> TlsPlan {
         let configured = config.policy_for(domain);
-        if configured != OutboundTlsPolicy::MtaSts {
+        if !matches!(
+            configured,
+            OutboundTlsPolicy::MtaSts | OutboundTlsPolicy::Dane
+        ) {
             return TlsPlan::new(configured, None);
         }
         let (policy, found) = self
@@ -231,7 +259,11 @@ impl OutboundTls {
             }
             _ => {}
         }
-        TlsPlan::new(configured, policy)
+        let plan = TlsPlan::new(configured, policy);
+        match (&self.dane, configured) {
+            (Some(dns), OutboundTlsPolicy::Dane) => dane_plan(dns, plan, domain, &queue_id).await,
+            _ => plan,
+        }
     }
 
     /// How to connect to the MX hosts under `plan`.
@@ -276,25 +308,56 @@ impl Check<'_> {
         self.apply(target, verdict, None)
     }
 
+    /// How to connect to `target` when its plan is not the destination's
+    /// (a DANE host: mandatory TLS, the certificate checked against its
+    /// TLSA records once connected).
+    pub(crate) fn config_for(
+        &self,
+        target: &Target,
+        base: &OutboundConfig,
+    ) -> Option<OutboundConfig> {
+        match self.plan.for_host(&target.host) {
+            TlsPlan::DaneHost(_) => {
+                let mut config = base.clone();
+                config.tls = TlsMode::Required;
+                config.check_after_handshake = true;
+                Some(config)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether to deliver over `client`. For an unchecked TLS connection
     /// (MTA-STS testing) the certificate is checked here, for the report.
     pub(crate) fn connected(&self, client: &SmtpClient) -> Result<(), Outcome> {
         let target = client.target();
-        let seen = match client.security() {
+        let seen = self.seen(client);
+        let verdict = self.plan.verdict(&target.host, &seen);
+        self.apply(target, verdict, Some(&seen))
+    }
+
+    /// What `client`'s TLS amounts to under the plan of its host.
+    fn seen(&self, client: &SmtpClient) -> TlsSeen {
+        let target = client.target();
+        let plan = self.plan.for_host(&target.host);
+        match client.security() {
             Security::Verified => TlsSeen::Verified,
             Security::Clear => TlsSeen::Clear,
             Security::ClearAfterTlsFailure { error } => TlsSeen::ClearAfterFailure(error.clone()),
             Security::Encrypted => TlsSeen::Unverified {
-                cert: match (&self.plan, client.peer_certificates()) {
+                cert: match (plan, client.peer_certificates()) {
                     // Nobody looks at an opportunistic certificate.
                     (TlsPlan::Opportunistic, _) => Err("not checked".into()),
+                    // §2.2: encrypted, not authenticated.
+                    (TlsPlan::DaneHost(HostTlsa::Unusable), _) => Ok(()),
+                    (TlsPlan::DaneHost(HostTlsa::Records(records)), Some(chain)) => {
+                        dane_check(records, &target.host, self.domain, &chain)
+                    }
                     (_, Some(chain)) => self.tls.chain.check(&target.host, &chain, UnixTime::now()),
                     (_, None) => Err("no certificate".into()),
                 },
             },
-        };
-        let verdict = self.plan.verdict(&target.host, &seen);
-        self.apply(target, verdict, Some(&seen))
+        }
     }
 
     /// A connection that failed: the outcome to keep. A TLS failure
@@ -318,7 +381,13 @@ impl Check<'_> {
             self.plan.admit(self.domain, &client.target().host),
             Verdict::Deliver | Verdict::DeliverAndReport(_)
         );
-        host_ok && (!self.plan.enforced() || *client.security() == Security::Verified)
+        let tls_ok = match self.plan.for_host(&client.target().host) {
+            TlsPlan::DaneHost(_) => {
+                matches!(self.seen(client), TlsSeen::Unverified { cert: Ok(()) })
+            }
+            plan => !plan.enforced() || *client.security() == Security::Verified,
+        };
+        host_ok && tls_ok
     }
 
     fn apply(
@@ -327,13 +396,19 @@ impl Check<'_> {
         verdict: Verdict,
         seen: Option<&TlsSeen>,
     ) -> Result<(), Outcome> {
-        let policy = self.plan.label();
+        let plan = self.plan.for_host(&target.host);
+        let policy = plan.label();
         let queue_id = self.queue_id.map(|q| q.to_string()).unwrap_or_default();
         let (host, domain) = (target.host.as_str(), self.domain);
         match verdict {
             Verdict::Deliver => {
                 if let Some(seen) = seen {
-                    self.metrics.outbound_tls(policy, seen.label());
+                    let outcome = match plan {
+                        // TLS without authentication (RFC 7672 §2.2).
+                        TlsPlan::DaneHost(HostTlsa::Unusable) => "encrypted",
+                        _ => seen.label(),
+                    };
+                    self.metrics.outbound_tls(policy, outcome);
                 }
                 Ok(())
             }
@@ -344,16 +419,67 @@ impl Check<'_> {
                 Ok(())
             }
             Verdict::Defer(reason) => {
-                self.metrics.outbound_tls(policy, "failed_deferred");
+                let outcome = match plan {
+                    TlsPlan::DaneHost(HostTlsa::Failed(_)) => "dnssec_failed",
+                    _ => "failed_deferred",
+                };
+                self.metrics.outbound_tls(policy, outcome);
                 tracing::warn!(queue_id = %queue_id, domain, host, addr = %target.addr, policy, %reason,
                     "outbound TLS policy not met; not delivering to this host");
                 // RFC 3463 X.7.5: cryptographic failure. Temporary: the
                 // host may be fixed, or the policy changed, before expiry.
                 Err(Outcome::temp(format!(
                     "4.7.5 {} policy of {domain} not met by {host}: {reason}",
-                    self.plan.name()
+                    plan.name()
                 )))
             }
         }
     }
+}
+
+/// `plan` with DANE where the destination's validated MX and TLSA
+/// lookups make it apply (RFC 7672 §2.2).
+async fn dane_plan(dns: &DaneDns, plan: TlsPlan, domain: &str, queue_id: &str) -> TlsPlan {
+    let mx = dns.mx_hosts(domain).await;
+    let hosts = match &mx {
+        // §2.2.1: no MX, the domain is its own host.
+        Proven::Secure(hosts) if hosts.is_empty() => vec![domain.to_string()],
+        Proven::Secure(hosts) => hosts.clone(),
+        _ => Vec::new(),
+    };
+    let mut tlsa = Vec::with_capacity(hosts.len());
+    // A null MX (RFC 7505) has no host to look up.
+    for host in hosts.into_iter().filter(|h| !h.is_empty()) {
+        let found = dns.tlsa(&host).await;
+        tlsa.push((host, found));
+    }
+    let mx_proof = match &mx {
+        Proven::Secure(_) => "secure",
+        Proven::Insecure => "insecure",
+        Proven::Bogus(_) => "bogus",
+    };
+    let plan = plan.dane(mx, tlsa);
+    let dane_hosts = match &plan {
+        TlsPlan::Dane { hosts, .. } => hosts.len(),
+        _ => 0,
+    };
+    // The other hosts follow the plan's fallback, whose label this is.
+    tracing::info!(queue_id = %queue_id, domain, mx_proof, dane_hosts, other_hosts = plan.label(),
+        "DANE lookups done");
+    plan
+}
+
+/// The DANE check of a chain for MX host `host` of `domain` (§3.2.2:
+/// both are reference identifiers). lettre takes no custom rustls
+/// verifier, so the handshake accepted the certificate (its signatures
+/// checked) and [`tlsa::DaneVerifier`]'s check runs here, before any
+/// command of the transaction is sent.
+fn dane_check(
+    records: &[tlsa::Tlsa],
+    host: &str,
+    domain: &str,
+    chain: &[Vec<u8>],
+) -> Result<(), String> {
+    let names = vec![host.to_string(), domain.to_string()];
+    tlsa::DaneVerifier::new(records.to_vec(), names).check(chain, UnixTime::now())
 }

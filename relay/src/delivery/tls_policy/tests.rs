@@ -428,7 +428,7 @@ fn kind(v: &Verdict) -> &'static str {
 }
 
 /// A CA and a leaf for `names` it signed: (CA DER, leaf DER).
-fn ca_and_leaf(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn ca_and_leaf(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
