@@ -13,10 +13,10 @@
 
 mod common;
 
+use common::headers;
 use common::manifests::{HOSTNAME, Setup};
 use common::spool::Queued;
 use common::{Env, LOCALHOST};
-use mailrelay::smtp::inbound_auth::arparse;
 
 const RSA_KEY: &str = include_str!("../src/dkim/testdata/rsa.pem");
 const RSA_PUB: &str = include_str!("../src/dkim/testdata/rsa.pub.b64");
@@ -78,43 +78,25 @@ fn send(env: &Env, to: &str, content: &str) -> Queued {
         .unwrap_or_else(|| panic!("{id} is not in the spool"))
 }
 
-/// The header section's fields named `name`, unfolded, in order.
+/// The header section's fields named `name`, unfolded, trimmed.
 fn fields(q: &Queued, name: &str) -> Vec<String> {
-    let text = q.body_text();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut out: Vec<String> = Vec::new();
-    for line in head.split("\r\n") {
-        match out.last_mut() {
-            Some(last) if line.starts_with([' ', '\t']) => last.push_str(line),
-            _ => out.push(line.to_string()),
-        }
-    }
-    out.into_iter()
-        .filter_map(|f| {
-            let (n, v) = f.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
+    headers::fields(q, name)
+        .into_iter()
+        .map(|v| v.trim().to_string())
         .collect()
 }
 
 /// The `arc` result of the relay's own Authentication-Results.
 #[track_caller]
 fn our_arc(q: &Queued) -> String {
-    let ours: Vec<_> = fields(q, "Authentication-Results")
-        .iter()
-        .map(|v| arparse::parse(v).unwrap_or_else(|e| panic!("{e}: {v:?}")))
-        .filter(|f| f.authserv_id.eq_ignore_ascii_case(HOSTNAME))
-        .collect();
-    assert_eq!(ours.len(), 1, "one A-R of ours in\n{}", q.body_text());
-    let arc: Vec<&str> = ours[0]
+    let ours = headers::our_results(q);
+    let arc: Vec<&str> = ours
         .results
         .iter()
         .filter(|r| r.method == "arc")
         .map(|r| r.result.as_str())
         .collect();
-    assert_eq!(arc.len(), 1, "one arc= in {:?}", ours[0]);
+    assert_eq!(arc.len(), 1, "one arc= in {ours:?}");
     arc[0].to_string()
 }
 

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use common::bind9::{Bind9, Zones};
-use common::deliveries::{send, wait_body, wait_deferred};
+use common::deliveries::{assert_mail_after_starttls, send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
 use common::policy_server::{Pki, PolicyServer, policy};
 use common::{Env, count};
@@ -226,12 +226,7 @@ fn dane_authenticates_mx_hosts_by_signed_tlsa_records_and_defers_on_mismatch_or_
     // the CA in the chain) delivers, over TLS.
     for (marker, server) in [("to-ok", &ok), ("to-ta", &ta)] {
         let seen = wait_body(&env, marker, || server.seen());
-        let tls_at = seen.iter().position(|l| l == "TLS").expect("TLS");
-        let mail_at = seen
-            .iter()
-            .position(|l| l.starts_with("C: MAIL"))
-            .expect("MAIL");
-        assert!(tls_at < mail_at, "MAIL only after STARTTLS: {seen:?}");
+        assert_mail_after_starttls(&seen);
     }
 
     // A mismatching certificate defers with 4.7.5; no mail command went

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::dns::SilentDns;
+use common::headers::{fields, our_results};
 use common::manifests::{ALICE, HOSTNAME, Setup};
 use common::smtp::{Reply, Sent, assert_reply};
 use common::{Env, LOCALHOST, spool::Queued};
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailrelay::smtp::inbound_auth::arparse::{self, AuthResultsField, ResInfo};
+use mailrelay::smtp::inbound_auth::arparse::{AuthResultsField, ResInfo};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -155,43 +156,6 @@ fn queued(env: &Env, marker: &str) -> Queued {
         .into_iter()
         .find(|q| q.body_contains(&format!("body of {marker}")))
         .unwrap_or_else(|| panic!("{marker} is not in the spool"))
-}
-
-/// The header section's fields named `name`, unfolded.
-fn fields(q: &Queued, name: &str) -> Vec<String> {
-    let text = q.body_text();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut out: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
-    for line in head.split("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            if let Some(c) = current.as_mut() {
-                c.push_str(line);
-            }
-            continue;
-        }
-        out.extend(current.take());
-        current = Some(line.to_string());
-    }
-    out.extend(current);
-    out.into_iter()
-        .filter_map(|f| {
-            let (n, v) = f.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.to_string())
-        })
-        .collect()
-}
-
-/// Our Authentication-Results field, parsed; exactly one must name us.
-#[track_caller]
-fn our_results(q: &Queued) -> AuthResultsField {
-    let ours: Vec<AuthResultsField> = fields(q, "Authentication-Results")
-        .iter()
-        .map(|v| arparse::parse(v).unwrap_or_else(|e| panic!("{e}: {v:?}")))
-        .filter(|f| f.authserv_id.eq_ignore_ascii_case(HOSTNAME))
-        .collect();
-    assert_eq!(ours.len(), 1, "one A-R of ours in\n{}", q.body_text());
-    ours.into_iter().next().unwrap()
 }
 
 #[track_caller]

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::deliveries::{send, wait_body, wait_deferred};
+use common::deliveries::{assert_mail_after_starttls, send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
 use common::policy_server::{Pki, PolicyServer, policy};
 use common::{Env, count};
@@ -126,12 +126,7 @@ fn enforce_defers_mail_to_hosts_the_policy_does_not_vouch_for_and_delivers_over_
     // Delivered where the policy is met, over TLS.
     let seen = wait_body(&env, "to-good", || good.seen());
     assert!(seen.contains(&"TLS".to_string()), "{seen:?}");
-    let tls_at = seen.iter().position(|l| l == "TLS").expect("TLS");
-    let mail_at = seen
-        .iter()
-        .position(|l| l.starts_with("C: MAIL"))
-        .expect("MAIL");
-    assert!(tls_at < mail_at, "MAIL only after STARTTLS: {seen:?}");
+    assert_mail_after_starttls(&seen);
 
     // Deferred with a 4xx reason naming the policy, tried again, and
     // never sent: the wrong certificate ends the handshake before any

@@ -81,3 +81,15 @@ pub fn wait_body(env: &Env, marker: &str, seen: impl Fn() -> Vec<String>) -> Vec
         },
     )
 }
+
+/// A test server's transcript shows STARTTLS done (`TLS`) before the
+/// first MAIL command.
+#[track_caller]
+pub fn assert_mail_after_starttls(seen: &[String]) {
+    let tls_at = seen.iter().position(|l| l == "TLS").expect("TLS");
+    let mail_at = seen
+        .iter()
+        .position(|l| l.starts_with("C: MAIL"))
+        .expect("MAIL");
+    assert!(tls_at < mail_at, "MAIL only after STARTTLS: {seen:?}");
+}

@@ -15,6 +15,7 @@ pub mod deliveries;
 pub mod dkimpy;
 pub mod dns;
 pub mod dovecot;
+pub mod headers;
 pub mod mailbox;
 pub mod manifests;
 pub mod mount;
