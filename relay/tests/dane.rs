@@ -22,7 +22,7 @@ use std::sync::Arc;
 use common::bind9::{Bind9, Zones};
 use common::deliveries::{assert_mail_after_starttls, send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
-use common::policy_server::{Pki, PolicyServer, policy};
+use common::policy_server::{Pki, PolicyServer, policy, runtime};
 use common::{Env, count};
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use ring::digest;
@@ -76,14 +76,6 @@ fn mx_records(label: &str, addr: Ipv4Addr, tlsa: &str) -> String {
     format!(
         "{label} IN MX 10 mx.{label}.test.\nmx.{label} IN A {addr}\n_25._tcp.mx.{label} IN TLSA {tlsa}\n"
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::deliveries::{assert_mail_after_starttls, send, wait_body, wait_deferred};
 use common::manifests::{REMOTE_SENDER, Setup};
-use common::policy_server::{Pki, PolicyServer, policy};
+use common::policy_server::{Pki, PolicyServer, policy, runtime};
 use common::{Env, count};
 use test_server::{TestServer, TlsScript};
 
@@ -60,14 +60,6 @@ fn relay(dir: &std::path::Path, pki: &Pki, dns: &str, spec: &str) -> Env {
             .relay_arg("--tls-ca")
             .relay_arg(ca.display().to_string()),
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 #[test]

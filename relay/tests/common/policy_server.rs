@@ -142,3 +142,13 @@ pub fn policy(mode: &str, mx: &[&str]) -> String {
     text.push_str("max_age: 86400\r\n");
     text
 }
+
+/// A runtime for the policy server's tasks (the tests themselves are
+/// synchronous).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
