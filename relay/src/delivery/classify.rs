@@ -121,6 +121,20 @@ fn case_blind(pattern: &str) -> Result<Regex, regex::Error> {
         .build()
 }
 
+/// A pattern of a Relay's rules (`kind`: classification, throttle),
+/// within the size compile() allows. compile() has checked it; one that
+/// still fails to build is left out and logged.
+pub(crate) fn operator_pattern(pattern: &str, kind: &'static str) -> Option<Regex> {
+    match RegexBuilder::new(pattern).size_limit(PATTERN_BYTES).build() {
+        Ok(re) => Some(re),
+        Err(e) => {
+            tracing::error!(pattern, error = %e, rule = kind,
+                "rule left out: not a valid regular expression");
+            None
+        }
+    }
+}
+
 /// The built-in table plus a Relay's rules.
 #[derive(Debug, Default)]
 pub struct Classifier {
@@ -134,17 +148,10 @@ impl Classifier {
         let rules = rules
             .iter()
             .filter_map(|rule| {
-                let built = RegexBuilder::new(&rule.pattern)
-                    .size_limit(PATTERN_BYTES)
-                    .build();
-                match built {
-                    Ok(re) => Some((re, rule.class)),
-                    Err(e) => {
-                        tracing::error!(pattern = %rule.pattern, error = %e,
-                            "classification rule left out: not a valid regular expression");
-                        None
-                    }
-                }
+                Some((
+                    operator_pattern(&rule.pattern, "classification")?,
+                    rule.class,
+                ))
             })
             .collect();
         Classifier { rules }

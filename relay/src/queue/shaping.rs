@@ -2,9 +2,9 @@
 //! reply triggers (`spec.delivery.shaping`, `spec.delivery.throttle`).
 //! Built once per config; pure.
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
-use mailrelay_crds::compile::CLASSIFICATION_REGEX_BYTES;
+use crate::delivery::classify::operator_pattern;
 use mailrelay_crds::config::{ShapeConfig, ShapingConfig, ThrottleRuleConfig};
 use mailrelay_crds::shaping::ThrottleAction;
 
@@ -37,19 +37,7 @@ impl Shaper {
         let throttle = config
             .throttle
             .iter()
-            .filter_map(|rule| {
-                match RegexBuilder::new(&rule.pattern)
-                    .size_limit(CLASSIFICATION_REGEX_BYTES)
-                    .build()
-                {
-                    Ok(re) => Some((re, rule.clone())),
-                    Err(e) => {
-                        tracing::error!(pattern = %rule.pattern, error = %e,
-                            "throttle rule left out: not a valid regular expression");
-                        None
-                    }
-                }
-            })
+            .filter_map(|rule| Some((operator_pattern(&rule.pattern, "throttle")?, rule.clone())))
             .collect();
         Self {
             default: config.default,

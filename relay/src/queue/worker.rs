@@ -121,7 +121,10 @@ impl Worker {
         let mut reason = String::new();
         let mut throttle = None;
         // Throttle rules are about remote receivers, not our own servers.
-        let shaped = !matches!(dest, Dest::Route(r) if r.kind() != "smarthost");
+        let shaped = matches!(
+            dest,
+            Dest::Site(_) | Dest::Domain(_) | Dest::Route(Route::Smarthost { .. })
+        );
         for (route, indices) in groups {
             let ctx = AttemptCtx {
                 runtime: &rt,
