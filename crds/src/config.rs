@@ -69,6 +69,9 @@ pub struct RelayConfig {
     /// Delivery events' webhooks (the Relay's and its domains').
     #[serde(default, skip_serializing_if = "EventsConfig::is_empty")]
     pub events: EventsConfig,
+    /// Aggregates to count for the fleet's reports; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<crate::reports::ReportsConfig>,
 }
 
 /// Where delivery events go besides the log.

@@ -25,6 +25,7 @@ pub mod events;
 pub mod maildomain;
 pub mod manifests;
 pub mod relay;
+pub mod reports;
 pub mod resolver;
 pub mod shaping;
 

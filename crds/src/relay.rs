@@ -138,6 +138,11 @@ pub struct RelaySpec {
     )]
     pub events: crate::events::RelayEvents,
 
+    /// Aggregate reports the Relay sends for the whole fleet: DMARC about
+    /// inbound mail, TLS-RPT about outbound. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<crate::reports::ReportsSpec>,
+
     /// CPU and memory for each relay pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -657,4 +662,7 @@ pub struct RelayStatus {
     /// `Ready`, `Progressing`, `Degraded` and `ConfigValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The aggregate reports: the last period sent, and what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<crate::reports::ReportsStatus>,
 }

@@ -78,6 +78,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
     let shaping = r.shaping(spec);
     let scaling = r.scaling(spec);
     let events = super::events::relay_events(&mut r, &spec.events);
+    let reports = r.reports(spec);
 
     match (
         hostname,
@@ -119,6 +120,7 @@ pub(super) fn compile_relay(relay: &Relay) -> Result<Base, Vec<Problem>> {
                 shaping,
                 scaling,
                 events,
+                reports,
             },
             domain_selector,
             blocklist_selector,
@@ -364,6 +366,28 @@ impl Report<'_> {
             None => Some(None),
             Some(s) => super::smarthost::compile(self, "spec.smarthost", s).map(Some),
         }
+    }
+
+    /// `spec.reports`: the period and the kinds the pods count.
+    fn reports(&mut self, spec: &RelaySpec) -> Option<crate::reports::ReportsConfig> {
+        use crate::reports::ReportKind;
+        let reports = spec.reports.as_ref()?;
+        let period = self.check("spec.reports.period", normalize::duration(&reports.period));
+        let period_secs = period.map(|d| d.as_secs()).unwrap_or(0);
+        if period.is_some() && period_secs < 10 {
+            self.add("spec.reports.period", "a reporting period is at least 10s");
+        }
+        for (field, value) in [("from", &reports.from), ("contact", &reports.contact)] {
+            self.check(format!("spec.reports.{field}"), normalize::address(value));
+        }
+        if reports.kinds.is_empty() {
+            self.add("spec.reports.kinds", "name at least one of Dmarc, TlsRpt");
+        }
+        Some(crate::reports::ReportsConfig {
+            period_secs,
+            dmarc: reports.kinds.contains(&ReportKind::Dmarc),
+            tls_rpt: reports.kinds.contains(&ReportKind::TlsRpt),
+        })
     }
 
     /// `spec.delivery.tls`: domains normalised, sorted, each once.

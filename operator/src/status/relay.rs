@@ -47,6 +47,8 @@ pub(crate) fn ready_status(
         domains,
         blocklist_entries: entries,
         conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
+        // Written by the reporter, kept as it is here.
+        reports: old.reports,
     }
 }
 
