@@ -20,6 +20,7 @@ pub mod builders;
 pub mod controller;
 pub mod crds;
 pub mod dkim;
+pub mod fleet;
 pub mod http;
 pub mod leader;
 pub mod metrics;

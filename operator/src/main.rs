@@ -80,6 +80,10 @@ struct RunArgs {
     /// Nameserver for the MailDomains' MX check (default: /etc/resolv.conf).
     #[arg(long)]
     dns: Option<SocketAddr>,
+    /// How often the relay pods are asked about their event webhooks and
+    /// for finished report periods.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pod_poll_interval: std::time::Duration,
     /// Do not check MailDomains' MX records.
     #[arg(long)]
     no_mx_check: bool,
@@ -124,7 +128,7 @@ enum Error {
     },
     #[error("cannot reach the Kubernetes API: {0}")]
     Connect(#[source] kube::Error),
-    #[error("MX check: {0}")]
+    #[error("DNS resolver (--dns): {0}")]
     MxCheck(#[source] ResolverError),
     #[error("--leader-elect needs --lease-namespace or $POD_NAMESPACE")]
     NoLeaseNamespace,
@@ -206,6 +210,13 @@ fn crd(out: Option<PathBuf>) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long one query for a report destination (`rua`) may take.
+const REPORT_DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    mailrelay_crds::compile::normalize::duration(s)
+}
+
 fn init_logs(format: LogFormat, filter: &str) -> Result<(), Error> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| Error::LogFilter {
@@ -246,6 +257,13 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let version = client.apiserver_version().await.map_err(Error::Connect)?;
     tracing::info!(server = %version.git_version, identity, "connected");
+    let fleet = controller::FleetSettings {
+        interval: args.pod_poll_interval,
+        resolver: Some(
+            mailrelay_crds::resolver::resolver(args.dns.as_slice(), REPORT_DNS_TIMEOUT)
+                .map_err(Error::MxCheck)?,
+        ),
+    };
     let mx = if args.no_mx_check {
         None
     } else {
@@ -298,6 +316,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         reporter,
         metrics.clone(),
         mx,
+        fleet,
         shutdown,
     ));
     tokio::select! {

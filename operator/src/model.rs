@@ -103,7 +103,7 @@ pub(crate) fn common_labels(name: &str) -> BTreeMap<String, String> {
     labels
 }
 
-fn selector_labels(name: &str) -> BTreeMap<String, String> {
+pub(crate) fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_string(),

@@ -167,7 +167,13 @@ async fn webhook_condition(
     let w = domain.spec.events.webhook.as_ref()?;
     let refs = [("spec.events.webhook.secret".to_string(), w.secret.clone())];
     let checks = crate::webhook_keys::check(ctx.cluster.client(), ns, &refs).await;
-    crate::status::webhooks::condition(&checks)
+    // The relays name a domain's webhook by the domain (see compile).
+    let name = format!(
+        "domain:{}",
+        normalize::domain_name(&domain.spec.domain).unwrap_or_default()
+    );
+    let unreachable = ctx.webhook_health.problems(ns, None, |n| n == name);
+    crate::status::webhooks::condition(&checks, &unreachable)
 }
 
 /// The DKIM readiness gauge of this domain (deleted domains lose theirs

@@ -10,6 +10,7 @@
 pub mod blocklist;
 mod cluster;
 pub mod domain;
+mod fleet;
 mod outcomes;
 mod pending;
 pub mod relay;
@@ -34,6 +35,7 @@ use mailrelay_crds::{Blocklist, MailDomain, Relay};
 use tokio::sync::mpsc;
 
 pub use cluster::Cluster;
+pub use fleet::FleetSettings;
 pub(crate) use outcomes::Outcome;
 pub use outcomes::Selected;
 
@@ -62,6 +64,8 @@ pub struct Context {
     statuses: StatusCache,
     pending: Pending,
     handoff: relay::HandoffSecrets,
+    /// What the pods say of their event webhooks.
+    pub(crate) webhook_health: crate::fleet::health::HealthBook,
 }
 
 impl Context {
@@ -83,6 +87,7 @@ impl Context {
             statuses: StatusCache::default(),
             pending: Pending::default(),
             handoff: relay::HandoffSecrets::default(),
+            webhook_health: crate::fleet::health::HealthBook::default(),
         }
     }
 
@@ -173,6 +178,7 @@ pub async fn run(
     reporter: Reporter,
     metrics: Arc<Metrics>,
     mx: Option<MxChecker>,
+    fleet: FleetSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::StreamExt;
@@ -204,8 +210,15 @@ pub async fn run(
         domain_controller.store(),
         blocklist_controller.store(),
     );
-    let changed = vec![domain_tx, blocklist_tx];
+    let changed = vec![domain_tx.clone(), blocklist_tx];
+    let (health_tx, health_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(cluster, settings, metrics, mx, changed));
+    let pods = {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            fleet::poll_webhooks(ctx, fleet.interval, health_tx, domain_tx).await;
+        }
+    };
     let gauges = {
         let ctx = Arc::clone(&ctx);
         async move {
@@ -226,6 +239,7 @@ pub async fn run(
         .watches(blocklists_api.clone(), all.clone(), move |b: Blocklist| {
             for_blocklist.relays_for(Selected::Blocklist, &b.metadata)
         })
+        .reconcile_all_on(tokio_stream(health_rx))
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(relay::reconcile, error_policy, Arc::clone(&ctx))
         .for_each(report("Relay", Arc::clone(&ctx)));
@@ -256,6 +270,7 @@ pub async fn run(
     tokio::select! {
         _ = async { tokio::join!(relay_run, domain_run, blocklist_run, trigger) } => {}
         () = gauges => {}
+        () = pods => {}
     }
 }
 
@@ -293,7 +308,9 @@ fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
         .collect()
 }
 
-fn tokio_stream(mut rx: mpsc::UnboundedReceiver<()>) -> impl futures::Stream<Item = ()> + Send {
+fn tokio_stream<T: Send>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

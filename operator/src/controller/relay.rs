@@ -120,6 +120,9 @@ async fn webhook_condition(
         })
         .collect();
     let checks = crate::webhook_keys::check(ctx.cluster.client(), ns, &refs).await;
+    let unreachable = ctx
+        .webhook_health
+        .problems(ns, Some(&relay.name_any()), |n| n.starts_with("relay:"));
     let old = relay
         .status
         .as_ref()
@@ -128,7 +131,7 @@ async fn webhook_condition(
     crate::status::webhooks::add(
         &mut status.conditions,
         old,
-        crate::status::webhooks::condition(&checks),
+        crate::status::webhooks::condition(&checks, &unreachable),
         relay.metadata.generation,
         now,
     );
@@ -334,7 +337,11 @@ fn external_addresses(service: &Service) -> Vec<String> {
 /// transition.
 async fn write_status(ctx: &Context, relay: &Relay, status: RelayStatus) -> Result<(), Error> {
     let old = relay.status.clone().unwrap_or_default();
-    if relay.status.as_ref() == Some(&status) {
+    let unchanged = RelayStatus {
+        reports: old.reports.clone(),
+        ..status.clone()
+    };
+    if old == unchanged && relay.status.is_some() {
         return Ok(());
     }
     ctx.cluster.apply_status(relay, &status).await?;

@@ -47,8 +47,9 @@ pub(crate) fn ready_status(
         domains,
         blocklist_entries: entries,
         conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
-        // Written by the reporter, kept as it is here.
-        reports: old.reports,
+        // The reporter's, under a field manager of its own: left out here
+        // so a reconcile never writes back a stale copy.
+        reports: None,
     }
 }
 
@@ -155,6 +156,7 @@ pub(crate) fn invalid_status(relay: &Relay, invalid: &Invalid, now: &Time) -> Re
     RelayStatus {
         observed_generation: relay.metadata.generation,
         conditions: merge(&old.conditions, &conds, relay.metadata.generation, now),
+        reports: None,
         ..old
     }
 }

@@ -1,5 +1,6 @@
 //! The `EventWebhookReady` condition of a Relay or MailDomain with event
-//! webhooks: their signing keys are in their Secrets, or which are not.
+//! webhooks: their signing keys are in their Secrets, or which are not;
+//! and the pods reach them, or which they do not (`fleet::health`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -11,8 +12,9 @@ pub(crate) const CONDITION: &str = "EventWebhookReady";
 /// How many problems the message lists.
 const LISTED: usize = 10;
 
-/// The condition for these checks; `None` without webhooks.
-pub(crate) fn condition(checks: &[(String, KeyCheck)]) -> Option<Cond> {
+/// The condition for these key checks and the pods' problem lines
+/// (webhooks that fail); `None` without webhooks.
+pub(crate) fn condition(checks: &[(String, KeyCheck)], unreachable: &[String]) -> Option<Cond> {
     if checks.is_empty() {
         return None;
     }
@@ -24,6 +26,16 @@ pub(crate) fn condition(checks: &[(String, KeyCheck)]) -> Option<Cond> {
         })
         .collect();
     Some(match problems.first() {
+        None if !unreachable.is_empty() => Cond::new(
+            CONDITION,
+            State::False,
+            "WebhookUnreachable",
+            list_message(
+                "webhooks the relay pods cannot deliver events to; the events wait in the pods' event logs",
+                unreachable,
+                LISTED,
+            ),
+        ),
         None => Cond::new(
             CONDITION,
             State::True,
@@ -74,16 +86,23 @@ mod tests {
 
     #[test]
     fn no_webhook_no_condition_and_the_first_problem_gives_the_reason() {
-        assert_eq!(condition(&[]), None);
-        let ok = condition(&[("spec.events.webhook.secret".into(), KeyCheck::Present)]).unwrap();
+        assert_eq!(condition(&[], &[]), None);
+        let ok = condition(
+            &[("spec.events.webhook.secret".into(), KeyCheck::Present)],
+            &[],
+        )
+        .unwrap();
         assert_eq!((ok.state, ok.reason), (State::True, "KeysPresent"));
-        let bad = condition(&[
-            ("spec.events.webhooks[0].secret".into(), KeyCheck::Present),
-            (
-                "spec.events.webhooks[1].secret".into(),
-                problem("SecretNotFound", "Secret hook not found"),
-            ),
-        ])
+        let bad = condition(
+            &[
+                ("spec.events.webhooks[0].secret".into(), KeyCheck::Present),
+                (
+                    "spec.events.webhooks[1].secret".into(),
+                    problem("SecretNotFound", "Secret hook not found"),
+                ),
+            ],
+            &["http://a/: refused".to_string()],
+        )
         .unwrap();
         assert_eq!((bad.state, bad.reason), (State::False, "SecretNotFound"));
         assert!(
@@ -91,6 +110,20 @@ mod tests {
                 .contains("spec.events.webhooks[1].secret: Secret hook not found"),
             "{}",
             bad.message
+        );
+        let down = condition(
+            &[("spec.events.webhooks[0].secret".into(), KeyCheck::Present)],
+            &["http://hooks.example/in: connection refused (pod r-0, failing)".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            (down.state, down.reason),
+            (State::False, "WebhookUnreachable")
+        );
+        assert!(
+            down.message.contains("connection refused (pod r-0"),
+            "{}",
+            down.message
         );
     }
 }

@@ -167,6 +167,10 @@ async fn all_calls() -> Vec<Call> {
     );
     calls.extend(h.reconcile_domain("keyed").await.1);
     calls.extend(h.fake.take_calls());
+    // The pod loops (webhook health, fleet reports): a Relay's pods, listed
+    // by its labels (the hand-off Secret is read with the get above).
+    let _ = mailrelay_operator::fleet::pods(&h.fake.client(), NS, "plain").await;
+    calls.extend(h.fake.take_calls());
 
     // The controllers' watches: run them briefly against an empty API.
     let fake = FakeApi::default();
@@ -181,6 +185,7 @@ async fn all_calls() -> Vec<Call> {
         },
         Arc::new(Metrics::new()),
         None,
+        controller::FleetSettings::default(),
         async move {
             let _ = stop_rx.await;
         },
