@@ -28,6 +28,7 @@ pub mod model;
 pub mod mx;
 pub(crate) mod plan;
 pub mod render;
+pub mod report_format;
 pub(crate) mod status;
 pub(crate) mod webhook_keys;
 

@@ -1,0 +1,149 @@
+//! The reports against the committed schemas, checked by real
+//! validators: Python's `xmlschema` for the DMARC XML (RFC 7489 Appendix
+//! C) and `jsonschema` for the TLS-RPT JSON (RFC 8460 §4.4), both from the
+//! test venv (tests/requirements.txt, made by tests/lib/deps.sh and put
+//! first on PATH by tests/run). Without them these tests fail: the
+//! validator's own failure is told apart from its verdict, so a missing
+//! module never passes as a refused document.
+
+use std::io::Write;
+use std::process::Command;
+
+use super::testing::{aggregates, reporter};
+use super::{dmarc_reports, tls_reports};
+
+const DMARC_XSD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/dmarc-rfc7489.xsd");
+const TLSRPT_SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/tlsrpt-rfc8460.schema.json"
+);
+
+/// Exit status of the scripts for "the document is invalid"; anything
+/// else but 0 is the validator failing.
+const INVALID: i32 = 3;
+
+const XML_SCRIPT: &str = r#"
+import sys, xmlschema
+schema = xmlschema.XMLSchema(sys.argv[1])
+errors = list(schema.iter_errors(sys.argv[2]))
+for e in errors:
+    print(f"{e.path}: {e.reason}")
+sys.exit(3 if errors else 0)
+"#;
+
+const JSON_SCRIPT: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator, FormatChecker
+schema = json.load(open(sys.argv[1]))
+Draft202012Validator.check_schema(schema)
+v = Draft202012Validator(schema, format_checker=FormatChecker())
+errors = list(v.iter_errors(json.load(open(sys.argv[2]))))
+for e in errors:
+    print(f"{list(e.absolute_path)}: {e.message}")
+sys.exit(3 if errors else 0)
+"#;
+
+/// `Ok` when the validator accepts `doc`, `Err` with its reasons when it
+/// refuses it; panics when the validator cannot run.
+fn validate(script: &str, schema: &str, doc: &str) -> Result<(), String> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(doc.as_bytes()).unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(schema)
+        .arg(file.path())
+        .output()
+        .unwrap_or_else(|e| panic!("python3 (the test venv's, see tests/lib/deps.sh): {e}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(INVALID) => Err(said),
+        _ => panic!(
+            "the validator did not run (is the test venv from tests/requirements.txt first on PATH?):\n{said}"
+        ),
+    }
+}
+
+#[test]
+fn dmarc_reports_validate_against_the_rfc_7489_schema() {
+    let reports = dmarc_reports(&aggregates(), &reporter());
+    // The one with several rows, an IPv6 source, several DKIM results,
+    // the null sender and text needing escapes; and the small one.
+    assert_eq!(reports[1].xml.matches("<record>").count(), 2);
+    for r in &reports {
+        validate(XML_SCRIPT, DMARC_XSD, &r.xml)
+            .unwrap_or_else(|e| panic!("{} refused:\n{e}\n{}", r.domain, r.xml));
+    }
+}
+
+#[test]
+fn the_rfc_7489_schema_refuses_what_is_not_a_report() {
+    let good = &dmarc_reports(&aggregates(), &reporter())[1].xml;
+    let cases = [
+        // Children in the namespace: what a default xmlns would do.
+        good.replace(
+            "<dmarc:feedback xmlns:dmarc=\"http://dmarc.org/dmarc-xml/0.1\">",
+            "<feedback xmlns=\"http://dmarc.org/dmarc-xml/0.1\">",
+        )
+        .replace("</dmarc:feedback>", "</feedback>"),
+        // A compressed IPv6 address.
+        good.replace("2001:db8:0:0:0:0:0:25", "2001:db8::25"),
+        good.replace(
+            "<disposition>quarantine</disposition>",
+            "<disposition>discard</disposition>",
+        ),
+        good.replace("<fo>0</fo>", ""),
+        good.replace("<count>3</count>", "<count>three</count>"),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        assert_ne!(case, good, "case {i} changed nothing");
+        assert!(
+            validate(XML_SCRIPT, DMARC_XSD, case).is_err(),
+            "case {i} accepted:\n{case}"
+        );
+    }
+}
+
+#[test]
+fn tls_reports_validate_against_the_rfc_8460_schema() {
+    for r in &tls_reports(&aggregates(), &reporter()) {
+        validate(JSON_SCRIPT, TLSRPT_SCHEMA, &r.json)
+            .unwrap_or_else(|e| panic!("{} refused:\n{e}\n{}", r.domain, r.json));
+    }
+}
+
+#[test]
+fn the_rfc_8460_schema_refuses_what_is_not_a_report() {
+    let good: serde_json::Value =
+        serde_json::from_str(&tls_reports(&aggregates(), &reporter())[1].json).unwrap();
+    let mut cases = Vec::new();
+    let mut v = good.clone();
+    v["policies"][0]["policy"]["policy-type"] = "dane".into();
+    cases.push(v);
+    let mut v = good.clone();
+    v["policies"][0]["failure-details"][0]["receiving-ip"] = "2001:db8::zz".into();
+    cases.push(v);
+    let mut v = good.clone();
+    v["date-range"]["start-datetime"] = "2023-11-15 00:00".into();
+    cases.push(v);
+    let mut v = good.clone();
+    v["policies"][0]["summary"]["total-failure-session-count"] = (-1).into();
+    cases.push(v);
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("report-id");
+    cases.push(v);
+    let mut v = good.clone();
+    v["policies"][0]["failure-details"][0]["failed-sessions"] = 1.into();
+    cases.push(v);
+    for case in cases {
+        assert!(
+            validate(JSON_SCRIPT, TLSRPT_SCHEMA, &case.to_string()).is_err(),
+            "accepted: {case}"
+        );
+    }
+}
