@@ -82,6 +82,25 @@ impl Cluster {
             + std::fmt::Debug,
         S: Serialize,
     {
+        self.apply_status_as(obj, status, FIELD_MANAGER).await
+    }
+
+    /// [`Self::apply_status`] under another field manager: for status
+    /// fields another loop than the reconcile owns (so neither removes the
+    /// other's by leaving them out).
+    pub(crate) async fn apply_status_as<K, S>(
+        &self,
+        obj: &K,
+        status: &S,
+        manager: &str,
+    ) -> Result<(), ApiError>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize,
+    {
         let ns = obj.namespace().unwrap_or_default();
         let name = obj.name_any();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
@@ -92,7 +111,7 @@ impl Cluster {
         });
         api.patch_status(
             &name,
-            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &kube::api::PatchParams::apply(manager).force(),
             &kube::api::Patch::Apply(&body),
         )
         .await

@@ -14,6 +14,7 @@ mod fleet;
 mod outcomes;
 mod pending;
 pub mod relay;
+mod reports;
 mod statuses;
 
 use std::sync::Arc;
@@ -216,7 +217,14 @@ pub async fn run(
     let pods = {
         let ctx = Arc::clone(&ctx);
         async move {
-            fleet::poll_webhooks(ctx, fleet.interval, health_tx, domain_tx).await;
+            let health =
+                fleet::poll_webhooks(Arc::clone(&ctx), fleet.interval, health_tx, domain_tx);
+            match fleet.resolver {
+                Some(dns) => {
+                    tokio::join!(health, reports::run(ctx, fleet.interval, dns));
+                }
+                None => health.await,
+            }
         }
     };
     let gauges = {
