@@ -74,7 +74,7 @@ fn dmarc_reports_validate_against_the_rfc_7489_schema() {
     let reports = dmarc_reports(&aggregates(), &reporter());
     // The one with several rows, an IPv6 source, several DKIM results,
     // the null sender and text needing escapes; and the small one.
-    assert_eq!(reports[1].xml.matches("<record>").count(), 2);
+    assert_eq!(reports[1].xml.matches("<record xmlns=\"\">").count(), 2);
     for r in &reports {
         validate(XML_SCRIPT, DMARC_XSD, &r.xml)
             .unwrap_or_else(|e| panic!("{} refused:\n{e}\n{}", r.domain, r.xml));
@@ -87,14 +87,12 @@ fn the_rfc_7489_schema_refuses_what_is_not_a_report() {
     // Each with a word of the refusal it must get, so a document refused
     // for another reason (say, broken XML) does not pass for this one.
     let cases = [
-        // Children in the namespace: what a default xmlns would do.
+        // Children in the namespace: a default namespace not set back.
+        (good.replace(" xmlns=\"\"", ""), "Unexpected child"),
+        // The root in no namespace, as most reporters write it.
         (
-            good.replace(
-                "<dmarc:feedback xmlns:dmarc=\"http://dmarc.org/dmarc-xml/0.1\">",
-                "<feedback xmlns=\"http://dmarc.org/dmarc-xml/0.1\">",
-            )
-            .replace("</dmarc:feedback>", "</feedback>"),
-            "Unexpected child",
+            good.replace(" xmlns=\"http://dmarc.org/dmarc-xml/0.1\"", ""),
+            "is not an element of the schema",
         ),
         // A compressed IPv6 address.
         (
@@ -160,4 +158,38 @@ fn the_rfc_8460_schema_refuses_what_is_not_a_report() {
             Ok(()) => panic!("accepted ({refusal}): {case}"),
         }
     }
+}
+
+/// What a parser that ignores namespaces sees (expat without namespace
+/// processing, as xmltodict and so parsedmarc use it), and what
+/// ElementTree finds by the elements' plain names.
+const PLAIN_SCRIPT: &str = r#"
+import sys, xml.parsers.expat, xml.etree.ElementTree as ET
+doc = open(sys.argv[2], "rb").read()
+names, depth = [], [0]
+def start(name, attrs):
+    if depth[0] <= 1:
+        names.append(name)
+    depth[0] += 1
+def end(name):
+    depth[0] -= 1
+p = xml.parsers.expat.ParserCreate()
+p.StartElementHandler, p.EndElementHandler = start, end
+p.Parse(doc, True)
+root = ET.fromstring(doc)
+found = root.find("report_metadata/org_name") is not None and len(root.findall("record")) > 0
+print(names[:4], root.tag, found)
+sys.exit(0 if names[:4] == ["feedback", "version", "report_metadata", "policy_published"] and found else 3)
+"#;
+
+#[test]
+fn parsers_that_ignore_namespaces_find_feedback_and_its_children() {
+    for r in &dmarc_reports(&aggregates(), &reporter()) {
+        validate(PLAIN_SCRIPT, "", &r.xml).unwrap_or_else(|e| panic!("{e}\n{}", r.xml));
+    }
+    let prefixed = dmarc_reports(&aggregates(), &reporter())[0]
+        .xml
+        .replace("<feedback xmlns=", "<dmarc:feedback xmlns:dmarc=")
+        .replace("</feedback>", "</dmarc:feedback>");
+    assert!(validate(PLAIN_SCRIPT, "", &prefixed).is_err());
 }
