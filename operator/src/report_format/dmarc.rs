@@ -11,9 +11,16 @@ use mailrelay_crds::reports::{DmarcRow, PeriodAggregates, PublishedPolicy};
 use super::{Reporter, domain_key, report_id};
 
 /// The schema's target namespace. The schema has no elementFormDefault,
-/// so only the root element is in it: the root gets a prefix, and its
-/// children none (a default namespace would put them in it too).
+/// so only the root element is in it and every other element in none.
+///
+/// The root is written unprefixed in a default namespace, and each of its
+/// children sets the default back to none (`xmlns=""`), which their
+/// descendants inherit. A prefixed root (`<dmarc:feedback>`) would be as
+/// valid, but parsers that ignore namespaces, parsedmarc the best known,
+/// look for an element named `feedback` and would find none.
 const NAMESPACE: &str = "http://dmarc.org/dmarc-xml/0.1";
+/// On each child of the root; see [`NAMESPACE`].
+const NO_NAMESPACE: &str = " xmlns=\"\"";
 
 /// One report: for one policy domain, one period.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +63,9 @@ pub fn dmarc_reports(agg: &PeriodAggregates, who: &Reporter) -> Vec<DmarcReport>
 fn document(rows: &[&DmarcRow], who: &Reporter, id: &str, start: i64, end: i64) -> String {
     let mut x = String::with_capacity(512 + rows.len() * 700);
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(x, "<dmarc:feedback xmlns:dmarc=\"{NAMESPACE}\">");
-    x.push_str("  <version>1.0</version>\n");
-    x.push_str("  <report_metadata>\n");
+    let _ = writeln!(x, "<feedback xmlns=\"{NAMESPACE}\">");
+    let _ = writeln!(x, "  <version{NO_NAMESPACE}>1.0</version>");
+    let _ = writeln!(x, "  <report_metadata{NO_NAMESPACE}>");
     element(&mut x, 4, "org_name", &who.organization);
     element(&mut x, 4, "email", &who.contact);
     element(&mut x, 4, "report_id", id);
@@ -71,7 +78,7 @@ fn document(rows: &[&DmarcRow], who: &Reporter, id: &str, start: i64, end: i64) 
     for row in rows {
         record(&mut x, row);
     }
-    x.push_str("</dmarc:feedback>\n");
+    x.push_str("</feedback>\n");
     x
 }
 
@@ -96,7 +103,7 @@ fn published<'a>(rows: &[&'a DmarcRow]) -> &'a PublishedPolicy {
 }
 
 fn policy_published(x: &mut String, p: &PublishedPolicy) {
-    x.push_str("  <policy_published>\n");
+    let _ = writeln!(x, "  <policy_published{NO_NAMESPACE}>");
     element(x, 4, "domain", &domain_key(&p.domain));
     // Optional in the schema: left out rather than guessed when unknown.
     for (name, value) in [("adkim", &p.adkim), ("aspf", &p.aspf)] {
@@ -114,7 +121,7 @@ fn policy_published(x: &mut String, p: &PublishedPolicy) {
 }
 
 fn record(x: &mut String, row: &DmarcRow) {
-    x.push_str("  <record>\n    <row>\n");
+    let _ = write!(x, "  <record{NO_NAMESPACE}>\n    <row>\n");
     element(x, 6, "source_ip", &source_ip(row.source_ip));
     element(x, 6, "count", &row.count.to_string());
     x.push_str("      <policy_evaluated>\n");
@@ -241,11 +248,11 @@ mod tests {
         let domains: Vec<&str> = reports.iter().map(|r| r.domain.as_str()).collect();
         assert_eq!(domains, ["other.test", "shop.test"]);
         let shop = &reports[1];
-        assert_eq!(shop.xml.matches("<record>").count(), 2);
+        assert_eq!(shop.xml.matches("<record xmlns=\"\">").count(), 2);
         assert!(shop.xml.contains("<count>3</count>"));
         assert!(shop.xml.contains("<count>5</count>"));
         assert!(!shop.xml.contains("other.test"));
-        assert_eq!(reports[0].xml.matches("<record>").count(), 1);
+        assert_eq!(reports[0].xml.matches("<record xmlns=\"\">").count(), 1);
         assert!(!reports[0].xml.contains("shop.test"));
     }
 

@@ -259,7 +259,10 @@ async fn one_record<D: TxtLookup + Sync>(
 }
 
 /// RFC 7489 §7.1: may reports about `policy_domain` go to an address at
-/// `rua_domain`? Asked of `<policy_domain>._report._dmarc.<rua_domain>`.
+/// `rua_domain`? Asked of `<policy_domain>._report._dmarc.<rua_domain>`
+/// (a wildcard there answers for every domain, by the DNS itself). A
+/// `rua` in that record, which §7.1 lets the receiver use to name other
+/// addresses, is not followed: the report goes to the verified address.
 async fn verified<D: TxtLookup + Sync>(
     dns: &D,
     policy_domain: &str,

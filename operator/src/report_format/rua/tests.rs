@@ -154,14 +154,15 @@ fn an_outside_destination_is_kept_only_when_it_agrees() {
     let dns = Fake::default()
         .with(
             "_dmarc.shop.test.",
-            &["v=DMARC1; p=none; rua=mailto:a@vendor.test,mailto:b@other.test,mailto:c@down.test"],
+            &["v=DMARC1; p=none; rua=mailto:a@vendor.test,mailto:b@other.test,mailto:c@down.test,mailto:d@bare.test"],
         )
-        .with("shop.test._report._dmarc.vendor.test.", &["v=DMARC1"])
+        .with("shop.test._report._dmarc.vendor.test.", &["v=DMARC1;"])
+        .with("shop.test._report._dmarc.bare.test.", &["v=DMARC1"])
         .with("shop.test._report._dmarc.other.test.", &["v=spf1 -all"])
         .failing("shop.test._report._dmarc.down.test.");
     assert_eq!(
         run(dmarc_destinations(&dns, "shop.test")).unwrap(),
-        [mailto("a@vendor.test", None)]
+        [mailto("a@vendor.test", None), mailto("d@bare.test", None)]
     );
 }
 
