@@ -72,7 +72,10 @@ impl WebhookBoard {
     }
 
     /// The webhooks named in `names` (those configured now), in order.
-    pub(crate) fn status<'a>(&self, names: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<WebhookHealth> {
+    pub(crate) fn status<'a>(
+        &self,
+        names: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<WebhookHealth> {
         let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
         names
             .into_iter()

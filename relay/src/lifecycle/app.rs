@@ -21,8 +21,8 @@ use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Running};
 use crate::lifecycle::handoff::{self, DrainArgs};
 use crate::ops::http::{self, Health};
 use crate::ops::internal::Internal;
-use crate::ops::reports::Reports;
 use crate::ops::metrics::Metrics;
+use crate::ops::reports::Reports;
 use crate::policy::limits::Limiter;
 use crate::policy::{self, DnsblChecker};
 use crate::queue::manager::{Concurrency, Manager};
@@ -241,9 +241,7 @@ fn load_config(opts: &RunOptions) -> Result<Loaded, RunError> {
         .map(handoff::load_secret)
         .transpose()?;
     let key = secret.as_deref().map(handoff::wire::key);
-    let internal_key = secret
-        .as_deref()
-        .map(mailrelay_crds::reports::internal_key);
+    let internal_key = secret.as_deref().map(mailrelay_crds::reports::internal_key);
     Ok(Loaded {
         runtime,
         listeners,

@@ -182,7 +182,12 @@ pub(crate) async fn serve(
                 );
                 async move {
                     if is_internal(req.uri().path()) {
-                        return Ok(crate::ops::internal::serve(internal.as_deref(), req, peer.ip()).await);
+                        return Ok(crate::ops::internal::serve(
+                            internal.as_deref(),
+                            req,
+                            peer.ip(),
+                        )
+                        .await);
                     }
                     let path = req.uri().path();
                     let response = if path == "/queue/destinations"

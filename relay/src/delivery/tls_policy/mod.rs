@@ -53,13 +53,13 @@ use crate::delivery::smtp::ConnectFailure;
 use crate::delivery::{OutboundConfig, Outcome, Security, SmtpClient, Target, Timeouts};
 use crate::ops::metrics::Metrics;
 use crate::ops::reports::Reports;
-use mailrelay_crds::reports::ReportsConfig;
 use crate::policy::HickoryDns;
 use crate::spool::QueueId;
 pub(crate) use cache::{Found, StsCache};
 use dane::{DaneDns, Proven};
 pub(crate) use decide::{HostTlsa, TlsPlan, TlsSeen, Verdict};
 use fetch::HttpsSource;
+use mailrelay_crds::reports::ReportsConfig;
 use sts::Mode;
 
 /// Where MTA-STS policies are served (§3.3: HTTPS, the default port).

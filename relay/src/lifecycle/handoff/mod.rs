@@ -13,7 +13,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 /// Shortest secret accepted: 128 bits.
 const MIN_SECRET: usize = 16;
 
@@ -171,7 +170,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("s");
         std::fs::write(&path, "too short\n").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(load_secret(&path), Err(HandoffError::Short { .. })));
+        assert!(matches!(
+            load_secret(&path),
+            Err(HandoffError::Short { .. })
+        ));
         std::fs::write(&path, "  0123456789abcdef0123\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(load_secret(&path).is_ok());
         assert!(matches!(

@@ -219,10 +219,14 @@ impl Commands<'_> {
     async fn reports(&mut self, args: &str) -> Result<Next, SessionError> {
         let mut words = args.split_ascii_whitespace();
         let (Some(len), Some(mac), None) = (words.next(), words.next(), words.next()) else {
-            return Ok(Next::Close("501 5.5.4 expected XREPORTS LENGTH MAC; closing".into()));
+            return Ok(Next::Close(
+                "501 5.5.4 expected XREPORTS LENGTH MAC; closing".into(),
+            ));
         };
         let Some(len) = len.parse::<u64>().ok().filter(|l| *l <= wire::MAX_REPORTS) else {
-            return Ok(Next::Close(format!("552 5.3.4 bad or too large length {len}; closing")));
+            return Ok(Next::Close(format!(
+                "552 5.3.4 bad or too large length {len}; closing"
+            )));
         };
         let mut body = vec![0; usize::try_from(len).unwrap_or(0)];
         tokio::time::timeout(IDLE, self.read.read_exact(&mut body))
@@ -230,7 +234,9 @@ impl Commands<'_> {
             .map_err(|_| SessionError::Idle)??;
         if !wire::verify_reports(&self.rx.key, self.nonce, &body, mac) {
             tracing::warn!(peer = %self.peer, "report aggregates refused: bad MAC");
-            return Ok(Next::Close("535 5.7.8 hand-off authentication failed".into()));
+            return Ok(Next::Close(
+                "535 5.7.8 hand-off authentication failed".into(),
+            ));
         }
         let periods: Vec<mailrelay_crds::reports::PeriodAggregates> =
             match serde_json::from_slice(&body) {

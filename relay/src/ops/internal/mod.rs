@@ -17,8 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use mailrelay_crds::reports::{
-    PodStatus, REPORTS_PATH, SIGNATURE_HEADER, STATUS_PATH, SUBMIT_PATH, Submission,
-    verify_request,
+    PodStatus, REPORTS_PATH, SIGNATURE_HEADER, STATUS_PATH, SUBMIT_PATH, Submission, verify_request,
 };
 use ring::hmac;
 

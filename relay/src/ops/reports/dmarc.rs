@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use mailrelay_crds::reports::{DkimAuth, Disposition, DmarcRow, SpfAuth};
+use mailrelay_crds::reports::{Disposition, DkimAuth, DmarcRow, SpfAuth};
 
 use crate::smtp::inbound_auth::results::{AuthResults, Dmarc};
 use crate::smtp::inbound_auth::verdict::Action;

@@ -95,7 +95,8 @@ impl Reports {
 
     fn add(&self, config: &ReportsConfig, now: i64, f: impl FnOnce(&mut PeriodAggregates)) {
         let start = config.period_start(now);
-        let end = start.saturating_add(i64::try_from(config.period_secs.max(1)).unwrap_or(i64::MAX));
+        let end =
+            start.saturating_add(i64::try_from(config.period_secs.max(1)).unwrap_or(i64::MAX));
         let mut counts = self.counts();
         f(counts
             .periods

@@ -55,7 +55,10 @@ impl Store {
 
     /// The start of the period a file name holds.
     fn start_of(name: &str) -> Option<i64> {
-        name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()
+        name.strip_prefix(PREFIX)?
+            .strip_suffix(SUFFIX)?
+            .parse()
+            .ok()
     }
 
     /// Every period stored. Unreadable files are logged and renamed

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hickory_resolver::TokioResolver;
-use mail_auth::dmarc::{Alignment, Policy};
-use mailrelay_crds::reports::PublishedPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::{Alignment, Policy};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult,
 };
+use mailrelay_crds::reports::PublishedPolicy;
 
 use super::results::{AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck};
 

@@ -66,7 +66,10 @@ pub(crate) async fn stamp<'a>(
     // Boxed: the checks' futures (mail-auth's DNS lookups) are large, and
     // inlined they would make every session's future — which `tokio::spawn`
     // copies per connection — that much bigger, checked mail or not.
-    Box::pin(check(checker, metrics, session, accepted, queue_id, reports)).await
+    Box::pin(check(
+        checker, metrics, session, accepted, queue_id, reports,
+    ))
+    .await
 }
 
 async fn check<'a>(
@@ -128,7 +131,11 @@ async fn check<'a>(
             sender.as_deref(),
         )
     {
-        reports.dmarc(rt.config.reports.as_ref(), jiff::Timestamp::now().as_second(), row);
+        reports.dmarc(
+            rt.config.reports.as_ref(),
+            jiff::Timestamp::now().as_second(),
+            row,
+        );
     }
     tracing::info!(
         queue_id,
