@@ -389,6 +389,12 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     assert_eq!(counts(&after), counts(&before), "{after:#?}");
     assert_eq!(after.dmarc, before.dmarc);
     assert_eq!(after.tls, before.tls);
+    assert!(
+        b.log_text()
+            .contains("report aggregates taken from a draining peer"),
+        "{}",
+        b.log_text()
+    );
     let files = period_files(&root.path().join("b"));
     assert!(!files.is_empty(), "b wrote nothing to its reports/");
 }

@@ -120,3 +120,43 @@ impl EventMetrics {
             .inc_by(events as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_is_failing_from_its_first_failure_until_a_success() {
+        let board = WebhookBoard::default();
+        board.pending("relay:a", "http://a/", 3);
+        board.failed("relay:a", "http://a/", "connection refused".into(), 100);
+        board.failed("relay:a", "http://a/", "HTTP 500".into(), 130);
+        let names = [("relay:a", "http://a/"), ("domain:b", "http://b/")];
+        let [a, b] = board.status(names).try_into().unwrap();
+        assert_eq!(
+            (
+                a.pending,
+                a.consecutive_failures,
+                a.failing_since,
+                a.last_error.as_deref()
+            ),
+            (3, 2, Some(100), Some("HTTP 500"))
+        );
+        assert_eq!(
+            b,
+            WebhookHealth {
+                name: "domain:b".into(),
+                url: "http://b/".into(),
+                ..WebhookHealth::default()
+            }
+        );
+        board.succeeded("relay:a", "http://a/", 200);
+        let [a] = board.status([("relay:a", "http://a/")]).try_into().unwrap();
+        assert_eq!(
+            (a.consecutive_failures, a.failing_since, a.last_success),
+            (0, None, Some(200))
+        );
+        // Removed from the config: no longer reported.
+        assert!(board.status([]).is_empty());
+    }
+}
