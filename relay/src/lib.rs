@@ -1,4 +1,19 @@
 //! The mailrelay data plane, in the order a message travels through it.
+//!
+//! ## Reports data
+//!
+//! With `RelayConfig.reports` set, each pod counts its share of the
+//! Relay's DMARC (RFC 7489 §7.2) and TLS-RPT (RFC 8460) aggregates per
+//! period (`ops::reports`): a DMARC row per inbound message checked against
+//! a published policy (`smtp::inbound_auth`), a TLS row per outbound MX
+//! session (`delivery::tls_policy`). Counts live in memory, are written to
+//! `SPOOL_DIR/reports/period-START.json` every 5 s and at drain, kept 7
+//! days, served to the operator on the signed internal API
+//! (`ops::internal`: `GET /internal/reports?start=`, `GET /internal/status`
+//! with the webhooks' health, `POST /internal/submit` for the reports it
+//! sends as mail through the relay), and handed to a peer with the queue
+//! when the pod drains (`lifecycle::handoff::reports`). A SIGKILL loses at
+//! most the last 5 s of counts; never mail.
 
 // What is in force and how it changes: runtime, reload, standalone manifests.
 pub mod config;

@@ -9,6 +9,9 @@ pub mod sign;
 
 pub(crate) use keys::DkimKeys;
 
+use mailrelay_crds::config::DkimConfig;
+
+use crate::config::runtime::Runtime;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Session;
 
@@ -42,6 +45,20 @@ pub(crate) async fn sign_accepted(
                 return Ok((content, None));
             }
         };
+    sign_as(keys, rt, domain, dkim, queue_id, content).await
+}
+
+/// Sign `content` as `domain` with `dkim`'s key: what [`sign_accepted`]
+/// does once it has decided, and what the internal API's submissions
+/// (the operator's reports, for a hosted From: domain) go through.
+pub(crate) async fn sign_as(
+    keys: &DkimKeys,
+    rt: &Runtime,
+    domain: String,
+    dkim: &DkimConfig,
+    queue_id: &str,
+    content: Vec<u8>,
+) -> Result<(Vec<u8>, Option<String>), Reply> {
     let path = dkim.private_key.path(&rt.config.secrets_dir);
     let key = match keys.get(&path, dkim.algorithm).await {
         Ok(k) => k,

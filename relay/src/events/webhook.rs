@@ -74,12 +74,16 @@ impl Sender {
                 && let Err(e) = self.post(&live).await
             {
                 self.metrics.count("failed", live.len());
+                (self.metrics.health).failed(&name, &self.config.url, e.to_string(), now);
                 tracing::warn!(webhook = %name, events = live.len(), error = %e, retry_in = ?backoff, "event webhook failed; will retry");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
             backoff = FIRST_BACKOFF;
+            if !live.is_empty() {
+                (self.metrics.health).succeeded(&name, &self.config.url, now);
+            }
             self.metrics.count("delivered", live.len());
             if !expired.is_empty() {
                 self.metrics.count("expired", expired.len());
@@ -92,6 +96,7 @@ impl Sender {
 
     fn gauge(&self) {
         let pending = self.backlog.pending(&self.config.name);
+        (self.metrics.health).pending(&self.config.name, &self.config.url, pending);
         self.metrics
             .pending(&self.config.name)
             .set(i64::try_from(pending).unwrap_or(i64::MAX));

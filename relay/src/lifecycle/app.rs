@@ -20,7 +20,9 @@ use crate::events::metrics::EventMetrics;
 use crate::lifecycle::drain::{DirectionLabel, DrainMetrics, Running};
 use crate::lifecycle::handoff::{self, DrainArgs};
 use crate::ops::http::{self, Health};
+use crate::ops::internal::Internal;
 use crate::ops::metrics::Metrics;
+use crate::ops::reports::Reports;
 use crate::policy::limits::Limiter;
 use crate::policy::{self, DnsblChecker};
 use crate::queue::manager::{Concurrency, Manager};
@@ -93,6 +95,8 @@ pub enum RunError {
     Handoff(#[from] handoff::HandoffError),
     #[error("event log: {0}")]
     Events(#[from] crate::events::LogError),
+    #[error("report aggregates: {0}")]
+    Reports(#[from] crate::ops::reports::StoreError),
     #[error("cannot create {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -164,6 +168,8 @@ struct Loaded {
     outbound_tls: crate::delivery::tls_policy::OutboundTls,
     tls: Option<Tls>,
     key: Option<ring::hmac::Key>,
+    /// The internal API's key, from the same secret.
+    internal_key: Option<ring::hmac::Key>,
     secrets: Option<tempfile::TempDir>,
 }
 
@@ -228,12 +234,14 @@ fn load_config(opts: &RunOptions) -> Result<Loaded, RunError> {
     for w in warnings.iter().chain(&runtime_warnings) {
         tracing::warn!("{w}");
     }
-    let key = opts
+    let secret = opts
         .drain
         .handoff_secret_file
         .as_deref()
-        .map(handoff::load_key)
+        .map(handoff::load_secret)
         .transpose()?;
+    let key = secret.as_deref().map(handoff::wire::key);
+    let internal_key = secret.as_deref().map(mailrelay_crds::reports::internal_key);
     Ok(Loaded {
         runtime,
         listeners,
@@ -241,6 +249,7 @@ fn load_config(opts: &RunOptions) -> Result<Loaded, RunError> {
         outbound_tls,
         tls,
         key,
+        internal_key,
         secrets,
     })
 }
@@ -291,12 +300,28 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         },
         dnsbl: Arc::new(DnsblChecker::new(loaded.dns.clone(), 100_000)),
     };
-    start_events(&shared.current, &spool, &loaded.outbound_tls, event_metrics)?;
+    start_events(
+        &shared.current,
+        &spool,
+        &loaded.outbound_tls,
+        Arc::clone(&event_metrics),
+    )?;
+    let reports = start_reports(&spool)?;
     let accepting = bind_listeners(loaded.listeners, &shared).await?;
     let manager = start_delivery(&shared, &spool, loaded.dns, loaded.outbound_tls, &metrics);
     let handoff_listener =
         start_handoff(opts, &loaded.key, &shared, &spool, &drain_metrics).await?;
-    let health = serve_http(opts, &metrics, &spool, &manager).await?;
+    let internal = loaded.internal_key.map(|key| {
+        Arc::new(Internal {
+            key,
+            current: shared.current.clone(),
+            spool: spool.clone(),
+            reports: reports.clone(),
+            events: event_metrics,
+            dkim: shared.conn.dkim.clone(),
+        })
+    });
+    let health = serve_http(opts, &metrics, &spool, &manager, internal).await?;
     background(opts, &shared, &spool, &metrics).await;
     health.set_ready(true);
     Ok(Running {
@@ -309,6 +334,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         key: loaded.key,
         hostname,
         metrics: drain_metrics,
+        reports,
         _secrets: loaded.secrets,
     })
 }
@@ -340,6 +366,16 @@ fn start_events(
     }
     events.start_senders(current.clone(), metrics, outbound_tls.https());
     Ok(())
+}
+
+/// The report aggregates in the spool's `reports/`, loaded, counted into
+/// from now on and written every few seconds.
+fn start_reports(spool: &Spool) -> Result<Reports, RunError> {
+    let store = crate::ops::reports::Store::open(&spool.dir().join("reports"))?;
+    let reports = Reports::open(store);
+    spool.set_reports(reports.clone());
+    tokio::spawn(reports.clone().run());
+    Ok(reports)
 }
 
 async fn bind_listeners(
@@ -395,6 +431,7 @@ async fn start_handoff(
                 direction: "received",
             })
             .clone(),
+        reports: spool.reports().cloned(),
     };
     let listener = bind("handoff", addr).await?;
     tracing::info!(address = %addr, "listening for queue hand-offs from peers");
@@ -409,6 +446,7 @@ async fn serve_http(
     metrics: &Arc<Metrics>,
     spool: &Spool,
     manager: &Arc<Manager>,
+    internal: Option<Arc<Internal>>,
 ) -> Result<Health, RunError> {
     let addr = opts.http.unwrap_or_else(|| default_http(&opts.source));
     let listener = http::bind(addr).await.map_err(|source| RunError::Bind {
@@ -425,6 +463,7 @@ async fn serve_http(
         health.clone(),
         spool.clone(),
         Arc::clone(manager) as Arc<dyn crate::ops::destinations::QueueControl>,
+        internal,
     ));
     Ok(health)
 }

@@ -74,6 +74,8 @@ pub(crate) struct Running {
     pub key: Option<hmac::Key>,
     pub hostname: String,
     pub metrics: DrainMetrics,
+    /// This relay's report aggregates: handed off with the queue.
+    pub reports: crate::ops::reports::Reports,
     /// A standalone run's private secrets directory, kept while it runs.
     pub _secrets: Option<tempfile::TempDir>,
 }
@@ -140,6 +142,7 @@ impl Running {
             tokio::time::sleep(POLL).await;
         }
         let report = self.hand_off(args, deadline).await;
+        self.hand_off_reports(args, deadline).await;
         self.metrics
             .left
             .set(i64::try_from(report.left).unwrap_or(i64::MAX));
@@ -169,6 +172,26 @@ impl Running {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Hand the report aggregates to a peer (see `handoff::reports`), or
+    /// keep them on disk.
+    async fn hand_off_reports(&self, args: &DrainArgs, deadline: Instant) {
+        let peers = match &self.key {
+            Some(_) => handoff::peers(args).await,
+            None => Vec::new(),
+        };
+        let handed = match &self.key {
+            Some(key) if !peers.is_empty() => {
+                // A few seconds past the queue's deadline at most.
+                let until = deadline.max(Instant::now()) + Duration::from_secs(5);
+                handoff::reports::hand_off(&self.reports, &peers, key, &self.hostname, until).await
+            }
+            _ => false,
+        };
+        if !handed && let Err(e) = self.reports.flush() {
+            tracing::warn!(error = %e, "cannot write the report aggregates");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` for Prometheus and the kubelet,
 //! and the queue admin API (loopback only): `/queue…` and
-//! `/queue/destinations`.
+//! `/queue/destinations`; and the signed internal API (`/internal/…`,
+//! see `ops::internal`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::ops::admin::{self, QueueCommand};
 use crate::ops::destinations::QueueControl;
+use crate::ops::internal::{Internal, is_internal};
 use crate::ops::metrics::Metrics;
 use crate::spool::Spool;
 
@@ -152,6 +154,7 @@ pub(crate) async fn serve(
     health: Health,
     spool: Spool,
     manager: Arc<dyn QueueControl>,
+    internal: Option<Arc<Internal>>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -161,21 +164,31 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let (metrics, health, spool, manager) = (
+        let (metrics, health, spool, manager, internal) = (
             Arc::clone(&metrics),
             health.clone(),
             spool.clone(),
             Arc::clone(&manager),
+            internal.clone(),
         );
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (metrics, health, spool, manager) = (
+                let (metrics, health, spool, manager, internal) = (
                     Arc::clone(&metrics),
                     health.clone(),
                     spool.clone(),
                     Arc::clone(&manager),
+                    internal.clone(),
                 );
                 async move {
+                    if is_internal(req.uri().path()) {
+                        return Ok(crate::ops::internal::serve(
+                            internal.as_deref(),
+                            req,
+                            peer.ip(),
+                        )
+                        .await);
+                    }
                     let path = req.uri().path();
                     let response = if path == "/queue/destinations"
                         && req.method() == hyper::Method::GET

@@ -7,4 +7,6 @@ pub mod check;
 pub mod destinations;
 pub(crate) mod disk;
 pub(crate) mod http;
+pub(crate) mod internal;
 pub(crate) mod metrics;
+pub(crate) mod reports;

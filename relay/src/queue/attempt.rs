@@ -41,6 +41,8 @@ pub(crate) struct AttemptCtx<'a, D> {
     pub outbound_tls: &'a OutboundTls,
     /// The message being delivered, for the policy's log events.
     pub queue_id: Option<QueueId>,
+    /// Where TLS sessions are counted for the reports (see `ops::reports`).
+    pub reports: Option<&'a crate::ops::reports::Reports>,
 }
 
 /// What one attempt gave: an outcome per recipient, and what it learnt
@@ -99,6 +101,9 @@ pub(crate) async fn attempt<D: MxDns>(
             domain,
             queue_id: ctx.queue_id,
             metrics: ctx.metrics,
+            reports: ctx
+                .reports
+                .zip(ctx.runtime.config.reports.as_ref().filter(|c| c.tls_rpt)),
         }),
         _ => None,
     };

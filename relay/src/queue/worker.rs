@@ -137,6 +137,7 @@ impl Worker {
                 metrics: &self.metrics,
                 outbound_tls: &self.outbound_tls,
                 queue_id: Some(q.id),
+                reports: self.spool.reports(),
             };
             let recipients: Vec<String> = indices
                 .iter()

@@ -356,6 +356,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         session,
         &accepted,
         &id_text,
+        ctx.spool.reports(),
     )
     .await
     {

@@ -228,6 +228,8 @@ struct Inner {
     arrivals: std::sync::OnceLock<Arrivals>,
     /// Where the events of the messages in this spool go (see `events`).
     events: std::sync::OnceLock<crate::events::Events>,
+    /// This pod's report aggregates, kept beside the spool (see `ops::reports`).
+    reports: std::sync::OnceLock<crate::ops::reports::Reports>,
 }
 
 /// See [`Spool::on_arrival`].
@@ -337,6 +339,17 @@ impl Spool {
             .events
             .get()
             .unwrap_or_else(|| crate::events::Events::log_only())
+    }
+
+    /// Count this spool's report aggregates in `reports` (its files live
+    /// in the spool's `reports/`). Set once; a second call is ignored.
+    pub(crate) fn set_reports(&self, reports: crate::ops::reports::Reports) {
+        let _ = self.inner.reports.set(reports);
+    }
+
+    /// Where report aggregates are counted, once `set_reports` was called.
+    pub(crate) fn reports(&self) -> Option<&crate::ops::reports::Reports> {
+        self.inner.reports.get()
     }
 
     /// Whether a new message can be taken: false while the disk is full
@@ -490,6 +503,7 @@ fn open_blocking(dir: PathBuf, options: SpoolOptions) -> Result<(Spool, Recovery
         _lock: lock,
         arrivals: std::sync::OnceLock::new(),
         events: std::sync::OnceLock::new(),
+        reports: std::sync::OnceLock::new(),
     };
     let spool = Spool {
         inner: Arc::new(inner),

@@ -68,6 +68,7 @@ async fn a_kept_connection_serves_only_a_plan_it_satisfies() {
         domain: "d.test",
         queue_id: None,
         metrics: &metrics,
+        reports: None,
     };
     let enforce = check(TlsPlan::Sts(policy(Mode::Enforce, 60, &["*.d.test"])));
     assert!(!enforce.reusable(&encrypted) && enforce.reusable(&verified));
@@ -104,6 +105,7 @@ async fn testing_mode_reports_a_certificate_for_another_name_and_enforce_refuses
         domain: "d.test",
         queue_id: None,
         metrics: &metrics,
+        reports: None,
     };
     let testing = check(Mode::Testing);
     let config = tls.outbound_config(&testing.plan, "relay.test", Timeouts::default());
@@ -180,6 +182,7 @@ async fn a_dane_host_gets_mandatory_tls_checked_against_its_tlsa_records() {
         domain: "d.test",
         queue_id: None,
         metrics: &metrics,
+        reports: None,
     };
     let matching = check(dane(sha256(&pki.ca_der)));
     let base = OutboundConfig::new("relay.test", TlsMode::Opportunistic);

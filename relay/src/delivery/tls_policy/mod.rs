@@ -52,12 +52,14 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use crate::delivery::smtp::ConnectFailure;
 use crate::delivery::{OutboundConfig, Outcome, Security, SmtpClient, Target, Timeouts};
 use crate::ops::metrics::Metrics;
+use crate::ops::reports::Reports;
 use crate::policy::HickoryDns;
 use crate::spool::QueueId;
 pub(crate) use cache::{Found, StsCache};
 use dane::{DaneDns, Proven};
 pub(crate) use decide::{HostTlsa, TlsPlan, TlsSeen, Verdict};
 use fetch::HttpsSource;
+use mailrelay_crds::reports::ReportsConfig;
 use sts::Mode;
 
 /// Where MTA-STS policies are served (§3.3: HTTPS, the default port).
@@ -298,6 +300,8 @@ pub(crate) struct Check<'a> {
     pub domain: &'a str,
     pub queue_id: Option<QueueId>,
     pub metrics: &'a Metrics,
+    /// Where sessions are counted for TLS reports, when they are wanted.
+    pub reports: Option<(&'a Reports, &'a ReportsConfig)>,
 }
 
 impl Check<'_> {
@@ -397,6 +401,18 @@ impl Check<'_> {
         seen: Option<&TlsSeen>,
     ) -> Result<(), Outcome> {
         let plan = self.plan.for_host(&target.host);
+        if let Some((reports, config)) = self.reports
+            && let Some(row) = crate::ops::reports::tls::row(
+                self.domain,
+                plan,
+                &target.host,
+                Some(target.addr.ip()),
+                &verdict,
+                seen,
+            )
+        {
+            reports.tls(Some(config), jiff::Timestamp::now().as_second(), row);
+        }
         let policy = plan.label();
         let queue_id = self.queue_id.map(|q| q.to_string()).unwrap_or_default();
         let (host, domain) = (target.host.as_str(), self.domain);

@@ -54,7 +54,7 @@ pub struct Report {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum PeerError {
+pub(super) enum PeerError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -71,15 +71,17 @@ enum PeerError {
     Unexpected(#[from] Unexpected),
 }
 
-struct Connection {
-    read: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-    nonce: String,
+pub(super) struct Connection {
+    pub(super) read: BufReader<OwnedReadHalf>,
+    pub(super) write: OwnedWriteHalf,
+    pub(super) nonce: String,
     /// The peer takes messages pipelined.
     pipelining: bool,
+    /// The peer takes report aggregates (`XREPORTS`).
+    pub(super) reports: bool,
 }
 
-async fn answer(read: &mut BufReader<OwnedReadHalf>) -> Result<Reply, PeerError> {
+pub(super) async fn answer(read: &mut BufReader<OwnedReadHalf>) -> Result<Reply, PeerError> {
     tokio::time::timeout(REPLY_TIMEOUT, read_reply(read))
         .await
         .map_err(|_| PeerError::Timeout)?
@@ -87,7 +89,7 @@ async fn answer(read: &mut BufReader<OwnedReadHalf>) -> Result<Reply, PeerError>
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr, hostname: &str) -> Result<Connection, PeerError> {
+    pub(super) async fn open(addr: SocketAddr, hostname: &str) -> Result<Connection, PeerError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| PeerError::Timeout)??;
@@ -116,6 +118,7 @@ impl Connection {
             write,
             nonce,
             pipelining: ehlo.has_extension(PIPELINING),
+            reports: ehlo.has_extension(wire::REPORTS),
         })
     }
 }

@@ -5,14 +5,13 @@
 
 pub mod client;
 mod pipeline;
+pub(crate) mod reports;
 pub mod server;
 pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ring::hmac;
 
 /// Shortest secret accepted: 128 bits.
 const MIN_SECRET: usize = 16;
@@ -77,8 +76,9 @@ pub enum HandoffError {
     Short { path: PathBuf },
 }
 
-/// The HMAC key from a secret file.
-pub(crate) fn load_key(path: &Path) -> Result<hmac::Key, HandoffError> {
+/// The secret in a secret file (surrounding whitespace removed): the
+/// hand-off key, and the internal API's (`reports::internal_key`).
+pub(crate) fn load_secret(path: &Path) -> Result<Vec<u8>, HandoffError> {
     let bytes = std::fs::read(path).map_err(|source| HandoffError::Read {
         path: path.to_path_buf(),
         source,
@@ -89,7 +89,7 @@ pub(crate) fn load_key(path: &Path) -> Result<hmac::Key, HandoffError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(wire::key(secret))
+    Ok(secret.to_vec())
 }
 
 /// The peers to try, in a random order (so draining pods spread their
@@ -170,11 +170,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("s");
         std::fs::write(&path, "too short\n").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(load_key(&path), Err(HandoffError::Short { .. })));
-        std::fs::write(&path, "  0123456789abcdef0123\n").unwrap_or_else(|e| panic!("{e}"));
-        assert!(load_key(&path).is_ok());
         assert!(matches!(
-            load_key(&dir.path().join("missing")),
+            load_secret(&path),
+            Err(HandoffError::Short { .. })
+        ));
+        std::fs::write(&path, "  0123456789abcdef0123\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(load_secret(&path).is_ok());
+        assert!(matches!(
+            load_secret(&dir.path().join("missing")),
             Err(HandoffError::Read { .. })
         ));
     }

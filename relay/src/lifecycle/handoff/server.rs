@@ -22,7 +22,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::wire::{self, EXTENSION, MAX_COMMAND, PIPELINING, Transfer};
+use super::wire::{self, EXTENSION, MAX_COMMAND, PIPELINING, REPORTS, Transfer};
 use crate::config::Current;
 use crate::spool::{HandedOff, QueueId, Queued, RecipientState, Spool, SpoolError};
 
@@ -46,6 +46,8 @@ pub(crate) struct Receiver {
     pub key: hmac::Key,
     /// Messages taken from peers.
     pub received: Counter,
+    /// Where peers' report aggregates are merged (`XREPORTS`).
+    pub reports: Option<crate::ops::reports::Reports>,
 }
 
 /// Accept hand-off sessions until the task is dropped.
@@ -147,6 +149,8 @@ enum Next {
 impl Commands<'_> {
     async fn run(mut self) -> Result<(), SessionError> {
         let mut seq: u64 = 0;
+        // One aggregates frame per session: a replayed one would count twice.
+        let mut reports_taken = false;
         let mut line = Vec::with_capacity(1024);
         loop {
             line.clear();
@@ -172,10 +176,20 @@ impl Commands<'_> {
             let text = text.trim_end_matches(['\r', '\n']);
             let (verb, args) = text.split_once(' ').unwrap_or((text, ""));
             let next = match verb.to_ascii_uppercase().as_str() {
-                "EHLO" | "HELO" => Next::Reply(Owed::Now(format!(
-                    "250-{}\r\n250-{PIPELINING}\r\n250 {EXTENSION}",
-                    self.hostname
-                ))),
+                "EHLO" | "HELO" => Next::Reply(Owed::Now(match self.rx.reports {
+                    Some(_) => format!(
+                        "250-{}\r\n250-{PIPELINING}\r\n250-{REPORTS}\r\n250 {EXTENSION}",
+                        self.hostname
+                    ),
+                    None => format!(
+                        "250-{}\r\n250-{PIPELINING}\r\n250 {EXTENSION}",
+                        self.hostname
+                    ),
+                })),
+                "XREPORTS" if self.rx.reports.is_some() && !reports_taken => {
+                    reports_taken = true;
+                    self.reports(args).await?
+                }
                 "NOOP" | "RSET" => Next::Reply(Owed::Now("250 2.0.0 ok".into())),
                 "QUIT" => Next::Close("221 2.0.0 bye".into()),
                 "XMESSAGE" => {
@@ -198,6 +212,53 @@ impl Commands<'_> {
                 }
             }
         }
+    }
+
+    /// An XREPORTS frame: a peer's report aggregates, merged into ours and
+    /// written before the 250.
+    async fn reports(&mut self, args: &str) -> Result<Next, SessionError> {
+        let mut words = args.split_ascii_whitespace();
+        let (Some(len), Some(mac), None) = (words.next(), words.next(), words.next()) else {
+            return Ok(Next::Close(
+                "501 5.5.4 expected XREPORTS LENGTH MAC; closing".into(),
+            ));
+        };
+        let Some(len) = len.parse::<u64>().ok().filter(|l| *l <= wire::MAX_REPORTS) else {
+            return Ok(Next::Close(format!(
+                "552 5.3.4 bad or too large length {len}; closing"
+            )));
+        };
+        let mut body = vec![0; usize::try_from(len).unwrap_or(0)];
+        tokio::time::timeout(IDLE, self.read.read_exact(&mut body))
+            .await
+            .map_err(|_| SessionError::Idle)??;
+        if !wire::verify_reports(&self.rx.key, self.nonce, &body, mac) {
+            tracing::warn!(peer = %self.peer, "report aggregates refused: bad MAC");
+            return Ok(Next::Close(
+                "535 5.7.8 hand-off authentication failed".into(),
+            ));
+        }
+        let periods: Vec<mailrelay_crds::reports::PeriodAggregates> =
+            match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => return Ok(Next::Reply(Owed::Now(format!("501 5.6.0 {e}")))),
+            };
+        let Some(reports) = self.rx.reports.clone() else {
+            return Ok(Next::Reply(Owed::Now("502 5.5.1 not taken here".into())));
+        };
+        let n = periods.len();
+        let merged = tokio::task::spawn_blocking(move || reports.merge_in(&periods)).await;
+        Ok(Next::Reply(Owed::Now(match merged {
+            Ok(Ok(())) => {
+                tracing::info!(peer = %self.peer, periods = n, "report aggregates taken from a draining peer");
+                format!("250 2.0.0 {n} periods merged")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot write report aggregates from a peer");
+                format!("451 4.3.0 cannot store the aggregates: {e}")
+            }
+            Err(e) => format!("451 4.3.0 cannot store the aggregates: {e}"),
+        })))
     }
 
     /// An XMESSAGE, the `seq`th of the session: read its body, check its

@@ -45,6 +45,36 @@ use crate::spool::{Envelope, RecipientState};
 /// What the server answers EHLO with, so a client knows it reached a
 /// hand-off listener and not some other SMTP server.
 pub(crate) const EXTENSION: &str = "XHANDOFF";
+/// Advertised by servers that take report aggregates: `XREPORTS LEN MAC`
+/// then LEN bytes of JSON, an array of `PeriodAggregates`, once per
+/// session, after the queue. A client sends it only to a server that
+/// advertises it, so old peers on either side are unaffected.
+pub(crate) const REPORTS: &str = "XREPORTS";
+const REPORTS_MAC_CONTEXT: &[u8] = b"mailrelay-handoff-reports-v1\0";
+/// Largest aggregates frame a server reads.
+pub(crate) const MAX_REPORTS: u64 = 64 << 20;
+
+/// The MAC of a session's aggregates frame.
+pub fn reports_mac(key: &hmac::Key, nonce: &str, body: &[u8]) -> String {
+    hex(hmac::sign(key, &reports_input(nonce, body)).as_ref())
+}
+
+/// Constant-time check of an aggregates frame's MAC.
+pub(crate) fn verify_reports(key: &hmac::Key, nonce: &str, body: &[u8], mac_hex: &str) -> bool {
+    let Some(tag) = unhex(mac_hex) else {
+        return false;
+    };
+    hmac::verify(key, &reports_input(nonce, body), &tag).is_ok()
+}
+
+fn reports_input(nonce: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = REPORTS_MAC_CONTEXT.to_vec();
+    m.extend_from_slice(nonce.as_bytes());
+    m.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
 /// Advertised by servers that take XMESSAGEs pipelined.
 pub(crate) const PIPELINING: &str = "PIPELINING";
 /// Longest command line the server reads: TRANSFER carries the envelope,
@@ -283,6 +313,17 @@ mod tests {
             Err(WireError::Length("-1".into()))
         );
         assert_eq!(parse_message_args("5 abc 0g"), Err(WireError::MacSyntax));
+    }
+
+    #[test]
+    fn the_reports_mac_binds_secret_nonce_and_body() {
+        let k = key(b"shared secret");
+        let m = reports_mac(&k, "n1", b"[]");
+        assert!(verify_reports(&k, "n1", b"[]", &m));
+        assert!(!verify_reports(&key(b"other"), "n1", b"[]", &m));
+        assert!(!verify_reports(&k, "n2", b"[]", &m), "another session");
+        assert!(!verify_reports(&k, "n1", b"[1]", &m), "altered body");
+        assert_ne!(m, mac(&k, "n1", 0, "", b"[]"), "never a message's MAC");
     }
 
     #[test]

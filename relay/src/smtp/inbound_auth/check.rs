@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hickory_resolver::TokioResolver;
-use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::{Alignment, Policy};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult,
 };
+use mailrelay_crds::reports::PublishedPolicy;
 
 use super::results::{AuthResults, Dkim, DkimCheck, Dmarc, DmarcCheck, DmarcPolicy, Spf, SpfCheck};
 
@@ -186,11 +187,45 @@ fn dmarc_check(out: &DmarcOutput) -> DmarcCheck {
         Policy::Quarantine => DmarcPolicy::Quarantine,
         Policy::None | Policy::Unspecified => DmarcPolicy::None,
     });
+    let published = out
+        .dmarc_record()
+        .map(|r| published(r, from_domain.as_deref().unwrap_or_default()));
     DmarcCheck {
         result,
         from_domain,
         policy,
         spf_aligned: *out.spf_result() == DmarcResult::Pass,
         dkim_aligned: *out.dkim_result() == DmarcResult::Pass,
+        published,
+    }
+}
+
+/// The record as a report shows it (RFC 7489 Appendix C). mail-auth
+/// follows DMARCbis: it parses no `pct`, and says neither whether the
+/// record was the From: domain's or its organisational domain's. So the
+/// domain given is the From: domain, and `pct` is 100, or 0 under the
+/// testing flag `t=y` (DMARCbis' replacement for `pct=0`).
+fn published(r: &mail_auth::dmarc::Dmarc, domain: &str) -> PublishedPolicy {
+    let align = |a: &Alignment| match a {
+        Alignment::Relaxed => "r",
+        Alignment::Strict => "s",
+    };
+    let policy = |p: &Policy| match p {
+        Policy::Reject => "reject",
+        Policy::Quarantine => "quarantine",
+        Policy::None | Policy::Unspecified => "none",
+    };
+    // RFC 7489 §6.3: without `sp`, subdomains follow `p`.
+    let sp = match r.sp {
+        Policy::Unspecified => &r.p,
+        ref sp => sp,
+    };
+    PublishedPolicy {
+        domain: domain.to_string(),
+        adkim: align(&r.adkim).into(),
+        aspf: align(&r.aspf).into(),
+        p: policy(&r.p).into(),
+        sp: policy(sp).into(),
+        pct: if r.t { 0 } else { 100 },
     }
 }

@@ -26,6 +26,7 @@ fn sample() -> AuthResults {
             policy: Some(DmarcPolicy::Reject),
             spf_aligned: true,
             dkim_aligned: false,
+            published: None,
         },
         arc: ArcCheck {
             result: Arc::Fail,

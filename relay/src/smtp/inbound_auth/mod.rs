@@ -26,6 +26,7 @@ pub(crate) use metrics::AuthMetrics;
 use verdict::Action;
 
 use crate::config::runtime::Recipient;
+use crate::ops::reports::Reports;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Accepted, Session};
 
@@ -49,6 +50,7 @@ pub(crate) async fn stamp<'a>(
     session: &Session,
     accepted: &'a Accepted,
     queue_id: &str,
+    reports: Option<&Reports>,
 ) -> Result<Stamped<'a>, Reply> {
     let rt = session.runtime();
     if session.conn.listener != ListenerName::Smtp
@@ -64,7 +66,10 @@ pub(crate) async fn stamp<'a>(
     // Boxed: the checks' futures (mail-auth's DNS lookups) are large, and
     // inlined they would make every session's future — which `tokio::spawn`
     // copies per connection — that much bigger, checked mail or not.
-    Box::pin(check(checker, metrics, session, accepted, queue_id)).await
+    Box::pin(check(
+        checker, metrics, session, accepted, queue_id, reports,
+    ))
+    .await
 }
 
 async fn check<'a>(
@@ -73,6 +78,7 @@ async fn check<'a>(
     session: &Session,
     accepted: &'a Accepted,
     queue_id: &str,
+    reports: Option<&Reports>,
 ) -> Result<Stamped<'a>, Reply> {
     let rt = session.runtime();
     let tx = &accepted.transaction;
@@ -116,6 +122,21 @@ async fn check<'a>(
         .await;
     let action = verdict::decide(policy, &results);
     metrics.record(&results, &action);
+    if let Some(reports) = reports
+        && rt.config.reports.as_ref().is_some_and(|c| c.dmarc)
+        && let Some(row) = crate::ops::reports::dmarc::row(
+            &results,
+            &action,
+            mailrelay_crds::compile::normalize::unmap_addr(session.conn.client_ip),
+            sender.as_deref(),
+        )
+    {
+        reports.dmarc(
+            rt.config.reports.as_ref(),
+            jiff::Timestamp::now().as_second(),
+            row,
+        );
+    }
     tracing::info!(
         queue_id,
         client = %session.conn.client_ip,

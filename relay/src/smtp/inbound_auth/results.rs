@@ -129,6 +129,8 @@ pub(crate) struct DmarcCheck {
     pub spf_aligned: bool,
     /// A DKIM signature of a domain aligned with From: passed.
     pub dkim_aligned: bool,
+    /// The record as published, for the aggregate reports.
+    pub published: Option<mailrelay_crds::reports::PublishedPolicy>,
 }
 
 impl DmarcCheck {
@@ -140,6 +142,7 @@ impl DmarcCheck {
             policy: None,
             spf_aligned: false,
             dkim_aligned: false,
+            published: None,
         }
     }
 }

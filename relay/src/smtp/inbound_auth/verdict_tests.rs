@@ -32,6 +32,7 @@ fn results(spf_result: Spf, dmarc: Dmarc, p: Option<DmarcPolicy>) -> AuthResults
             policy: p,
             spf_aligned: spf_result == Spf::Pass && dmarc == Dmarc::Pass,
             dkim_aligned: false,
+            published: None,
         },
         arc: ArcCheck {
             result: Arc::None,
