@@ -14,198 +14,34 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use base64::Engine as _;
 use common::dns::Dnsmasq;
-use common::manifests::{ALICE, HOSTNAME, Setup};
+use common::manifests::{ALICE, HOSTNAME};
 use common::process::free_ports;
+use common::reports::{
+    Hosts, REMOTE, REPORTS_DOMAIN, SECRET, SENDER_DOMAIN, Signed, aggregates, counts, now,
+    period_files, request, setup, start,
+};
 use common::sink::{Answer, Sink, saved};
 use common::smtp::Smtp;
-use common::{LOCALHOST, RelayProcess, wait_for};
+use common::{LOCALHOST, wait_for};
 use mailrelay_crds::reports::{
-    PeriodAggregates, PodStatus, REPORTS_PATH, SIGNATURE_HEADER, STATUS_PATH, SUBMIT_PATH,
-    Submission, Submitted, TlsPolicyType, internal_key, sign_request,
+    PodStatus, REPORTS_PATH, SIGNATURE_HEADER, STATUS_PATH, SUBMIT_PATH, Submission, Submitted,
+    internal_key,
 };
+use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(90);
 const MX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 130);
 const INBOUND_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 132));
-const REMOTE: &str = "tlsrpt.test";
-const SENDER_DOMAIN: &str = "dmarc-sender.test";
-const REPORTS_DOMAIN: &str = "reports.test";
-const SECRET: &str = "0123456789abcdef-test-reports-secret";
+const HOSTS: Hosts = Hosts {
+    mx: MX,
+    client: INBOUND_CLIENT,
+};
 const PERIOD: i64 = 3600;
 const MESSAGES: usize = 3;
-const ED_KEY: &str = include_str!("../src/dkim/testdata/ed25519.pem");
-
-fn setup() -> Setup {
-    let pem: String = ED_KEY.lines().map(|l| format!("    {l}\n")).collect();
-    Setup::default()
-        .relay_spec(
-            "trustedNetworks: [127.0.0.1/32]\nrelayFromTrustedNetworks: true\n\
-             queue: {retrySchedule: [1s], jitterPercent: 0, lifetime: 1h, delayWarning: 0s}\n\
-             reports: {organization: Test, contact: postmaster@hosted.test, from: reports@reports.test, period: 1h}",
-        )
-        .dns_records(&format!(
-            "mx-host={REMOTE},mx.{REMOTE},10\nhost-record=mx.{REMOTE},{MX}\n\
-             txt-record={SENDER_DOMAIN},\"v=spf1 ip4:{INBOUND_CLIENT} -all\"\n\
-             txt-record=_dmarc.{SENDER_DOMAIN},\"v=DMARC1; p=none; rua=mailto:agg@{SENDER_DOMAIN}\""
-        ))
-        .domain(&format!(
-            "apiVersion: mailrelay.io/v1alpha1
-kind: MailDomain
-metadata:
-  name: reports
-spec:
-  domain: {REPORTS_DOMAIN}
-  inbound: {{catchAll: true}}
-  delivery: {{lmtp: {{host: 127.0.0.1, port: 9}}}}
-  dkim:
-    selector: ed
-    algorithm: ed25519-sha256
-    privateKey: {{name: reports-dkim, key: private.pem}}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: reports-dkim
-type: Opaque
-stringData:
-  private.pem: |
-{pem}"
-        ))
-}
-
-fn start(
-    root: &Path,
-    name: &str,
-    dns: SocketAddr,
-    me: SocketAddr,
-    peers: &[SocketAddr],
-) -> RelayProcess {
-    let dir = root.join(name);
-    setup().write(&dir.join("manifests"));
-    let mut extra = vec![
-        "--handoff-listen".to_string(),
-        me.to_string(),
-        "--handoff-secret-file".into(),
-        root.join("secret").display().to_string(),
-        "--drain-accept".into(),
-        "0s".into(),
-        "--drain-sessions".into(),
-        "10s".into(),
-        "--drain-deliver".into(),
-        "1s".into(),
-    ];
-    for p in peers {
-        extra.extend(["--peer".to_string(), p.to_string()]);
-    }
-    RelayProcess::start_with(&dir, 0, LOCALHOST, dns, &extra)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// How a test request is signed.
-enum Signed<'a> {
-    With(&'a ring::hmac::Key),
-    Not,
-}
-
-/// `METHOD path_and_query` with `body` to `addr`: status and body.
-fn request(addr: SocketAddr, signed: Signed, method: &str, pq: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = format!(
-        "{method} {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Signed::With(key) = signed {
-        let sig = sign_request(key, now(), method, pq, body);
-        head.push_str(&format!("{SIGNATURE_HEADER}: {sig}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The aggregates of every period from `since` to now, merged.
-fn aggregates(addr: SocketAddr, key: &ring::hmac::Key, since: i64) -> PeriodAggregates {
-    let mut all = PeriodAggregates::default();
-    let mut start = since - since.rem_euclid(PERIOD);
-    while start <= now() {
-        let (status, body) = request(
-            addr,
-            Signed::With(key),
-            "GET",
-            &format!("{REPORTS_PATH}?start={start}"),
-            b"",
-        );
-        assert_eq!(status, 200, "{body}");
-        let p: PeriodAggregates = serde_json::from_str(&body).unwrap();
-        assert_eq!((p.start, p.end), (start, start + PERIOD));
-        all.merge(&p);
-        start += PERIOD;
-    }
-    all
-}
-
-/// (TLS sessions that succeeded, failed as starttls-not-supported) for the
-/// remote domain, and the DMARC messages counted for the sender domain.
-fn counts(p: &PeriodAggregates) -> (u64, u64, u64) {
-    let tls = p.tls.iter().filter(|r| r.policy_domain == REMOTE);
-    let (mut ok, mut clear) = (0, 0);
-    for r in tls {
-        assert_eq!(r.policy_type, TlsPolicyType::NoPolicyFound, "{r:?}");
-        ok += r.successes;
-        clear += r
-            .failures
-            .iter()
-            .filter(|f| {
-                f.result_type == "starttls-not-supported" && f.receiving_ip == Some(IpAddr::V4(MX))
-            })
-            .map(|f| f.count)
-            .sum::<u64>();
-    }
-    let dmarc = p
-        .dmarc
-        .iter()
-        .filter(|r| r.header_from == SENDER_DOMAIN)
-        .map(|r| r.count)
-        .sum();
-    (ok, clear, dmarc)
-}
-
-fn period_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("spool/reports"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n: &String| n.starts_with("period-") && n.ends_with(".json"))
-        .collect()
-}
 
 #[test]
 fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
@@ -214,15 +50,16 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         .tempdir()
         .unwrap();
     std::fs::write(root.path().join("secret"), format!("{SECRET}\n")).unwrap();
-    let dns = Dnsmasq::start(root.path(), &setup().dns_records);
+    let setup = setup(HOSTS, "1h", "");
+    let dns = Dnsmasq::start(root.path(), &setup.dns_records);
     let key = internal_key(SECRET.as_bytes());
     let ports = free_ports(&[LOCALHOST, LOCALHOST]);
     let (at_a, at_b) = (
         SocketAddr::new(LOCALHOST, ports[0]),
         SocketAddr::new(LOCALHOST, ports[1]),
     );
-    let mut a = start(root.path(), "a", dns.addr, at_a, &[at_b]);
-    let b = start(root.path(), "b", dns.addr, at_b, &[]);
+    let mut a = start(root.path(), "a", &setup, dns.addr, at_a, &[at_b]);
+    let b = start(root.path(), "b", &setup, dns.addr, at_b, &[]);
     let sink_dir = root.path().join("sink");
     let _sink = Sink::start(MX, &sink_dir, Answer::Accept);
     let began = now();
@@ -265,13 +102,13 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     let (ok, clear, _) = wait_for(
         WITHIN,
         || {
-            let c = counts(&aggregates(a.addrs.http, &key, began));
+            let c = counts(&aggregates(a.addrs.http, &key, began, PERIOD), MX);
             (c.1 >= 1 && c.2 == 2).then_some(c)
         },
         || {
             format!(
                 "{:#?}\n{}",
-                aggregates(a.addrs.http, &key, began),
+                aggregates(a.addrs.http, &key, began, PERIOD),
                 a.log_text()
             )
         },
@@ -281,7 +118,7 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         clear as usize <= MESSAGES,
         "a session counts once, not per message: {clear}"
     );
-    let at_a = aggregates(a.addrs.http, &key, began);
+    let at_a = aggregates(a.addrs.http, &key, began, PERIOD);
     let row = at_a
         .dmarc
         .iter()
@@ -376,7 +213,7 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     );
 
     // Drain: a's counts move to b, and a keeps none of them.
-    let before = aggregates(a.addrs.http, &key, began);
+    let before = aggregates(a.addrs.http, &key, began, PERIOD);
     let status = a.terminate(WITHIN).expect("a exits");
     assert!(
         status.success(),
@@ -385,8 +222,8 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     );
     let left = period_files(&root.path().join("a"));
     assert!(left.is_empty(), "a kept {left:?}\n{}", a.log_text());
-    let after = aggregates(b.addrs.http, &key, began);
-    assert_eq!(counts(&after), counts(&before), "{after:#?}");
+    let after = aggregates(b.addrs.http, &key, began, PERIOD);
+    assert_eq!(counts(&after, MX), counts(&before, MX), "{after:#?}");
     assert_eq!(after.dmarc, before.dmarc);
     assert_eq!(after.tls, before.tls);
     assert!(

@@ -23,6 +23,7 @@ pub mod peers;
 pub mod policy_server;
 pub mod process;
 pub mod remote;
+pub mod reports;
 pub mod sink;
 pub mod smtp;
 pub mod spool;
