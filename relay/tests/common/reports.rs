@@ -22,6 +22,7 @@ pub const SENDER_DOMAIN: &str = "dmarc-sender.test";
 pub const REPORTS_DOMAIN: &str = "reports.test";
 pub const SECRET: &str = "0123456789abcdef-test-reports-secret";
 const ED_KEY: &str = include_str!("../../src/dkim/testdata/ed25519.pem");
+const ED_PUBLIC: &str = include_str!("../../src/dkim/testdata/ed25519.pub.b64");
 
 /// A test's own hosts.
 #[derive(Clone, Copy)]
@@ -49,7 +50,9 @@ pub fn setup(hosts: Hosts, period: &str, relay_spec: &str) -> Setup {
              mx-host={SENDER_DOMAIN},mx.{REMOTE},10\n\
              txt-record={SENDER_DOMAIN},\"v=spf1 ip4:{client} -all\"\n\
              txt-record=_dmarc.{SENDER_DOMAIN},\"v=DMARC1; p=none; rua=mailto:agg@{SENDER_DOMAIN}\"\n\
-             txt-record=_smtp._tls.{REMOTE},\"v=TLSRPTv1; rua=mailto:tlsrpt@{REMOTE}\""
+             txt-record=_smtp._tls.{REMOTE},\"v=TLSRPTv1; rua=mailto:tlsrpt@{REMOTE}\"\n\
+             txt-record=ed._domainkey.{REPORTS_DOMAIN},\"v=DKIM1; k=ed25519; p={}\"",
+            ED_PUBLIC.trim()
         ))
         .domain(&format!(
             "apiVersion: mailrelay.io/v1alpha1
