@@ -84,6 +84,10 @@ struct RunArgs {
     /// for finished report periods.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pod_poll_interval: std::time::Duration,
+    /// CA certificates (PEM) trusted besides the Web PKI's for `https`
+    /// TLS-RPT destinations (a private PKI's).
+    #[arg(long)]
+    report_ca: Option<PathBuf>,
     /// Do not check MailDomains' MX records.
     #[arg(long)]
     no_mx_check: bool,
@@ -128,6 +132,8 @@ enum Error {
     },
     #[error("cannot reach the Kubernetes API: {0}")]
     Connect(#[source] kube::Error),
+    #[error("--report-ca: {0}")]
+    ReportCa(String),
     #[error("DNS resolver (--dns): {0}")]
     MxCheck(#[source] ResolverError),
     #[error("--leader-elect needs --lease-namespace or $POD_NAMESPACE")]
@@ -263,6 +269,12 @@ async fn run(args: RunArgs) -> Result<(), Error> {
             mailrelay_crds::resolver::resolver(args.dns.as_slice(), REPORT_DNS_TIMEOUT)
                 .map_err(Error::MxCheck)?,
         ),
+        report_tls: match &args.report_ca {
+            Some(path) => Some(
+                mailrelay_operator::fleet::http::with_extra_roots(path).map_err(Error::ReportCa)?,
+            ),
+            None => None,
+        },
     };
     let mx = if args.no_mx_check {
         None

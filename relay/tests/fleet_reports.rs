@@ -7,11 +7,13 @@
 //! with the counts of both pods, as mail through the relay itself: they
 //! reach smtp-sink DKIM-signed (checked by dkimpy) and their documents
 //! validate against the committed schemas (RFC 7489's XSD, our RFC 8460
-//! JSON Schema). The Relay's event webhook, where nothing listens, shows as
+//! JSON Schema); the TLS-RPT report is also POSTed to the domain's `https`
+//! destination. The Relay's event webhook, where nothing listens, shows as
 //! `EventWebhookReady=False` with reason `WebhookUnreachable`.
 //!
 //! Hosts: 127.0.0.140 (the MX sink), 127.0.0.142 (the inbound client),
-//! 127.0.0.141 (the webhook nobody answers).
+//! 127.0.0.141 (the webhook nobody answers), 127.0.0.143 (the https
+//! TLS-RPT destination).
 
 // A panic is a test failure: unwrap and expect are how tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use common::dns::Dnsmasq;
 use common::manifests::ALICE;
+use common::policy_server::{HttpsCollector, Pki};
 use common::process::{Guard, free_ports};
 use common::reports::{
     Hosts, REMOTE, REPORTS_DOMAIN, SECRET, SENDER_DOMAIN, aggregates, counts, now, setup, start,
@@ -47,7 +50,10 @@ const MX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 140);
 const HOSTS: Hosts = Hosts {
     mx: MX,
     client: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 142)),
+    https_rua: None,
 };
+/// The TLS-RPT `https` destination.
+const HTTPS_RUA: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 143));
 const WEBHOOK: &str = "http://127.0.0.141:9/events";
 /// The reporting period: short, so the test sees one end.
 const PERIOD: i64 = 30;
@@ -196,8 +202,20 @@ fn the_operator_sends_one_report_per_domain_with_the_counts_of_every_pod() {
         .unwrap();
     let dir = root.path();
     std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    // The https destination, with a certificate of a CA the operator is
+    // told to trust (--report-ca).
+    let https_rua = SocketAddr::new(HTTPS_RUA, free_ports(&[HTTPS_RUA])[0]);
+    let pki = Pki::new();
+    std::fs::write(dir.join("report-ca.pem"), &pki.ca_pem).unwrap();
+    let collector = rt.block_on(HttpsCollector::start(
+        https_rua,
+        pki.server(&[&HTTPS_RUA.to_string()]),
+    ));
     let setup = setup(
-        HOSTS,
+        Hosts {
+            https_rua: Some(https_rua),
+            ..HOSTS
+        },
         &format!("{PERIOD}s"),
         &format!(
             "events: {{webhooks: [{{url: \"{WEBHOOK}\", secret: {{name: hook-key, key: key}}}}]}}"
@@ -228,6 +246,8 @@ fn the_operator_sends_one_report_per_domain_with_the_counts_of_every_pod() {
                 &dns.addr.to_string(),
             ])
             .args(["--pod-poll-interval", "1s", "--log-format", "text"])
+            .arg("--report-ca")
+            .arg(dir.join("report-ca.pem"))
             .args(["--log-level", "info,kube=warn"])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("POD_NAMESPACE")
@@ -460,6 +480,18 @@ fn the_operator_sends_one_report_per_domain_with_the_counts_of_every_pod() {
         report["policies"][0]["policy"]["policy-domain"],
         json!(REMOTE)
     );
+    // The same report, POSTed to the https destination (RFC 8460 §5.4).
+    let posted = collector.posted();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(
+        (posted[0].path.as_str(), posted[0].content_type.as_str()),
+        ("/tlsrpt", "application/tlsrpt+gzip")
+    );
+    let mut body = String::new();
+    flate2::read::GzDecoder::new(posted[0].body.as_slice())
+        .read_to_string(&mut body)
+        .unwrap();
+    assert_eq!(body, json_text);
     operator.stop(Duration::from_secs(5));
     drop(b);
 }

@@ -39,6 +39,7 @@ const INBOUND_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 132));
 const HOSTS: Hosts = Hosts {
     mx: MX,
     client: INBOUND_CLIENT,
+    https_rua: None,
 };
 const PERIOD: i64 = 3600;
 const MESSAGES: usize = 3;

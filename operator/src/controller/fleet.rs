@@ -18,6 +18,8 @@ pub struct FleetSettings {
     pub interval: Duration,
     /// Resolver for the reports' `rua` records; `None`: no reports are sent.
     pub resolver: Option<hickory_resolver::TokioResolver>,
+    /// Roots for `https` report destinations; the Web PKI's when `None`.
+    pub report_tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl Default for FleetSettings {
@@ -25,6 +27,7 @@ impl Default for FleetSettings {
         FleetSettings {
             interval: Duration::from_secs(30),
             resolver: None,
+            report_tls: None,
         }
     }
 }

@@ -221,7 +221,10 @@ pub async fn run(
                 fleet::poll_webhooks(Arc::clone(&ctx), fleet.interval, health_tx, domain_tx);
             match fleet.resolver {
                 Some(dns) => {
-                    tokio::join!(health, reports::run(ctx, fleet.interval, dns));
+                    tokio::join!(
+                        health,
+                        reports::run(ctx, fleet.interval, dns, fleet.report_tls)
+                    );
                 }
                 None => health.await,
             }

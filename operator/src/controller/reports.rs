@@ -28,6 +28,7 @@ use mailrelay_crds::events::WebhookUrl;
 use mailrelay_crds::reports::{
     PeriodAggregates, ReportKind, ReportsSpec, ReportsStatus, Submission,
 };
+use tokio_rustls::rustls::ClientConfig;
 
 use super::Context;
 use crate::fleet::{self, FleetError, PodApi, RelayPod};
@@ -75,7 +76,13 @@ pub(crate) fn due(last_end: Option<i64>, now: i64, len: i64, grace: i64) -> Vec<
 }
 
 /// Every `interval`, send what is due for every Relay with reports.
-pub(crate) async fn run(ctx: Arc<Context>, interval: Duration, dns: TokioResolver) {
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    interval: Duration,
+    dns: TokioResolver,
+    https: Option<Arc<ClientConfig>>,
+) {
+    let out = Out { dns, https };
     let mut sent: HashMap<(String, String), i64> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,7 +111,7 @@ pub(crate) async fn run(ctx: Arc<Context>, interval: Duration, dns: TokioResolve
             // Pods flush and hand off within seconds; a day's period waits a minute.
             let grace = (len / 10).min(60);
             for start in due(last_end, now, len, grace) {
-                match report_period(&ctx, &dns, &relay, spec, start, len, now).await {
+                match report_period(&ctx, &out, &relay, spec, start, len, now).await {
                     Ok(()) => {
                         sent.insert(key.clone(), start + len);
                     }
@@ -118,9 +125,15 @@ pub(crate) async fn run(ctx: Arc<Context>, interval: Duration, dns: TokioResolve
     }
 }
 
+/// Where reports go out: DNS for their destinations, TLS for `https`.
+struct Out {
+    dns: TokioResolver,
+    https: Option<Arc<ClientConfig>>,
+}
+
 async fn report_period(
     ctx: &Context,
-    dns: &TokioResolver,
+    out: &Out,
     relay: &Relay,
     spec: &ReportsSpec,
     start: i64,
@@ -156,7 +169,7 @@ async fn report_period(
     if spec.kinds.contains(&ReportKind::Dmarc) {
         for report in dmarc_reports(&merged, &who) {
             let what = format!("DMARC {}", report.domain);
-            let dests = match dmarc_destinations(dns, &report.domain).await {
+            let dests = match dmarc_destinations(&out.dns, &report.domain).await {
                 Ok(d) => d,
                 Err(e) => {
                     failures.push(format!("{what}: {e}"));
@@ -172,7 +185,7 @@ async fn report_period(
     if spec.kinds.contains(&ReportKind::TlsRpt) {
         for report in tls_reports(&merged, &who) {
             let what = format!("TLS-RPT {}", report.domain);
-            let dests = match tlsrpt_destinations(dns, &report.domain).await {
+            let dests = match tlsrpt_destinations(&out.dns, &report.domain).await {
                 Ok(d) => d,
                 Err(e) => {
                     failures.push(format!("{what}: {e}"));
@@ -184,7 +197,7 @@ async fn report_period(
                 mail(&api, &pods, spec, &dests, build, &what, &mut failures).await?;
             let body = report_format::gzip(report.json.as_bytes());
             for url in Recipients::for_size(&dests, 0).https {
-                match post(&url, &body).await {
+                match post(&url, &body, out.https.clone()).await {
                     Ok(()) => delivered = true,
                     Err(e) => failures.push(format!("{what}: {url}: {e}")),
                 }
@@ -256,7 +269,7 @@ async fn mail(
 }
 
 /// RFC 8460 §5.4: POST the gzip'd report with its media type.
-async fn post(url: &str, body: &[u8]) -> Result<(), String> {
+async fn post(url: &str, body: &[u8], tls: Option<Arc<ClientConfig>>) -> Result<(), String> {
     let parsed = WebhookUrl::parse(url)?;
     let answer = fleet::http::send(fleet::http::Call {
         url: &parsed,
@@ -264,6 +277,7 @@ async fn post(url: &str, body: &[u8]) -> Result<(), String> {
         headers: vec![("content-type", "application/tlsrpt+gzip".into())],
         body: body.to_vec(),
         timeout: POST_TIMEOUT,
+        tls,
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use mailrelay_crds::events::WebhookUrl;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 /// Bytes of an answer read at most (a day's aggregates of a busy pod fit).
@@ -44,23 +44,42 @@ pub struct Call<'a> {
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     pub timeout: Duration,
+    /// For `https`: the roots to trust; the Web PKI's when `None`.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// Web PKI roots for `https` endpoints, built once.
-fn tls() -> Arc<ClientConfig> {
+fn web_pki() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            Arc::new(
-                ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        })
-        .clone()
+    CONFIG.get_or_init(|| trusting(Vec::new())).clone()
+}
+
+fn trusting(extra: Vec<CertificateDer<'static>>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // Only certificates rustls can use as anchors are kept; the caller
+    // checked there is at least one.
+    roots.add_parsable_certificates(extra);
+    Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The Web PKI's roots and the CA certificates of the PEM file `path`
+/// (a private PKI's, for `https` report destinations inside it).
+pub fn with_extra_roots(path: &std::path::Path) -> Result<Arc<ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(trusting(certs))
 }
 
 pub async fn send(call: Call<'_>) -> Result<Answer, HttpError> {
@@ -102,7 +121,7 @@ async fn exchange(call: Call<'_>, shown: &str) -> Result<Answer, HttpError> {
     if u.https {
         let name = ServerName::try_from(u.host.clone())
             .map_err(|e| HttpError::Tls(shown.to_string(), e.to_string()))?;
-        let stream = TlsConnector::from(tls())
+        let stream = TlsConnector::from(call.tls.unwrap_or_else(web_pki))
             .connect(name, tcp)
             .await
             .map_err(|e| HttpError::Tls(shown.to_string(), e.to_string()))?;

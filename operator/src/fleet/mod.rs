@@ -156,6 +156,7 @@ impl PodApi {
             ],
             body,
             timeout: TIMEOUT,
+            tls: None,
         })
         .await?;
         if !(200..300).contains(&answer.status) {

@@ -152,3 +152,89 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// One request an [`HttpsCollector`] took.
+#[derive(Clone, Debug)]
+pub struct Posted {
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// An HTTPS endpoint that takes every POST (200) and keeps it: a TLS-RPT
+/// `https` destination.
+pub struct HttpsCollector {
+    posted: Arc<Mutex<Vec<Posted>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HttpsCollector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpsCollector {
+    pub async fn start(addr: SocketAddr, tls: Arc<ServerConfig>) -> HttpsCollector {
+        let listener = TcpListener::bind(addr).await.expect("bind the HTTPS port");
+        let posted = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&posted);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, log) = (TlsAcceptor::from(tls.clone()), log.clone());
+                tokio::spawn(async move {
+                    let Ok(mut stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let split = loop {
+                        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&data[..split]).to_string();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                            })
+                            .unwrap_or_default()
+                    };
+                    let length: usize = field("content-length").parse().unwrap_or(0);
+                    while data.len() < split + length {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    log.lock().expect("log").push(Posted {
+                        path: head
+                            .split_whitespace()
+                            .nth(1)
+                            .unwrap_or_default()
+                            .to_string(),
+                        content_type: field("content-type"),
+                        body: data[split..split + length].to_vec(),
+                    });
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        HttpsCollector { posted, task }
+    }
+
+    pub fn posted(&self) -> Vec<Posted> {
+        self.posted.lock().expect("log").clone()
+    }
+}

@@ -31,12 +31,22 @@ pub struct Hosts {
     pub mx: Ipv4Addr,
     /// Where inbound mail from the sender domain comes from.
     pub client: IpAddr,
+    /// An `https` TLS-RPT destination of the remote domain, besides its
+    /// mail address.
+    pub https_rua: Option<SocketAddr>,
 }
 
 /// The Relay, domains and DNS records, reports counted over `period`;
 /// `relay_spec` adds lines to the Relay's spec.
 pub fn setup(hosts: Hosts, period: &str, relay_spec: &str) -> Setup {
-    let Hosts { mx, client } = hosts;
+    let Hosts {
+        mx,
+        client,
+        https_rua,
+    } = hosts;
+    let https = https_rua
+        .map(|a| format!(",https://{a}/tlsrpt"))
+        .unwrap_or_default();
     let pem: String = ED_KEY.lines().map(|l| format!("    {l}\n")).collect();
     Setup::default()
         .relay_spec(&format!(
@@ -50,7 +60,7 @@ pub fn setup(hosts: Hosts, period: &str, relay_spec: &str) -> Setup {
              mx-host={SENDER_DOMAIN},mx.{REMOTE},10\n\
              txt-record={SENDER_DOMAIN},\"v=spf1 ip4:{client} -all\"\n\
              txt-record=_dmarc.{SENDER_DOMAIN},\"v=DMARC1; p=none; rua=mailto:agg@{SENDER_DOMAIN}\"\n\
-             txt-record=_smtp._tls.{REMOTE},\"v=TLSRPTv1; rua=mailto:tlsrpt@{REMOTE}\"\n\
+             txt-record=_smtp._tls.{REMOTE},\"v=TLSRPTv1; rua=mailto:tlsrpt@{REMOTE}{https}\"\n\
              txt-record=ed._domainkey.{REPORTS_DOMAIN},\"v=DKIM1; k=ed25519; p={}\"",
             ED_PUBLIC.trim()
         ))
