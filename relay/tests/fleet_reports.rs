@@ -392,7 +392,9 @@ fn the_operator_sends_one_report_per_domain_with_the_counts_of_every_pod() {
     );
     assert_eq!(condition.status, "False");
     assert!(
-        condition.message.contains(WEBHOOK) && condition.message.contains("pod test-b"),
+        condition.message.contains("http://127.0.0.141:9/…: ")
+            && !condition.message.contains("/events")
+            && condition.message.contains("pod test-b"),
         "{}",
         condition.message
     );

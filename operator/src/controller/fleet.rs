@@ -90,7 +90,7 @@ async fn webhooks_of(ctx: &Context, ns: &str, relay: &str) -> Result<Seen, Fleet
     }
     let api = PodApi::new(fleet::key(client, ns, relay).await?);
     let mut seen = Vec::new();
-    for pod in pods.iter().filter(|p| !p.terminating) {
+    for pod in pods.iter().filter(|p| !p.terminating && p.addr.is_some()) {
         match api.status(pod).await {
             Ok(status) => seen.extend(status.webhooks.into_iter().map(|w| (pod.name.clone(), w))),
             // A pod starting or going: the next poll asks again.

@@ -53,13 +53,19 @@ enum ReportError {
     Fleet(#[from] FleetError),
     #[error("no pod of the Relay took the report mail: {0}")]
     NotQueued(String),
-    #[error("pods {0} are draining; their counts are on the way to a peer")]
-    Draining(String),
+    #[error("pods {0} are draining or have no address yet; their counts are not all in one place")]
+    Moving(String),
+    #[error("the Relay has {0} replicas but no pod was found")]
+    NoPods(i32),
+    #[error("the Relay's pods changed while their counts were read")]
+    Changed,
     #[error("pod {0} did not give its counts: {1}")]
     Silent(String, FleetError),
-    #[error("cannot write status.reports: {0}")]
-    Status(#[from] crate::apply::ApiError),
 }
+
+/// Failure lines kept in `status.reports.failures`: the status must stay
+/// small (a Relay may deliver to thousands of domains a day).
+const LISTED_FAILURES: usize = 20;
 
 /// The starts of the periods of `len` seconds to send now: every period
 /// over (by `grace` seconds) since `last_end` (or, the first time, the one
@@ -68,7 +74,10 @@ pub(crate) fn due(last_end: Option<i64>, now: i64, len: i64, grace: i64) -> Vec<
     let len = len.max(1);
     let current = now.div_euclid(len) * len;
     let oldest = (now - HISTORY_SECS).div_euclid(len) * len;
+    // Aligned up: after a change of period length, the first start of
+    // the new length after the last period sent (the pods count by it).
     let first = last_end.unwrap_or(current - len).max(oldest);
+    let first = (first + len - 1).div_euclid(len) * len;
     (0..)
         .map(|i| first + i * len)
         .take_while(|start| start + len + grace <= now)
@@ -84,6 +93,9 @@ pub(crate) async fn run(
 ) {
     let out = Out { dns, https };
     let mut sent: HashMap<(String, String), i64> = HashMap::new();
+    // Statuses not written yet (the API server refused): the reports went
+    // out, so they are never sent again; the status is written later.
+    let mut unwritten: HashMap<(String, String), ReportsStatus> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,6 +106,17 @@ pub(crate) async fn run(
             };
             let key = (relay.namespace().unwrap_or_default(), relay.name_any());
             let shown = format!("{}/{}", key.0, key.1);
+            if let Some(status) = unwritten.get(&key) {
+                match write(&ctx, &relay, status).await {
+                    Ok(()) => {
+                        unwritten.remove(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(relay = %shown, error = %e, "cannot write status.reports; will try again");
+                        continue;
+                    }
+                }
+            }
             // A bad period is the reconcile's to report (ConfigValid).
             let Ok(period) = normalize::duration(&spec.period) else {
                 continue;
@@ -112,8 +135,13 @@ pub(crate) async fn run(
             let grace = (len / 10).min(60);
             for start in due(last_end, now, len, grace) {
                 match report_period(&ctx, &out, &relay, spec, start, len, now).await {
-                    Ok(()) => {
+                    Ok(status) => {
                         sent.insert(key.clone(), start + len);
+                        if let Err(e) = write(&ctx, &relay, &status).await {
+                            tracing::warn!(relay = %shown, error = %e, "cannot write status.reports; will try again");
+                            unwritten.insert(key.clone(), status);
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(relay = %shown, period_start = start, error = %e, "fleet report not sent yet; will try again");
@@ -123,6 +151,25 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+async fn write(
+    ctx: &Context,
+    relay: &Relay,
+    status: &ReportsStatus,
+) -> Result<(), crate::apply::ApiError> {
+    ctx.cluster
+        .apply_status_as(relay, &serde_json::json!({ "reports": status }), MANAGER)
+        .await
+}
+
+/// The pods whose counts cannot be read in one go now: draining (their
+/// counts are moving to a peer) or not yet addressed.
+fn moving(pods: &[RelayPod]) -> Vec<&str> {
+    pods.iter()
+        .filter(|p| p.terminating || p.addr.is_none())
+        .map(|p| p.name.as_str())
+        .collect()
 }
 
 /// Where reports go out: DNS for their destinations, TLS for `https`.
@@ -139,17 +186,18 @@ async fn report_period(
     start: i64,
     len: i64,
     now: i64,
-) -> Result<(), ReportError> {
+) -> Result<ReportsStatus, ReportError> {
     let client = ctx.cluster.client();
     let (ns, name) = (relay.namespace().unwrap_or_default(), relay.name_any());
+    let patient = now < start + len + PATIENCE_SECS;
     let pods = fleet::pods(client, &ns, &name).await?;
-    let draining: Vec<&str> = pods
-        .iter()
-        .filter(|p| p.terminating)
-        .map(|p| p.name.as_str())
-        .collect();
-    if !draining.is_empty() && now < start + len + PATIENCE_SECS {
-        return Err(ReportError::Draining(draining.join(", ")));
+    let busy = moving(&pods);
+    if !busy.is_empty() && patient {
+        return Err(ReportError::Moving(busy.join(", ")));
+    }
+    let replicas = relay.status.as_ref().map_or(0, |s| s.replicas);
+    if pods.is_empty() && replicas > 0 && patient {
+        return Err(ReportError::NoPods(replicas));
     }
     let api = PodApi::new(fleet::key(client, &ns, &name).await?);
     let mut merged = PeriodAggregates::new(start, start + len);
@@ -157,27 +205,38 @@ async fn report_period(
     for pod in &pods {
         match api.reports(pod, start).await {
             Ok(agg) => merged.merge(&agg),
-            Err(e) if now < start + len + PATIENCE_SECS => {
-                return Err(ReportError::Silent(pod.name.clone(), e));
-            }
+            Err(e) if patient => return Err(ReportError::Silent(pod.name.clone(), e)),
             Err(e) => failures.push(format!("pod {}: counts missing: {e}", pod.name)),
         }
+    }
+    // A pod that began draining while the others were read may have
+    // handed its counts to one read before it (counted twice) or after
+    // (counted not at all): read again later.
+    if fleet::pods(client, &ns, &name).await? != pods && patient {
+        return Err(ReportError::Changed);
     }
     let who = Reporter::new(spec, &format!("{ns}/{name}"));
     let mut sent = 0u32;
     let at = Timestamp::from_second(now).unwrap_or_else(|_| Timestamp::now());
+    let mut outbox = Outbox {
+        api: &api,
+        pods: &pods,
+        spec,
+        queued: 0,
+        failures: &mut failures,
+    };
     if spec.kinds.contains(&ReportKind::Dmarc) {
         for report in dmarc_reports(&merged, &who) {
             let what = format!("DMARC {}", report.domain);
-            let dests = match dmarc_destinations(&out.dns, &report.domain).await {
-                Ok(d) => d,
-                Err(e) => {
-                    failures.push(format!("{what}: {e}"));
-                    continue;
-                }
+            let Some(dests) = destinations(
+                dmarc_destinations(&out.dns, &report.domain).await,
+                &what,
+                outbox.failures,
+            ) else {
+                continue;
             };
             let build = |to: &[String]| dmarc_mail(&report, &who, to, at);
-            if mail(&api, &pods, spec, &dests, build, &what, &mut failures).await? {
+            if outbox.mail(&dests, build, &what).await? {
                 sent += 1;
             }
         }
@@ -185,21 +244,22 @@ async fn report_period(
     if spec.kinds.contains(&ReportKind::TlsRpt) {
         for report in tls_reports(&merged, &who) {
             let what = format!("TLS-RPT {}", report.domain);
-            let dests = match tlsrpt_destinations(&out.dns, &report.domain).await {
-                Ok(d) => d,
-                Err(e) => {
-                    failures.push(format!("{what}: {e}"));
-                    continue;
-                }
+            let Some(dests) = destinations(
+                tlsrpt_destinations(&out.dns, &report.domain).await,
+                &what,
+                outbox.failures,
+            ) else {
+                continue;
             };
             let build = |to: &[String]| tlsrpt_mail(&report, &who, to, at);
-            let mut delivered =
-                mail(&api, &pods, spec, &dests, build, &what, &mut failures).await?;
+            let mut delivered = outbox.mail(&dests, build, &what).await?;
             let body = report_format::gzip(report.json.as_bytes());
             for url in Recipients::for_size(&dests, 0).https {
                 match post(&url, &body, out.https.clone()).await {
                     Ok(()) => delivered = true,
-                    Err(e) => failures.push(format!("{what}: {url}: {e}")),
+                    Err(e) => outbox
+                        .failures
+                        .push(format!("{what}: {}: {e}", shown_url(&url))),
                 }
             }
             if delivered {
@@ -207,65 +267,108 @@ async fn report_period(
             }
         }
     }
-    let status = ReportsStatus {
+    let listed = failures.len();
+    if listed > LISTED_FAILURES {
+        failures.truncate(LISTED_FAILURES);
+        failures.push(format!("and {} more", listed - LISTED_FAILURES));
+    }
+    tracing::info!(relay = %format!("{ns}/{name}"), period_start = start, sent, failures = listed, "fleet reports sent");
+    Ok(ReportsStatus {
         last_period_start: Some(rfc3339(start)),
         last_period_end: Some(rfc3339(start + len)),
         sent,
         failures,
-    };
-    tracing::info!(relay = %format!("{ns}/{name}"), period_start = start, sent, failures = status.failures.len(), "fleet reports sent");
-    ctx.cluster
-        .apply_status_as(relay, &serde_json::json!({ "reports": status }), MANAGER)
-        .await?;
-    Ok(())
+    })
 }
 
-/// Queue the report mail to the mailto destinations it fits (`true` when
-/// queued); `Err` only when no pod would take it, so the period is tried
-/// again.
-async fn mail(
-    api: &PodApi,
-    pods: &[RelayPod],
-    spec: &ReportsSpec,
-    dests: &[Destination],
-    build: impl Fn(&[String]) -> Vec<u8>,
+/// The destinations of a report, or `None`: a domain that publishes no
+/// record asked for no report (most domains, for TLS-RPT) and is not a
+/// failure; anything else is.
+fn destinations(
+    found: Result<Vec<Destination>, report_format::RuaError>,
     what: &str,
     failures: &mut Vec<String>,
-) -> Result<bool, ReportError> {
-    let everyone = Recipients::addresses(dests);
-    if everyone.is_empty() {
-        return Ok(false);
-    }
-    let mut message = build(&everyone);
-    let fits = Recipients::for_size(dests, message.len() as u64);
-    for t in &fits.too_large {
-        failures.push(format!("{what}: {t}"));
-    }
-    if fits.mailto.is_empty() {
-        return Ok(false);
-    }
-    if fits.mailto.len() < everyone.len() {
-        message = build(&fits.mailto);
-    }
-    let submission = Submission {
-        from: spec.from.clone(),
-        to: fits.mailto,
-        message: base64::engine::general_purpose::STANDARD.encode(&message),
-    };
-    let mut last = String::from("the Relay has no pods");
-    // Ready pods first; any pod with a spool will do.
-    let mut order: Vec<&RelayPod> = pods.iter().filter(|p| !p.terminating).collect();
-    order.sort_by_key(|p| !p.ready);
-    for pod in order {
-        match api.submit(pod, &submission).await {
-            Ok(queued) => {
-                tracing::info!(pod = %pod.name, queue_id = %queued.queue_id, report = what, "report mail queued");
-                return Ok(true);
-            }
-            Err(e) => last = e.to_string(),
+) -> Option<Vec<Destination>> {
+    match found {
+        Ok(d) => Some(d),
+        Err(report_format::RuaError::NoRecord { .. }) => None,
+        Err(e) => {
+            failures.push(format!("{what}: {e}"));
+            None
         }
     }
-    Err(ReportError::NotQueued(last))
+}
+
+/// An `https` destination as the status shows it: without its path and
+/// query, which may carry a token.
+fn shown_url(url: &str) -> String {
+    match WebhookUrl::parse(url) {
+        Ok(u) => format!("https://{}:{}/…", u.host, u.port),
+        Err(_) => "an https destination".into(),
+    }
+}
+
+/// The report mails of one period, queued through the Relay's pods.
+struct Outbox<'a> {
+    api: &'a PodApi,
+    pods: &'a [RelayPod],
+    spec: &'a ReportsSpec,
+    /// Mails queued so far this period.
+    queued: usize,
+    failures: &'a mut Vec<String>,
+}
+
+impl Outbox<'_> {
+    /// Queue the report mail to the mailto destinations it fits (`true`
+    /// when queued). When no pod takes it: `Err` if nothing was queued
+    /// yet this period (the period is tried again, nothing is sent
+    /// twice), a failure line otherwise (what went out stays out).
+    async fn mail(
+        &mut self,
+        dests: &[Destination],
+        build: impl Fn(&[String]) -> Vec<u8>,
+        what: &str,
+    ) -> Result<bool, ReportError> {
+        let everyone = Recipients::addresses(dests);
+        if everyone.is_empty() {
+            return Ok(false);
+        }
+        let mut message = build(&everyone);
+        let fits = Recipients::for_size(dests, message.len() as u64);
+        for t in &fits.too_large {
+            self.failures.push(format!("{what}: {t}"));
+        }
+        if fits.mailto.is_empty() {
+            return Ok(false);
+        }
+        if fits.mailto.len() < everyone.len() {
+            message = build(&fits.mailto);
+        }
+        let submission = Submission {
+            from: self.spec.from.clone(),
+            to: fits.mailto,
+            message: base64::engine::general_purpose::STANDARD.encode(&message),
+        };
+        let mut last = String::from("the Relay has no pods");
+        // Ready pods first; any pod with a spool will do.
+        let mut order: Vec<&RelayPod> = self.pods.iter().filter(|p| !p.terminating).collect();
+        order.sort_by_key(|p| !p.ready);
+        for pod in order {
+            match self.api.submit(pod, &submission).await {
+                Ok(queued) => {
+                    tracing::info!(pod = %pod.name, queue_id = %queued.queue_id, report = what, "report mail queued");
+                    self.queued += 1;
+                    return Ok(true);
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if self.queued == 0 {
+            return Err(ReportError::NotQueued(last));
+        }
+        self.failures.push(format!("{what}: not queued: {last}"));
+        Ok(false)
+    }
 }
 
 /// RFC 8460 §5.4: POST the gzip'd report with its media type.
@@ -314,5 +417,10 @@ mod tests {
         assert_eq!(due(Some(0), now, day, 60).first(), Some(&(93 * day)));
         // Short periods, for tests.
         assert_eq!(due(Some(1000), 1065, 20, 2), vec![1000, 1020, 1040]);
+        // The period grew from an hour to a day: the next whole day.
+        assert_eq!(
+            due(Some(99 * day + 3600), now + day, day, 60),
+            vec![100 * day]
+        );
     }
 }

@@ -79,15 +79,30 @@ pub fn problems(seen: &[(String, WebhookHealth)], wanted: impl Fn(&str) -> bool)
                 .and_then(|t| jiff::Timestamp::from_second(t).ok())
                 .map(|t| format!(" since {t}"))
                 .unwrap_or_default();
-            format!(
-                "{}: {} (pod {pod}, failing{since})",
-                h.url,
-                h.last_error.as_deref().unwrap_or("failing")
-            )
+            let shown = origin(&h.url);
+            // The pod's error names the URL too.
+            let error = h
+                .last_error
+                .as_deref()
+                .unwrap_or("failing")
+                .replace(&h.url, &shown);
+            format!("{shown}: {error} (pod {pod}, failing{since})")
         })
         .collect();
     out.sort();
     out
+}
+
+/// A webhook URL as a condition shows it: scheme, host and port, without
+/// the path and query, where receivers often put a token (a status is
+/// readable by anyone who may read the object).
+fn origin(url: &str) -> String {
+    let end = url
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|from| url[from..].find(['/', '?', '#']).map(|i| from + i))
+        .unwrap_or(url.len());
+    format!("{}/…", &url[..end])
 }
 
 #[cfg(test)]
@@ -97,11 +112,17 @@ mod tests {
     fn health(name: &str, failures: u64, error: &str) -> WebhookHealth {
         WebhookHealth {
             name: name.into(),
-            url: format!("http://{}/hook", name.trim_start_matches("relay:")),
+            url: format!(
+                "http://{}/hook?token=s3cret",
+                name.trim_start_matches("relay:")
+            ),
             pending: 10 + failures,
             consecutive_failures: failures,
             last_success: None,
-            last_error: Some(error.into()),
+            last_error: Some(format!(
+                "{error} at http://{}/hook?token=s3cret",
+                name.trim_start_matches("relay:")
+            )),
             failing_since: Some(1_800_000_000),
         }
     }
@@ -122,13 +143,27 @@ mod tests {
         let all = problems(&seen, |_| true);
         assert_eq!(all.len(), 2, "{all:?}");
         assert!(
-            all[0].contains("connection refused (pod relay-0, failing since 2027-01-15T08:00:00Z)"),
+            all[0].contains("(pod relay-0, failing since 2027-01-15T08:00:00Z)"),
             "{all:?}"
         );
         let only_relay = problems(&seen, |n| n.starts_with("relay:"));
         assert_eq!(only_relay.len(), 1);
         let domain = problems(&seen, |n| n == "domain:example.org");
         assert!(domain[0].contains("HTTP 503 (pod relay-1"), "{domain:?}");
+        assert!(
+            all[0].starts_with("http://a/…: connection refused"),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn a_condition_never_shows_a_webhooks_path_or_query() {
+        assert_eq!(
+            origin("https://hooks.example:8443/T0/B1/xyz?k=v"),
+            "https://hooks.example:8443/…"
+        );
+        assert_eq!(origin("http://[2001:db8::1]/in"), "http://[2001:db8::1]/…");
+        assert_eq!(origin("http://h.example"), "http://h.example/…");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum FleetError {
     NoKey(String, &'static str),
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    #[error("pod {0} has no address yet")]
+    NoAddress(String),
     #[error("pod {pod} answered {path} with HTTP {status}: {text}")]
     Status {
         pod: String,
@@ -55,14 +57,15 @@ pub enum FleetError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayPod {
     pub name: String,
-    /// Its internal API: the pod's IP and the container's `http` port.
-    pub addr: SocketAddr,
+    /// Its internal API: the pod's IP and the container's `http` port;
+    /// `None` before the pod has an IP.
+    pub addr: Option<SocketAddr>,
     pub ready: bool,
     /// Being deleted (draining: its queue and aggregates are moving).
     pub terminating: bool,
 }
 
-/// The pods of Relay `ns/relay` that have an address.
+/// The pods of Relay `ns/relay`, by name.
 pub async fn pods(client: &Client, ns: &str, relay: &str) -> Result<Vec<RelayPod>, FleetError> {
     let selector = selector_labels(relay)
         .iter()
@@ -80,8 +83,8 @@ pub async fn pods(client: &Client, ns: &str, relay: &str) -> Result<Vec<RelayPod
 }
 
 fn relay_pod(pod: &Pod) -> Option<RelayPod> {
-    let status = pod.status.as_ref()?;
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let status = pod.status.clone().unwrap_or_default();
+    let ip: Option<IpAddr> = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
     let port = pod
         .spec
         .as_ref()
@@ -97,7 +100,9 @@ fn relay_pod(pod: &Pod) -> Option<RelayPod> {
         .any(|c| c.type_ == "Ready" && c.status == "True");
     Some(RelayPod {
         name: pod.name_any(),
-        addr: SocketAddr::new(ip, u16::try_from(port).ok()?),
+        addr: ip
+            .zip(u16::try_from(port).ok())
+            .map(|(ip, port)| SocketAddr::new(ip, port)),
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
     })
@@ -139,12 +144,15 @@ impl PodApi {
         path: &str,
         body: Vec<u8>,
     ) -> Result<hyper::body::Bytes, FleetError> {
+        let addr = pod
+            .addr
+            .ok_or_else(|| FleetError::NoAddress(pod.name.clone()))?;
         let now = jiff::Timestamp::now().as_second();
         let signature = sign_request(&self.key, now, method, path, &body);
         let url = WebhookUrl {
             https: false,
-            host: pod.addr.ip().to_string(),
-            port: pod.addr.port(),
+            host: addr.ip().to_string(),
+            port: addr.port(),
             path: path.to_string(),
         };
         let answer = http::send(http::Call {

@@ -157,17 +157,17 @@ const DMARC1: &str = "DMARC1";
 const TLSRPTV1: &str = "TLSRPTv1";
 
 /// Where `policy_domain`'s DMARC aggregate reports may go: the mailto
-/// URIs of the `rua` of its one `v=DMARC1` record at `_dmarc.` (RFC 7489
-/// §6.6.3), each outside the domain kept only when its domain agrees to
-/// receive them (§7.1). Never empty: no usable destination is an error
-/// saying why.
+/// URIs of the `rua` of its one `v=DMARC1` record at `_dmarc.` — or, when
+/// it has none, the nearest parent's (RFC 7489 §6.6.3 falls back to the
+/// organisational domain; without a public suffix list, the parents are
+/// tried up to two labels, which finds it) — each outside the record's
+/// domain kept only when its domain agrees to receive them (§7.1). Never
+/// empty: no usable destination is an error saying why.
 pub async fn dmarc_destinations<D: TxtLookup + Sync>(
     dns: &D,
     policy_domain: &str,
 ) -> Result<Vec<Destination>, RuaError> {
-    let domain = domain_key(policy_domain);
-    let name = format!("_dmarc.{domain}.");
-    let record = one_record(dns, &name, DMARC1).await?;
+    let (domain, name, record) = dmarc_record(dns, &domain_key(policy_domain)).await?;
     let dests = parse_dmarc_rua(&record).map_err(|error| RuaError::Record {
         name: name.clone(),
         error,
@@ -207,6 +207,38 @@ pub async fn dmarc_destinations<D: TxtLookup + Sync>(
         });
     }
     Ok(kept)
+}
+
+/// The DMARC record for `domain`: its own, else the nearest parent's
+/// with one (not above two labels): (the record's domain, its name, the
+/// record). The first error other than "no record" ends the walk.
+async fn dmarc_record<D: TxtLookup + Sync>(
+    dns: &D,
+    domain: &str,
+) -> Result<(String, String, String), RuaError> {
+    let mut at = domain.to_string();
+    loop {
+        let name = format!("_dmarc.{at}.");
+        match one_record(dns, &name, DMARC1).await {
+            Ok(record) => return Ok((at, name, record)),
+            Err(RuaError::NoRecord { .. }) if at.matches('.').count() >= 2 => {
+                at = at
+                    .split_once('.')
+                    .map(|(_, parent)| parent.to_string())
+                    .unwrap_or_default();
+            }
+            Err(e) => {
+                return Err(match e {
+                    // Name the domain asked about, not the last parent.
+                    RuaError::NoRecord { version, .. } => RuaError::NoRecord {
+                        name: format!("_dmarc.{domain}."),
+                        version,
+                    },
+                    e => e,
+                });
+            }
+        }
+    }
 }
 
 /// Where `policy_domain`'s TLS reports may go: the mailto and https URIs

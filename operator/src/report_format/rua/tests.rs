@@ -293,3 +293,33 @@ fn a_report_over_a_limit_is_not_sent_there_and_the_caller_is_told() {
     );
     assert!(Recipients::for_size(&dests, 1000).too_large.is_empty());
 }
+
+#[test]
+fn a_subdomain_without_a_record_reports_to_its_parents_rua() {
+    let dns = Fake::default().with(
+        "_dmarc.example.test.",
+        &["v=DMARC1; p=none; rua=mailto:agg@example.test"],
+    );
+    assert_eq!(
+        run(dmarc_destinations(&dns, "news.mail.example.test")).unwrap(),
+        [mailto("agg@example.test", None)]
+    );
+    // Its own record wins over the parent's.
+    let dns = dns.with(
+        "_dmarc.news.example.test.",
+        &["v=DMARC1; p=none; rua=mailto:n@news.example.test"],
+    );
+    assert_eq!(
+        run(dmarc_destinations(&dns, "news.example.test")).unwrap(),
+        [mailto("n@news.example.test", None)]
+    );
+    // Not above two labels, and the error names the domain asked about.
+    let dns = Fake::default().with("_dmarc.test.", &["v=DMARC1; p=none; rua=mailto:a@test"]);
+    assert_eq!(
+        run(dmarc_destinations(&dns, "a.b.test")).unwrap_err(),
+        RuaError::NoRecord {
+            name: "_dmarc.a.b.test.".into(),
+            version: "DMARC1"
+        }
+    );
+}
