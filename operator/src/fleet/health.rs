@@ -149,11 +149,13 @@ mod tests {
         let only_relay = problems(&seen, |n| n.starts_with("relay:"));
         assert_eq!(only_relay.len(), 1);
         let domain = problems(&seen, |n| n == "domain:example.org");
-        assert!(domain[0].contains("HTTP 503 (pod relay-1"), "{domain:?}");
+        assert!(domain[0].contains("HTTP 503 at "), "{domain:?}");
+        assert!(domain[0].contains("(pod relay-1"), "{domain:?}");
         assert!(
-            all[0].starts_with("http://a/…: connection refused"),
+            all[0].starts_with("http://a/…: connection refused at http://a/… (pod"),
             "{all:?}"
         );
+        assert!(!all.iter().any(|l| l.contains("s3cret")), "{all:?}");
     }
 
     #[test]
