@@ -320,6 +320,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
             reports: reports.clone(),
             events: event_metrics,
             dkim: shared.conn.dkim.clone(),
+            guard: Default::default(),
         })
     });
     let health = serve_http(opts, &metrics, &spool, &manager, internal).await?;
