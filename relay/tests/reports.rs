@@ -256,6 +256,17 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         "{signature}"
     );
 
+    // b's hand-off listener takes no oversized aggregates frame, nor one
+    // without the Relay's MAC.
+    assert!(
+        xreports(at_b, &format!("XREPORTS {} 00\r\n", (16 << 20) + 1)).starts_with("552"),
+        "oversized frame"
+    );
+    assert!(
+        xreports(at_b, "XREPORTS 2 00\r\n[]").starts_with("535"),
+        "forged frame"
+    );
+
     // Drain: a's counts move to b, and a keeps none of them.
     let before = aggregates(a.addrs.http, &key, began, PERIOD);
     let status = a.terminate(WITHIN).expect("a exits");
@@ -278,4 +289,30 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     );
     let files = period_files(&root.path().join("b"));
     assert!(!files.is_empty(), "b wrote nothing to its reports/");
+}
+
+/// The reply to `frame` sent to the hand-off listener at `addr` after
+/// its greeting and an EHLO.
+fn xreports(addr: SocketAddr, frame: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut read = BufReader::new(stream.try_clone().unwrap());
+    let mut write = stream;
+    let mut line = String::new();
+    read.read_line(&mut line).unwrap();
+    write.write_all(b"EHLO test\r\n").unwrap();
+    loop {
+        line.clear();
+        read.read_line(&mut line).unwrap();
+        if !line.starts_with("250-") {
+            break;
+        }
+    }
+    write.write_all(frame.as_bytes()).unwrap();
+    line.clear();
+    read.read_line(&mut line).unwrap();
+    line
 }
