@@ -147,7 +147,13 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     let (status, body) = request(a.addrs.http, Signed::With(&wrong), "GET", &pq, b"");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("does not match"), "{body}");
-    let (status, body) = request(a.addrs.http, Signed::At(&key, now() - 1000), "GET", &pq, b"");
+    let (status, body) = request(
+        a.addrs.http,
+        Signed::At(&key, now() - 1000),
+        "GET",
+        &pq,
+        b"",
+    );
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("300 s"), "{body}");
     // A body where none belongs is refused, signed or not.
@@ -156,7 +162,14 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     // No signature and a large body announced, none sent: the answer
     // comes from the head alone (the read times out if the relay waits
     // for the body).
-    let (status, body) = exchange(a.addrs.http, Signed::Not, "POST", SUBMIT_PATH, 20 << 20, b"");
+    let (status, body) = exchange(
+        a.addrs.http,
+        Signed::Not,
+        "POST",
+        SUBMIT_PATH,
+        20 << 20,
+        b"",
+    );
     assert_eq!(status, 401, "{body}");
     let (status, body) = request(a.addrs.http, Signed::With(&key), "GET", STATUS_PATH, b"");
     assert_eq!(status, 200, "{body}");
@@ -209,7 +222,12 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         "POST",
         SUBMIT_PATH,
         &submission(
-            report.replace(&format!("From: <reports@{REPORTS_DOMAIN}>"), "From: <ceo@bank.test>").as_bytes(),
+            report
+                .replace(
+                    &format!("From: <reports@{REPORTS_DOMAIN}>"),
+                    "From: <ceo@bank.test>",
+                )
+                .as_bytes(),
             &format!("reports@{REPORTS_DOMAIN}"),
         ),
     );

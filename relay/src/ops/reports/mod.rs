@@ -142,7 +142,10 @@ impl Reports {
         if dropped != Dropped::default() {
             for (kind, n) in [("dmarc", dropped.dmarc), ("tls", dropped.tls)] {
                 if n > 0 {
-                    self.inner.dropped.get_or_create(&KindLabel { kind }).inc_by(n);
+                    self.inner
+                        .dropped
+                        .get_or_create(&KindLabel { kind })
+                        .inc_by(n);
                 }
             }
             if period.first_drop() {
@@ -247,7 +250,10 @@ impl Reports {
     }
 
     fn writing(&self) -> MutexGuard<'_, ()> {
-        self.inner.flushing.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write every changed period, and delete those past retention. A

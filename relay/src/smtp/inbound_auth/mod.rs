@@ -19,8 +19,8 @@ pub(crate) mod verdict;
 use std::borrow::Cow;
 
 use mailrelay_crds::maildomain::InboundAuthPolicy;
-use mailrelay_crds::reports::DmarcRow;
 use mailrelay_crds::relay::ListenerName;
+use mailrelay_crds::reports::DmarcRow;
 
 pub(crate) use check::{Checker, Subject};
 pub(crate) use metrics::AuthMetrics;
@@ -56,7 +56,8 @@ impl Uncounted {
     /// force.
     pub(crate) fn count(self, rt: &crate::config::runtime::Runtime) {
         let now = jiff::Timestamp::now().as_second();
-        self.reports.dmarc(rt.config.reports.as_ref(), now, self.row);
+        self.reports
+            .dmarc(rt.config.reports.as_ref(), now, self.row);
     }
 }
 
