@@ -170,7 +170,7 @@ async fn check<'a>(
     if let Action::Reject(_) = action
         && let Some(r) = report.take()
     {
-        r.count(&rt);
+        r.count(rt);
     }
     tracing::info!(
         queue_id,
