@@ -422,7 +422,8 @@ pub const REPORTS_PATH: &str = "/internal/reports";
 /// `GET /internal/status`: the pod's view of its webhooks, as [`PodStatus`].
 pub const STATUS_PATH: &str = "/internal/status";
 /// `POST /internal/submit`: queue a mail of the operator's (a report), as
-/// [`Submission`]; answers [`Submitted`].
+/// [`Submission`]; answers [`Submitted`]. Idempotent for ten minutes: the
+/// same body again gets the same queue id, so a lost answer may be retried.
 pub const SUBMIT_PATH: &str = "/internal/submit";
 /// The request header carrying `t=UNIX,v1=HEX`.
 pub const SIGNATURE_HEADER: &str = "x-mailrelay-internal-signature";

@@ -2,7 +2,9 @@
 //! shape served and stored), indexed by key so that counting a message is
 //! a hash lookup, and capped, because the keys come from untrusted mail:
 //! every source IP (an IPv6 sender has billions) and every From: domain
-//! makes a DMARC row, every MX name a TLS failure entry.
+//! makes a DMARC row, every MX name a TLS failure entry. The index holds
+//! a copy of each key, so a period takes about twice its rows' memory,
+//! bounded by the caps.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
