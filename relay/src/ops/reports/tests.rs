@@ -500,17 +500,23 @@ fn concurrent_flushes_of_one_period_leave_a_whole_file_with_the_last_counts() {
 
 #[test]
 fn counts_dropped_at_the_cap_are_counted_in_the_metric() {
-    let dropped = prometheus_client::metrics::family::Family::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("mailrelay");
+    let dropped = super::register_metrics(&mut registry);
     let dir = tempfile::tempdir().unwrap();
-    let reports = Reports::open(Store::open(dir.path()).unwrap(), dropped.clone());
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), dropped);
     let c = config();
     for n in 0..=super::period::MAX_DMARC_ROWS as u128 + 2 {
         let mut row = dmarc_row(1);
         row.source_ip = std::net::Ipv6Addr::from(n).into();
         reports.dmarc(Some(&c), 3600, row);
     }
-    let dmarc = super::KindLabel { kind: "dmarc" };
-    assert_eq!(dropped.get_or_create(&dmarc).get(), 3);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("mailrelay_report_rows_dropped_total{kind=\"dmarc\"} 3"),
+        "{text}"
+    );
+    assert!(!text.contains("kind=\"tls\""), "{text}");
     assert_eq!(
         reports.period(3600, 3600).dmarc.len(),
         super::period::MAX_DMARC_ROWS
