@@ -10,6 +10,8 @@
 //! pods are told (`RelayConfig.reports`), the aggregates as they cross the
 //! wire, and the internal API's paths and request signature.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use ring::hmac;
@@ -132,20 +134,44 @@ impl PeriodAggregates {
         self.dmarc.is_empty() && self.tls.is_empty()
     }
 
-    /// Add `other`'s counts (the same period) to these.
+    /// Add `other`'s counts (the same period) to these. Linear in the
+    /// rows of both: the operator merges every pod's periods with it, and
+    /// a period may hold tens of thousands of rows.
     pub fn merge(&mut self, other: &PeriodAggregates) {
+        let mut dmarc: HashMap<DmarcRow, usize> = (self.dmarc.iter().enumerate())
+            .map(|(i, r)| (r.key(), i))
+            .collect();
         for row in &other.dmarc {
-            self.add_dmarc(row.clone());
+            match dmarc.entry(row.key()) {
+                Entry::Occupied(e) => {
+                    let r = &mut self.dmarc[*e.get()];
+                    r.count = r.count.saturating_add(row.count);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(self.dmarc.len());
+                    self.dmarc.push(row.clone());
+                }
+            }
         }
+        let mut tls: HashMap<TlsRow, usize> = (self.tls.iter().enumerate())
+            .map(|(i, r)| (r.key(), i))
+            .collect();
         for row in &other.tls {
-            self.add_tls(row.clone());
+            match tls.entry(row.key()) {
+                Entry::Occupied(e) => self.tls[*e.get()].add_counts(row),
+                Entry::Vacant(e) => {
+                    e.insert(self.tls.len());
+                    self.tls.push(row.clone());
+                }
+            }
         }
     }
 
-    /// Count `row`: into the row with the same key if there is one.
+    /// Count `row`: into the row with the same key if there is one. A
+    /// linear search: for a few rows; many go through [`Self::merge`].
     pub fn add_dmarc(&mut self, row: DmarcRow) {
         match self.dmarc.iter_mut().find(|r| r.same_key(&row)) {
-            Some(r) => r.count += row.count,
+            Some(r) => r.count = r.count.saturating_add(row.count),
             None => self.dmarc.push(row),
         }
     }
@@ -154,15 +180,7 @@ impl PeriodAggregates {
     /// same policy if there is one.
     pub fn add_tls(&mut self, row: TlsRow) {
         match self.tls.iter_mut().find(|r| r.same_policy(&row)) {
-            Some(r) => {
-                r.successes += row.successes;
-                for f in row.failures {
-                    match r.failures.iter_mut().find(|g| g.same_key(&f)) {
-                        Some(g) => g.count += f.count,
-                        None => r.failures.push(f),
-                    }
-                }
-            }
+            Some(r) => r.add_counts(&row),
             None => self.tls.push(row),
         }
     }
@@ -170,7 +188,7 @@ impl PeriodAggregates {
 
 /// One row of a DMARC report (RFC 7489 Appendix C `record`): messages
 /// from one source IP with the same identifiers and results.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DmarcRow {
     /// RFC5322.From domain: the report goes to its `rua`.
@@ -196,6 +214,15 @@ pub struct DmarcRow {
 }
 
 impl DmarcRow {
+    /// The row's key: the row with no count. Rows with equal keys are
+    /// counted together.
+    pub fn key(&self) -> DmarcRow {
+        DmarcRow {
+            count: 0,
+            ..self.clone()
+        }
+    }
+
     fn same_key(&self, o: &DmarcRow) -> bool {
         self.header_from == o.header_from
             && self.envelope_from == o.envelope_from
@@ -210,7 +237,7 @@ impl DmarcRow {
 }
 
 /// The DMARC record as published (RFC 7489 Appendix C `PolicyPublishedType`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishedPolicy {
     /// The domain whose record it is (the organisational domain's when
@@ -227,7 +254,7 @@ pub struct PublishedPolicy {
     pub pct: u8,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Disposition {
     None,
@@ -246,7 +273,7 @@ impl Disposition {
 }
 
 /// One DKIM signature's result (`DKIMAuthResultType`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DkimAuth {
     pub domain: String,
@@ -257,7 +284,7 @@ pub struct DkimAuth {
 }
 
 /// The SPF result (`SPFAuthResultType`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SpfAuth {
     pub domain: String,
@@ -269,7 +296,7 @@ pub struct SpfAuth {
 
 /// TLS results of deliveries under one policy of one domain (RFC 8460 §4.4
 /// `policies[]` entry).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsRow {
     /// The recipient domain the policy is for: the report goes to its
@@ -290,6 +317,38 @@ pub struct TlsRow {
 }
 
 impl TlsRow {
+    /// The row's key: its policy, without counts.
+    pub fn key(&self) -> TlsRow {
+        TlsRow {
+            policy_domain: self.policy_domain.clone(),
+            policy_type: self.policy_type,
+            policy_string: self.policy_string.clone(),
+            mx_host: self.mx_host.clone(),
+            successes: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Add `other`'s successes and failures (the same policy) to these.
+    fn add_counts(&mut self, other: &TlsRow) {
+        self.successes = self.successes.saturating_add(other.successes);
+        let mut index: HashMap<TlsFailure, usize> = (self.failures.iter().enumerate())
+            .map(|(i, f)| (f.key(), i))
+            .collect();
+        for f in &other.failures {
+            match index.entry(f.key()) {
+                Entry::Occupied(e) => {
+                    let g = &mut self.failures[*e.get()];
+                    g.count = g.count.saturating_add(f.count);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(self.failures.len());
+                    self.failures.push(f.clone());
+                }
+            }
+        }
+    }
+
     fn same_policy(&self, o: &TlsRow) -> bool {
         self.policy_domain == o.policy_domain
             && self.policy_type == o.policy_type
@@ -299,7 +358,7 @@ impl TlsRow {
 }
 
 /// RFC 8460 §4.4 `policy-type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsPolicyType {
     Sts,
@@ -318,7 +377,7 @@ impl TlsPolicyType {
 }
 
 /// Sessions that failed alike (RFC 8460 §4.4 `failure-details[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsFailure {
     /// RFC 8460 §4.3: `starttls-not-supported`, `certificate-host-mismatch`,
@@ -339,12 +398,12 @@ pub struct TlsFailure {
 }
 
 impl TlsFailure {
-    fn same_key(&self, o: &TlsFailure) -> bool {
-        self.result_type == o.result_type
-            && self.sending_mta_ip == o.sending_mta_ip
-            && self.receiving_mx_hostname == o.receiving_mx_hostname
-            && self.receiving_ip == o.receiving_ip
-            && self.additional_information == o.additional_information
+    /// The entry's key: the entry with no count.
+    pub fn key(&self) -> TlsFailure {
+        TlsFailure {
+            count: 0,
+            ..self.clone()
+        }
     }
 }
 
@@ -363,7 +422,8 @@ pub const REPORTS_PATH: &str = "/internal/reports";
 /// `GET /internal/status`: the pod's view of its webhooks, as [`PodStatus`].
 pub const STATUS_PATH: &str = "/internal/status";
 /// `POST /internal/submit`: queue a mail of the operator's (a report), as
-/// [`Submission`]; answers [`Submitted`].
+/// [`Submission`]; answers [`Submitted`]. Idempotent for ten minutes: the
+/// same body again gets the same queue id, so a lost answer may be retried.
 pub const SUBMIT_PATH: &str = "/internal/submit";
 /// The request header carrying `t=UNIX,v1=HEX`.
 pub const SIGNATURE_HEADER: &str = "x-mailrelay-internal-signature";
@@ -455,15 +515,10 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// Check a request's signature header against `key` at time `now`.
-pub fn verify_request(
-    key: &hmac::Key,
-    header: Option<&str>,
-    now: i64,
-    method: &str,
-    path_and_query: &str,
-    body: &[u8],
-) -> Result<(), SignatureError> {
+/// The time and tag of a signature header, if it is fresh at `now`:
+/// what can be checked before the body is read, so that nobody without
+/// a signature made in the last few minutes can make a pod buffer one.
+pub fn fresh_signature(header: Option<&str>, now: i64) -> Result<(i64, Vec<u8>), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let (mut t, mut v1) = (None, None);
     for part in header.split(',') {
@@ -476,9 +531,23 @@ pub fn verify_request(
     let (Some(t), Some(v1)) = (t, v1) else {
         return Err(SignatureError::Malformed);
     };
-    if (now - t).abs() > SIGNATURE_WINDOW_SECS {
+    // abs_diff: `now - t` overflows for a `t` near i64::MIN or MAX.
+    if now.abs_diff(t) > SIGNATURE_WINDOW_SECS as u64 {
         return Err(SignatureError::Stale);
     }
+    Ok((t, v1))
+}
+
+/// Check a request's signature header against `key` at time `now`.
+pub fn verify_request(
+    key: &hmac::Key,
+    header: Option<&str>,
+    now: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<(), SignatureError> {
+    let (t, v1) = fresh_signature(header, now)?;
     hmac::verify(key, &signed_bytes(t, method, path_and_query, body), &v1)
         .map_err(|_| SignatureError::Mismatch)
 }
@@ -645,6 +714,50 @@ mod tests {
             verify_request(&key, Some("t=1000,v1=zz"), 1010, "GET", "/", b""),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_signature_time_at_the_ends_of_the_range_is_stale_not_a_panic() {
+        let key = internal_key(b"0123456789abcdef0123456789abcdef");
+        for t in [i64::MIN, i64::MAX] {
+            let h = sign_request(&key, t, "GET", "/", b"");
+            for now in [0, i64::MIN, i64::MAX] {
+                let expected = if now == t {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Stale)
+                };
+                assert_eq!(
+                    verify_request(&key, Some(&h), now, "GET", "/", b""),
+                    expected,
+                    "t={t} now={now}"
+                );
+            }
+        }
+        assert_eq!(
+            fresh_signature(Some("t=-9223372036854775808,v1=00"), 1000),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            fresh_signature(Some("t=1000,v1=00ff"), 1300),
+            Ok((1000, vec![0, 0xff]))
+        );
+    }
+
+    #[test]
+    fn merging_many_distinct_rows_keeps_each_once_and_adds_repeats() {
+        let mut a = PeriodAggregates::new(0, 86400);
+        let mut b = PeriodAggregates::new(0, 86400);
+        for i in 0..5000u32 {
+            let ip = std::net::Ipv6Addr::from(u128::from(i)).to_string();
+            a.dmarc.push(row(&ip, 1));
+            b.dmarc.push(row(&ip, 2));
+        }
+        b.dmarc.push(row("192.0.2.9", 4));
+        a.merge(&b);
+        assert_eq!(a.dmarc.len(), 5001);
+        assert!(a.dmarc[..5000].iter().all(|r| r.count == 3));
+        assert_eq!(a.dmarc[5000].count, 4);
     }
 
     #[test]

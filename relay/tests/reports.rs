@@ -21,8 +21,8 @@ use common::dns::Dnsmasq;
 use common::manifests::{ALICE, HOSTNAME};
 use common::process::free_ports;
 use common::reports::{
-    Hosts, REMOTE, REPORTS_DOMAIN, SECRET, SENDER_DOMAIN, Signed, aggregates, counts, now,
-    period_files, request, setup, start,
+    Hosts, REMOTE, REPORTS_DOMAIN, SECRET, SENDER_DOMAIN, Signed, aggregates, counts, exchange,
+    now, period_files, request, setup, start,
 };
 use common::sink::{Answer, Sink, saved};
 use common::smtp::Smtp;
@@ -99,7 +99,9 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         },
     );
 
-    // The signed API serves the counts (at once: from memory).
+    // The signed API serves the counts (at once: from memory). Every
+    // read covers each period from `began` to now, merged, so counts that
+    // straddle an hour boundary mid-test still add up.
     let (ok, clear, _) = wait_for(
         WITHIN,
         || {
@@ -145,6 +147,30 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     let (status, body) = request(a.addrs.http, Signed::With(&wrong), "GET", &pq, b"");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("does not match"), "{body}");
+    let (status, body) = request(
+        a.addrs.http,
+        Signed::At(&key, now() - 1000),
+        "GET",
+        &pq,
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("300 s"), "{body}");
+    // A body where none belongs is refused, signed or not.
+    let (status, body) = request(a.addrs.http, Signed::With(&key), "GET", &pq, b"x");
+    assert_eq!(status, 400, "{body}");
+    // No signature and a large body announced, none sent: the answer
+    // comes from the head alone (the read times out if the relay waits
+    // for the body).
+    let (status, body) = exchange(
+        a.addrs.http,
+        Signed::Not,
+        "POST",
+        SUBMIT_PATH,
+        20 << 20,
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
     let (status, body) = request(a.addrs.http, Signed::With(&key), "GET", STATUS_PATH, b"");
     assert_eq!(status, 200, "{body}");
     let pod: PodStatus = serde_json::from_str(&body).unwrap();
@@ -172,6 +198,41 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     );
     assert_eq!(status, 200, "{body}\n{}", a.log_text());
     let queued: Submitted = serde_json::from_str(&body).unwrap();
+    // The same body again (a replay, or a retry after a lost answer): the
+    // same queue id, nothing queued twice.
+    let (status, body) = request(
+        a.addrs.http,
+        Signed::With(&key),
+        "POST",
+        SUBMIT_PATH,
+        &submission(report.as_bytes(), &format!("reports@{REPORTS_DOMAIN}")),
+    );
+    assert_eq!(status, 200, "{body}");
+    let again: Submitted = serde_json::from_str(&body).unwrap();
+    assert_eq!(again, queued);
+    let accepted = a
+        .log_text()
+        .matches("accepted: submitted on the internal API")
+        .count();
+    assert_eq!(accepted, 1, "{}", a.log_text());
+    // From: must be the sender's domain.
+    let (status, body) = request(
+        a.addrs.http,
+        Signed::With(&key),
+        "POST",
+        SUBMIT_PATH,
+        &submission(
+            report
+                .replace(
+                    &format!("From: <reports@{REPORTS_DOMAIN}>"),
+                    "From: <ceo@bank.test>",
+                )
+                .as_bytes(),
+            &format!("reports@{REPORTS_DOMAIN}"),
+        ),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not the sender's"), "{body}");
     let (status, body) = request(
         a.addrs.http,
         Signed::With(&key),
@@ -213,6 +274,17 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
         "{signature}"
     );
 
+    // b's hand-off listener takes no oversized aggregates frame, nor one
+    // without the Relay's MAC.
+    assert!(
+        xreports(at_b, &format!("XREPORTS {} 00\r\n", (16 << 20) + 1)).starts_with("552"),
+        "oversized frame"
+    );
+    assert!(
+        xreports(at_b, "XREPORTS 2 00\r\n[]").starts_with("535"),
+        "forged frame"
+    );
+
     // Drain: a's counts move to b, and a keeps none of them.
     let before = aggregates(a.addrs.http, &key, began, PERIOD);
     let status = a.terminate(WITHIN).expect("a exits");
@@ -235,4 +307,30 @@ fn counts_are_served_signed_handed_off_on_drain_and_reports_are_sent_signed() {
     );
     let files = period_files(&root.path().join("b"));
     assert!(!files.is_empty(), "b wrote nothing to its reports/");
+}
+
+/// The reply to `frame` sent to the hand-off listener at `addr` after
+/// its greeting and an EHLO.
+fn xreports(addr: SocketAddr, frame: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut read = BufReader::new(stream.try_clone().unwrap());
+    let mut write = stream;
+    let mut line = String::new();
+    read.read_line(&mut line).unwrap();
+    write.write_all(b"EHLO test\r\n").unwrap();
+    loop {
+        line.clear();
+        read.read_line(&mut line).unwrap();
+        if !line.starts_with("250-") {
+            break;
+        }
+    }
+    write.write_all(frame.as_bytes()).unwrap();
+    line.clear();
+    read.read_line(&mut line).unwrap();
+    line
 }

@@ -279,6 +279,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
     let mut metrics = Metrics::new();
     let drain_metrics = DrainMetrics::register(&mut metrics.registry);
     let event_metrics = Arc::new(EventMetrics::register(&mut metrics.registry));
+    let report_metrics = crate::ops::reports::register_metrics(&mut metrics.registry);
     if let Some(tls) = &loaded.tls {
         metrics.tls_expiry(tls.expiry());
     }
@@ -306,7 +307,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
         &loaded.outbound_tls,
         Arc::clone(&event_metrics),
     )?;
-    let reports = start_reports(&spool)?;
+    let reports = start_reports(&spool, report_metrics)?;
     let accepting = bind_listeners(loaded.listeners, &shared).await?;
     let manager = start_delivery(&shared, &spool, loaded.dns, loaded.outbound_tls, &metrics);
     let handoff_listener =
@@ -319,6 +320,7 @@ async fn start(opts: &RunOptions, loaded: Loaded, spool: Spool) -> Result<Runnin
             reports: reports.clone(),
             events: event_metrics,
             dkim: shared.conn.dkim.clone(),
+            guard: Default::default(),
         })
     });
     let health = serve_http(opts, &metrics, &spool, &manager, internal).await?;
@@ -370,9 +372,15 @@ fn start_events(
 
 /// The report aggregates in the spool's `reports/`, loaded, counted into
 /// from now on and written every few seconds.
-fn start_reports(spool: &Spool) -> Result<Reports, RunError> {
+fn start_reports(
+    spool: &Spool,
+    dropped: prometheus_client::metrics::family::Family<
+        crate::ops::reports::KindLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Result<Reports, RunError> {
     let store = crate::ops::reports::Store::open(&spool.dir().join("reports"))?;
-    let reports = Reports::open(store);
+    let reports = Reports::open(store, dropped);
     spool.set_reports(reports.clone());
     tokio::spawn(reports.clone().run());
     Ok(reports)

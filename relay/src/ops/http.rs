@@ -186,6 +186,7 @@ pub(crate) async fn serve(
                             internal.as_deref(),
                             req,
                             peer.ip(),
+                            health.is_ready(),
                         )
                         .await);
                     }

@@ -350,7 +350,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
     // Inbound checks (smtp listener) and DKIM signing (submission) apply
     // to different mail; both happen before the spool, so 250 means the
     // message is on disk as it will leave.
-    let (auth_headers, stripped, arc) = match crate::smtp::inbound_auth::stamp(
+    let (auth_headers, stripped, arc, report) = match crate::smtp::inbound_auth::stamp(
         &ctx.inbound_auth,
         &ctx.metrics.inbound_auth,
         session,
@@ -367,6 +367,7 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
                 std::borrow::Cow::Borrowed(_) => None,
             },
             stamped.arc,
+            stamped.report,
         ),
         Err(reply) => return reply,
     };
@@ -453,6 +454,10 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
                 "accepted"
             );
             crate::events::hooks::accepted(&ctx.spool, session, &id, &envelope, &body, dkim_signed);
+            // Counted only now: a refusal before this would be retried.
+            if let Some(r) = report {
+                r.count(session.runtime());
+            }
             Reply::new(250, "2.0.0", format!("Ok: queued as {id_text}"))
         }
         Err(e) => {

@@ -129,6 +129,8 @@ pub fn now() -> i64 {
 /// How a test request is signed.
 pub enum Signed<'a> {
     With(&'a ring::hmac::Key),
+    /// Signed as if at this Unix time.
+    At(&'a ring::hmac::Key, i64),
     Not,
 }
 
@@ -140,16 +142,34 @@ pub fn request(
     pq: &str,
     body: &[u8],
 ) -> (u16, String) {
+    exchange(addr, signed, method, pq, body.len(), body)
+}
+
+/// A request whose head announces `content_length` bytes of body and
+/// which sends `body` (maybe fewer, maybe none) after it: status and body
+/// of the answer, which must come within the read timeout.
+pub fn exchange(
+    addr: SocketAddr,
+    signed: Signed,
+    method: &str,
+    pq: &str,
+    content_length: usize,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut head = format!(
-        "{method} {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+        "{method} {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {content_length}\r\n",
     );
-    if let Signed::With(key) = signed {
-        let sig = sign_request(key, now(), method, pq, body);
+    let at = match signed {
+        Signed::With(key) => Some((key, now())),
+        Signed::At(key, t) => Some((key, t)),
+        Signed::Not => None,
+    };
+    if let Some((key, t)) = at {
+        let sig = sign_request(key, t, method, pq, body);
         head.push_str(&format!("{SIGNATURE_HEADER}: {sig}\r\n"));
     }
     head.push_str("\r\n");

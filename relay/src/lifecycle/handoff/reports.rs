@@ -2,7 +2,18 @@
 //! draining relay sends every period it counted to a peer that offers
 //! `XREPORTS` (see `wire`), in one frame, and deletes its own once the
 //! peer has merged and written them. If no peer takes them they stay in
-//! this relay's `reports/` for its return, never counted twice.
+//! this relay's `reports/` for its return.
+//!
+//! At least once, not exactly once: a peer that merged and wrote the
+//! counts but whose 250 never arrived (the connection cut, the drain's
+//! deadline reached between its write and its reply) looks to us like a
+//! peer that refused them, so we offer them to the next peer or keep
+//! them, and those counts are then reported twice for their periods. A
+//! hand-off id the receivers remember would only narrow that window (a
+//! lost answer stays a lost answer), and it needs a connection to die in
+//! the few milliseconds between a peer's fsync and its reply during a
+//! drain; aggregate reports are statistics, so we accept it rather than
+//! risk losing the counts.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,10 +40,19 @@ pub(crate) async fn hand_off(
         return true;
     }
     let body = match serde_json::to_vec(&periods) {
-        Ok(b) => b,
+        Ok(b) if b.len() as u64 <= wire::MAX_REPORTS => b,
+        Ok(b) => {
+            tracing::warn!(
+                bytes = b.len(),
+                limit = wire::MAX_REPORTS,
+                "report aggregates too large for a hand-off; they stay in this relay's spool"
+            );
+            keep(reports, &periods);
+            return false;
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode the report aggregates");
-            reports.restore(&periods);
+            keep(reports, &periods);
             return false;
         }
     };
@@ -54,15 +74,20 @@ pub(crate) async fn hand_off(
             Err(_) => tracing::warn!(%peer, "report aggregates hand-off: deadline reached"),
         }
     }
-    reports.restore(&periods);
-    if let Err(e) = reports.flush() {
-        tracing::warn!(error = %e, "cannot write the report aggregates");
-    }
+    keep(reports, &periods);
     tracing::warn!(
         periods = periods.len(),
         "no peer took the report aggregates; they stay in this relay's spool"
     );
     false
+}
+
+/// Put `periods` back and write them: nobody else has them.
+fn keep(reports: &Reports, periods: &[mailrelay_crds::reports::PeriodAggregates]) {
+    reports.restore(periods);
+    if let Err(e) = reports.flush() {
+        tracing::warn!(error = %e, "cannot write the report aggregates");
+    }
 }
 
 async fn to_peer(

@@ -228,10 +228,21 @@ impl Commands<'_> {
                 "552 5.3.4 bad or too large length {len}; closing"
             )));
         };
-        let mut body = vec![0; usize::try_from(len).unwrap_or(0)];
-        tokio::time::timeout(IDLE, self.read.read_exact(&mut body))
+        // Nothing is authenticated before the frame's MAC, which covers
+        // the body: so the body takes its place in the session's held
+        // bytes like a message, and the buffer grows with the bytes that
+        // actually arrive rather than with the length announced.
+        let share = u32::try_from(len.min(MAX_HELD_BYTES as u64)).unwrap_or(u32::MAX);
+        let Ok(_held) = Arc::clone(&self.held).acquire_many_owned(share).await else {
+            return Ok(Next::Close("421 4.3.0 closing".into()));
+        };
+        let mut body = Vec::new();
+        tokio::time::timeout(IDLE, (&mut self.read).take(len).read_to_end(&mut body))
             .await
             .map_err(|_| SessionError::Idle)??;
+        if body.len() as u64 != len {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         if !wire::verify_reports(&self.rx.key, self.nonce, &body, mac) {
             tracing::warn!(peer = %self.peer, "report aggregates refused: bad MAC");
             return Ok(Next::Close(

@@ -51,8 +51,12 @@ pub(crate) const EXTENSION: &str = "XHANDOFF";
 /// advertises it, so old peers on either side are unaffected.
 pub(crate) const REPORTS: &str = "XREPORTS";
 const REPORTS_MAC_CONTEXT: &[u8] = b"mailrelay-handoff-reports-v1\0";
-/// Largest aggregates frame a server reads.
-pub(crate) const MAX_REPORTS: u64 = 64 << 20;
+/// Largest aggregates frame a server reads. The frame comes before its
+/// MAC is checked (a hand-off session is not authenticated as a whole:
+/// each frame carries its own MAC), so it is held like a message: within
+/// the session's `MAX_HELD_BYTES`, read as it arrives. A relay whose
+/// periods do not fit keeps them in its own spool (see `reports`).
+pub(crate) const MAX_REPORTS: u64 = 16 << 20;
 
 /// The MAC of a session's aggregates frame.
 pub fn reports_mac(key: &hmac::Key, nonce: &str, body: &[u8]) -> String {

@@ -2,8 +2,21 @@
 //! if an authenticated client of its sender's domain had submitted it:
 //! the relay's `Received:`, a DKIM signature when the From: domain is
 //! hosted with a key, on disk (fsync'd) before the 200.
+//!
+//! Held to what the relay holds its clients to: the sender's domain
+//! hosted, the From: header's domain the sender's (the operator's key
+//! makes it a trusted submitter, not one that may write any author),
+//! the Relay's message size and recipient limits.
+//!
+//! Idempotent: a body accepted in the last [`REMEMBER_SECS`] (by its
+//! SHA-256, at most [`REMEMBERED`] of them) is answered 200 with the
+//! queue id it got, not queued again. So a replayed request (its
+//! signature is valid for minutes) sends nothing twice, and the operator
+//! may retry a submission whose answer it lost.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use hyper::StatusCode;
@@ -29,6 +42,12 @@ pub(crate) enum SubmitError {
     Address(String, &'static str),
     #[error("the sender's domain {0} is not hosted by this Relay")]
     NotHosted(String),
+    #[error("the From: header's domain {from} is not the sender's, {sender}")]
+    FromNotSender { from: String, sender: String },
+    #[error("the message has no single From: address: {0}")]
+    NoFrom(String),
+    #[error("{count} recipients, over the limit of {limit}")]
+    TooManyRecipients { count: usize, limit: u32 },
     #[error("the message is {size} bytes, over the limit of {limit}")]
     TooBig { size: usize, limit: u64 },
     #[error("cannot sign: {0}")]
@@ -66,6 +85,13 @@ pub(crate) fn check(rt: &Runtime, sub: &Submission) -> Result<Checked, SubmitErr
     if sub.to.is_empty() {
         return Err(SubmitError::NoRecipients);
     }
+    let max_recipients = rt.config.limits.max_recipients;
+    if sub.to.len() > max_recipients as usize {
+        return Err(SubmitError::TooManyRecipients {
+            count: sub.to.len(),
+            limit: max_recipients,
+        });
+    }
     let recipients = sub
         .to
         .iter()
@@ -89,11 +115,104 @@ pub(crate) fn check(rt: &Runtime, sub: &Submission) -> Result<Checked, SubmitErr
             limit,
         });
     }
+    let author =
+        crate::dkim::headers::author(&content).map_err(|e| SubmitError::NoFrom(e.to_string()))?;
+    if !author.domain.eq_ignore_ascii_case(&sender.domain) {
+        return Err(SubmitError::FromNotSender {
+            from: author.domain,
+            sender: sender.domain,
+        });
+    }
     Ok(Checked {
         sender,
         recipients,
         content,
     })
+}
+
+/// How long an accepted submission is remembered: longer than a
+/// signature is valid (`SIGNATURE_WINDOW_SECS`), so no replay of a signed
+/// request gets past.
+pub(crate) const REMEMBER_SECS: i64 = 600;
+/// Submissions remembered at most; past it the oldest are forgotten
+/// early (the operator sends a few reports per period, not thousands).
+pub(crate) const REMEMBERED: usize = 4096;
+
+type Digest = [u8; 32];
+
+/// Bodies accepted lately, and the queue ids they got.
+#[derive(Default)]
+pub(crate) struct Recent {
+    inner: Mutex<RecentInner>,
+    /// One submission at a time, so two copies sent at once are queued
+    /// once: the second waits, then finds the first's id.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    ids: HashMap<Digest, String>,
+    /// Arrival order, for forgetting.
+    order: VecDeque<(i64, Digest)>,
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The queue id a body with `digest` got, if accepted since `now -
+    /// REMEMBER_SECS`.
+    pub(crate) fn get(&self, digest: &Digest, now: i64) -> Option<String> {
+        let mut r = self.lock();
+        while let Some((at, d)) = r.order.front().copied() {
+            if now.saturating_sub(at) <= REMEMBER_SECS {
+                break;
+            }
+            r.order.pop_front();
+            r.ids.remove(&d);
+        }
+        r.ids.get(digest).cloned()
+    }
+
+    pub(crate) fn remember(&self, digest: Digest, now: i64, queue_id: String) {
+        let mut r = self.lock();
+        while r.order.len() >= REMEMBERED {
+            if let Some((_, d)) = r.order.pop_front() {
+                r.ids.remove(&d);
+            }
+        }
+        r.order.push_back((now, digest));
+        r.ids.insert(digest, queue_id);
+    }
+}
+
+pub(crate) fn digest(body: &[u8]) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, body);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Queue `sub` (the request's `body`) from the operator at `peer`, unless
+/// the same body was queued lately: then its queue id again.
+pub(crate) async fn submit_once(
+    api: &Internal,
+    sub: &Submission,
+    body: &[u8],
+    peer: IpAddr,
+) -> Result<Submitted, SubmitError> {
+    let recent = &api.guard.submitted;
+    let _one = recent.one_at_a_time.lock().await;
+    let digest = digest(body);
+    let now = jiff::Timestamp::now().as_second();
+    if let Some(queue_id) = recent.get(&digest, now) {
+        tracing::info!(%queue_id, %peer, "submission seen before: answered with its queue id, not queued again");
+        return Ok(Submitted { queue_id });
+    }
+    let done = submit(api, sub, peer).await?;
+    recent.remember(digest, now, done.queue_id.clone());
+    Ok(done)
 }
 
 /// Queue `sub` from the operator at `peer`.

@@ -4,11 +4,17 @@
 //! to the operator on the internal API (`ops::internal`) and handed to a
 //! peer with the queue when the pod drains (`lifecycle::handoff::reports`).
 //!
-//! Recording is a lock, a lookup among the period's rows and an add: no
-//! I/O per message. The rows of a period are a `Vec` searched linearly
-//! (the shared type's shape); a period has as many rows as distinct
-//! (sender, IP, results) or (domain, policy) combinations, which is small
-//! beside the messages counted.
+//! Recording is a lock, a hash lookup among the period's rows and an
+//! add: no I/O per message. The rows' keys come from untrusted mail, so a
+//! period keeps at most [`period::MAX_DMARC_ROWS`] DMARC rows and
+//! [`period::MAX_TLS_ENTRIES`] TLS entries; counts for new rows past
+//! that are dropped, counted in `mailrelay_report_rows_dropped_total{kind}`
+//! and logged once per period (see `period`).
+//!
+//! Writes are serialised (`Inner::flushing`): the periodic flush, a
+//! peer's hand-off being merged and our own drain may all write a period,
+//! and each writes a snapshot taken under that lock, so an older snapshot
+//! never replaces a newer one and no two writers share the temporary file.
 //!
 //! What a SIGKILL can lose: the counts recorded since the last flush, at
 //! most [`FLUSH_INTERVAL`] of them. A clean stop or a drain flushes (or
@@ -20,6 +26,7 @@
 //! operator that was down for days.
 
 pub(crate) mod dmarc;
+pub(crate) mod period;
 pub(crate) mod store;
 pub(crate) mod tls;
 
@@ -31,6 +38,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mailrelay_crds::reports::{DmarcRow, PeriodAggregates, ReportsConfig, TlsRow};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use period::{Dropped, Period};
 
 pub(crate) use store::{Store, StoreError};
 
@@ -48,13 +61,33 @@ pub(crate) struct Reports {
 
 struct Inner {
     counts: Mutex<Counts>,
+    /// Held while writing or deleting files (see the module's doc).
+    flushing: Mutex<()>,
     /// `None` in unit tests of the recording alone.
     store: Option<Store>,
+    /// Counts dropped at the row caps, by kind.
+    dropped: Family<KindLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    kind: &'static str,
+}
+
+/// The metric of counts dropped at the row caps, registered in `registry`.
+pub(crate) fn register_metrics(registry: &mut Registry) -> Family<KindLabel, Counter> {
+    let dropped = Family::default();
+    registry.register(
+        "report_rows_dropped",
+        "Messages (DMARC) or TLS sessions not counted in the aggregate reports: their period had no room for another row",
+        dropped.clone(),
+    );
+    dropped
 }
 
 #[derive(Default)]
 struct Counts {
-    periods: BTreeMap<i64, PeriodAggregates>,
+    periods: BTreeMap<i64, Period>,
     /// Periods changed since they were last written.
     dirty: BTreeSet<i64>,
 }
@@ -63,59 +96,98 @@ impl Reports {
     /// Counts kept in memory only.
     #[cfg(test)]
     pub(crate) fn in_memory() -> Reports {
+        Reports::with(Counts::default(), None, Family::default())
+    }
+
+    fn with(counts: Counts, store: Option<Store>, dropped: Family<KindLabel, Counter>) -> Reports {
         Reports {
             inner: Arc::new(Inner {
-                counts: Mutex::new(Counts::default()),
-                store: None,
+                counts: Mutex::new(counts),
+                flushing: Mutex::new(()),
+                store,
+                dropped,
             }),
         }
     }
 
-    /// Counts kept in `store`, with what it already holds loaded.
-    pub(crate) fn open(store: Store) -> Reports {
-        let mut counts = Counts::default();
-        for p in store.load_all() {
-            counts
-                .periods
-                .entry(p.start)
-                .or_insert_with(|| PeriodAggregates::new(p.start, p.end))
-                .merge(&p);
-        }
-        Reports {
-            inner: Arc::new(Inner {
-                counts: Mutex::new(counts),
-                store: Some(store),
-            }),
-        }
+    /// Counts kept in `store`, with what it already holds loaded; counts
+    /// dropped at the caps go to `dropped`.
+    pub(crate) fn open(store: Store, dropped: Family<KindLabel, Counter>) -> Reports {
+        let loaded = store.load_all();
+        let reports = Reports::with(Counts::default(), Some(store), dropped);
+        reports.restore(&loaded);
+        // What was just read from disk needs no writing back.
+        reports.counts().dirty.clear();
+        reports
     }
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
         self.inner.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, config: &ReportsConfig, now: i64, f: impl FnOnce(&mut PeriodAggregates)) {
+    /// Count into the period starting at `start` (ending at `end` if it
+    /// is new), with the lock held.
+    fn add_to(
+        &self,
+        counts: &mut Counts,
+        start: i64,
+        end: i64,
+        f: impl FnOnce(&mut Period) -> Dropped,
+    ) {
+        let period = counts
+            .periods
+            .entry(start)
+            .or_insert_with(|| Period::new(start, end));
+        let dropped = f(period);
+        if dropped != Dropped::default() {
+            for (kind, n) in [("dmarc", dropped.dmarc), ("tls", dropped.tls)] {
+                if n > 0 {
+                    self.inner
+                        .dropped
+                        .get_or_create(&KindLabel { kind })
+                        .inc_by(n);
+                }
+            }
+            if period.first_drop() {
+                tracing::warn!(
+                    period_start = start,
+                    dmarc_dropped = dropped.dmarc,
+                    tls_dropped = dropped.tls,
+                    max_dmarc_rows = period::MAX_DMARC_ROWS,
+                    max_tls_entries = period::MAX_TLS_ENTRIES,
+                    "report period full: counts for new rows are dropped until it ends \
+                     (mailrelay_report_rows_dropped_total counts them; logged once per period)"
+                );
+            }
+        }
+        counts.dirty.insert(start);
+    }
+
+    fn add(&self, config: &ReportsConfig, now: i64, f: impl FnOnce(&mut Period) -> Dropped) {
         let start = config.period_start(now);
         let end =
             start.saturating_add(i64::try_from(config.period_secs.max(1)).unwrap_or(i64::MAX));
         let mut counts = self.counts();
-        f(counts
-            .periods
-            .entry(start)
-            .or_insert_with(|| PeriodAggregates::new(start, end)));
-        counts.dirty.insert(start);
+        self.add_to(&mut counts, start, end, f);
     }
 
     /// Count a DMARC row at `now` if `config` asks for DMARC reports.
     pub(crate) fn dmarc(&self, config: Option<&ReportsConfig>, now: i64, row: DmarcRow) {
         if let Some(c) = config.filter(|c| c.dmarc) {
-            self.add(c, now, |p| p.add_dmarc(row));
+            self.add(c, now, |p| Dropped {
+                dmarc: p.add_dmarc(row),
+                tls: 0,
+            });
         }
     }
 
     /// Count a TLS row at `now` if `config` asks for TLS reports.
     pub(crate) fn tls(&self, config: Option<&ReportsConfig>, now: i64, row: TlsRow) {
         if let Some(c) = config.filter(|c| c.tls_rpt) {
-            self.add(c, now, |p| p.add_tls(row));
+            self.add(c, now, |p| Dropped {
+                dmarc: 0,
+                tls: p.add_tls(row),
+            });
         }
     }
 
@@ -123,7 +195,7 @@ impl Reports {
     /// `start + period_secs` for its end.
     pub(crate) fn period(&self, start: i64, period_secs: u64) -> PeriodAggregates {
         match self.counts().periods.get(&start) {
-            Some(p) => p.clone(),
+            Some(p) => p.aggregates().clone(),
             None => PeriodAggregates::new(
                 start,
                 start.saturating_add(i64::try_from(period_secs.max(1)).unwrap_or(i64::MAX)),
@@ -139,6 +211,7 @@ impl Reports {
         counts.dirty.clear();
         std::mem::take(&mut counts.periods)
             .into_values()
+            .map(Period::into_aggregates)
             .filter(|p| !p.is_empty())
             .collect()
     }
@@ -148,12 +221,7 @@ impl Reports {
     pub(crate) fn restore(&self, periods: &[PeriodAggregates]) {
         let mut counts = self.counts();
         for p in periods {
-            counts
-                .periods
-                .entry(p.start)
-                .or_insert_with(|| PeriodAggregates::new(p.start, p.end))
-                .merge(p);
-            counts.dirty.insert(p.start);
+            self.add_to(&mut counts, p.start, p.end, |period| period.merge(p));
         }
     }
 
@@ -171,11 +239,21 @@ impl Reports {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        let again: BTreeSet<i64> = self.counts().periods.keys().copied().collect();
-        for h in handed.iter().filter(|h| !again.contains(&h.start)) {
-            store.remove(h.start)?;
+        {
+            let _writing = self.writing();
+            let again: BTreeSet<i64> = self.counts().periods.keys().copied().collect();
+            for h in handed.iter().filter(|h| !again.contains(&h.start)) {
+                store.remove(h.start)?;
+            }
         }
         self.flush()
+    }
+
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write every changed period, and delete those past retention. A
@@ -184,12 +262,15 @@ impl Reports {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
+        // The snapshot is taken under the write lock: whoever takes it
+        // later writes later.
+        let _writing = self.writing();
         let changed: Vec<PeriodAggregates> = {
             let mut counts = self.counts();
             let dirty = std::mem::take(&mut counts.dirty);
             dirty
                 .iter()
-                .filter_map(|s| counts.periods.get(s).cloned())
+                .filter_map(|s| counts.periods.get(s).map(|p| p.aggregates().clone()))
                 .collect()
         };
         let mut first_error = None;
@@ -213,7 +294,7 @@ impl Reports {
             let gone: Vec<i64> = counts
                 .periods
                 .iter()
-                .filter(|(_, p)| p.end < oldest)
+                .filter(|(_, p)| p.aggregates().end < oldest)
                 .map(|(s, _)| *s)
                 .collect();
             for s in &gone {
@@ -223,27 +304,39 @@ impl Reports {
             gone
         };
         match &self.inner.store {
-            Some(store) => store.prune(&gone),
+            Some(store) => {
+                let _writing = self.writing();
+                store.prune(&gone)
+            }
             None => Ok(()),
         }
     }
 
     /// Flush every [`FLUSH_INTERVAL`] and prune once an hour, until the
-    /// task is dropped.
+    /// task is dropped. The file work (fsyncs) runs on the blocking pool,
+    /// never on a runtime worker that sessions need.
     pub(crate) async fn run(self) {
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         let mut last_prune = i64::MIN;
         loop {
             tick.tick().await;
-            if let Err(e) = self.flush() {
-                tracing::warn!(error = %e, "cannot write the report aggregates; will retry");
-            }
             let now = jiff::Timestamp::now().as_second();
-            if now.saturating_sub(last_prune) >= 3600 {
+            let prune = now.saturating_sub(last_prune) >= 3600;
+            if prune {
                 last_prune = now;
-                if let Err(e) = self.prune(now) {
+            }
+            let me = self.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                if let Err(e) = me.flush() {
+                    tracing::warn!(error = %e, "cannot write the report aggregates; will retry");
+                }
+                if prune && let Err(e) = me.prune(now) {
                     tracing::warn!(error = %e, "cannot delete old report aggregates");
                 }
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "writing the report aggregates failed");
             }
         }
     }

@@ -102,7 +102,9 @@ impl Store {
             moved = moved.is_ok(), "report aggregates unreadable; set aside, their counts are lost");
     }
 
-    /// Replace the file of `p`'s period with `p`.
+    /// Replace the file of `p`'s period with `p`. One writer at a time:
+    /// the temporary file's name is the period's (`Reports` serialises
+    /// its writes).
     pub(crate) fn write(&self, p: &PeriodAggregates) -> Result<(), StoreError> {
         let path = self.path(p.start);
         let tmp = path.with_extension("json.tmp");

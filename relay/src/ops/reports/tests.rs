@@ -396,7 +396,7 @@ fn the_store_writes_reloads_merges_and_prunes() {
     let now = 1_800_000_000;
     let start = c.period_start(now);
     {
-        let reports = Reports::open(Store::open(dir.path()).unwrap());
+        let reports = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
         reports.dmarc(Some(&c), now, dmarc_row(3));
         reports.dmarc(Some(&c), now - 8 * 86_400, dmarc_row(1));
         reports.flush().unwrap();
@@ -405,13 +405,13 @@ fn the_store_writes_reloads_merges_and_prunes() {
     }
     let files = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(files, 2);
-    let reports = Reports::open(Store::open(dir.path()).unwrap());
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
     assert_eq!(reports.period(start, 3600).dmarc[0].count, 3);
     // A peer's counts for the same period add up, and are on disk at once.
     let mut theirs = PeriodAggregates::new(start, start + 3600);
     theirs.add_dmarc(dmarc_row(4));
     reports.merge_in(&[theirs]).unwrap();
-    let again = Reports::open(Store::open(dir.path()).unwrap());
+    let again = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
     assert_eq!(again.period(start, 3600).dmarc[0].count, 7);
     again.prune(now).unwrap();
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -429,7 +429,7 @@ fn the_store_writes_reloads_merges_and_prunes() {
 fn a_torn_file_is_set_aside_and_the_rest_loads() {
     let dir = tempfile::tempdir().unwrap();
     let c = config();
-    let reports = Reports::open(Store::open(dir.path()).unwrap());
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
     reports.dmarc(Some(&c), 3600, dmarc_row(2));
     reports.flush().unwrap();
     std::fs::write(
@@ -438,7 +438,7 @@ fn a_torn_file_is_set_aside_and_the_rest_loads() {
     )
     .unwrap();
     std::fs::write(dir.path().join("period-0.json.tmp"), b"half").unwrap();
-    let reopened = Reports::open(Store::open(dir.path()).unwrap());
+    let reopened = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
     assert_eq!(reopened.period(3600, 3600).dmarc[0].count, 2);
     assert!(dir.path().join("period-7200.json.corrupt").exists());
     assert!(!dir.path().join("period-7200.json").exists());
@@ -449,7 +449,7 @@ fn a_torn_file_is_set_aside_and_the_rest_loads() {
 fn periods_taken_for_a_hand_off_come_back_if_it_fails_and_go_when_it_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let c = config();
-    let reports = Reports::open(Store::open(dir.path()).unwrap());
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
     reports.dmarc(Some(&c), 3600, dmarc_row(2));
     reports.flush().unwrap();
     let taken = reports.take_all();
@@ -461,8 +461,64 @@ fn periods_taken_for_a_hand_off_come_back_if_it_fails_and_go_when_it_succeeds() 
     reports.handed(&taken).unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     assert!(
-        Reports::open(Store::open(dir.path()).unwrap())
+        Reports::open(Store::open(dir.path()).unwrap(), Default::default())
             .take_all()
             .is_empty()
+    );
+}
+
+#[test]
+fn concurrent_flushes_of_one_period_leave_a_whole_file_with_the_last_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config();
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
+    // Each thread counts then flushes, over and over: unserialised, the two
+    // would write one temporary file at once (a torn file, or a rename
+    // of a file the other already moved: an error).
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (reports, c) = (reports.clone(), c.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    reports.dmarc(Some(&c), 3600, dmarc_row(1));
+                    reports.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("period-3600.json")]);
+    let reopened = Reports::open(Store::open(dir.path()).unwrap(), Default::default());
+    assert_eq!(reopened.period(3600, 3600).dmarc[0].count, 200);
+}
+
+#[test]
+fn counts_dropped_at_the_cap_are_counted_in_the_metric() {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("mailrelay");
+    let dropped = super::register_metrics(&mut registry);
+    let dir = tempfile::tempdir().unwrap();
+    let reports = Reports::open(Store::open(dir.path()).unwrap(), dropped);
+    let c = config();
+    for n in 0..=super::period::MAX_DMARC_ROWS as u128 + 2 {
+        let mut row = dmarc_row(1);
+        row.source_ip = std::net::Ipv6Addr::from(n).into();
+        reports.dmarc(Some(&c), 3600, row);
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("mailrelay_report_rows_dropped_total{kind=\"dmarc\"} 3"),
+        "{text}"
+    );
+    assert!(!text.contains("kind=\"tls\""), "{text}");
+    assert_eq!(
+        reports.period(3600, 3600).dmarc.len(),
+        super::period::MAX_DMARC_ROWS
     );
 }

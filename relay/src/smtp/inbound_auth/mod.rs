@@ -20,6 +20,7 @@ use std::borrow::Cow;
 
 use mailrelay_crds::maildomain::InboundAuthPolicy;
 use mailrelay_crds::relay::ListenerName;
+use mailrelay_crds::reports::DmarcRow;
 
 pub(crate) use check::{Checker, Subject};
 pub(crate) use metrics::AuthMetrics;
@@ -38,6 +39,32 @@ pub(crate) struct Stamped<'a> {
     pub content: Cow<'a, [u8]>,
     /// For an ARC sealer; `None` when nothing was checked.
     pub arc: Option<arc::Verdict>,
+    /// The message's DMARC report row, to count once it is spooled.
+    pub report: Option<Uncounted>,
+}
+
+/// A DMARC report row waiting for its message to be ours: counted before
+/// the spool commit, a later 4xx (ARC sealing, DKIM signing, a full
+/// spool) would have the sender retry and the message count twice.
+pub(crate) struct Uncounted {
+    reports: Reports,
+    row: DmarcRow,
+}
+
+impl Uncounted {
+    /// Count the row (the message is on disk), under the config then in
+    /// force.
+    pub(crate) fn count(self, rt: &crate::config::runtime::Runtime) {
+        let now = jiff::Timestamp::now().as_second();
+        self.reports
+            .dmarc(rt.config.reports.as_ref(), now, self.row);
+    }
+}
+
+impl std::fmt::Debug for Uncounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uncounted").field("row", &self.row).finish()
+    }
 }
 
 /// Check an accepted message and decide. `Err` is the reply that refuses
@@ -61,6 +88,7 @@ pub(crate) async fn stamp<'a>(
             headers: String::new(),
             content: Cow::Borrowed(&accepted.content),
             arc: None,
+            report: None,
         });
     }
     // Boxed: the checks' futures (mail-auth's DNS lookups) are large, and
@@ -106,6 +134,7 @@ async fn check<'a>(
             headers: header::authentication_results(hostname, None),
             content: Cow::Owned(content),
             arc: None,
+            report: None,
         });
     }
     let sender = tx.sender.as_ref().map(|a| a.as_string());
@@ -122,20 +151,26 @@ async fn check<'a>(
         .await;
     let action = verdict::decide(policy, &results);
     metrics.record(&results, &action);
-    if let Some(reports) = reports
-        && rt.config.reports.as_ref().is_some_and(|c| c.dmarc)
-        && let Some(row) = crate::ops::reports::dmarc::row(
-            &results,
-            &action,
-            mailrelay_crds::compile::normalize::unmap_addr(session.conn.client_ip),
-            sender.as_deref(),
-        )
+    let mut report = reports
+        .filter(|_| rt.config.reports.as_ref().is_some_and(|c| c.dmarc))
+        .and_then(|reports| {
+            let row = crate::ops::reports::dmarc::row(
+                &results,
+                &action,
+                mailrelay_crds::compile::normalize::unmap_addr(session.conn.client_ip),
+                sender.as_deref(),
+            )?;
+            Some(Uncounted {
+                reports: reports.clone(),
+                row,
+            })
+        });
+    // A rejection is final (the sender does not retry a 5xx): it counts
+    // now. The rest counts once spooled (`Uncounted`).
+    if let Action::Reject(_) = action
+        && let Some(r) = report.take()
     {
-        reports.dmarc(
-            rt.config.reports.as_ref(),
-            jiff::Timestamp::now().as_second(),
-            row,
-        );
+        r.count(rt);
     }
     tracing::info!(
         queue_id,
@@ -165,5 +200,6 @@ async fn check<'a>(
         headers,
         content: Cow::Owned(content),
         arc,
+        report,
     })
 }
