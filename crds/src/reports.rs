@@ -524,7 +524,7 @@ pub fn fresh_signature(header: Option<&str>, now: i64) -> Result<(i64, Vec<u8>),
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => v1 = decode_hex(v),
+            Some(("v1", v)) => v1 = crate::configformat::unhex(v),
             _ => {}
         }
     }
@@ -550,16 +550,6 @@ pub fn verify_request(
     let (t, v1) = fresh_signature(header, now)?;
     hmac::verify(key, &signed_bytes(t, method, path_and_query, body), &v1)
         .map_err(|_| SignatureError::Mismatch)
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub fn reports_mac(key: &hmac::Key, nonce: &str, body: &[u8]) -> String {
 
 /// Constant-time check of an aggregates frame's MAC.
 pub(crate) fn verify_reports(key: &hmac::Key, nonce: &str, body: &[u8], mac_hex: &str) -> bool {
-    let Some(tag) = unhex(mac_hex) else {
+    let Some(tag) = mailrelay_crds::configformat::unhex(mac_hex) else {
         return false;
     };
     hmac::verify(key, &reports_input(nonce, body), &tag).is_ok()
@@ -154,7 +154,7 @@ pub(crate) fn verify(
     body: &[u8],
     mac_hex: &str,
 ) -> bool {
-    let Some(tag) = unhex(mac_hex) else {
+    let Some(tag) = mailrelay_crds::configformat::unhex(mac_hex) else {
         return false;
     };
     let expected = signed(key, nonce, seq, transfer, body);
@@ -209,20 +209,10 @@ pub(crate) fn parse_message_args(args: &str) -> Result<MessageCommand<'_>, WireE
     let len = len
         .parse::<u64>()
         .map_err(|_| WireError::Length(len.to_string()))?;
-    if unhex(mac).is_none() {
+    if mailrelay_crds::configformat::unhex(mac).is_none() {
         return Err(WireError::MacSyntax);
     }
     Ok(MessageCommand { len, transfer, mac })
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
