@@ -188,7 +188,7 @@ impl Worker {
             }
             // The events first: a crash between the two repeats the
             // attempt (and its events, with the same ids), never loses them.
-            events.emit_durable(&rt, &emitted).await;
+            events.emit_before_step(&rt, &emitted);
             // Awaited: the next group (and the next job) waits until this
             // outcome is on disk, so a crash repeats at most one
             // transaction per attempt.
@@ -268,7 +268,7 @@ impl Worker {
             class,
             (now.as_second() - q.envelope.received_at).max(0),
         );
-        events.emit_durable(&rt, &emitted).await;
+        events.emit_before_step(&rt, &emitted);
         self.record(q, updates).await;
     }
 }
