@@ -48,6 +48,7 @@
 
 pub(crate) mod build;
 pub(crate) mod hooks;
+mod json;
 mod lines;
 mod log;
 pub(crate) mod metrics;
@@ -163,17 +164,11 @@ impl Events {
     }
 
     /// The log line of `event`; its JSON.
-    fn line(&self, event: &Event) -> Option<String> {
-        let json = match serde_json::to_string(event) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(error = %e, id = %event.id, "cannot serialise an event");
-                return None;
-            }
-        };
+    fn line(&self, event: &Event) -> String {
+        let json = json::to_json(event);
         // Written as it is by `EventLines` (see `lines`).
         tracing::info!(target: "mailrelay::event", event = json.as_str());
-        Some(json)
+        json
     }
 
     /// A new event of `kind` with `id`, stamped with the time, relay and pod.
@@ -244,9 +239,7 @@ impl Events {
         event: &Event,
         done: Option<oneshot::Sender<Result<(), ()>>>,
     ) -> bool {
-        let Some(json) = self.line(event) else {
-            return false;
-        };
+        let json = self.line(event);
         let Some(log) = self.inner.log.as_ref() else {
             return false;
         };
