@@ -87,9 +87,9 @@ impl Out {
 
     fn str(&mut self, s: &str) {
         // No early exit: one branch-free pass over the bytes.
-        let plain = !s
-            .bytes()
-            .fold(false, |odd, b| odd | (b < 0x20) | (b == b'"') | (b == b'\\'));
+        let plain = !s.bytes().fold(false, |odd, b| {
+            odd | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
         if plain {
             self.0.push('"');
             self.0.push_str(s);
@@ -215,7 +215,10 @@ mod tests {
         let mut cases = vec![
             bare(EventType::Rejection),
             full(EventType::Delivery, ""),
-            full(EventType::Bounce, "\"quoted\" back\\slash \u{1} tab\t é ☃ \u{7f}"),
+            full(
+                EventType::Bounce,
+                "\"quoted\" back\\slash \u{1} tab\t é ☃ \u{7f}",
+            ),
         ];
         let mut partial = bare(EventType::TransientFailure);
         partial.reply = Some(Reply {

@@ -13,13 +13,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
 /// Segments roll over past this size.
-const SEGMENT_BYTES: u64 = 16 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 /// How long appended lines may wait for a spool step to flush them
 /// before the log's own thread does.
 const LAZY: Duration = Duration::from_millis(5);
@@ -193,6 +193,7 @@ pub(crate) struct Tail {
     file: Mutex<Open>,
     backlog: Arc<Backlog>,
     segment_bytes: u64,
+    lazy: Duration,
 }
 
 #[derive(Default)]
@@ -227,10 +228,16 @@ impl EventLog {
     /// (no newline, or a CRC that does not match) is cut off the last
     /// segment; everything before it is kept.
     pub(crate) fn open(dir: &Path) -> Result<EventLog, LogError> {
-        EventLog::open_with(dir, SEGMENT_BYTES)
+        EventLog::open_with(dir, SEGMENT_BYTES, LAZY)
     }
 
-    pub(crate) fn open_with(dir: &Path, segment_bytes: u64) -> Result<EventLog, LogError> {
+    /// `lazy`: how long lines wait for a spool step before the log's own
+    /// thread writes them (tests stretch it to see who wrote them).
+    pub(crate) fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        lazy: Duration,
+    ) -> Result<EventLog, LogError> {
         fs::create_dir_all(dir).map_err(io("create", dir))?;
         let mut state = State {
             cursors: load_cursors(dir),
@@ -287,6 +294,7 @@ impl EventLog {
             }),
             backlog: Arc::clone(&backlog),
             segment_bytes,
+            lazy,
         });
         let lazy = Arc::clone(&tail);
         let flusher = std::thread::Builder::new()
@@ -306,11 +314,14 @@ impl EventLog {
         if w.closed {
             return Err(LogError::Closed);
         }
-        w.urgent |= append.done.is_some();
-        let first = w.appends.is_empty();
+        let urgent = append.done.is_some();
+        w.urgent |= urgent;
+        // The flusher sleeps until lines wait, or (lazily) until someone
+        // waits for them.
+        let wake = urgent || w.appends.is_empty();
         w.appends.push(append);
         drop(w);
-        if first {
+        if wake {
             self.tail.wake.notify_one();
         }
         Ok(())
@@ -394,7 +405,7 @@ impl Tail {
         }
     }
 
-    /// Flush lines no spool step has carried out within [`LAZY`] (or at
+    /// Flush lines no spool step has carried out within `lazy` (or at
     /// once, when someone waits for them), until the log closes.
     fn run(&self) {
         loop {
@@ -415,7 +426,9 @@ impl Tail {
                 let seen = w.flushes;
                 let (g, _) = self
                     .wake
-                    .wait_timeout_while(w, LAZY, |w| !w.urgent && !w.closed && w.flushes == seen)
+                    .wait_timeout_while(w, self.lazy, |w| {
+                        !w.urgent && !w.closed && w.flushes == seen
+                    })
                     .unwrap_or_else(|p| p.into_inner());
                 if g.flushes != seen && !g.urgent && !g.closed {
                     continue;

@@ -135,6 +135,25 @@ impl Events {
         })
     }
 
+    /// [`Events::open`] with the log's own flushes put off by `lazy`.
+    #[cfg(test)]
+    pub(crate) fn open_lazily(
+        dir: &Path,
+        relay: String,
+        pod: String,
+        lazy: Duration,
+    ) -> Result<Events, LogError> {
+        Ok(Events {
+            inner: Arc::new(Inner {
+                relay,
+                pod,
+                log: Some(EventLog::open_with(dir, log::SEGMENT_BYTES, lazy)?),
+                serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
     /// Route events by the config in `current` where a caller has no
     /// runtime in hand (hand-off, queue administration). Set once.
     pub(crate) fn follow(&self, current: Current) {
@@ -274,12 +293,18 @@ impl Events {
     /// wait: the log is written in order). For the rare steps taken
     /// outside the delivery path (hand-off, administration).
     pub(crate) async fn emit_durable(&self, rt: &Runtime, events: &[Event]) {
-        let Some((last, first)) = events.split_last() else {
-            return;
-        };
-        self.emit_before_step(rt, first);
-        let (done, durable) = oneshot::channel();
-        if self.append(rt, last, Some(done)) && !matches!(durable.await, Ok(Ok(()))) {
+        let mut last = None;
+        for e in events {
+            // Each asks for a flush now: the last one a webhook wants may
+            // be any of them.
+            let (done, durable) = oneshot::channel();
+            if self.append(rt, e, Some(done)) {
+                last = Some(durable);
+            }
+        }
+        if let Some(durable) = last
+            && !matches!(durable.await, Ok(Ok(())))
+        {
             tracing::error!(
                 events = events.len(),
                 "events not durable in the event log; a crash now would lose them"
@@ -405,3 +430,7 @@ mod schema_tests;
 #[cfg(test)]
 #[path = "recover_tests.rs"]
 mod recover_tests;
+
+#[cfg(test)]
+#[path = "step_tests.rs"]
+mod step_tests;

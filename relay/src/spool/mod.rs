@@ -329,11 +329,7 @@ impl Spool {
     /// log lives beside the segments). Set once; a second call is ignored.
     pub(crate) fn set_events(&self, events: crate::events::Events) {
         if let Some(barrier) = events.step_barrier() {
-            let _ = self
-                .inner
-                .shared
-                .before_steps
-                .set(op::StepBarrier(barrier));
+            let _ = self.inner.shared.before_steps.set(op::StepBarrier(barrier));
         }
         let _ = self.inner.events.set(events);
     }
