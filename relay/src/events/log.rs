@@ -1,9 +1,10 @@
 //! The webhook events' own log, in `SPOOL/events/`: segments of lines
 //! `CRC32<TAB>["webhook",…]<TAB>{event}`, named by the sequence number of
-//! their first line, appended by one writer thread with the spool's group
-//! commit (every append waiting when the writer turns goes out with one
-//! write and one fdatasync). Senders only ever see lines that are on
-//! disk. A webhook's progress (the first sequence number it has not
+//! their first line. Appends wait in a buffer; a flush writes all of them
+//! with one write and one fdatasync — run by the spool writer before a
+//! batch with a step events may precede (see `events`), or by this log's
+//! own thread when lines have waited a few milliseconds (at once when
+//! someone awaits them). Senders only ever see lines that are on disk. A webhook's progress (the first sequence number it has not
 //! acknowledged) is kept in `cursors.json`, written without fsync: a lost
 //! cursor makes a receiver see events again, never miss one. A segment is
 //! deleted once every running webhook has acknowledged all of its lines.
