@@ -98,12 +98,21 @@ sink_count() {
 BENCH_PROFILE=${BENCH_PROFILE:-release}
 profile_dir() { if [ "$BENCH_PROFILE" = dev ]; then echo debug; else echo "$BENCH_PROFILE"; fi; }
 
+# Where cargo puts builds: CARGO_TARGET_DIR when set, as cargo reads it.
+target_dir() { echo "${CARGO_TARGET_DIR:-$ROOT/target}"; }
+
+# MAILRELAY_BIN: a binary to measure as it is (another build), no build.
 build_mailrelay() {
-  MR=$ROOT/target/$(profile_dir)/mailrelay
+  if [ -n "${MAILRELAY_BIN:-}" ]; then
+    MR=$MAILRELAY_BIN
+    [ -x "$MR" ] || die "MAILRELAY_BIN=$MR is not an executable"
+    log "using $MR (MAILRELAY_BIN)"; return
+  fi
+  MR=$(target_dir)/$(profile_dir)/mailrelay
   if [ -n "${BENCH_NO_BUILD:-}" ] && [ -x "$MR" ]; then log "using $MR as built"; return; fi
   log "building mailrelay ($BENCH_PROFILE)"
   cargo build --profile "$BENCH_PROFILE" -p mailrelay >"$TMP/build.log" 2>&1 || { tail -20 "$TMP/build.log" >&2; die "cargo build"; }
-  MR=$ROOT/target/$(profile_dir)/mailrelay
+  MR=$(target_dir)/$(profile_dir)/mailrelay
 }
 
 # start_mailrelay [wrapper...]: the relay from a Relay manifest that lets

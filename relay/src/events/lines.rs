@@ -40,8 +40,9 @@ impl Visit for Record {
     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
 }
 
-/// The line for a record. The record is JSON made by serde_json: no
-/// newline or control character can be in it unescaped.
+/// The line for a record. The record is JSON made as serde_json makes
+/// it (see `json`): no newline or control character can be in it
+/// unescaped.
 fn line(json: &str) -> String {
     let mut out = String::with_capacity(json.len() + 64);
     out.push_str(r#"{"level":"INFO","target":"mailrelay::event","event":"#);

@@ -1,9 +1,10 @@
 //! The webhook events' own log, in `SPOOL/events/`: segments of lines
 //! `CRC32<TAB>["webhook",…]<TAB>{event}`, named by the sequence number of
-//! their first line, appended by one writer thread with the spool's group
-//! commit (every append waiting when the writer turns goes out with one
-//! write and one fdatasync). Senders only ever see lines that are on
-//! disk. A webhook's progress (the first sequence number it has not
+//! their first line. Appends wait in a buffer; a flush writes all of them
+//! with one write and one fdatasync — run by the spool writer before a
+//! batch with a step events may precede (see `events`), or by this log's
+//! own thread when lines have waited a few milliseconds (at once when
+//! someone awaits them). Senders only ever see lines that are on disk. A webhook's progress (the first sequence number it has not
 //! acknowledged) is kept in `cursors.json`, written without fsync: a lost
 //! cursor makes a receiver see events again, never miss one. A segment is
 //! deleted once every running webhook has acknowledged all of its lines.
@@ -12,15 +13,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
 /// Segments roll over past this size.
-const SEGMENT_BYTES: u64 = 16 << 20;
-/// Most appends written with one fdatasync.
-const MAX_BATCH: usize = 4096;
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
+/// How long appended lines may wait for a spool step to flush them
+/// before the log's own thread does.
+const LAZY: Duration = Duration::from_millis(5);
 const CURSORS: &str = "cursors.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -172,17 +175,50 @@ impl Backlog {
     }
 }
 
-/// The log: a writer thread and its backlog.
+/// The log: a buffer of appended lines, who writes them, and the
+/// backlog the senders read.
 pub(crate) struct EventLog {
-    tx: Option<mpsc::Sender<Append>>,
-    writer: Option<JoinHandle<()>>,
+    tail: Arc<Tail>,
+    flusher: Option<JoinHandle<()>>,
     pub backlog: Arc<Backlog>,
+}
+
+/// Lines appended and not yet written, and the file they go to.
+pub(crate) struct Tail {
+    waiting: Mutex<Waiting>,
+    /// Woken when lines wait (or the log closes).
+    wake: Condvar,
+    /// Held for a whole write and sync: one flush at a time, each taking
+    /// every line appended before it started, so lines reach the file
+    /// and get their sequence numbers in the order they were appended.
+    file: Mutex<Open>,
+    backlog: Arc<Backlog>,
+    segment_bytes: u64,
+    lazy: Duration,
+}
+
+#[derive(Default)]
+struct Waiting {
+    appends: Vec<Append>,
+    /// Someone awaits durability: flush now rather than lazily.
+    urgent: bool,
+    closed: bool,
+    /// Flushes begun: tells the lazy flusher that a spool step took the
+    /// lines it was waiting on.
+    flushes: u64,
+}
+
+struct Open {
+    file: File,
+    size: u64,
+    buf: Vec<u8>,
 }
 
 impl Drop for EventLog {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(w) = self.writer.take() {
+        self.tail.lock_waiting().closed = true;
+        self.tail.wake.notify_all();
+        if let Some(w) = self.flusher.take() {
             let _ = w.join();
         }
     }
@@ -193,10 +229,16 @@ impl EventLog {
     /// (no newline, or a CRC that does not match) is cut off the last
     /// segment; everything before it is kept.
     pub(crate) fn open(dir: &Path) -> Result<EventLog, LogError> {
-        EventLog::open_with(dir, SEGMENT_BYTES)
+        EventLog::open_with(dir, SEGMENT_BYTES, LAZY)
     }
 
-    pub(crate) fn open_with(dir: &Path, segment_bytes: u64) -> Result<EventLog, LogError> {
+    /// `lazy`: how long lines wait for a spool step before the log's own
+    /// thread writes them (tests stretch it to see who wrote them).
+    pub(crate) fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        lazy: Duration,
+    ) -> Result<EventLog, LogError> {
         fs::create_dir_all(dir).map_err(io("create", dir))?;
         let mut state = State {
             cursors: load_cursors(dir),
@@ -243,25 +285,160 @@ impl EventLog {
             grew: Notify::new(),
             dir: dir.to_path_buf(),
         });
-        let (tx, rx) = mpsc::channel();
-        let shared = Arc::clone(&backlog);
-        let writer = std::thread::Builder::new()
+        let tail = Arc::new(Tail {
+            waiting: Mutex::new(Waiting::default()),
+            wake: Condvar::new(),
+            file: Mutex::new(Open {
+                file,
+                size,
+                buf: Vec::new(),
+            }),
+            backlog: Arc::clone(&backlog),
+            segment_bytes,
+            lazy,
+        });
+        let lazy = Arc::clone(&tail);
+        let flusher = std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || write_loop(&rx, &shared, file, size, segment_bytes))
+            .spawn(move || lazy.run())
             .map_err(io("start the writer for", dir))?;
         Ok(EventLog {
-            tx: Some(tx),
-            writer: Some(writer),
+            tail,
+            flusher: Some(flusher),
             backlog,
         })
     }
 
+    /// Queue a line; it is written by the next flush (see [`Tail::flush`]).
     pub(crate) fn append(&self, append: Append) -> Result<(), LogError> {
-        self.tx
-            .as_ref()
-            .ok_or(LogError::Closed)?
-            .send(append)
-            .map_err(|_| LogError::Closed)
+        let mut w = self.tail.lock_waiting();
+        if w.closed {
+            return Err(LogError::Closed);
+        }
+        let urgent = append.done.is_some();
+        w.urgent |= urgent;
+        // The flusher sleeps until lines wait, or (lazily) until someone
+        // waits for them.
+        let wake = urgent || w.appends.is_empty();
+        w.appends.push(append);
+        drop(w);
+        if wake {
+            self.tail.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// What the spool writer calls before a step events may precede.
+    pub(crate) fn tail(&self) -> Arc<Tail> {
+        Arc::clone(&self.tail)
+    }
+}
+
+impl Tail {
+    fn lock_waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write every line appended so far with one write and one
+    /// fdatasync, then hand them to the senders and tell their waiters.
+    pub(crate) fn flush(&self) {
+        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = {
+            let mut w = self.lock_waiting();
+            w.urgent = false;
+            w.flushes += 1;
+            std::mem::take(&mut w.appends)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let Open { file, size, buf } = &mut *open;
+        buf.clear();
+        for a in &batch {
+            encode(&a.targets, &a.json, buf);
+        }
+        let written = file.write_all(buf).and_then(|()| file.sync_data());
+        if let Err(e) = &written {
+            // The events stay in memory and are still sent; only a crash
+            // before then loses them.
+            tracing::error!(error = %e, events = batch.len(), "cannot write the event log");
+        }
+        *size += buf.len() as u64;
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        let backlog = &self.backlog;
+        let mut dones = Vec::new();
+        {
+            let mut s = backlog.lock();
+            for a in batch {
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                for t in &a.targets {
+                    *s.pending.entry(Arc::clone(t)).or_default() += 1;
+                }
+                s.entries.push_back(Entry {
+                    seq,
+                    time: a.time,
+                    targets: a.targets,
+                    json: a.json,
+                });
+                dones.extend(a.done);
+            }
+        }
+        if *size >= self.segment_bytes {
+            let next = backlog.lock().next_seq;
+            match new_segment(&backlog.dir, next) {
+                Ok(f) => {
+                    *file = f;
+                    *size = 0;
+                    backlog.lock().segments.push(next);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start a new event segment"),
+            }
+        }
+        drop(open);
+        // After a roll, so a waiter sees the log as it now is.
+        backlog.grew.notify_waiters();
+        let result = written.map_err(|_| ());
+        for d in dones {
+            let _ = d.send(result);
+        }
+    }
+
+    /// Flush lines no spool step has carried out within `lazy` (or at
+    /// once, when someone waits for them), until the log closes.
+    fn run(&self) {
+        loop {
+            let mut w = self.lock_waiting();
+            while w.appends.is_empty() && !w.closed {
+                w = self.wake.wait(w).unwrap_or_else(|p| p.into_inner());
+            }
+            if w.closed {
+                drop(w);
+                self.flush();
+                return;
+            }
+            if !w.urgent {
+                // Under load a spool step flushes them first (then this
+                // waits on, unwoken, for the lines appended since): this
+                // wait only bounds how long a relay with no steps leaves
+                // them, to twice LAZY.
+                let seen = w.flushes;
+                let (g, _) = self
+                    .wake
+                    .wait_timeout_while(w, self.lazy, |w| {
+                        !w.urgent && !w.closed && w.flushes == seen
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                if g.flushes != seen && !g.urgent && !g.closed {
+                    continue;
+                }
+                w = g;
+            }
+            drop(w);
+            self.flush();
+        }
     }
 }
 
@@ -359,70 +536,6 @@ fn load_segment(dir: &Path, first: u64, last: bool, state: &mut State) -> Result
         }
     }
     Ok(seq)
-}
-
-fn write_loop(
-    rx: &mpsc::Receiver<Append>,
-    backlog: &Backlog,
-    mut file: File,
-    mut size: u64,
-    segment_bytes: u64,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        for a in &batch {
-            encode(&a.targets, &a.json, &mut buf);
-        }
-        let written = file.write_all(&buf).and_then(|()| file.sync_data());
-        if let Err(e) = &written {
-            // The events stay in memory and are still sent; only a crash
-            // before then loses them.
-            tracing::error!(error = %e, events = batch.len(), "cannot write the event log");
-        }
-        size += buf.len() as u64;
-        let mut dones = Vec::with_capacity(batch.len());
-        {
-            let mut s = backlog.lock();
-            for a in batch {
-                let seq = s.next_seq;
-                s.next_seq += 1;
-                for t in &a.targets {
-                    *s.pending.entry(Arc::clone(t)).or_default() += 1;
-                }
-                s.entries.push_back(Entry {
-                    seq,
-                    time: a.time,
-                    targets: a.targets,
-                    json: a.json,
-                });
-                dones.extend(a.done);
-            }
-        }
-        if size >= segment_bytes {
-            let next = backlog.lock().next_seq;
-            match new_segment(&backlog.dir, next) {
-                Ok(f) => {
-                    file = f;
-                    size = 0;
-                    backlog.lock().segments.push(next);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start a new event segment"),
-            }
-        }
-        // After a roll, so a waiter sees the log as it now is.
-        backlog.grew.notify_waiters();
-        let result = written.map_err(|_| ());
-        for d in dones {
-            let _ = d.send(result);
-        }
-    }
 }
 
 #[cfg(test)]

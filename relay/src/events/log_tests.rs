@@ -75,7 +75,7 @@ async fn a_line_cut_short_by_a_crash_is_cut_off_and_the_rest_kept() {
 #[tokio::test]
 async fn acknowledged_segments_are_deleted_once_every_running_webhook_has_them() {
     let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open_with(dir.path(), 1).unwrap();
+    let log = EventLog::open_with(dir.path(), 1, LAZY).unwrap();
     for t in ["a", "b", "a"] {
         fill(&log, &[t]).await;
     }

@@ -5,12 +5,30 @@
 //! configured webhook wants (see `route`), to the event log in the spool
 //! directory that the webhook senders read (see `log`, `webhook`).
 //!
-//! Durability, and why it costs no fsync on the way to a 250:
-//! - The event log is one ordered log with group commit. An event that
-//!   precedes a spool step removing or changing a message (a delivery,
-//!   bounce, deferral, expiry, hand-off, admin delete) is awaited until
-//!   durable before that step ([`Events::emit_durable`]), so no crash can
-//!   leave the step done and its event lost.
+//! Durability, and why it costs no fsync of its own on the way to a 250
+//! or a delivery:
+//! - The event log is one ordered log. An emitted event goes to an
+//!   in-memory buffer; the buffer is written (one write, one fdatasync)
+//!   by whoever flushes first: the spool writer, or the log's own thread
+//!   once lines have waited a few milliseconds with no spool step.
+//! - An event that precedes a spool step removing or changing a message
+//!   (a delivery, bounce, deferral, expiry, delay warning) is emitted
+//!   before that step is handed to the spool writer, on the same task
+//!   ([`Events::emit_before_step`]). The spool writer, before it writes
+//!   a batch holding such a step, flushes the event buffer and waits for
+//!   that fdatasync to return (`spool::op::StepBarrier`). So the event's
+//!   bytes are on stable storage before the step's bytes are even
+//!   written: a power loss at any point finds either neither, the event
+//!   alone (the step is redone, the event emitted again with the same id)
+//!   or both, never the step without its event. A SIGKILL is the weaker
+//!   case of the same order (written data survives it; what was only in
+//!   the buffer dies with the step that had not been written either).
+//!   A delivery waits once, for the spool's group commit, whose cycle
+//!   syncs the event log first when lines wait — one event fdatasync per
+//!   spool batch rather than a commit cycle of the event log's own (about
+//!   1.5 fdatasyncs per message, each awaited before the spool step, in
+//!   W2 before this). Hand-off and administration, rare and off that path, still wait
+//!   for their events ([`Events::emit_durable`]).
 //! - A Reception is appended before the 250 but not awaited: waiting for
 //!   a second fsync after the spool's would double the latency of every
 //!   message. Instead, because the log is ordered, the Reception of a
@@ -22,11 +40,15 @@
 //!   can drop it. What a rebuilt Reception lacks is what the spool does
 //!   not keep: the listener and the TLS details.
 //! - A Rejection concerns no queued message: it is appended and becomes
-//!   durable with the next batch (milliseconds); a crash in between can
-//!   lose it. The client was refused either way.
+//!   durable with the next flush (at most about ten milliseconds); a
+//!   crash in between can lose it. The client was refused either way.
+//! - Webhook senders only ever see lines after their fdatasync: a line
+//!   sent and then lost would hand its sequence number, which a cursor
+//!   may have passed, to another event.
 
 pub(crate) mod build;
 pub(crate) mod hooks;
+mod json;
 mod lines;
 mod log;
 pub(crate) mod metrics;
@@ -113,6 +135,25 @@ impl Events {
         })
     }
 
+    /// [`Events::open`] with the log's own flushes put off by `lazy`.
+    #[cfg(test)]
+    pub(crate) fn open_lazily(
+        dir: &Path,
+        relay: String,
+        pod: String,
+        lazy: Duration,
+    ) -> Result<Events, LogError> {
+        Ok(Events {
+            inner: Arc::new(Inner {
+                relay,
+                pod,
+                log: Some(EventLog::open_with(dir, log::SEGMENT_BYTES, lazy)?),
+                serial: AtomicU64::new(0),
+                current: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
     /// Route events by the config in `current` where a caller has no
     /// runtime in hand (hand-off, queue administration). Set once.
     pub(crate) fn follow(&self, current: Current) {
@@ -142,17 +183,11 @@ impl Events {
     }
 
     /// The log line of `event`; its JSON.
-    fn line(&self, event: &Event) -> Option<String> {
-        let json = match serde_json::to_string(event) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(error = %e, id = %event.id, "cannot serialise an event");
-                return None;
-            }
-        };
+    fn line(&self, event: &Event) -> String {
+        let json = json::to_json(event);
         // Written as it is by `EventLines` (see `lines`).
         tracing::info!(target: "mailrelay::event", event = json.as_str());
-        Some(json)
+        json
     }
 
     /// A new event of `kind` with `id`, stamped with the time, relay and pod.
@@ -200,18 +235,36 @@ impl Events {
     }
 
     /// Write `event` to the log, and to the event log when a webhook
-    /// wants it. Returns without waiting; the receiver, when there is
-    /// one, says when the event is durable.
-    pub(crate) fn emit(
+    /// wants it. Returns without waiting: the line is written by the
+    /// next spool step that removes or changes a message, or lazily
+    /// (see the module comment).
+    pub(crate) fn emit(&self, rt: &Runtime, event: &Event) {
+        self.append(rt, event, None);
+    }
+
+    /// Emit `events` ahead of the spool step they are about (a delivery,
+    /// deferral, bounce, expiry): no wait here — the spool writer makes
+    /// them durable before it writes that step (see the module comment).
+    pub(crate) fn emit_before_step(&self, rt: &Runtime, events: &[Event]) {
+        for e in events {
+            self.emit(rt, e);
+        }
+    }
+
+    /// Whether `event` went to the event log (`done` told when durable).
+    fn append(
         &self,
         rt: &Runtime,
         event: &Event,
-    ) -> Option<oneshot::Receiver<Result<(), ()>>> {
-        let json = self.line(event)?;
-        let log = self.inner.log.as_ref()?;
+        done: Option<oneshot::Sender<Result<(), ()>>>,
+    ) -> bool {
+        let json = self.line(event);
+        let Some(log) = self.inner.log.as_ref() else {
+            return false;
+        };
         let webhooks = &rt.config.events.webhooks;
         if webhooks.is_empty() {
-            return None;
+            return false;
         }
         let owner = route::owner(event, |d| rt.domain(d).map(|c| c.name.as_str()));
         let targets: Vec<Arc<str>> = route::targets(webhooks, event, owner)
@@ -219,31 +272,34 @@ impl Events {
             .map(Arc::from)
             .collect();
         if targets.is_empty() {
-            return None;
+            return false;
         }
-        let (done, durable) = oneshot::channel();
         let appended = log.append(Append {
             time: jiff::Timestamp::now().as_second(),
             targets,
             json: Arc::from(json),
-            done: Some(done),
+            done,
         });
         match appended {
-            Ok(()) => Some(durable),
+            Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, id = %event.id, "event not queued for webhooks");
-                None
+                false
             }
         }
     }
 
     /// Emit `events` and return once those for webhooks are durable (one
-    /// wait: the log is written in order).
+    /// wait: the log is written in order). For the rare steps taken
+    /// outside the delivery path (hand-off, administration).
     pub(crate) async fn emit_durable(&self, rt: &Runtime, events: &[Event]) {
         let mut last = None;
         for e in events {
-            if let Some(d) = self.emit(rt, e) {
-                last = Some(d);
+            // Each asks for a flush now: the last one a webhook wants may
+            // be any of them.
+            let (done, durable) = oneshot::channel();
+            if self.append(rt, e, Some(done)) {
+                last = Some(durable);
             }
         }
         if let Some(durable) = last
@@ -254,6 +310,14 @@ impl Events {
                 "events not durable in the event log; a crash now would lose them"
             );
         }
+    }
+
+    /// What the spool writer runs before a step that events may precede:
+    /// writes and syncs the lines appended so far. `None` without an
+    /// event log.
+    pub(crate) fn step_barrier(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        let tail = self.inner.log.as_ref()?.tail();
+        Some(Box::new(move || tail.flush()))
     }
 
     /// Emit again, at start-up, the arrival event of every message whose
@@ -366,3 +430,7 @@ mod schema_tests;
 #[cfg(test)]
 #[path = "recover_tests.rs"]
 mod recover_tests;
+
+#[cfg(test)]
+#[path = "step_tests.rs"]
+mod step_tests;

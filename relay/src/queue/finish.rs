@@ -43,7 +43,7 @@ impl Worker {
         let emitted = crate::events::outcomes::expired(events, q, &updates, |r| {
             rt.classifier.classify(r).as_str()
         });
-        events.emit_durable(&rt, &emitted).await;
+        events.emit_before_step(&rt, &emitted);
         if let Err(e) = self.spool.record(&q.id, &updates).await {
             tracing::error!(queue_id = %q.id, error = %e, "cannot record expiry");
         }
@@ -56,7 +56,7 @@ impl Worker {
             let rt = self.current.get();
             let events = self.spool.events();
             let warned = crate::events::outcomes::delay_warnings(events, q, &reports);
-            events.emit_durable(&rt, &warned).await;
+            events.emit_before_step(&rt, &warned);
             self.notice(q, &hostname, now, &reports, Notice::DelayWarning)
                 .await;
         }

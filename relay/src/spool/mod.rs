@@ -330,6 +330,9 @@ impl Spool {
     /// Send the events of this spool's messages to `events` (its durable
     /// log lives beside the segments). Set once; a second call is ignored.
     pub(crate) fn set_events(&self, events: crate::events::Events) {
+        if let Some(barrier) = events.step_barrier() {
+            let _ = self.inner.shared.before_steps.set(op::StepBarrier(barrier));
+        }
         let _ = self.inner.events.set(events);
     }
 

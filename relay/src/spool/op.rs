@@ -66,6 +66,23 @@ impl Op {
     pub(crate) fn is_new_mail(&self) -> bool {
         matches!(self, Op::Commit { notice: None, .. })
     }
+
+    /// A step that delivery events may precede: it removes or changes a
+    /// message (a removal, recipient states, a hold, a notice's effect).
+    /// New mail never is: its Reception comes after it.
+    pub(crate) fn may_follow_events(&self) -> bool {
+        !matches!(self, Op::Commit { notice: None, .. } | Op::Probe)
+    }
+}
+
+/// Run by the writer before it writes a batch with a step that events
+/// may precede: makes those events durable first (see `events`).
+pub(crate) struct StepBarrier(pub Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for StepBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepBarrier")
+    }
 }
 
 pub(crate) struct Request {

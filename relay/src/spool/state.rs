@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     pub full: AtomicBool,
     /// Notified by the writer after every batch that changed the queue.
     pub changed: Arc<Notify>,
+    /// Set with the spool's events: see [`super::op::StepBarrier`].
+    pub before_steps: std::sync::OnceLock<super::op::StepBarrier>,
 }
 
 impl Shared {

@@ -163,6 +163,16 @@ impl Writer {
             for probe in probes {
                 let _ = probe.send(Ok(()));
             }
+            // Before this batch's write: every event emitted ahead of one
+            // of its steps is in the event log's buffer by now, and is
+            // written and synced before the step is even written — so no
+            // crash, power loss included, finds the step done without
+            // its event (see `events`).
+            if batch.iter().any(|r| r.op.may_follow_events())
+                && let Some(barrier) = self.shared.before_steps.get()
+            {
+                (barrier.0)();
+            }
             let written = self.write_batch(batch);
             // Before waking anyone, so that a caller who sees `remove`
             // return also sees the segment it emptied gone.
