@@ -21,8 +21,10 @@ use tokio::sync::{Notify, oneshot};
 
 /// Segments roll over past this size.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
-/// How long appended lines may wait for a spool step to flush them
-/// before the log's own thread does.
+/// How long appended lines may wait for a step to ask for them before
+/// the log's own thread syncs them anyway. A step asks at once
+/// (`StepLog::kick`), and the spool writer holds the step back a batch
+/// rather than wait in line (see `spool::writer`).
 const LAZY: Duration = Duration::from_millis(5);
 const CURSORS: &str = "cursors.json";
 
@@ -192,6 +194,9 @@ pub(crate) struct Tail {
     /// every line appended before it started, so lines reach the file
     /// and get their sequence numbers in the order they were appended.
     file: Mutex<Open>,
+    /// Lines ever flushed (written and synced, or failed): every line
+    /// appended before the `appended` count it was set from.
+    flushed: std::sync::atomic::AtomicU64,
     backlog: Arc<Backlog>,
     segment_bytes: u64,
     lazy: Duration,
@@ -200,6 +205,8 @@ pub(crate) struct Tail {
 #[derive(Default)]
 struct Waiting {
     appends: Vec<Append>,
+    /// Lines ever appended.
+    appended: u64,
     /// Someone awaits durability: flush now rather than lazily.
     urgent: bool,
     closed: bool,
@@ -293,6 +300,7 @@ impl EventLog {
                 size,
                 buf: Vec::new(),
             }),
+            flushed: std::sync::atomic::AtomicU64::new(0),
             backlog: Arc::clone(&backlog),
             segment_bytes,
             lazy,
@@ -321,6 +329,7 @@ impl EventLog {
         // waits for them.
         let wake = urgent || w.appends.is_empty();
         w.appends.push(append);
+        w.appended += 1;
         drop(w);
         if wake {
             self.tail.wake.notify_one();
@@ -342,12 +351,32 @@ impl Tail {
     /// Write every line appended so far with one write and one
     /// fdatasync, then hand them to the senders and tell their waiters.
     pub(crate) fn flush(&self) {
-        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = {
+        let open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_locked(open);
+    }
+
+    /// Every line appended before `target` durable. Nothing to do when
+    /// they are; a flush in progress (the log's own thread's, started
+    /// earlier) may carry them, so it is waited for before anything is
+    /// written anew.
+    pub(crate) fn barrier(&self, target: u64) {
+        use std::sync::atomic::Ordering;
+        if self.flushed.load(Ordering::Acquire) >= target {
+            return;
+        }
+        let open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if self.flushed.load(Ordering::Acquire) >= target {
+            return;
+        }
+        self.flush_locked(open);
+    }
+
+    fn flush_locked(&self, mut open: MutexGuard<'_, Open>) {
+        let (batch, upto) = {
             let mut w = self.lock_waiting();
             w.urgent = false;
             w.flushes += 1;
-            std::mem::take(&mut w.appends)
+            (std::mem::take(&mut w.appends), w.appended)
         };
         if batch.is_empty() {
             return;
@@ -397,6 +426,8 @@ impl Tail {
                 Err(e) => tracing::error!(error = %e, "cannot start a new event segment"),
             }
         }
+        self.flushed
+            .store(upto, std::sync::atomic::Ordering::Release);
         drop(open);
         // After a roll, so a waiter sees the log as it now is.
         backlog.grew.notify_waiters();
@@ -439,6 +470,30 @@ impl Tail {
             drop(w);
             self.flush();
         }
+    }
+}
+
+impl crate::spool::StepLog for Tail {
+    fn appended(&self) -> u64 {
+        self.lock_waiting().appended
+    }
+
+    fn durable(&self) -> u64 {
+        self.flushed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn kick(&self) {
+        let mut w = self.lock_waiting();
+        if w.appends.is_empty() {
+            return;
+        }
+        w.urgent = true;
+        drop(w);
+        self.wake.notify_one();
+    }
+
+    fn wait(&self, target: u64) {
+        self.barrier(target);
     }
 }
 

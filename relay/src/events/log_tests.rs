@@ -106,3 +106,32 @@ async fn acknowledged_segments_are_deleted_once_every_running_webhook_has_them()
     assert_eq!(seqs(&log.backlog.batch("b", 2, 10)), Vec::<u64>::new());
     assert_eq!(log.backlog.pending("b"), 0);
 }
+
+#[test]
+fn a_barrier_writes_only_what_is_not_durable_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    // The log's own thread put off: only barriers write.
+    let log = EventLog::open_with(dir.path(), SEGMENT_BYTES, Duration::from_secs(3600)).unwrap();
+    let flushes = || log.tail.lock_waiting().flushes;
+    let line = |n: u32| Append {
+        time: jiff::Timestamp::now().as_second(),
+        targets: vec![Arc::from("a")],
+        json: Arc::from(format!("{{\"n\":{n}}}")),
+        done: None,
+    };
+    log.append(line(0)).unwrap();
+    log.append(line(1)).unwrap();
+    log.tail().barrier(2);
+    assert_eq!(seqs(&log.backlog.batch("a", 0, 10)), [0, 1]);
+    assert_eq!(flushes(), 1);
+    // Nothing new: a barrier writes nothing and syncs nothing.
+    log.tail().barrier(2);
+    assert_eq!(flushes(), 1);
+    log.append(line(2)).unwrap();
+    // Lines appended after the target are not what it waits for.
+    log.tail().barrier(2);
+    assert_eq!(flushes(), 1);
+    log.tail().barrier(3);
+    assert_eq!(seqs(&log.backlog.batch("a", 0, 10)), [0, 1, 2]);
+    assert_eq!(flushes(), 2);
+}

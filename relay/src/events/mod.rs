@@ -312,12 +312,11 @@ impl Events {
         }
     }
 
-    /// What the spool writer runs before a step that events may precede:
-    /// writes and syncs the lines appended so far. `None` without an
-    /// event log.
-    pub(crate) fn step_barrier(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+    /// What the spool writer asks before it writes a step that events
+    /// may precede. `None` without an event log.
+    pub(crate) fn step_barrier(&self) -> Option<std::sync::Arc<dyn crate::spool::StepLog>> {
         let tail = self.inner.log.as_ref()?.tail();
-        Some(Box::new(move || tail.flush()))
+        Some(tail)
     }
 
     /// Emit again, at start-up, the arrival event of every message whose

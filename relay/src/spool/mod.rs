@@ -12,6 +12,7 @@ mod ledger;
 mod linger;
 mod load;
 mod op;
+pub(crate) use op::StepLog;
 mod queued;
 mod record;
 mod recover;
@@ -330,8 +331,8 @@ impl Spool {
     /// Send the events of this spool's messages to `events` (its durable
     /// log lives beside the segments). Set once; a second call is ignored.
     pub(crate) fn set_events(&self, events: crate::events::Events) {
-        if let Some(barrier) = events.step_barrier() {
-            let _ = self.inner.shared.before_steps.set(op::StepBarrier(barrier));
+        if let Some(log) = events.step_barrier() {
+            let _ = self.inner.shared.before_steps.set(op::StepBarrier(log));
         }
         let _ = self.inner.events.set(events);
     }

@@ -75,9 +75,22 @@ impl Op {
     }
 }
 
-/// Run by the writer before it writes a batch with a step that events
-/// may precede: makes those events durable first (see `events`).
-pub(crate) struct StepBarrier(pub Box<dyn Fn() + Send + Sync>);
+/// The event log as the writer sees it, for the steps that events may
+/// precede: those events must be durable before the step is written
+/// (see `events`). Counts are of lines ever appended to the log.
+pub(crate) trait StepLog: Send + Sync {
+    /// Lines appended so far.
+    fn appended(&self) -> u64;
+    /// Lines durable so far.
+    fn durable(&self) -> u64;
+    /// Have the log's own thread sync what is appended, soon.
+    fn kick(&self);
+    /// Return once `target` lines are durable (syncing them if needed).
+    fn wait(&self, target: u64);
+}
+
+/// Set with the spool's events: see [`StepLog`].
+pub(crate) struct StepBarrier(pub std::sync::Arc<dyn StepLog>);
 
 impl std::fmt::Debug for StepBarrier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -74,6 +74,10 @@ pub(crate) struct Writer {
     linger: Linger,
     reserve: Reserve,
     compactor: Compactor,
+    /// Steps held back until their events are durable (see `hold_steps`),
+    /// in the order they came, and how many event-log lines that takes.
+    held: Vec<Request>,
+    held_until: u64,
 }
 
 impl Writer {
@@ -102,6 +106,8 @@ impl Writer {
             linger: Linger::default(),
             reserve,
             compactor: Compactor::new(compaction),
+            held: Vec::new(),
+            held_until: 0,
         }
     }
 
@@ -163,16 +169,7 @@ impl Writer {
             for probe in probes {
                 let _ = probe.send(Ok(()));
             }
-            // Before this batch's write: every event emitted ahead of one
-            // of its steps is in the event log's buffer by now, and is
-            // written and synced before the step is even written — so no
-            // crash, power loss included, finds the step done without
-            // its event (see `events`).
-            if batch.iter().any(|r| r.op.may_follow_events())
-                && let Some(barrier) = self.shared.before_steps.get()
-            {
-                (barrier.0)();
-            }
+            self.hold_steps(&mut batch);
             let written = self.write_batch(batch);
             // Before waking anyone, so that a caller who sees `remove`
             // return also sees the segment it emptied gone.
@@ -211,8 +208,38 @@ impl Writer {
 
     /// The requests waiting; while compacting, an empty batch when there
     /// are none (the step then goes alone), without waiting.
+    /// Every event emitted ahead of a step is in the event log by the
+    /// time the writer sees the step, and is synced before the step is
+    /// even written — so no crash, power loss included, finds the step
+    /// done without its event (see `events`). Steps whose events are not
+    /// durable yet are held back to the next batch while the log's own
+    /// thread syncs them, so the new mail of this batch does not wait for
+    /// the event log's sync as well as the spool's; a batch with nothing
+    /// else waits for it.
+    fn hold_steps(&mut self, batch: &mut Vec<Request>) {
+        let Some(barrier) = self.shared.before_steps.get() else {
+            return;
+        };
+        let log = &barrier.0;
+        let steps: Vec<Request> = batch.extract_if(.., |r| r.op.may_follow_events()).collect();
+        if !steps.is_empty() {
+            // Their events were appended before they were sent here.
+            self.held_until = log.appended();
+            self.held.extend(steps);
+            log.kick();
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        if batch.is_empty() || log.durable() >= self.held_until {
+            log.wait(self.held_until);
+            batch.append(&mut self.held);
+        }
+    }
+
     fn next_batch(&self) -> Option<Vec<Request>> {
-        let first = if self.compacting() {
+        // Held steps: do not sleep on the channel, come back for them.
+        let first = if self.compacting() || !self.held.is_empty() {
             match self.rx.try_recv() {
                 Ok(request) => request,
                 Err(TryRecvError::Empty) => return Some(Vec::new()),
