@@ -75,9 +75,9 @@ pub(crate) struct Writer {
     reserve: Reserve,
     compactor: Compactor,
     /// Steps held back until their events are durable (see `hold_steps`),
-    /// in the order they came, and how many event-log lines that takes.
-    held: Vec<Request>,
-    held_until: u64,
+    /// in the order they came: each group with the event-log lines it
+    /// needs durable.
+    held: std::collections::VecDeque<(u64, Vec<Request>)>,
 }
 
 impl Writer {
@@ -106,8 +106,7 @@ impl Writer {
             linger: Linger::default(),
             reserve,
             compactor: Compactor::new(compaction),
-            held: Vec::new(),
-            held_until: 0,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -206,8 +205,6 @@ impl Writer {
         self.compactor.is_busy() && !self.is_full()
     }
 
-    /// The requests waiting; while compacting, an empty batch when there
-    /// are none (the step then goes alone), without waiting.
     /// Every event emitted ahead of a step is in the event log by the
     /// time the writer sees the step, and is synced before the step is
     /// even written — so no crash, power loss included, finds the step
@@ -224,21 +221,34 @@ impl Writer {
         let steps: Vec<Request> = batch.extract_if(.., |r| r.op.may_follow_events()).collect();
         if !steps.is_empty() {
             // Their events were appended before they were sent here.
-            self.held_until = log.appended();
-            self.held.extend(steps);
+            self.held.push_back((log.appended(), steps));
             log.kick();
         }
-        if self.held.is_empty() {
-            return;
+        // With nothing else to write, wait for them all; otherwise take
+        // those whose events are durable by now, oldest first (a group's
+        // target is never below an earlier one's), so a steady flow of new
+        // steps never keeps the older ones waiting.
+        if batch.is_empty()
+            && let Some((until, _)) = self.held.back()
+        {
+            log.wait(*until);
         }
-        if batch.is_empty() || log.durable() >= self.held_until {
-            log.wait(self.held_until);
-            batch.append(&mut self.held);
+        let durable = log.durable();
+        while self
+            .held
+            .front()
+            .is_some_and(|(until, _)| *until <= durable)
+        {
+            if let Some((_, mut steps)) = self.held.pop_front() {
+                batch.append(&mut steps);
+            }
         }
     }
 
+    /// The requests waiting; while compacting, an empty batch when there
+    /// are none (the step then goes alone), without waiting; so too with
+    /// steps held back (see `hold_steps`).
     fn next_batch(&self) -> Option<Vec<Request>> {
-        // Held steps: do not sleep on the channel, come back for them.
         let first = if self.compacting() || !self.held.is_empty() {
             match self.rx.try_recv() {
                 Ok(request) => request,
