@@ -167,22 +167,22 @@ impl PeriodAggregates {
         }
     }
 
-    /// Count `row`: into the row with the same key if there is one. A
-    /// linear search: for a few rows; many go through [`Self::merge`].
+    /// Count `row`: into the row with the same key if there is one
+    /// (through [`Self::merge`], which indexes every row: for a few rows).
     pub fn add_dmarc(&mut self, row: DmarcRow) {
-        match self.dmarc.iter_mut().find(|r| r.same_key(&row)) {
-            Some(r) => r.count = r.count.saturating_add(row.count),
-            None => self.dmarc.push(row),
-        }
+        self.merge(&PeriodAggregates {
+            dmarc: vec![row],
+            ..PeriodAggregates::default()
+        });
     }
 
     /// Count `row`: successes and failure details into the row of the
-    /// same policy if there is one.
+    /// same policy if there is one (as [`Self::add_dmarc`]).
     pub fn add_tls(&mut self, row: TlsRow) {
-        match self.tls.iter_mut().find(|r| r.same_policy(&row)) {
-            Some(r) => r.add_counts(&row),
-            None => self.tls.push(row),
-        }
+        self.merge(&PeriodAggregates {
+            tls: vec![row],
+            ..PeriodAggregates::default()
+        });
     }
 }
 
@@ -221,18 +221,6 @@ impl DmarcRow {
             count: 0,
             ..self.clone()
         }
-    }
-
-    fn same_key(&self, o: &DmarcRow) -> bool {
-        self.header_from == o.header_from
-            && self.envelope_from == o.envelope_from
-            && self.source_ip == o.source_ip
-            && self.policy == o.policy
-            && self.disposition == o.disposition
-            && self.dkim_aligned == o.dkim_aligned
-            && self.spf_aligned == o.spf_aligned
-            && self.dkim == o.dkim
-            && self.spf == o.spf
     }
 }
 
@@ -347,13 +335,6 @@ impl TlsRow {
                 }
             }
         }
-    }
-
-    fn same_policy(&self, o: &TlsRow) -> bool {
-        self.policy_domain == o.policy_domain
-            && self.policy_type == o.policy_type
-            && self.policy_string == o.policy_string
-            && self.mx_host == o.mx_host
     }
 }
 
