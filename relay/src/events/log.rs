@@ -1,13 +1,16 @@
 //! The webhook events' own log, in `SPOOL/events/`: segments of lines
 //! `CRC32<TAB>["webhook",…]<TAB>{event}`, named by the sequence number of
-//! their first line. Appends wait in a buffer; a flush writes all of them
-//! with one write and one fdatasync — run by the spool writer before a
-//! batch with a step events may precede (see `events`), or by this log's
-//! own thread when lines have waited a few milliseconds (at once when
-//! someone awaits them). Senders only ever see lines that are on disk. A webhook's progress (the first sequence number it has not
-//! acknowledged) is kept in `cursors.json`, written without fsync: a lost
-//! cursor makes a receiver see events again, never miss one. A segment is
-//! deleted once every running webhook has acknowledged all of its lines.
+//! their first line; a line's sequence number is fixed when it is
+//! appended. Appends wait in a buffer; this log's own thread writes them
+//! with one write and one fdatasync once they have waited a while (at
+//! once when someone awaits them). Until then the spool carries them in
+//! the batch of any step they precede (see `events`, `StepLog`), and
+//! takes them back here after a crash. Senders only ever see lines that
+//! are in this log on disk. A webhook's progress (the first sequence
+//! number it has not acknowledged) is kept in `cursors.json`, written
+//! without fsync at most once a second: a lost cursor makes a receiver
+//! see events again, never miss one. A segment is deleted once every
+//! running webhook has acknowledged all of its lines.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -21,12 +24,14 @@ use tokio::sync::{Notify, oneshot};
 
 /// Segments roll over past this size.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
-/// How long appended lines may wait for a step to ask for them before
-/// the log's own thread syncs them anyway. A step asks at once
-/// (`StepLog::kick`), and the spool writer holds the step back a batch
-/// rather than wait in line (see `spool::writer`).
-const LAZY: Duration = Duration::from_millis(5);
+/// How long appended lines wait before the log's own thread syncs them:
+/// no step waits for this (the spool carries what a step needs), so it
+/// only bounds how late webhooks see an event and how often this log
+/// syncs under load.
+const LAZY: Duration = Duration::from_millis(50);
 const CURSORS: &str = "cursors.json";
+/// `cursors.json` is rewritten at most this often (and when the log closes).
+const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -51,14 +56,17 @@ pub(crate) struct Entry {
     pub seq: u64,
     /// Unix seconds it was appended (retention counts from here).
     pub time: i64,
-    pub targets: Vec<Arc<str>>,
+    pub targets: Targets,
     pub json: Arc<str>,
 }
+
+/// The webhooks a line is for.
+pub(crate) type Targets = Arc<[Arc<str>]>;
 
 /// What is to be appended.
 pub(crate) struct Append {
     pub time: i64,
-    pub targets: Vec<Arc<str>>,
+    pub targets: Targets,
     pub json: Arc<str>,
     /// Told once the line is durable (or could not be written).
     pub done: Option<oneshot::Sender<Result<(), ()>>>,
@@ -85,6 +93,8 @@ struct State {
     running: BTreeSet<String>,
     /// Per webhook, entries at or past its cursor addressed to it.
     pending: HashMap<Arc<str>, u64>,
+    /// When `cursors.json` was last written.
+    cursors_saved: Option<std::time::Instant>,
 }
 
 /// A batch for one webhook.
@@ -159,9 +169,23 @@ impl Backlog {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete an acknowledged event segment");
             }
         }
+        if s.cursors_saved
+            .is_some_and(|at| at.elapsed() < SAVE_CURSORS_EVERY)
+        {
+            return;
+        }
+        s.cursors_saved = Some(std::time::Instant::now());
         let cursors = s.cursors.clone();
         drop(s);
         self.save_cursors(&cursors);
+    }
+
+    /// Write the cursors as they are now (the log closes).
+    fn save_all(&self) {
+        let cursors = self.lock().cursors.clone();
+        if !cursors.is_empty() {
+            self.save_cursors(&cursors);
+        }
     }
 
     fn save_cursors(&self, cursors: &BTreeMap<String, u64>) {
@@ -197,6 +221,9 @@ pub(crate) struct Tail {
     /// Lines ever flushed (written and synced, or failed): every line
     /// appended before the `appended` count it was set from.
     flushed: std::sync::atomic::AtomicU64,
+    /// The sequence number of this process's first line (the log's next
+    /// at open): line `n` appended since has `base + n`.
+    base: u64,
     backlog: Arc<Backlog>,
     segment_bytes: u64,
     lazy: Duration,
@@ -205,8 +232,13 @@ pub(crate) struct Tail {
 #[derive(Default)]
 struct Waiting {
     appends: Vec<Append>,
+    /// Every line appended and not flushed yet (taken by a flush under
+    /// way included), from line `flushed` on: what the spool may carry.
+    unsynced: VecDeque<(Targets, Arc<str>)>,
     /// Lines ever appended.
     appended: u64,
+    /// Lines ever flushed, as far as `unsynced` knows.
+    flushed: u64,
     /// Someone awaits durability: flush now rather than lazily.
     urgent: bool,
     closed: bool,
@@ -228,6 +260,7 @@ impl Drop for EventLog {
         if let Some(w) = self.flusher.take() {
             let _ = w.join();
         }
+        self.backlog.save_all();
     }
 }
 
@@ -287,6 +320,7 @@ impl EventLog {
         if state.segments.is_empty() {
             state.segments.push(state.next_seq);
         }
+        let base = state.next_seq;
         let backlog = Arc::new(Backlog {
             state: Mutex::new(state),
             grew: Notify::new(),
@@ -301,6 +335,7 @@ impl EventLog {
                 buf: Vec::new(),
             }),
             flushed: std::sync::atomic::AtomicU64::new(0),
+            base,
             backlog: Arc::clone(&backlog),
             segment_bytes,
             lazy,
@@ -328,6 +363,8 @@ impl EventLog {
         // The flusher sleeps until lines wait, or (lazily) until someone
         // waits for them.
         let wake = urgent || w.appends.is_empty();
+        w.unsynced
+            .push_back((Arc::clone(&append.targets), Arc::clone(&append.json)));
         w.appends.push(append);
         w.appended += 1;
         drop(w);
@@ -337,7 +374,7 @@ impl EventLog {
         Ok(())
     }
 
-    /// What the spool writer calls before a step events may precede.
+    /// What the spool writer asks about (see `StepLog`).
     pub(crate) fn tail(&self) -> Arc<Tail> {
         Arc::clone(&self.tail)
     }
@@ -355,20 +392,24 @@ impl Tail {
         self.flush_locked(open);
     }
 
-    /// Every line appended before `target` durable. Nothing to do when
-    /// they are; a flush in progress (the log's own thread's, started
-    /// earlier) may carry them, so it is waited for before anything is
-    /// written anew.
-    pub(crate) fn barrier(&self, target: u64) {
-        use std::sync::atomic::Ordering;
-        if self.flushed.load(Ordering::Acquire) >= target {
+    /// Every line below sequence number `end` durable. Nothing to do
+    /// when they are; a flush in progress (the log's own thread's,
+    /// started earlier) may carry them, so it is waited for before
+    /// anything is written anew.
+    pub(crate) fn barrier(&self, end: u64) {
+        let target = end.saturating_sub(self.base);
+        if self.flushed_lines() >= target {
             return;
         }
         let open = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if self.flushed.load(Ordering::Acquire) >= target {
+        if self.flushed_lines() >= target {
             return;
         }
         self.flush_locked(open);
+    }
+
+    fn flushed_lines(&self) -> u64 {
+        self.flushed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn flush_locked(&self, mut open: MutexGuard<'_, Open>) {
@@ -403,7 +444,7 @@ impl Tail {
             for a in batch {
                 let seq = s.next_seq;
                 s.next_seq += 1;
-                for t in &a.targets {
+                for t in a.targets.iter() {
                     *s.pending.entry(Arc::clone(t)).or_default() += 1;
                 }
                 s.entries.push_back(Entry {
@@ -428,6 +469,13 @@ impl Tail {
         }
         self.flushed
             .store(upto, std::sync::atomic::Ordering::Release);
+        {
+            let mut w = self.lock_waiting();
+            let done = usize::try_from(upto.saturating_sub(w.flushed)).unwrap_or(usize::MAX);
+            let done = done.min(w.unsynced.len());
+            w.unsynced.drain(..done);
+            w.flushed = w.flushed.max(upto);
+        }
         drop(open);
         // After a roll, so a waiter sees the log as it now is.
         backlog.grew.notify_waiters();
@@ -451,10 +499,9 @@ impl Tail {
                 return;
             }
             if !w.urgent {
-                // Under load a spool step flushes them first (then this
-                // waits on, unwoken, for the lines appended since): this
-                // wait only bounds how long a relay with no steps leaves
-                // them, to twice LAZY.
+                // A barrier (a spool segment going) may flush them first;
+                // then this waits on, unwoken, for the lines appended
+                // since: at most twice LAZY in all.
                 let seen = w.flushes;
                 let (g, _) = self
                     .wake
@@ -474,26 +521,40 @@ impl Tail {
 }
 
 impl crate::spool::StepLog for Tail {
-    fn appended(&self) -> u64 {
-        self.lock_waiting().appended
+    fn carry(&self, from: u64) -> Option<crate::spool::CarriedLines> {
+        let (first, lines) = {
+            let w = self.lock_waiting();
+            let start = from.saturating_sub(self.base).max(w.flushed);
+            if start >= w.appended {
+                return None;
+            }
+            let skip = usize::try_from(start - w.flushed).unwrap_or(usize::MAX);
+            let lines: Vec<(Targets, Arc<str>)> = w
+                .unsynced
+                .iter()
+                .skip(skip)
+                .take(u32::MAX as usize)
+                .cloned()
+                .collect();
+            (self.base + start, lines)
+        };
+        let mut bytes = Vec::with_capacity(lines.iter().map(|(_, j)| j.len() + 64).sum());
+        for (targets, json) in &lines {
+            encode(targets, json, &mut bytes);
+        }
+        Some(crate::spool::CarriedLines {
+            first,
+            count: u32::try_from(lines.len()).unwrap_or(u32::MAX),
+            bytes,
+        })
     }
 
     fn durable(&self) -> u64 {
-        self.flushed.load(std::sync::atomic::Ordering::Acquire)
+        self.base + self.flushed_lines()
     }
 
-    fn kick(&self) {
-        let mut w = self.lock_waiting();
-        if w.appends.is_empty() {
-            return;
-        }
-        w.urgent = true;
-        drop(w);
-        self.wake.notify_one();
-    }
-
-    fn wait(&self, target: u64) {
-        self.barrier(target);
+    fn wait(&self, end: u64) {
+        self.barrier(end);
     }
 }
 
@@ -539,7 +600,7 @@ pub(crate) fn encode(targets: &[Arc<str>], json: &str, out: &mut Vec<u8>) {
 }
 
 /// Targets and event of one line (without its newline), if it is whole.
-pub(crate) fn decode(line: &[u8]) -> Option<(Vec<Arc<str>>, Arc<str>)> {
+pub(crate) fn decode(line: &[u8]) -> Option<(Targets, Arc<str>)> {
     let line = std::str::from_utf8(line).ok()?;
     let (crc, rest) = line.split_once('\t')?;
     if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(rest.as_bytes()) {
@@ -548,7 +609,7 @@ pub(crate) fn decode(line: &[u8]) -> Option<(Vec<Arc<str>>, Arc<str>)> {
     let (targets, json) = rest.split_once('\t')?;
     let targets: Vec<String> = serde_json::from_str(targets).ok()?;
     Some((
-        targets.into_iter().map(Arc::from).collect(),
+        targets.into_iter().map(Arc::<str>::from).collect(),
         Arc::from(json),
     ))
 }

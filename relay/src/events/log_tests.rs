@@ -4,7 +4,7 @@ fn append(log: &EventLog, target: &str, n: u32) -> oneshot::Receiver<Result<(), 
     let (done, durable) = oneshot::channel();
     log.append(Append {
         time: jiff::Timestamp::now().as_second(),
-        targets: vec![Arc::from(target)],
+        targets: vec![Arc::from(target)].into(),
         json: Arc::from(format!("{{\"n\":{n}}}")),
         done: Some(done),
     })
@@ -115,7 +115,7 @@ fn a_barrier_writes_only_what_is_not_durable_yet() {
     let flushes = || log.tail.lock_waiting().flushes;
     let line = |n: u32| Append {
         time: jiff::Timestamp::now().as_second(),
-        targets: vec![Arc::from("a")],
+        targets: vec![Arc::from("a")].into(),
         json: Arc::from(format!("{{\"n\":{n}}}")),
         done: None,
     };

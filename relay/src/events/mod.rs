@@ -7,27 +7,24 @@
 //!
 //! Durability, and why it costs no fsync of its own on the way to a 250
 //! or a delivery:
-//! - The event log is one ordered log. An emitted event goes to an
-//!   in-memory buffer; the buffer is written (one write, one fdatasync)
-//!   by whoever flushes first: the spool writer, or the log's own thread
-//!   once lines have waited a few milliseconds with no spool step.
+//! - The event log is one ordered log; a line's sequence number is fixed
+//!   when it is appended. An emitted event goes to an in-memory buffer,
+//!   which the log's own thread writes (one write, one fdatasync) every
+//!   few tens of milliseconds — never awaited by a delivery.
 //! - An event that precedes a spool step removing or changing a message
 //!   (a delivery, bounce, deferral, expiry, delay warning) is emitted
 //!   before that step is handed to the spool writer, on the same task
-//!   ([`Events::emit_before_step`]). The spool writer, before it writes
-//!   a batch holding such a step, flushes the event buffer and waits for
-//!   that fdatasync to return (`spool::op::StepBarrier`). So the event's
-//!   bytes are on stable storage before the step's bytes are even
-//!   written: a power loss at any point finds either neither, the event
-//!   alone (the step is redone, the event emitted again with the same id)
-//!   or both, never the step without its event. A SIGKILL is the weaker
-//!   case of the same order (written data survives it; what was only in
-//!   the buffer dies with the step that had not been written either).
-//!   A delivery waits once, for the spool's group commit, whose cycle
-//!   syncs the event log first when lines wait — one event fdatasync per
-//!   spool batch rather than a commit cycle of the event log's own (about
-//!   1.5 fdatasyncs per message, each awaited before the spool step, in
-//!   W2 before this). Hand-off and administration, rare and off that path, still wait
+//!   ([`Events::emit_before_step`]). The spool writer puts every line the
+//!   log has not synced yet (and no earlier batch carried) into the
+//!   step's batch, as one record before the step's (`spool::StepLog`):
+//!   the one fdatasync that makes the step durable makes its events
+//!   durable too — a power loss finds both or neither, never the step
+//!   without its event. At start-up the log takes back, in order, the
+//!   carried lines it lacks ([`Events::restore`]); a spool segment that
+//!   carries lines is deleted only once the log holds them. So a step
+//!   costs no fdatasync beyond the spool's own (before this, the log's
+//!   sync came first and the step waited for it: two syncs in series).
+//!   Hand-off and administration, rare and off that path, still wait
 //!   for their events ([`Events::emit_durable`]).
 //! - A Reception is appended before the 250 but not awaited: waiting for
 //!   a second fsync after the spool's would double the latency of every
@@ -40,8 +37,9 @@
 //!   can drop it. What a rebuilt Reception lacks is what the spool does
 //!   not keep: the listener and the TLS details.
 //! - A Rejection concerns no queued message: it is appended and becomes
-//!   durable with the next flush (at most about ten milliseconds); a
-//!   crash in between can lose it. The client was refused either way.
+//!   durable with the next step's batch or the log's next flush (at most
+//!   about a tenth of a second); a crash in between can lose it. The
+//!   client was refused either way.
 //! - Webhook senders only ever see lines after their fdatasync: a line
 //!   sent and then lost would hand its sequence number, which a cursor
 //!   may have passed, to another event.
@@ -267,9 +265,9 @@ impl Events {
             return false;
         }
         let owner = route::owner(event, |d| rt.domain(d).map(|c| c.name.as_str()));
-        let targets: Vec<Arc<str>> = route::targets(webhooks, event, owner)
+        let targets: log::Targets = route::targets(webhooks, event, owner)
             .into_iter()
-            .map(Arc::from)
+            .map(Arc::<str>::from)
             .collect();
         if targets.is_empty() {
             return false;
@@ -317,6 +315,65 @@ impl Events {
     pub(crate) fn step_barrier(&self) -> Option<std::sync::Arc<dyn crate::spool::StepLog>> {
         let tail = self.inner.log.as_ref()?.tail();
         Some(tail)
+    }
+
+    /// Take back, at start-up and before anything is appended, the lines
+    /// the spool carried that the event log lacks (`carried`: per events
+    /// record, its first sequence number and its lines), in order, and
+    /// sync them. Returns how many.
+    pub(crate) fn restore(&self, carried: Vec<(u64, Vec<u8>)>) -> usize {
+        let Some(log) = self.inner.log.as_ref() else {
+            return 0;
+        };
+        let tail = log.tail();
+        let from = crate::spool::StepLog::durable(&*tail);
+        let mut lines = BTreeMap::new();
+        for (first, bytes) in &carried {
+            for (seq, line) in (*first..).zip(bytes.split(|b| *b == b'\n')) {
+                if seq < from || line.is_empty() {
+                    continue;
+                }
+                match log::decode(line) {
+                    Some(decoded) => {
+                        lines.entry(seq).or_insert(decoded);
+                    }
+                    None => {
+                        tracing::error!(seq, "a carried event line does not verify; it is skipped")
+                    }
+                }
+            }
+        }
+        if let Some(&first) = lines.keys().next()
+            && first != from
+        {
+            tracing::warn!(
+                expected = from,
+                found = first,
+                "carried event lines do not follow the event log; some events were lost"
+            );
+        }
+        let n = lines.len();
+        let now = jiff::Timestamp::now().as_second();
+        for (_, (targets, json)) in lines {
+            let appended = log.append(Append {
+                time: now,
+                targets,
+                json,
+                done: None,
+            });
+            if let Err(e) = appended {
+                tracing::error!(error = %e, "cannot take back carried event lines");
+                return 0;
+            }
+        }
+        if n > 0 {
+            tail.barrier(from + n as u64);
+            tracing::info!(
+                events = n,
+                "event lines carried by the spool taken back into the event log"
+            );
+        }
+        n
     }
 
     /// Emit again, at start-up, the arrival event of every message whose

@@ -361,6 +361,8 @@ impl Index {
                 }
             }
             Record::Snapshot { id, state } => self.snapshot(&id, &state, location),
+            // Never live: what keeps them is the event log (see `writer`).
+            Record::Events { .. } => {}
         }
     }
 

@@ -12,7 +12,7 @@ mod ledger;
 mod linger;
 mod load;
 mod op;
-pub(crate) use op::StepLog;
+pub(crate) use op::{CarriedLines, StepLog};
 mod queued;
 mod record;
 mod recover;
@@ -330,11 +330,47 @@ impl Spool {
 
     /// Send the events of this spool's messages to `events` (its durable
     /// log lives beside the segments). Set once; a second call is ignored.
+    /// The event log first takes back the lines it lacks that batches
+    /// carried before a crash (see `writer`): only then may the segments
+    /// holding them go.
     pub(crate) fn set_events(&self, events: crate::events::Events) {
         if let Some(log) = events.step_barrier() {
+            events.restore(self.carried_events(log.durable()));
             let _ = self.inner.shared.before_steps.set(op::StepBarrier(log));
         }
         let _ = self.inner.events.set(events);
+    }
+
+    /// The event-log lines from sequence number `from` on that recovery
+    /// found carried in the segments: per events record, its first
+    /// sequence number and its lines. Taken once.
+    fn carried_events(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
+        let refs: Vec<_> = {
+            let mut state = self.inner.shared.lock();
+            let carried = std::mem::take(&mut state.carried);
+            carried
+                .into_iter()
+                .filter(|c| c.end > from)
+                .filter_map(|c| state.record_ref(c.location))
+                .collect()
+        };
+        let mut found = Vec::with_capacity(refs.len());
+        for at in refs {
+            let read = at.read().and_then(|(kind, frame)| {
+                match record::parse_record(kind, &frame[record::HEADER_LEN..]) {
+                    Ok(record::Record::Events { first, lines, .. }) => Ok((first, lines.to_vec())),
+                    Ok(_) => Err(at.corrupt("not an events record".into())),
+                    Err(e) => Err(at.corrupt(e.to_string())),
+                }
+            });
+            match read {
+                Ok(lines) => found.push(lines),
+                Err(e) => {
+                    tracing::error!(error = %e, "spool: cannot read carried event lines; their events may be missing from webhooks")
+                }
+            }
+        }
+        found
     }
 
     /// Where events go: the log only, until `set_events`.

@@ -75,18 +75,26 @@ impl Op {
     }
 }
 
-/// The event log as the writer sees it, for the steps that events may
-/// precede: those events must be durable before the step is written
-/// (see `events`). Counts are of lines ever appended to the log.
+/// The event log as the writer sees it: a step's events must be durable
+/// no later than the step (see `events`), so the writer carries the lines
+/// the log has not synced yet in the step's batch. Positions are the
+/// log's sequence numbers, which survive restarts.
 pub(crate) trait StepLog: Send + Sync {
-    /// Lines appended so far.
-    fn appended(&self) -> u64;
-    /// Lines durable so far.
+    /// Every line appended so far from `from` on that the log itself has
+    /// not made durable; `None` when there is none.
+    fn carry(&self, from: u64) -> Option<CarriedLines>;
+    /// Every line below this is durable in the log itself.
     fn durable(&self) -> u64;
-    /// Have the log's own thread sync what is appended, soon.
-    fn kick(&self);
-    /// Return once `target` lines are durable (syncing them if needed).
-    fn wait(&self, target: u64);
+    /// Return once every line below `end` is durable in the log itself
+    /// (syncing it if needed).
+    fn wait(&self, end: u64);
+}
+
+/// Lines `first..first + count`, each in the event log's own line format.
+pub(crate) struct CarriedLines {
+    pub first: u64,
+    pub count: u32,
+    pub bytes: Vec<u8>,
 }
 
 /// Set with the spool's events: see [`StepLog`].

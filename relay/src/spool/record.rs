@@ -9,8 +9,9 @@
 //! (say, a spool segment sent as an attachment) cannot pass for a record,
 //! because its sender never knew the salt.
 //!
-//! Every payload starts with the queue id it is about (`[n u8][n ASCII
-//! bytes]`), so replaying records in order needs no other context.
+//! Every payload but an events record's starts with the queue id it is
+//! about (`[n u8][n ASCII bytes]`), so replaying records in order needs no
+//! other context.
 
 use super::envelope::Envelope;
 use super::error::SpoolError;
@@ -48,6 +49,11 @@ pub(crate) mod kind {
     /// `[id][flags u8][states JSON [state, ...]]`: the whole delivery
     /// state of a message whose message record stays where it is.
     pub(crate) const SNAPSHOT: u8 = 7;
+    /// `[first seq u64][count u32][lines]`: delivery-event lines (the
+    /// event log's own line format, sequence numbers `first..first+count`)
+    /// carried in the batch of the steps they precede, so that one
+    /// fdatasync makes both durable (see `events`). About no message.
+    pub(crate) const EVENTS: u8 = 8;
 }
 
 const FLAG_HELD: u8 = 1;
@@ -152,6 +158,11 @@ pub(crate) enum Record<'a> {
     Snapshot {
         id: QueueId,
         state: DeliveryState,
+    },
+    Events {
+        first: u64,
+        count: u32,
+        lines: &'a [u8],
     },
 }
 
@@ -304,6 +315,15 @@ fn encode_state(id: &QueueId, state: &DeliveryState) -> Result<(u8, Vec<u8>), Sp
     Ok((flags, json))
 }
 
+/// Event lines `first..first+count`; `None` if they do not fit a frame.
+pub(crate) fn encode_events(salt: u64, first: u64, count: u32, lines: &[u8]) -> Option<Vec<u8>> {
+    encode_frame(
+        salt,
+        kind::EVENTS,
+        &[&first.to_le_bytes(), &count.to_le_bytes(), lines],
+    )
+}
+
 pub(crate) fn encode_removed(salt: u64, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
     encode_small(salt, kind::REMOVED, id, &[])
 }
@@ -314,6 +334,17 @@ fn id_len(id_text: &str) -> u8 {
 }
 
 pub(crate) fn parse_record(kind: u8, payload: &[u8]) -> Result<Record<'_>, PayloadError> {
+    if kind == kind::EVENTS {
+        let (first, rest) = split_at_checked(payload, 8)?;
+        let (count, lines) = split_at_checked(rest, 4)?;
+        let first = u64::from_le_bytes(first.try_into().map_err(|_| PayloadError::Truncated)?);
+        let count = u32::from_le_bytes(count.try_into().map_err(|_| PayloadError::Truncated)?);
+        return Ok(Record::Events {
+            first,
+            count,
+            lines,
+        });
+    }
     let (id, rest) = split_id(payload)?;
     match kind {
         kind::MESSAGE => {

@@ -145,6 +145,20 @@ fn a_snapshot_round_trips() {
 }
 
 #[test]
+fn carried_event_lines_round_trip() {
+    let lines = b"0000\t[\"a\"]\t{}\n0000\t[\"a\"]\t{}\n";
+    let frame = encode_events(SALT, 41, 2, lines).unwrap();
+    assert_eq!(
+        round_trip(&frame),
+        Record::Events {
+            first: 41,
+            count: 2,
+            lines
+        }
+    );
+}
+
+#[test]
 fn records_without_a_message_have_no_message_part() {
     let removed = encode_removed(SALT, &id()).unwrap();
     assert!(matches!(
@@ -240,6 +254,7 @@ fn bad_payloads_are_errors_not_panics() {
         ("states not a list", kind::STATES, held_payload(b"{}")),
         ("notice without about", kind::NOTICE, held_payload(&[])),
         ("notice kind 9", kind::NOTICE, notice_payload(9)),
+        ("events without a count", kind::EVENTS, vec![0; 11]),
     ];
     for (name, kind, payload) in cases {
         assert!(parse_record(kind, &payload).is_err(), "{name}");

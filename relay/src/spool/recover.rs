@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::SpoolError;
-use super::record::{self, PayloadError};
+use super::record::{self, PayloadError, Record};
 use super::segment::{self, Found, SEGMENT_HEADER_LEN};
-use super::state::{SegmentHandle, State};
+use super::state::{CarriedEvents, SegmentHandle, State};
 use super::types::{Location, Recovery};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +147,12 @@ fn replay(number: u64, found: &Found<'_>, state: &mut State) -> Result<(), Paylo
         offset: found.offset as u64,
         len: found.len() as u64,
     };
+    if let Record::Events { first, count, .. } = record {
+        state.carried.push(CarriedEvents {
+            location,
+            end: first.saturating_add(u64::from(count)),
+        });
+    }
     state.index.apply(location, record);
     Ok(())
 }

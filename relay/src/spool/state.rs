@@ -29,6 +29,17 @@ pub(crate) struct SegmentHandle {
 pub(crate) struct State {
     pub index: Index,
     pub files: BTreeMap<u64, SegmentHandle>,
+    /// Event-log lines found carried in the segments at recovery, until
+    /// the event log takes back those it lacks (see `Spool::carried_events`).
+    pub carried: Vec<CarriedEvents>,
+}
+
+/// An events record: where it is, and how far its lines go.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CarriedEvents {
+    pub location: Location,
+    /// One past its last line's.
+    pub end: u64,
 }
 
 impl State {

@@ -13,12 +13,18 @@
 //! file never holds a record nobody was told about. After a batch that
 //! changed anything, whoever waits in `Spool::changed` is woken.
 //!
+//! A batch with a step that delivery events may precede also carries, in
+//! a record of its own, the event-log lines not durable elsewhere yet
+//! (see `carry`): one fdatasync for the step and its events. A segment
+//! holding such lines is deleted only once the event log has synced them.
+//!
 //! When an append fails for want of space the writer goes into "full"
 //! mode (see `reserve`): it releases the reserve, starts a new segment so
 //! the old one can be deleted once its messages leave, writes the batch's
 //! removals and states into the room that gave, and refuses new messages
 //! until the reserve fits again.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -34,6 +40,7 @@ use super::error::SpoolError;
 use super::index::Index;
 use super::linger::Linger;
 use super::op::{Op, Request, Waiter};
+use super::record;
 use super::reserve::Reserve;
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::state::{SegmentHandle, Shared};
@@ -74,10 +81,12 @@ pub(crate) struct Writer {
     linger: Linger,
     reserve: Reserve,
     compactor: Compactor,
-    /// Steps held back until their events are durable (see `hold_steps`),
-    /// in the order they came: each group with the event-log lines it
-    /// needs durable.
-    held: std::collections::VecDeque<(u64, Vec<Request>)>,
+    /// Event-log lines carried in batches so far: every sequence number
+    /// below it is durable (in a segment or in the event log).
+    carried: u64,
+    /// Per segment, one past the last event-log line carried in it: the
+    /// segment may go only once the event log holds them (see `collect`).
+    carried_in: BTreeMap<u64, u64>,
 }
 
 impl Writer {
@@ -93,6 +102,11 @@ impl Writer {
         next_number: u64,
         reserve: Reserve,
     ) -> Writer {
+        let mut carried_in = BTreeMap::new();
+        for c in &shared.lock().carried {
+            let end: &mut u64 = carried_in.entry(c.location.segment).or_default();
+            *end = (*end).max(c.end);
+        }
         Writer {
             rx,
             shared,
@@ -106,7 +120,8 @@ impl Writer {
             linger: Linger::default(),
             reserve,
             compactor: Compactor::new(compaction),
-            held: std::collections::VecDeque::new(),
+            carried: 0,
+            carried_in,
         }
     }
 
@@ -168,7 +183,6 @@ impl Writer {
             for probe in probes {
                 let _ = probe.send(Ok(()));
             }
-            self.hold_steps(&mut batch);
             let written = self.write_batch(batch);
             // Before waking anyone, so that a caller who sees `remove`
             // return also sees the segment it emptied gone.
@@ -205,51 +219,39 @@ impl Writer {
         self.compactor.is_busy() && !self.is_full()
     }
 
-    /// Every event emitted ahead of a step is in the event log by the
-    /// time the writer sees the step, and is synced before the step is
-    /// even written — so no crash, power loss included, finds the step
-    /// done without its event (see `events`). Steps whose events are not
-    /// durable yet are held back to the next batch while the log's own
-    /// thread syncs them, so the new mail of this batch does not wait for
-    /// the event log's sync as well as the spool's; a batch with nothing
-    /// else waits for it.
-    fn hold_steps(&mut self, batch: &mut Vec<Request>) {
-        let Some(barrier) = self.shared.before_steps.get() else {
-            return;
-        };
-        let log = &barrier.0;
-        let steps: Vec<Request> = batch.extract_if(.., |r| r.op.may_follow_events()).collect();
-        if !steps.is_empty() {
-            // Their events were appended before they were sent here.
-            self.held.push_back((log.appended(), steps));
-            log.kick();
+    /// The event-log lines a batch must carry: with a step that events
+    /// may precede, every line appended so far that is durable neither in
+    /// the event log nor in an earlier batch — in one frame written before
+    /// the batch's records, so the one fdatasync that makes the step
+    /// durable makes its events durable too, and no crash, power loss
+    /// included, finds the step done without them (see `events`). New
+    /// mail alone carries none: its Reception is rebuilt from the spool.
+    fn carry(&self, accepted: &[Request]) -> Option<(Vec<u8>, u64)> {
+        let log = &self.shared.before_steps.get()?.0;
+        if !accepted.iter().any(|r| r.op.may_follow_events()) {
+            return None;
         }
-        // With nothing else to write, wait for them all; otherwise take
-        // those whose events are durable by now, oldest first (a group's
-        // target is never below an earlier one's), so a steady flow of new
-        // steps never keeps the older ones waiting.
-        if batch.is_empty()
-            && let Some((until, _)) = self.held.back()
-        {
-            log.wait(*until);
-        }
-        let durable = log.durable();
-        while self
-            .held
-            .front()
-            .is_some_and(|(until, _)| *until <= durable)
-        {
-            if let Some((_, mut steps)) = self.held.pop_front() {
-                batch.append(&mut steps);
+        let lines = log.carry(self.carried)?;
+        let end = lines.first + u64::from(lines.count);
+        match record::encode_events(
+            self.active.handle.salt,
+            lines.first,
+            lines.count,
+            &lines.bytes,
+        ) {
+            Some(frame) => Some((frame, end)),
+            None => {
+                // Over 4 GiB of lines: sync them where they are instead.
+                log.wait(end);
+                None
             }
         }
     }
 
     /// The requests waiting; while compacting, an empty batch when there
-    /// are none (the step then goes alone), without waiting; so too with
-    /// steps held back (see `hold_steps`).
+    /// are none (the step then goes alone), without waiting.
     fn next_batch(&self) -> Option<Vec<Request>> {
-        let first = if self.compacting() || !self.held.is_empty() {
+        let first = if self.compacting() {
             match self.rx.try_recv() {
                 Ok(request) => request,
                 Err(TryRecvError::Empty) => return Some(Vec::new()),
@@ -303,8 +305,12 @@ impl Writer {
         if accepted.is_empty() && moves == 0 {
             return written;
         }
+        let carry = self.carry(&accepted);
         let base = self.active.len;
         self.buf.clear();
+        if let Some((frame, _)) = &carry {
+            self.buf.extend_from_slice(frame);
+        }
         let mut offsets = Vec::with_capacity(moves + accepted.len());
         let frames = step
             .iter()
@@ -330,6 +336,10 @@ impl Writer {
         }
         self.active.len = base + self.buf.len() as u64;
         let segment = self.active.number;
+        if let Some((_, end)) = carry {
+            self.carried = end;
+            self.carried_in.insert(segment, end);
+        }
         let mut commits = 0;
         let mut offsets = offsets.into_iter();
         let mut state = self.shared.lock();
@@ -498,6 +508,15 @@ impl Writer {
                 };
                 (number, handle.path.clone())
             };
+            if let Some(&end) = self.carried_in.get(&number) {
+                // Event-log lines live here until the event log has them.
+                // Before the log is back (start-up) it cannot take them
+                // over yet: the segment waits, and so do later ones.
+                let Some(log) = self.shared.before_steps.get() else {
+                    return;
+                };
+                log.0.wait(end);
+            }
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -511,6 +530,7 @@ impl Writer {
                 return;
             }
             self.shared.lock().drop_segment(number);
+            self.carried_in.remove(&number);
             tracing::debug!(segment = number, "spool: deleted a spent segment");
         }
     }
