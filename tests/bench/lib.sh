@@ -174,13 +174,15 @@ YAML
 
 # BENCH_EVENTS_WEBHOOK=1: every event also goes to one webhook (issue 16's
 # cost): a receiver that reads each request and answers 200, counting the
-# events it got into $TMP/events-received.
+# events it got into $TMP/events-received. HTTP/1.1, so the relay's one
+# sender keeps its connection (one at a time: the server has one thread).
 start_event_receiver() {
   start_group "$TMP/events-receiver.log" python3 -c '
 import json, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 count, out = 0, sys.argv[2]
 class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the connection, as production receivers do
     def do_POST(self):
         global count
         body = self.rfile.read(int(self.headers["Content-Length"]))

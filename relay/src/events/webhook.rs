@@ -2,19 +2,25 @@
 //! array, signed (see `sign`), in log order — so in order per queue id —
 //! each batch until the receiver answers 2xx (at least once), with
 //! exponential back-off while it does not. An event older than the
-//! retention is dropped unsent and counted.
+//! retention is dropped unsent and counted. Batches go over one kept
+//! HTTP/1.1 connection (see [`Link`]), opened again when the receiver
+//! closed it, after a failure, or after [`MAX_IDLE`] unused.
 
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 use mailrelay_crds::config::WebhookConfig;
 use mailrelay_crds::events::WebhookUrl;
 use ring::hmac;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -30,6 +36,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const IDLE_LOOK: Duration = Duration::from_secs(5);
 /// Bytes of a receiver's answer read (and thrown away) at most.
 const MAX_ANSWER: usize = 64 * 1024;
+/// How long a kept connection may sit unused before the sender closes it
+/// itself. Under the 60 s after which common load balancers (and nginx at
+/// 75 s) close an idle connection, so that usually the sender closes it
+/// first and rarely sends into one the receiver is closing; far under the
+/// minutes after which NAT tables and network load balancers forget a
+/// quiet flow without a word, which only the timeout would find out. A
+/// receiver that closes sooner (Node's and Apache's 5 s) costs one retry
+/// on a fresh connection, not a failure.
+const MAX_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 enum PostError {
@@ -61,17 +76,23 @@ impl Sender {
         let name = self.config.name.clone();
         let mut cursor = self.backlog.register(&name);
         let mut backoff = FIRST_BACKOFF;
+        // A new sender (a changed URL or config) starts with no connection.
+        let mut link = Link::new(
+            self.url.clone(),
+            self.config.url.clone(),
+            Arc::clone(&self.tls),
+        );
         tracing::info!(webhook = %name, url = %self.config.url, from = cursor, "event webhook sender started");
         loop {
             self.gauge();
-            let batch = self.next_batch(cursor).await;
+            let batch = self.next_batch(cursor, &mut link).await;
             let now = jiff::Timestamp::now().as_second();
             let oldest = now.saturating_sub(i64::try_from(self.retention_secs).unwrap_or(i64::MAX));
             let (live, expired): (Vec<&Entry>, Vec<&Entry>) =
                 batch.entries.iter().partition(|e| e.time >= oldest);
             let taken = batch.entries.len() as u64;
             if !live.is_empty()
-                && let Err(e) = self.post(&live).await
+                && let Err(e) = self.post(&mut link, &live).await
             {
                 self.metrics.count("failed", live.len());
                 (self.metrics.health).failed(&name, &self.config.url, e.to_string(), now);
@@ -106,20 +127,21 @@ impl Sender {
     /// once the batch window has passed since its first event was seen.
     /// While it fills, only the webhook's pending count is looked at, not
     /// the log.
-    async fn next_batch(&self, mut cursor: u64) -> Batch {
+    async fn next_batch(&self, mut cursor: u64, link: &mut Link) -> Batch {
         let name = &self.config.name;
         let size = self.config.batch_size as usize;
-        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut deadline: Option<Instant> = None;
         loop {
+            link.expire_idle();
             let grew = self.backlog.grew.notified();
             tokio::pin!(grew);
             grew.as_mut().enable();
             let pending = usize::try_from(self.backlog.pending(name)).unwrap_or(usize::MAX);
             if pending > 0 {
                 let until = *deadline.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + Duration::from_millis(self.config.batch_window_ms)
+                    Instant::now() + Duration::from_millis(self.config.batch_window_ms)
                 });
-                if pending < size && tokio::time::Instant::now() < until {
+                if pending < size && Instant::now() < until {
                     let _ = tokio::time::timeout_at(until, grew).await;
                     continue;
                 }
@@ -140,7 +162,7 @@ impl Sender {
         }
     }
 
-    async fn post(&self, events: &[&Entry]) -> Result<(), PostError> {
+    async fn post(&self, link: &mut Link, events: &[&Entry]) -> Result<(), PostError> {
         let mut body =
             Vec::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 2);
         body.push(b'[');
@@ -153,38 +175,7 @@ impl Sender {
         body.push(b']');
         let signature = sign::signature(&self.key, jiff::Timestamp::now().as_second(), &body);
         let limit = Duration::from_millis(self.config.timeout_ms);
-        let shown = self.config.url.clone();
-        match tokio::time::timeout(limit, self.send(body, signature)).await {
-            Ok(result) => result,
-            Err(_) => Err(PostError::Timeout(shown, limit)),
-        }
-    }
-
-    async fn send(&self, body: Vec<u8>, signature: String) -> Result<(), PostError> {
-        let u = &self.url;
-        let shown = &self.config.url;
-        let tcp = TcpStream::connect((u.host.as_str(), u.port))
-            .await
-            .map_err(|e| PostError::Connect(shown.clone(), e))?;
-        let _ = tcp.set_nodelay(true);
-        let request = Request::post(u.path.as_str())
-            .header(header::HOST, host_header(u))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, "mailrelay")
-            .header(sign::HEADER, signature)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| PostError::Http(shown.clone(), e.to_string()))?;
-        if u.https {
-            let name = ServerName::try_from(u.host.clone())
-                .map_err(|e| PostError::Tls(shown.clone(), e.to_string()))?;
-            let tls = TlsConnector::from(Arc::clone(&self.tls))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| PostError::Tls(shown.clone(), e.to_string()))?;
-            exchange(TokioIo::new(tls), request, shown).await
-        } else {
-            exchange(TokioIo::new(tcp), request, shown).await
-        }
+        link.post(Bytes::from(body), &signature, limit).await
     }
 }
 
@@ -200,31 +191,231 @@ fn host_header(u: &WebhookUrl) -> String {
     }
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>, shown: &str) -> Result<(), PostError>
+/// One HTTP/1.1 connection to a receiver (TCP, or TLS over it), kept
+/// between batches so that a busy webhook pays for one handshake, not one
+/// per batch.
+struct Conn {
+    http: SendRequest<Full<Bytes>>,
+    /// Owns the socket and does its reading and writing: aborting it is
+    /// what closes a connection the receiver has not.
+    driver: JoinHandle<()>,
+    last_used: Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// How an exchange on a connection failed.
+enum Attempt {
+    /// The connection was closed before any answer came: on a kept
+    /// connection, the receiver closing it while idle as the request went
+    /// out, which a fresh connection gets past.
+    Unanswered(PostError),
+    Failed(PostError),
+}
+
+impl Attempt {
+    fn into_error(self) -> PostError {
+        match self {
+            Attempt::Unanswered(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
+/// A sender's way to its receiver, and the connection it keeps there.
+struct Link {
+    url: WebhookUrl,
+    /// The URL as configured, for errors and logs.
+    shown: String,
+    tls: Arc<ClientConfig>,
+    kept: Option<Conn>,
+}
+
+impl Link {
+    fn new(url: WebhookUrl, shown: String, tls: Arc<ClientConfig>) -> Link {
+        Link {
+            url,
+            shown,
+            tls,
+            kept: None,
+        }
+    }
+
+    fn expire_idle(&mut self) {
+        if self
+            .kept
+            .as_ref()
+            .is_some_and(|c| c.last_used.elapsed() >= MAX_IDLE)
+        {
+            self.kept = None;
+        }
+    }
+
+    /// POSTs `body`, the whole of it (connecting, TLS, request and answer,
+    /// a retry included) within `limit`.
+    async fn post(
+        &mut self,
+        body: Bytes,
+        signature: &str,
+        limit: Duration,
+    ) -> Result<(), PostError> {
+        match tokio::time::timeout(limit, self.deliver(body, signature)).await {
+            Ok(result) => result,
+            Err(_) => Err(PostError::Timeout(self.shown.clone(), limit)),
+        }
+    }
+
+    /// The kept connection is taken out for the exchange and put back only
+    /// after a 2xx answer read whole: any failure (or the timeout dropping
+    /// this future) closes it.
+    async fn deliver(&mut self, body: Bytes, signature: &str) -> Result<(), PostError> {
+        self.expire_idle();
+        if let Some(conn) = self.kept.take() {
+            match self.reuse(conn, body.clone(), signature).await {
+                Ok(conn) => {
+                    self.kept = conn;
+                    return Ok(());
+                }
+                Err(Attempt::Unanswered(e)) => {
+                    tracing::debug!(url = %self.shown, error = %e, "kept webhook connection closed by the receiver; sending on a new one");
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        let conn = self.connect().await?;
+        let request = self.request(body, signature)?;
+        self.kept = exchange(conn, request, &self.shown)
+            .await
+            .map_err(Attempt::into_error)?;
+        Ok(())
+    }
+
+    async fn reuse(
+        &self,
+        mut conn: Conn,
+        body: Bytes,
+        signature: &str,
+    ) -> Result<Option<Conn>, Attempt> {
+        // Ready once the previous answer is done with; an error here is the
+        // connection found closed, with nothing sent on it.
+        if let Err(e) = conn.http.ready().await {
+            return Err(Attempt::Unanswered(self.http_error(&e)));
+        }
+        let request = self.request(body, signature).map_err(Attempt::Failed)?;
+        exchange(conn, request, &self.shown).await
+    }
+
+    async fn connect(&self) -> Result<Conn, PostError> {
+        let u = &self.url;
+        let shown = &self.shown;
+        let tcp = TcpStream::connect((u.host.as_str(), u.port))
+            .await
+            .map_err(|e| PostError::Connect(shown.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        if u.https {
+            let name = ServerName::try_from(u.host.clone())
+                .map_err(|e| PostError::Tls(shown.clone(), e.to_string()))?;
+            let tls = TlsConnector::from(Arc::clone(&self.tls))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| PostError::Tls(shown.clone(), e.to_string()))?;
+            handshake(TokioIo::new(tls), shown).await
+        } else {
+            handshake(TokioIo::new(tcp), shown).await
+        }
+    }
+
+    fn request(&self, body: Bytes, signature: &str) -> Result<Request<Full<Bytes>>, PostError> {
+        Request::post(self.url.path.as_str())
+            .header(header::HOST, host_header(&self.url))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, "mailrelay")
+            .header(sign::HEADER, signature)
+            .body(Full::new(body))
+            .map_err(|e| PostError::Http(self.shown.clone(), e.to_string()))
+    }
+
+    fn http_error(&self, e: &hyper::Error) -> PostError {
+        PostError::Http(self.shown.clone(), e.to_string())
+    }
+}
+
+async fn handshake<I>(io: I, shown: &str) -> Result<Conn, PostError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let http = |e: hyper::Error| PostError::Http(shown.to_string(), e.to_string());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (http, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(http)?;
+        .map_err(|e| PostError::Http(shown.to_string(), e.to_string()))?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let result = async {
-        let response = sender.send_request(request).await.map_err(http)?;
-        let status = response.status();
-        // Read the answer so the receiver sees its reply taken.
-        let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(PostError::Status(shown.to_string(), status.as_u16()))
-        }
-    }
-    .await;
-    driver.abort();
-    result
+    Ok(Conn {
+        http,
+        driver,
+        last_used: Instant::now(),
+    })
 }
+
+/// One request and its answer: the connection back if it may carry the
+/// next request.
+async fn exchange(
+    mut conn: Conn,
+    request: Request<Full<Bytes>>,
+    shown: &str,
+) -> Result<Option<Conn>, Attempt> {
+    let response = conn.http.send_request(request).await.map_err(|e| {
+        let error = PostError::Http(shown.to_string(), e.to_string());
+        if closed_unanswered(&e) {
+            Attempt::Unanswered(error)
+        } else {
+            Attempt::Failed(error)
+        }
+    })?;
+    let status = response.status();
+    // Read to its end (the receiver sees its reply taken, and the
+    // connection is free for the next request); an answer too long or cut
+    // short still counts by its status, but leaves the connection unusable.
+    let whole = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .is_ok();
+    if !status.is_success() {
+        return Err(Attempt::Failed(PostError::Status(
+            shown.to_string(),
+            status.as_u16(),
+        )));
+    }
+    conn.last_used = Instant::now();
+    Ok(whole.then_some(conn))
+}
+
+/// Whether the connection was closed before any answer began: the request
+/// not sent at all, or sent into a connection the receiver had closed
+/// (end of stream, or a reset).
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+#[path = "webhook_tests.rs"]
+mod tests;
