@@ -11,7 +11,8 @@ import hashlib
 import hmac
 import json
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from jsonschema import Draft202012Validator, FormatChecker
 
@@ -33,7 +34,13 @@ def verify(header, body):
     return True, ""
 
 
+WRITE = threading.Lock()
+
+
 class Handler(BaseHTTPRequestHandler):
+    # Keeps connections, as production receivers do: the relay reuses one.
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         valid, reason = verify(self.headers.get("X-Mailrelay-Signature"), body)
@@ -46,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
             for e in events
             for err in VALIDATOR.iter_errors(e)
         ]
-        with open(OUT, "a") as out:
+        with WRITE, open(OUT, "a") as out:
             out.write(json.dumps({"valid": valid, "reason": reason, "events": events,
                                   "schemaErrors": errors}) + "\n")
         self.send_response(200 if valid else 401)
@@ -57,4 +64,4 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-HTTPServer((HOST, PORT), Handler).serve_forever()
+ThreadingHTTPServer((HOST, PORT), Handler).serve_forever()
