@@ -133,6 +133,33 @@ start_mailrelay() {
   log "mailrelay (pid $MR_PID) on 127.0.0.1:$MR_PORT, http 127.0.0.1:$MR_HTTP"
 }
 
+# start_mailrelay_webhook: a second relay like the first but for one event
+# webhook (run --webhook-cost), on its own ports and spool.
+start_mailrelay_webhook() {
+  MRW_PORT=$(free_port)
+  MRW_SPOOL="$TMP/mrw-spool"
+  mkdir -p "$MRW_SPOOL"
+  BENCH_EVENTS_WEBHOOK=1 bench_manifest "$TMP/manifests-webhook"
+  [ -n "${EV_PID:-}" ] || start_event_receiver
+  "$MR" check --manifests "$TMP/manifests-webhook" >&2 || die "mailrelay check rejected the webhook bench manifests"
+  start_group "$TMP/mailrelay-webhook.log" "$MR" run --manifests "$TMP/manifests-webhook" \
+    --listen "smtp=127.0.0.1:$MRW_PORT" --spool "$MRW_SPOOL" --http "127.0.0.1:$(free_port)" \
+    --dns "127.0.0.1:$DNS_PORT"
+  wait_greeting 127.0.0.1 "$MRW_PORT" mailrelay-webhook
+  log "mailrelay with one event webhook on 127.0.0.1:$MRW_PORT"
+}
+
+# webhook_settled: once the receiver's count stops moving, the events it
+# got, for the report (a webhook that fell behind is not a free one).
+webhook_settled() {
+  local c1 c2
+  c1=$(cat "$TMP/events-received" 2>/dev/null || echo 0); sleep 2
+  c2=$(cat "$TMP/events-received" 2>/dev/null || echo 0)
+  while [ "$c1" != "$c2" ]; do c1=$c2; sleep 2; c2=$(cat "$TMP/events-received" 2>/dev/null || echo 0); done
+  WEBHOOK_EVENTS=$c2
+  log "event webhook: $WEBHOOK_EVENTS events received"
+}
+
 # bench_manifest DIR: the Relay every benchmark relay runs (default queue
 # settings: W7 measures the defaults).
 bench_manifest() {
@@ -174,23 +201,25 @@ YAML
 
 # BENCH_EVENTS_WEBHOOK=1: every event also goes to one webhook (issue 16's
 # cost): a receiver that reads each request and answers 200, counting the
-# events it got into $TMP/events-received. HTTP/1.1, so the relay's one
-# sender keeps its connection (one at a time: the server has one thread).
+# events it got into $TMP/events-received. HTTP/1.1, so the relay's
+# sender keeps its connection; a thread per connection, so a second
+# relay's sender (tests/bench scripts that start two) is not kept waiting.
 start_event_receiver() {
   start_group "$TMP/events-receiver.log" python3 -c '
-import json, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-count, out = 0, sys.argv[2]
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+count, out, lock = 0, sys.argv[2], threading.Lock()
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keeps the connection, as production receivers do
     def do_POST(self):
         global count
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        count += body.count(b"\"version\":1")
-        open(out, "w").write(str(count))
+        with lock:
+            count += body.count(b"\"version\":1")
+            open(out, "w").write(str(count))
         self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
     def log_message(self, *a): pass
-HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 ' "$EV_PORT" "$TMP/events-received"
   EV_PID=$LAST_PID
   local i
@@ -246,6 +275,7 @@ queue_empty() { # which
   case "$1" in
     postfix) postqueue -c "$POSTFIX_DIR" -p 2>&1 | grep -q "Mail queue is empty" ;;
     mailrelay) "$MR" queue --spool "$MR_SPOOL" list 2>&1 | grep -q "Mail queue is empty" ;;
+    mailrelay-webhook) "$MR" queue --spool "$MRW_SPOOL" list 2>&1 | grep -q "Mail queue is empty" ;;
     *) return 0 ;;
   esac
 }
@@ -268,6 +298,7 @@ one_run() {
   case "$target" in
     postfix) hostport=127.0.0.1:$PF_PORT ;;
     mailrelay) hostport=127.0.0.1:$MR_PORT ;;
+    mailrelay-webhook) hostport=127.0.0.1:$MRW_PORT ;;
     loopback) hostport=$SINK_ADDR ;;
   esac
   local dflag=()

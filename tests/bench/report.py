@@ -112,6 +112,37 @@ def w7_markdown(w7, failures, smoke):
     return "\n".join(lines)
 
 
+def webhook_cost(order, data, events, failures):
+    """mailrelay with one event webhook against mailrelay without (run
+    --webhook-cost): the change of the medians, and of each run's pair
+    (the two ran back to back, so the pairs see the same machine)."""
+    names = [n for n in order if data[n]["runs"].get("mailrelay-webhook")]
+    if not names:
+        return None
+    lines = ["| workload | mailrelay | mailrelay + one event webhook | change of the medians | change per run (pairs) | median of the pairs |",
+             "|---|---|---|---|---|---|"]
+    result, messages = {}, 0
+    for name in names:
+        runs = data[name]["runs"]
+        plain, hooked = runs.get("mailrelay", []), runs["mailrelay-webhook"]
+        messages += data[name]["messages"] * len(hooked)
+        m, w = med(plain), med(hooked)
+        change = (w / m - 1) if (m and w) else None
+        pairs = [b / a - 1 for a, b in zip(plain, hooked) if a and b]
+        pm = statistics.median(pairs) if pairs else None
+        pct = lambda x: "n/a" if x is None else f"{x * 100:+.1f} %"
+        lines.append(f"| {name} msgs/s | {f0(m)} | {f0(w)} | {pct(change)} | "
+                     f"{', '.join(pct(x) for x in pairs)} | {pct(pm)} |")
+        result[name] = {"mailrelay": m, "mailrelay_webhook": w, "change": change,
+                        "pair_changes": pairs, "median_pair_change": pm}
+    # Reception and Delivery at least: two events per message relayed.
+    if events is None or events < 2 * messages:
+        failures.append(f"webhook cost: the receiver got {events} events for {messages} messages (want at least 2 each)")
+    result["events_received"] = events
+    note = f"\nevents received by the webhook: {events if events is not None else 'unknown'} for {messages:,} messages"
+    return {"markdown": "\n".join(lines) + note, "result": result}
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ("results", "w4", "w5", "w6", "strace", "out"):
@@ -119,6 +150,7 @@ def main():
     ap.add_argument("--runs", type=int, required=True)
     ap.add_argument("--w7", default="")
     ap.add_argument("--smoke", type=int, default=0)
+    ap.add_argument("--webhook-events", type=int, default=None)
     a = ap.parse_args()
     failures = []
 
@@ -213,6 +245,9 @@ def main():
         lines.append(f"| W6 lookup, ns (per second): IP / name | | {w6['ip_lookup_ns']:.0f} ({w6['ip_lookups_per_s']:,.0f}) / "
                      f"{w6['name_lookup_ns']:.0f} ({w6['name_lookups_per_s']:,.0f}) | | |")
 
+    hook = webhook_cost(order, data, a.webhook_events, failures)
+    if hook:
+        result["webhook_cost"] = hook["result"]
     table = "\n".join(lines) if len(lines) > 2 else ""
     w7 = w7_steps(a.w7)
     w7_table = ""
@@ -226,6 +261,8 @@ def main():
     if table:
         print(table)
         print(f"\nmedian of {a.runs} run(s) each; load average at the end {os.getloadavg()[0]:.1f}; fsync: {a.strace}")
+    if hook:
+        print("\n" + hook["markdown"])
     if w7_table:
         print(("\n" if table else "") + w7_table)
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
