@@ -7,8 +7,13 @@
 //! took it, the relay had not recorded it); duplicates are counted and
 //! printed, not failed.
 //!
-//! Host: 127.0.0.66 (unique in the suite). The seed of the kill times is
-//! printed; `CRASH_BATTERY_SEED=N` replays one.
+//! The same again with an event webhook whose receiver never answers, so
+//! every event stays in the event log: after the drain and one more
+//! restart (which takes back what the spool carried), every acknowledged
+//! message has its Reception and its Delivery event there.
+//!
+//! Hosts: 127.0.0.66 and 127.0.0.67 (unique in the suite). The seed of the
+//! kill times is printed; `CRASH_BATTERY_SEED=N` replays one.
 
 // A panic is a test failure: unwrap and expect are how tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const MX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 66);
+const MX_WITH_WEBHOOK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 67);
 const ITERATIONS: usize = 20;
 const SENDERS: usize = 8;
 /// Each kill comes this long (uniformly) after the relay was ready again.
@@ -38,7 +44,9 @@ const KILL_AFTER_MS: std::ops::Range<u64> = 100..1500;
 const DRAIN: Duration = Duration::from_secs(120);
 
 fn content(marker: &str) -> String {
-    format!("Subject: {marker}\r\n\r\nfirst line of {marker}\r\nEND {marker}\r\n")
+    format!(
+        "Subject: {marker}\r\nMessage-ID: <{marker}@battery.test>\r\n\r\nfirst line of {marker}\r\nEND {marker}\r\n"
+    )
 }
 
 /// How many complete copies of each marker the sink holds.
@@ -96,6 +104,86 @@ fn sender(load: &Load, n: usize) {
 
 #[test]
 fn twenty_sigkills_under_load_lose_no_acknowledged_message() {
+    battery(MX, Setup::default());
+}
+
+#[test]
+fn twenty_sigkills_with_an_event_webhook_lose_no_acknowledged_message_nor_its_events() {
+    // Nothing listens there: the sender retries, the events stay.
+    let hook = format!(
+        "events:\n  webhooks:\n  - {{url: 'http://{MX_WITH_WEBHOOK}:9/events', secret: {{name: hook, key: signing}}}}"
+    );
+    let (acked, mut env) = battery(
+        MX_WITH_WEBHOOK,
+        Setup::default()
+            .relay_spec(&hook)
+            .secret("hook", &[("signing", "battery-key")]),
+    );
+    // Start once more: the carried lines are taken back at start-up.
+    env.restart();
+    env.relay.kill();
+    // Receptions by queue id (one rebuilt at start-up from the spool has
+    // no Message-ID), Deliveries by marker, and which queue id is which.
+    let mut received = BTreeMap::<String, usize>::new();
+    let mut delivered = BTreeMap::<String, usize>::new();
+    let mut queue_ids = BTreeMap::<String, String>::new();
+    for entry in std::fs::read_dir(env.spool_dir().join("events")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let json = line.splitn(3, '\t').nth(2).expect("a line of three fields");
+            let event: serde_json::Value = serde_json::from_str(json).unwrap();
+            let queue_id = event["queueId"].as_str().unwrap_or_default().to_string();
+            let marker = event["messageId"]
+                .as_str()
+                .and_then(|m| m.trim_matches(['<', '>']).strip_suffix("@battery.test"));
+            if let Some(marker) = marker {
+                queue_ids.insert(marker.to_string(), queue_id.clone());
+            }
+            match (event["type"].as_str(), marker) {
+                (Some("Reception"), _) => *received.entry(queue_id).or_default() += 1,
+                (Some("Delivery"), Some(marker)) => {
+                    *delivered.entry(marker.to_string()).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+    }
+    let received: BTreeMap<String, usize> = queue_ids
+        .iter()
+        .filter_map(|(marker, id)| Some((marker.clone(), *received.get(id)?)))
+        .collect();
+    let no_reception: Vec<&String> = acked
+        .iter()
+        .filter(|m| !received.contains_key(*m))
+        .collect();
+    let no_delivery: Vec<&String> = acked
+        .iter()
+        .filter(|m| !delivered.contains_key(*m))
+        .collect();
+    println!(
+        "crash battery with a webhook: {} acknowledged; events in the log: {} Receptions ({} extra), \
+         {} Deliveries ({} extra); acknowledged without a Reception: {}, without a Delivery: {}",
+        acked.len(),
+        received.len(),
+        received.values().map(|n| n - 1).sum::<usize>(),
+        delivered.len(),
+        delivered.values().map(|n| n - 1).sum::<usize>(),
+        no_reception.len(),
+        no_delivery.len(),
+    );
+    assert!(
+        no_reception.is_empty(),
+        "no Reception event: {no_reception:?}"
+    );
+    assert!(no_delivery.is_empty(), "no Delivery event: {no_delivery:?}");
+}
+
+/// The battery against smtp-sink on `mx`, with the relay of `setup`:
+/// returns what was acknowledged, and the environment, its relay killed.
+fn battery(mx_ip: Ipv4Addr, setup: Setup) -> (Vec<String>, Env) {
     let seed = std::env::var("CRASH_BATTERY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -105,15 +193,15 @@ fn twenty_sigkills_under_load_lose_no_acknowledged_message() {
 
     let sink_root = tempfile::tempdir().unwrap();
     let mail = sink_root.path().join("mx");
-    let mx = Sink::start(MX, &mail, Answer::Accept);
+    let mx = Sink::start(mx_ip, &mail, Answer::Accept);
     let mut env = Env::start(
-        Setup::default()
+        setup
             .relay_from_loopback()
             .relay_spec(
                 "queue: {retrySchedule: [1s], jitterPercent: 0, lifetime: 1h, delayWarning: 0s}",
             )
             .dns_records(&format!(
-                "mx-host=battery.test,mx.battery.test,10\nhost-record=mx.battery.test,{MX}"
+                "mx-host=battery.test,mx.battery.test,10\nhost-record=mx.battery.test,{mx_ip}"
             )),
     );
     let load = Arc::new(Load {
@@ -182,4 +270,5 @@ fn twenty_sigkills_under_load_lose_no_acknowledged_message() {
         lost.is_empty(),
         "acknowledged but never delivered: {lost:?}"
     );
+    (acked, env)
 }

@@ -28,14 +28,17 @@
 //!   for their events ([`Events::emit_durable`]).
 //! - A Reception is appended before the 250 but not awaited: waiting for
 //!   a second fsync after the spool's would double the latency of every
-//!   message. Instead, because the log is ordered, the Reception of a
-//!   message is durable as soon as any later event of it is; and a
+//!   message. Instead, because the log is ordered — and the Reception is
+//!   appended before delivery hears of the message
+//!   (`Spool::commit_then`) — the Reception of a message is durable as
+//!   soon as any later event of it is; and a
 //!   message with no later event is still in the spool with every
 //!   recipient pending, so at start-up ([`Events::recover`]) its
 //!   Reception is emitted again from what the spool holds. Its id is the
 //!   same (see [`record::event_id`]), so a receiver that saw it before
 //!   can drop it. What a rebuilt Reception lacks is what the spool does
-//!   not keep: the listener and the TLS details.
+//!   not keep in memory: the listener, the TLS details and the
+//!   Message-ID (reading every body at start-up would slow a restart).
 //! - A Rejection concerns no queued message: it is appended and becomes
 //!   durable with the next step's batch or the log's next flush (at most
 //!   about a tenth of a second); a crash in between can lose it. The

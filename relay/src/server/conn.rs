@@ -432,7 +432,16 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
         body_8bit: tx.body_8bit,
         handed_off: None,
     };
-    match ctx.spool.commit(&id, &envelope, &body).await {
+    // The Receptions go to the event log before delivery can start (see
+    // `Spool::commit_then`).
+    let receptions = || {
+        crate::events::hooks::accepted(&ctx.spool, session, &id, &envelope, &body, dkim_signed);
+    };
+    match ctx
+        .spool
+        .commit_then(&id, &envelope, &body, receptions)
+        .await
+    {
         Ok(()) => {
             ctx.metrics
                 .messages_accepted
@@ -456,7 +465,6 @@ async fn commit(session: &Session, ctx: &ConnCtx, accepted: Accepted) -> Reply {
                 auth = envelope.auth.as_deref().unwrap_or(""),
                 "accepted"
             );
-            crate::events::hooks::accepted(&ctx.spool, session, &id, &envelope, &body, dkim_signed);
             // Counted only now: a refusal before this would be retried.
             if let Some(r) = report {
                 r.count(session.runtime());

@@ -300,6 +300,20 @@ impl Spool {
         envelope: &Envelope,
         body: &[u8],
     ) -> Result<(), SpoolError> {
+        self.commit_then(id, envelope, body, || {}).await
+    }
+
+    /// [`Spool::commit`], calling `durable` once the message is on disk
+    /// and before delivery hears of it: what it appends to the event log
+    /// (the Receptions) comes before any delivery event of the message,
+    /// so the step that delivers it carries them too (see `events`).
+    pub(crate) async fn commit_then(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        body: &[u8],
+        durable: impl FnOnce(),
+    ) -> Result<(), SpoolError> {
         // Encoding (JSON, CRC, copy) happens here, on the caller's thread,
         // so the single writer only concatenates.
         let frame = record::encode_message(self.inner.salt, id, envelope, body)?;
@@ -311,6 +325,7 @@ impl Spool {
             carried: None,
         })
         .await?;
+        durable();
         self.arrived(|| Arrival::fresh(*id, envelope));
         Ok(())
     }

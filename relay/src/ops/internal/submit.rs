@@ -274,8 +274,6 @@ pub(crate) async fn submit(
         body_8bit: body.iter().any(|b| *b >= 0x80),
         handed_off: None,
     };
-    (api.spool.commit(&id, &envelope, &body).await)
-        .map_err(|e| SubmitError::Spool(e.to_string()))?;
     let events = api.spool.events();
     let arrived = crate::events::build::Arrived {
         listener: Some("internal"),
@@ -283,9 +281,16 @@ pub(crate) async fn submit(
         dkim_signed: !signature.is_empty(),
         message_id: crate::events::record::message_id(&body),
     };
-    for e in crate::events::build::reception(events, &id, &envelope, &arrived) {
-        events.emit(&rt, &e);
-    }
+    // Before delivery can start (see `Spool::commit_then`).
+    let receptions = || {
+        for e in crate::events::build::reception(events, &id, &envelope, &arrived) {
+            events.emit(&rt, &e);
+        }
+    };
+    (api.spool
+        .commit_then(&id, &envelope, &body, receptions)
+        .await)
+        .map_err(|e| SubmitError::Spool(e.to_string()))?;
     tracing::info!(
         queue_id = %id_text, sender = %envelope.sender, recipients = envelope.recipients.len(),
         size = envelope.size, dkim_signed = !signature.is_empty(),
