@@ -145,6 +145,7 @@ start_mailrelay_webhook() {
   start_group "$TMP/mailrelay-webhook.log" "$MR" run --manifests "$TMP/manifests-webhook" \
     --listen "smtp=127.0.0.1:$MRW_PORT" --spool "$MRW_SPOOL" --http "127.0.0.1:$(free_port)" \
     --dns "127.0.0.1:$DNS_PORT"
+  MRW_PID=$LAST_PID
   wait_greeting 127.0.0.1 "$MRW_PORT" mailrelay-webhook
   log "mailrelay with one event webhook on 127.0.0.1:$MRW_PORT"
 }
@@ -159,6 +160,10 @@ webhook_settled() {
   WEBHOOK_EVENTS=$c2
   log "event webhook: $WEBHOOK_EVENTS events received"
 }
+
+# cpu_ticks PID: user + system CPU time the process used so far, in clock
+# ticks (0 when it is gone).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # bench_manifest DIR: the Relay every benchmark relay runs (default queue
 # settings: W7 measures the defaults).

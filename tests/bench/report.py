@@ -112,15 +112,28 @@ def w7_markdown(w7, failures, smoke):
     return "\n".join(lines)
 
 
-def webhook_cost(order, data, events, failures):
+def cpu_per_message(path, ticks):
+    """Median CPU microseconds per message, by (workload, target): of the
+    relay, and of the webhook's receiver."""
+    if not path or not os.path.exists(path):
+        return {}
+    runs = {}
+    for line in open(path):
+        name, target, msgs, relay, receiver = line.split()
+        us = lambda t: int(t) * 1e6 / ticks / int(msgs)
+        runs.setdefault((name, target), []).append((us(relay), us(receiver)))
+    return {k: (statistics.median(r for r, _ in v), statistics.median(e for _, e in v)) for k, v in runs.items()}
+
+
+def webhook_cost(order, data, events, failures, cpu):
     """mailrelay with one event webhook against mailrelay without (run
     --webhook-cost): the change of the medians, and of each run's pair
     (the two ran back to back, so the pairs see the same machine)."""
     names = [n for n in order if data[n]["runs"].get("mailrelay-webhook")]
     if not names:
         return None
-    lines = ["| workload | mailrelay | mailrelay + one event webhook | change of the medians | change per run (pairs) | median of the pairs |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| workload | mailrelay | mailrelay + one event webhook | change of the medians | change per run (pairs) | median of the pairs | relay CPU µs/msg: without / with (+ receiver) |",
+             "|---|---|---|---|---|---|---|"]
     result, messages = {}, 0
     for name in names:
         runs = data[name]["runs"]
@@ -131,10 +144,15 @@ def webhook_cost(order, data, events, failures):
         pairs = [b / a - 1 for a, b in zip(plain, hooked) if a and b]
         pm = statistics.median(pairs) if pairs else None
         pct = lambda x: "n/a" if x is None else f"{x * 100:+.1f} %"
+        c0, c1 = cpu.get((name, "mailrelay")), cpu.get((name, "mailrelay-webhook"))
+        cpu_text = f"{c0[0]:.0f} / {c1[0]:.0f} (+ {c1[1]:.0f})" if c0 and c1 else "n/a"
         lines.append(f"| {name} msgs/s | {f0(m)} | {f0(w)} | {pct(change)} | "
-                     f"{', '.join(pct(x) for x in pairs)} | {pct(pm)} |")
+                     f"{', '.join(pct(x) for x in pairs)} | {pct(pm)} | {cpu_text} |")
         result[name] = {"mailrelay": m, "mailrelay_webhook": w, "change": change,
-                        "pair_changes": pairs, "median_pair_change": pm}
+                        "pair_changes": pairs, "median_pair_change": pm,
+                        "cpu_us_per_message": {"mailrelay": c0[0] if c0 else None,
+                                               "mailrelay_webhook": c1[0] if c1 else None,
+                                               "receiver": c1[1] if c1 else None}}
     # Reception and Delivery at least: two events per message relayed.
     if events is None or events < 2 * messages:
         failures.append(f"webhook cost: the receiver got {events} events for {messages} messages (want at least 2 each)")
@@ -151,6 +169,8 @@ def main():
     ap.add_argument("--w7", default="")
     ap.add_argument("--smoke", type=int, default=0)
     ap.add_argument("--webhook-events", type=int, default=None)
+    ap.add_argument("--webhook-cpu", default="")
+    ap.add_argument("--clock-ticks", type=int, default=100)
     a = ap.parse_args()
     failures = []
 
@@ -245,7 +265,7 @@ def main():
         lines.append(f"| W6 lookup, ns (per second): IP / name | | {w6['ip_lookup_ns']:.0f} ({w6['ip_lookups_per_s']:,.0f}) / "
                      f"{w6['name_lookup_ns']:.0f} ({w6['name_lookups_per_s']:,.0f}) | | |")
 
-    hook = webhook_cost(order, data, a.webhook_events, failures)
+    hook = webhook_cost(order, data, a.webhook_events, failures, cpu_per_message(a.webhook_cpu, a.clock_ticks))
     if hook:
         result["webhook_cost"] = hook["result"]
     table = "\n".join(lines) if len(lines) > 2 else ""
