@@ -65,6 +65,24 @@ fn sent(events: &Events) -> Vec<String> {
         .collect()
 }
 
+/// The Delivery event of the first attempt at `q`'s first recipient.
+fn delivery(events: &Events, q: &crate::spool::Queued) -> super::Event {
+    build::attempted(
+        events,
+        q,
+        &Attempted {
+            kind: EventType::Delivery,
+            index: 0,
+            attempt: 1,
+            route: "mx",
+            reply: "250 2.0.0 Ok",
+            class: "",
+            peer: None,
+            message_id: None,
+        },
+    )
+}
+
 fn quoted(ids: &[&super::Event]) -> Vec<String> {
     ids.iter().map(|e| format!("\"{}\"", e.id)).collect()
 }
@@ -127,20 +145,7 @@ async fn a_steps_events_are_carried_in_its_batch_and_taken_back_after_a_crash() 
     let before_step = crash_copy(&spool_dir, &dir.path().join("crash-1"));
 
     let q = spool.queued_one(&id).unwrap().unwrap();
-    let delivered = build::attempted(
-        &events,
-        &q,
-        &Attempted {
-            kind: EventType::Delivery,
-            index: 0,
-            attempt: 1,
-            route: "mx",
-            reply: "250 2.0.0 Ok",
-            class: "",
-            peer: None,
-            message_id: None,
-        },
-    );
+    let delivered = delivery(&events, &q);
     events.emit_before_step(&rt, std::slice::from_ref(&delivered));
     spool.remove(&id).await.unwrap();
     let after_step = crash_copy(&spool_dir, &dir.path().join("crash-2"));
@@ -200,20 +205,7 @@ async fn a_segment_carrying_event_lines_goes_only_once_the_event_log_has_them() 
     let id = spool.new_id();
     spool.commit(&id, &envelope(), b"x\r\n").await.unwrap();
     let q = spool.queued_one(&id).unwrap().unwrap();
-    let delivered = build::attempted(
-        &events,
-        &q,
-        &Attempted {
-            kind: EventType::Delivery,
-            index: 0,
-            attempt: 1,
-            route: "mx",
-            reply: "250 2.0.0 Ok",
-            class: "",
-            peer: None,
-            message_id: None,
-        },
-    );
+    let delivered = delivery(&events, &q);
     events.emit_before_step(&rt, std::slice::from_ref(&delivered));
     spool.remove(&id).await.unwrap();
     // The removal's own segment (which carried the line) is spent too, but
