@@ -219,7 +219,9 @@ pub(crate) struct Tail {
     /// and get their sequence numbers in the order they were appended.
     file: Mutex<Open>,
     /// Lines ever flushed (written and synced, or failed): every line
-    /// appended before the `appended` count it was set from.
+    /// appended before the `appended` count it was set from. Set under
+    /// the waiting lock together with `Waiting::unsynced`, so the two
+    /// agree for whoever holds that lock; read without it otherwise.
     flushed: std::sync::atomic::AtomicU64,
     /// The sequence number of this process's first line (the log's next
     /// at open): line `n` appended since has `base + n`.
@@ -233,12 +235,11 @@ pub(crate) struct Tail {
 struct Waiting {
     appends: Vec<Append>,
     /// Every line appended and not flushed yet (taken by a flush under
-    /// way included), from line `flushed` on: what the spool may carry.
+    /// way included), from line `Tail::flushed` on: what the spool may
+    /// carry.
     unsynced: VecDeque<(Targets, Arc<str>)>,
     /// Lines ever appended.
     appended: u64,
-    /// Lines ever flushed, as far as `unsynced` knows.
-    flushed: u64,
     /// Someone awaits durability: flush now rather than lazily.
     urgent: bool,
     closed: bool,
@@ -467,14 +468,14 @@ impl Tail {
                 Err(e) => tracing::error!(error = %e, "cannot start a new event segment"),
             }
         }
-        self.flushed
-            .store(upto, std::sync::atomic::Ordering::Release);
         {
             let mut w = self.lock_waiting();
-            let done = usize::try_from(upto.saturating_sub(w.flushed)).unwrap_or(usize::MAX);
+            let done =
+                usize::try_from(upto.saturating_sub(self.flushed_lines())).unwrap_or(usize::MAX);
             let done = done.min(w.unsynced.len());
             w.unsynced.drain(..done);
-            w.flushed = w.flushed.max(upto);
+            self.flushed
+                .store(upto, std::sync::atomic::Ordering::Release);
         }
         drop(open);
         // After a roll, so a waiter sees the log as it now is.
@@ -524,11 +525,12 @@ impl crate::spool::StepLog for Tail {
     fn carry(&self, from: u64) -> Option<crate::spool::CarriedLines> {
         let (first, lines) = {
             let w = self.lock_waiting();
-            let start = from.saturating_sub(self.base).max(w.flushed);
+            let flushed = self.flushed_lines();
+            let start = from.saturating_sub(self.base).max(flushed);
             if start >= w.appended {
                 return None;
             }
-            let skip = usize::try_from(start - w.flushed).unwrap_or(usize::MAX);
+            let skip = usize::try_from(start - flushed).unwrap_or(usize::MAX);
             let lines: Vec<(Targets, Arc<str>)> = w
                 .unsynced
                 .iter()
